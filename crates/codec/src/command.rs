@@ -1,0 +1,510 @@
+//! SMTP commands: parsing one command line (grammar by `smtp-proto`) and encoding it back.
+
+use std::fmt::Write as _;
+
+use bytes::{BufMut, BytesMut};
+use smtp_proto::{
+    Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8,
+    Request,
+};
+
+use crate::reply::{EnhancedStatus, Reply};
+
+/// `BODY=` parameter of MAIL (RFC 6152).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// `BODY=7BIT`
+    SevenBit,
+    /// `BODY=8BITMIME`
+    EightBitMime,
+}
+
+/// `MAIL FROM:<reverse-path>` with the parameters attitude supports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MailFrom {
+    /// The reverse path without angle brackets; empty for the null sender `<>`.
+    pub address: String,
+    /// `SIZE=` (RFC 1870), the client's estimate of the message size.
+    pub size: Option<u64>,
+    /// `BODY=`.
+    pub body: Option<Body>,
+    /// `SMTPUTF8` (RFC 6531).
+    pub smtputf8: bool,
+}
+
+/// `RCPT TO:<forward-path>`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RcptTo {
+    /// The forward path without angle brackets.
+    pub address: String,
+}
+
+/// A decoded SMTP command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `HELO domain`
+    Helo(String),
+    /// `EHLO domain`
+    Ehlo(String),
+    /// `MAIL FROM:<...>`
+    Mail(MailFrom),
+    /// `RCPT TO:<...>`
+    Rcpt(RcptTo),
+    /// `DATA`
+    Data,
+    /// `BDAT size [LAST]` (CHUNKING; not advertised yet, refused).
+    Bdat {
+        /// Chunk size in octets.
+        size: u64,
+        /// `LAST` given.
+        last: bool,
+    },
+    /// `RSET`
+    Rset,
+    /// `NOOP [string]`
+    Noop,
+    /// `QUIT`
+    Quit,
+    /// `VRFY string`
+    Vrfy(String),
+    /// `EXPN string`
+    Expn(String),
+    /// `HELP [string]`
+    Help,
+    /// `STARTTLS`
+    StartTls,
+    /// `AUTH mechanism [initial-response]`
+    Auth {
+        /// Mechanism name, upper case (`PLAIN`, `LOGIN`, ...).
+        mechanism: String,
+        /// Initial response (base64 or `=`), if given.
+        initial: Option<String>,
+    },
+    /// A verb attitude recognises but does not implement (ETRN, ATRN, BURL, LHLO).
+    Unsupported(&'static str),
+}
+
+impl Command {
+    /// The verb, upper case: a bounded label for metrics and logs.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::Helo(_) => "HELO",
+            Command::Ehlo(_) => "EHLO",
+            Command::Mail(_) => "MAIL",
+            Command::Rcpt(_) => "RCPT",
+            Command::Data => "DATA",
+            Command::Bdat { .. } => "BDAT",
+            Command::Rset => "RSET",
+            Command::Noop => "NOOP",
+            Command::Quit => "QUIT",
+            Command::Vrfy(_) => "VRFY",
+            Command::Expn(_) => "EXPN",
+            Command::Help => "HELP",
+            Command::StartTls => "STARTTLS",
+            Command::Auth { .. } => "AUTH",
+            Command::Unsupported(verb) => verb,
+        }
+    }
+
+    /// Encodes the command as one wire line ending in CRLF.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let mut line = String::with_capacity(64);
+        match self {
+            Command::Helo(host) => {
+                let _ = write!(line, "HELO {host}");
+            }
+            Command::Ehlo(host) => {
+                let _ = write!(line, "EHLO {host}");
+            }
+            Command::Mail(mail) => {
+                let _ = write!(line, "MAIL FROM:<{}>", mail.address);
+                if let Some(size) = mail.size {
+                    let _ = write!(line, " SIZE={size}");
+                }
+                match mail.body {
+                    Some(Body::SevenBit) => line.push_str(" BODY=7BIT"),
+                    Some(Body::EightBitMime) => line.push_str(" BODY=8BITMIME"),
+                    None => {}
+                }
+                if mail.smtputf8 {
+                    line.push_str(" SMTPUTF8");
+                }
+            }
+            Command::Rcpt(rcpt) => {
+                let _ = write!(line, "RCPT TO:<{}>", rcpt.address);
+            }
+            Command::Data => line.push_str("DATA"),
+            Command::Bdat { size, last } => {
+                let _ = write!(line, "BDAT {size}{}", if *last { " LAST" } else { "" });
+            }
+            Command::Rset => line.push_str("RSET"),
+            Command::Noop => line.push_str("NOOP"),
+            Command::Quit => line.push_str("QUIT"),
+            Command::Vrfy(s) => {
+                let _ = write!(line, "VRFY {s}");
+            }
+            Command::Expn(s) => {
+                let _ = write!(line, "EXPN {s}");
+            }
+            Command::Help => line.push_str("HELP"),
+            Command::StartTls => line.push_str("STARTTLS"),
+            Command::Auth { mechanism, initial } => {
+                let _ = write!(line, "AUTH {mechanism}");
+                if let Some(initial) = initial {
+                    let _ = write!(line, " {initial}");
+                }
+            }
+            Command::Unsupported(verb) => line.push_str(verb),
+        }
+        // Nothing decoded by this crate contains CR or LF, but a Command can be built by hand:
+        // never let one become two lines on the wire.
+        line.retain(|c| c != '\r' && c != '\n' && c != '\0');
+        dst.reserve(line.len() + 2);
+        dst.put_slice(line.as_bytes());
+        dst.put_slice(b"\r\n");
+    }
+
+    /// Parses one command line (with or without its line ending).
+    pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
+        let line = strip_line_ending(line);
+        if line.contains(&0) {
+            return Err(CommandError::Nul);
+        }
+        let verb_end = line
+            .iter()
+            .position(|&b| b == b' ')
+            .unwrap_or(line.len());
+        let verb = &line[..verb_end];
+        if verb.is_empty() {
+            return Err(CommandError::Empty);
+        }
+        if !verb.iter().all(u8::is_ascii_alphanumeric) {
+            return Err(CommandError::BadVerb);
+        }
+        if line.contains(&b'\r') {
+            return Err(CommandError::BareCr);
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            return Err(CommandError::InvalidUtf8);
+        };
+        if verb.eq_ignore_ascii_case(b"AUTH") {
+            return parse_auth(text);
+        }
+        // smtp-proto's parser wants the line ending.
+        let mut owned = Vec::with_capacity(line.len() + 2);
+        owned.extend_from_slice(line);
+        owned.extend_from_slice(b"\r\n");
+        let request = Request::parse(&mut owned.iter())
+            .map_err(|e| CommandError::from_proto(e, verb))?
+            .into_owned();
+        Ok(match request {
+            Request::Ehlo { host } => Command::Ehlo(host),
+            Request::Helo { host } => Command::Helo(host),
+            Request::Lhlo { .. } => Command::Unsupported("LHLO"),
+            Request::Mail { from } => Command::Mail(mail_from(from)?),
+            Request::Rcpt { to } => {
+                if to.orcpt.is_some() || to.flags != 0 || to.rrvs != 0 {
+                    return Err(CommandError::UnsupportedParameter);
+                }
+                // Whether non-ASCII is allowed depends on the transaction's MAIL (SMTPUTF8):
+                // the session checks that.
+                check_address(&to.address, true)?;
+                Command::Rcpt(RcptTo {
+                    address: to.address,
+                })
+            }
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => Command::Bdat {
+                size: chunk_size as u64,
+                last: is_last,
+            },
+            Request::Auth { .. } => unreachable!("AUTH is parsed above"),
+            Request::Noop { .. } => Command::Noop,
+            Request::Vrfy { value } => Command::Vrfy(value),
+            Request::Expn { value } => Command::Expn(value),
+            Request::Help { .. } => Command::Help,
+            Request::Etrn { .. } => Command::Unsupported("ETRN"),
+            Request::Atrn { .. } => Command::Unsupported("ATRN"),
+            Request::Burl { .. } => Command::Unsupported("BURL"),
+            Request::StartTls => Command::StartTls,
+            Request::Data => Command::Data,
+            Request::Rset => Command::Rset,
+            Request::Quit => Command::Quit,
+        })
+    }
+}
+
+fn strip_line_ending(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn mail_from(from: smtp_proto::MailFrom<String>) -> Result<MailFrom, CommandError> {
+    let known = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
+    if from.flags & MAIL_BODY_BINARYMIME != 0 {
+        return Err(CommandError::UnsupportedParameter);
+    }
+    if from.flags & !known != 0
+        || from.trans_id.is_some()
+        || from.env_id.is_some()
+        || from.solicit.is_some()
+        || from.mtrk.is_some()
+        || from.auth.is_some()
+        || from.by != 0
+        || from.hold_for != 0
+        || from.hold_until != 0
+        || from.mt_priority != 0
+    {
+        return Err(CommandError::UnsupportedParameter);
+    }
+    let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+    check_address(&from.address, smtputf8)?;
+    Ok(MailFrom {
+        address: from.address,
+        size: (from.size != 0).then_some(from.size as u64),
+        body: if from.flags & MAIL_BODY_8BITMIME != 0 {
+            Some(Body::EightBitMime)
+        } else if from.flags & MAIL_BODY_7BIT != 0 {
+            Some(Body::SevenBit)
+        } else {
+            None
+        },
+        smtputf8,
+    })
+}
+
+/// Addresses are relayed to a backend: no control characters, no angle brackets, no spaces
+/// outside quotes; non-ASCII only with SMTPUTF8. (RCPT addresses are checked against the
+/// transaction's SMTPUTF8 flag by the session, which knows it.)
+fn check_address(address: &str, allow_utf8: bool) -> Result<(), CommandError> {
+    if address.len() > 256 {
+        return Err(CommandError::AddressTooLong);
+    }
+    if address
+        .bytes()
+        .any(|b| b < 0x20 || b == 0x7f || b == b'<' || b == b'>')
+    {
+        return Err(CommandError::BadAddress);
+    }
+    if !allow_utf8 && !address.is_ascii() {
+        return Err(CommandError::NeedsSmtpUtf8);
+    }
+    Ok(())
+}
+
+fn parse_auth(text: &str) -> Result<Command, CommandError> {
+    let mut parts = text.split(' ').filter(|p| !p.is_empty());
+    parts.next(); // AUTH
+    let mechanism = parts.next().ok_or(CommandError::Syntax("AUTH mechanism [initial-response]"))?;
+    if mechanism.len() > 20
+        || !mechanism
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(CommandError::Syntax("AUTH mechanism [initial-response]"));
+    }
+    let initial = parts.next().map(str::to_owned);
+    if parts.next().is_some() {
+        return Err(CommandError::Syntax("AUTH mechanism [initial-response]"));
+    }
+    Ok(Command::Auth {
+        mechanism: mechanism.to_ascii_uppercase(),
+        initial,
+    })
+}
+
+/// Why a command line could not be decoded. Each maps to one clear reply with
+/// [`CommandError::reply`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The line exceeded the configured command line limit; its rest is discarded.
+    #[error("command line too long (limit {limit} octets)")]
+    LineTooLong {
+        /// The limit in octets, line ending included.
+        limit: usize,
+    },
+    /// Empty line.
+    #[error("empty command")]
+    Empty,
+    /// Verb with characters other than ASCII letters and digits.
+    #[error("invalid characters in command verb")]
+    BadVerb,
+    /// Unknown verb.
+    #[error("unknown command")]
+    Unknown,
+    /// NUL octet in a command line.
+    #[error("NUL character in command")]
+    Nul,
+    /// CR not followed by LF inside a command line.
+    #[error("bare CR in command")]
+    BareCr,
+    /// Not valid UTF-8.
+    #[error("invalid UTF-8 in command")]
+    InvalidUtf8,
+    /// Grammar error, with the expected syntax.
+    #[error("syntax error, expected: {0}")]
+    Syntax(&'static str),
+    /// Malformed address.
+    #[error("malformed address")]
+    BadAddress,
+    /// Address longer than 256 octets.
+    #[error("address too long")]
+    AddressTooLong,
+    /// Non-ASCII address without SMTPUTF8.
+    #[error("non-ASCII address without SMTPUTF8")]
+    NeedsSmtpUtf8,
+    /// A MAIL/RCPT parameter attitude does not offer.
+    #[error("unsupported parameter")]
+    UnsupportedParameter,
+    /// A parameter with a bad value.
+    #[error("invalid parameter value")]
+    InvalidParameter,
+}
+
+impl CommandError {
+    fn from_proto(error: ProtoError, verb: &[u8]) -> Self {
+        match error {
+            ProtoError::UnknownCommand => CommandError::Unknown,
+            ProtoError::InvalidSenderAddress | ProtoError::InvalidRecipientAddress => {
+                CommandError::BadAddress
+            }
+            ProtoError::SyntaxError { syntax } => CommandError::Syntax(syntax),
+            ProtoError::InvalidParameter { .. } => CommandError::InvalidParameter,
+            ProtoError::UnsupportedParameter { .. } => CommandError::UnsupportedParameter,
+            ProtoError::NeedsMoreData { .. }
+            | ProtoError::ResponseTooLong
+            | ProtoError::InvalidResponse { .. } => {
+                if verb.eq_ignore_ascii_case(b"MAIL") {
+                    CommandError::Syntax("MAIL FROM:<reverse-path> [parameters]")
+                } else if verb.eq_ignore_ascii_case(b"RCPT") {
+                    CommandError::Syntax("RCPT TO:<forward-path> [parameters]")
+                } else {
+                    CommandError::Syntax("a complete command line")
+                }
+            }
+        }
+    }
+
+    /// The reply a server sends for this error.
+    pub fn reply(&self) -> Reply {
+        let s = EnhancedStatus::new;
+        match self {
+            CommandError::LineTooLong { limit } => Reply::new(
+                500,
+                s(5, 5, 2),
+                format!("Line too long (limit {limit} octets); rest of line discarded"),
+            ),
+            CommandError::Empty => Reply::new(500, s(5, 5, 2), "Empty command"),
+            CommandError::BadVerb => Reply::new(500, s(5, 5, 2), "Invalid characters in command"),
+            CommandError::Unknown => Reply::new(500, s(5, 5, 1), "Command unrecognized"),
+            CommandError::Nul => Reply::new(500, s(5, 5, 2), "NUL character not allowed in command"),
+            CommandError::BareCr => {
+                Reply::new(500, s(5, 5, 2), "Bare CR not allowed in command; use CRLF")
+            }
+            CommandError::InvalidUtf8 => {
+                Reply::new(500, s(5, 5, 2), "Command is not valid UTF-8")
+            }
+            CommandError::Syntax(syntax) => {
+                Reply::new(501, s(5, 5, 4), format!("Syntax error, expected: {syntax}"))
+            }
+            CommandError::BadAddress => Reply::new(553, s(5, 1, 7), "Malformed address"),
+            CommandError::AddressTooLong => {
+                Reply::new(553, s(5, 1, 7), "Address too long (limit 256 octets)")
+            }
+            CommandError::NeedsSmtpUtf8 => {
+                Reply::new(553, s(5, 6, 7), "Non-ASCII address requires SMTPUTF8")
+            }
+            CommandError::UnsupportedParameter => {
+                Reply::new(555, s(5, 5, 4), "Parameter not supported")
+            }
+            CommandError::InvalidParameter => {
+                Reply::new(501, s(5, 5, 4), "Invalid parameter value")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Command, CommandError> {
+        Command::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn basic_commands() {
+        assert_eq!(parse("EHLO client.example\r\n"), Ok(Command::Ehlo("client.example".into())));
+        assert_eq!(parse("helo x\r\n"), Ok(Command::Helo("x".into())));
+        assert_eq!(parse("DATA\r\n"), Ok(Command::Data));
+        assert_eq!(parse("quit\n"), Ok(Command::Quit));
+        assert_eq!(parse("NOOP hello\r\n"), Ok(Command::Noop));
+        assert_eq!(parse("STARTTLS\r\n"), Ok(Command::StartTls));
+        assert_eq!(
+            parse("AUTH plain dGVzdAB0ZXN0AHRlc3Q=\r\n"),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("dGVzdAB0ZXN0AHRlc3Q=".into())
+            })
+        );
+    }
+
+    #[test]
+    fn mail_parameters() {
+        let cmd = parse("MAIL FROM:<a@b.example> SIZE=1234 BODY=8BITMIME SMTPUTF8\r\n").unwrap();
+        assert_eq!(
+            cmd,
+            Command::Mail(MailFrom {
+                address: "a@b.example".into(),
+                size: Some(1234),
+                body: Some(Body::EightBitMime),
+                smtputf8: true
+            })
+        );
+        assert_eq!(
+            parse("MAIL FROM:<>\r\n"),
+            Ok(Command::Mail(MailFrom::default()))
+        );
+        assert_eq!(parse("MAIL FROM:<a@b> RET=FULL\r\n"), Err(CommandError::UnsupportedParameter));
+        assert_eq!(parse("MAIL FROM:<a@b> BODY=BINARYMIME\r\n"), Err(CommandError::UnsupportedParameter));
+    }
+
+    #[test]
+    fn hostile_lines() {
+        assert_eq!(parse("MAIL FROM:<a\0@b>\r\n"), Err(CommandError::Nul));
+        assert_eq!(parse("MA\0IL FROM:<a@b>\r\n"), Err(CommandError::Nul));
+        assert_eq!(parse("MAİL FROM:<a@b>\r\n"), Err(CommandError::BadVerb));
+        assert_eq!(Command::parse(b"MAIL FROM:<\xff@b>\r\n"), Err(CommandError::InvalidUtf8));
+        assert_eq!(parse("MAIL FROM:<ü@b.example>\r\n"), Err(CommandError::NeedsSmtpUtf8));
+        assert_eq!(parse("RCPT TO:<a@b>\rRSET\r\n"), Err(CommandError::BareCr));
+        assert_eq!(parse("FOO bar\r\n"), Err(CommandError::Unknown));
+        assert!(matches!(parse("MAIL TO:<a@b>\r\n"), Err(CommandError::Syntax(_))));
+    }
+
+    #[test]
+    fn encode_parse_round_trip() {
+        for cmd in [
+            Command::Ehlo("a.example".into()),
+            Command::Mail(MailFrom {
+                address: "x@y.example".into(),
+                size: Some(99),
+                body: Some(Body::SevenBit),
+                smtputf8: false,
+            }),
+            Command::Rcpt(RcptTo {
+                address: "r@y.example".into(),
+            }),
+            Command::Rset,
+            Command::Auth {
+                mechanism: "LOGIN".into(),
+                initial: None,
+            },
+        ] {
+            let mut buf = BytesMut::new();
+            cmd.encode(&mut buf);
+            assert_eq!(Command::parse(&buf), Ok(cmd));
+        }
+    }
+}

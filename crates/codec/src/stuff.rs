@@ -1,0 +1,78 @@
+//! Dot-stuffing (RFC 5321 §4.5.2) for DATA content sent to a peer.
+
+use bytes::{BufMut, BytesMut};
+
+/// Appends `content` to `dst` as canonical, dot-stuffed DATA wire bytes.
+///
+/// `content` is message text as [`crate::ServerCodec`] emits it: whole lines ending in CRLF,
+/// not dot-stuffed. Whatever it holds, the output is canonical: every line ends in CRLF (a bare
+/// LF gets its CR, a bare CR becomes CRLF, NUL is dropped) and every line that starts with `.`
+/// gets one more. So nothing passed through here can end the DATA phase early or smuggle a
+/// command to the peer. `at_line_start` carries line state across calls; it starts `true` after
+/// the DATA command and is left `true` when `content` ends in a complete line.
+pub fn dot_stuff_into(content: &[u8], dst: &mut BytesMut, at_line_start: &mut bool) {
+    dst.reserve(content.len() + content.len() / 64 + 8);
+    let mut rest = content;
+    while !rest.is_empty() {
+        let i = memchr::memchr3(b'\n', b'\r', b'\0', rest).unwrap_or(rest.len());
+        if i > 0 {
+            if *at_line_start && rest[0] == b'.' {
+                dst.put_u8(b'.');
+            }
+            dst.put_slice(&rest[..i]);
+            *at_line_start = false;
+        }
+        let Some(&special) = rest.get(i) else {
+            return;
+        };
+        match special {
+            b'\r' if rest.get(i + 1) == Some(&b'\n') => {
+                dst.put_slice(b"\r\n");
+                rest = &rest[i + 2..];
+                *at_line_start = true;
+            }
+            b'\r' | b'\n' => {
+                dst.put_slice(b"\r\n");
+                rest = &rest[i + 1..];
+                *at_line_start = true;
+            }
+            _ => {
+                // NUL: dropped; the line state stays as it was.
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stuff(s: &[u8]) -> Vec<u8> {
+        let mut dst = BytesMut::new();
+        let mut start = true;
+        dot_stuff_into(s, &mut dst, &mut start);
+        dst.to_vec()
+    }
+
+    #[test]
+    fn stuffs_leading_dots() {
+        assert_eq!(stuff(b".\r\n..x\r\na.b\r\n"), b"..\r\n...x\r\na.b\r\n");
+    }
+
+    #[test]
+    fn canonicalises_anything() {
+        assert_eq!(stuff(b"a\n.\nb\r.\r\n\0.\r\n"), b"a\r\n..\r\nb\r\n..\r\n..\r\n");
+    }
+
+    #[test]
+    fn carries_line_state() {
+        let mut dst = BytesMut::new();
+        let mut start = true;
+        dot_stuff_into(b"abc", &mut dst, &mut start);
+        assert!(!start);
+        dot_stuff_into(b".def\r\n", &mut dst, &mut start);
+        dot_stuff_into(b".\r\n", &mut dst, &mut start);
+        assert_eq!(&dst[..], b"abc.def\r\n..\r\n");
+    }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian packages attitude's tests need (idempotent, non-interactive):
+#   postfix        -> smtp-source / smtp-sink (real SMTP load generator and sink)
+#   swaks          -> a real SMTP client
+#   python3-aiosmtpd -> a recording SMTP backend (Python, /usr/bin/python3)
+# Postfix's own daemon is never started: a policy-rc.d denies service starts during the
+# install (created only if the machine has none, removed again afterwards).
+set -euo pipefail
+
+need=()
+command -v /usr/sbin/smtp-sink >/dev/null 2>&1 || need+=(postfix)
+command -v swaks >/dev/null 2>&1 || need+=(swaks)
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
+
+if [ ${#need[@]} -eq 0 ]; then
+    echo "deps: all present (smtp-sink, smtp-source, swaks, aiosmtpd)"
+    exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+made_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+fi
+trap '[ $made_policy -eq 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+echo "deps: installing ${need[*]}"
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "deps: installed ${need[*]}"
