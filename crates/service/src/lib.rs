@@ -1,1 +1,26 @@
-//! placeholder
+//! attitude's SMTP service layer: the request/reply vocabulary, the session driver that turns a
+//! socket into `Service::call`s, the protocol layer (RFC 5321 sequencing and local replies), the
+//! SMTP metrics layer and the backend relay (the innermost service).
+//!
+//! A session runs as:
+//! ```text
+//! socket ─► driver (ServerCodec) ─► MetricsLayer ─► ProtocolLayer ─► [policy layers] ─► Relay ─► backend
+//! ```
+//! Every decoded frame becomes one [`Request`]; every request gets one [`Reply`] (replies to DATA
+//! chunks are not written: an error reply to a chunk fails the message, answered at end of data).
+
+pub mod driver;
+pub mod errors;
+pub mod metrics;
+pub mod protocol;
+pub mod relay;
+mod request;
+
+pub use attitude_codec::{Command, EnhancedStatus, Reply};
+pub use request::{DataOutcome, Event, Helo, Request, Session, Transaction};
+
+/// The error type of attitude's services (tower's boxed error).
+pub type BoxError = tower::BoxError;
+
+/// The future type used by attitude's SMTP services.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;

@@ -1,0 +1,530 @@
+//! The session driver: owns the client's socket, turns each decoded frame into one
+//! `Service::call`, writes replies strictly in order, switches the codec's mode, and enforces
+//! the session's timeouts, minimum data rate and error limit.
+//!
+//! Pipelining (RFC 2920): commands are handled one at a time in arrival order; replies are
+//! buffered and flushed whenever the driver is about to wait for more input, so a pipelined
+//! group gets its replies in order and in as few writes as possible.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attitude_codec::{CodecConfig, Command, EnhancedStatus, Frame, Mode, Reply, ServerCodec};
+use bytes::BytesMut;
+use metrics::{Counter, Gauge};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout_at;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
+
+use crate::errors::error_reply;
+use crate::request::{DataOutcome, Event, Helo, Request, Session, Transaction};
+use crate::BoxError;
+
+/// Settings of the session driver.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Name in the greeting.
+    pub hostname: String,
+    /// Decoder limits and DATA policy.
+    pub codec: CodecConfig,
+    /// A complete command must arrive within this time after the previous reply (RFC 5321
+    /// §4.5.3.2.7 suggests 5 minutes). Bytes that trickle in do not extend it.
+    pub command_timeout: Duration,
+    /// Longest silence inside DATA (RFC 5321 §4.5.3.2.8: 3 minutes for a data block).
+    pub data_timeout: Duration,
+    /// Minimum average DATA rate in octets per second after the first `data_timeout`
+    /// (like Postfix's `smtpd_min_data_rate`); 0 turns the check off.
+    pub min_data_rate: u64,
+    /// Error replies after which the session is closed with 421.
+    pub max_errors: u32,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            codec: CodecConfig::default(),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            min_data_rate: 500,
+            max_errors: 20,
+        }
+    }
+}
+
+/// Session-level metric handles.
+#[derive(Debug)]
+pub struct DriverMetrics {
+    active: Gauge,
+    total: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    ended: [Counter; 7],
+}
+
+impl DriverMetrics {
+    /// Registers the handles with the installed `metrics` recorder.
+    pub fn register() -> Arc<Self> {
+        Arc::new(Self {
+            active: metrics::gauge!("attitude_sessions_active"),
+            total: metrics::counter!("attitude_sessions_total"),
+            bytes_in: metrics::counter!("attitude_client_bytes_received_total"),
+            bytes_out: metrics::counter!("attitude_client_bytes_sent_total"),
+            ended: SessionResult::ALL.map(|r| {
+                metrics::counter!("attitude_sessions_ended_total", "result" => r.as_str())
+            }),
+        })
+    }
+}
+
+/// The two stages of a shutdown: `drain` closes sessions that are between transactions,
+/// `hard` closes every session (with 421 4.3.2).
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Stop taking new transactions.
+    pub drain: CancellationToken,
+    /// Close now.
+    pub hard: CancellationToken,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionResult {
+    /// The client said QUIT.
+    Quit,
+    /// The client closed the connection without QUIT.
+    ClientClosed,
+    /// A timeout (command, DATA, minimum data rate, write).
+    Timeout,
+    /// Too many errors.
+    TooManyErrors,
+    /// attitude is shutting down.
+    Shutdown,
+    /// A socket error.
+    IoError,
+    /// Refused before the session began (connection stack).
+    Refused,
+}
+
+impl SessionResult {
+    const ALL: [SessionResult; 7] = [
+        SessionResult::Quit,
+        SessionResult::ClientClosed,
+        SessionResult::Timeout,
+        SessionResult::TooManyErrors,
+        SessionResult::Shutdown,
+        SessionResult::IoError,
+        SessionResult::Refused,
+    ];
+
+    /// A label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SessionResult::Quit => "quit",
+            SessionResult::ClientClosed => "client_closed",
+            SessionResult::Timeout => "timeout",
+            SessionResult::TooManyErrors => "too_many_errors",
+            SessionResult::Shutdown => "shutdown",
+            SessionResult::IoError => "io_error",
+            SessionResult::Refused => "refused",
+        }
+    }
+}
+
+/// What a finished session did.
+#[derive(Debug, Clone)]
+pub struct SessionSummary {
+    /// How it ended.
+    pub result: SessionResult,
+    /// Messages accepted by a backend.
+    pub messages: u32,
+    /// Octets read from the client.
+    pub bytes_in: u64,
+    /// Octets written to the client.
+    pub bytes_out: u64,
+    /// HELO/EHLO name.
+    pub helo: Option<String>,
+    /// Duration of the session.
+    pub duration: Duration,
+}
+
+/// Initial read buffer; it grows only while a long line or DATA needs it.
+const COMMAND_READ: usize = 512;
+const DATA_READ: usize = 16 * 1024;
+/// Buffers above this size are released when empty.
+const KEEP_BUFFER: usize = 4 * 1024;
+
+struct DataState {
+    started: Instant,
+    last_read: Instant,
+    bytes: u64,
+    failed: Option<Reply>,
+}
+
+/// What the driver remembers of a request to update the session after the reply.
+enum Pending {
+    Helo(Helo),
+    Mail(attitude_codec::MailFrom),
+    Rcpt(String),
+    Data,
+    Chunk,
+    DataEnd,
+    Rset,
+    Quit,
+    Auth,
+    AuthLine,
+    Other,
+}
+
+enum Step {
+    Continue,
+    Close(SessionResult),
+}
+
+struct Driver<IO, S> {
+    io: IO,
+    service: S,
+    config: Arc<DriverConfig>,
+    metrics: Arc<DriverMetrics>,
+    codec: ServerCodec,
+    session: Arc<Session>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    data: Option<DataState>,
+    command_deadline: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Runs one SMTP session on `io` until it ends, calling `service` once per frame.
+pub async fn drive<IO, S>(
+    io: IO,
+    session: Session,
+    service: S,
+    config: Arc<DriverConfig>,
+    shutdown: Shutdown,
+    metrics: Arc<DriverMetrics>,
+) -> SessionSummary
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request, Response = Reply>,
+    S::Error: Into<BoxError>,
+{
+    metrics.total.increment(1);
+    metrics.active.increment(1.0);
+    let started = session.started;
+    let mut driver = Driver {
+        codec: ServerCodec::new(config.codec.clone()),
+        command_deadline: Instant::now() + config.command_timeout,
+        io,
+        service,
+        config,
+        metrics: metrics.clone(),
+        session: Arc::new(session),
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        data: None,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    let result = driver.run(&shutdown).await;
+    // Let the stack release what it holds for this session (the relay QUITs its backend).
+    let close = Request {
+        session: driver.session.clone(),
+        event: Event::Close,
+    };
+    if let Ok(service) = driver.service.ready().await {
+        let _ = service.call(close).await;
+    }
+    metrics.active.decrement(1.0);
+    metrics.ended[SessionResult::ALL.iter().position(|r| *r == result).unwrap_or(0)].increment(1);
+    let summary = SessionSummary {
+        result,
+        messages: driver.session.messages,
+        bytes_in: driver.bytes_in,
+        bytes_out: driver.bytes_out,
+        helo: driver.session.helo.as_ref().map(|h| h.name.clone()),
+        duration: started.elapsed(),
+    };
+    tracing::info!(
+        target: "attitude::session",
+        session = driver.session.id,
+        client = %driver.session.client,
+        helo = summary.helo.as_deref().unwrap_or("-"),
+        messages = summary.messages,
+        bytes_in = summary.bytes_in,
+        bytes_out = summary.bytes_out,
+        result = result.as_str(),
+        duration_ms = summary.duration.as_millis() as u64,
+        "session end"
+    );
+    summary
+}
+
+impl<IO, S> Driver<IO, S>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request, Response = Reply>,
+    S::Error: Into<BoxError>,
+{
+    async fn run(&mut self, shutdown: &Shutdown) -> SessionResult {
+        if shutdown.drain.is_cancelled() {
+            self.push(&shutting_down());
+            let _ = self.flush().await;
+            return SessionResult::Shutdown;
+        }
+        let greeting = Reply::plain(220, format!("{} ESMTP attitude", self.config.hostname));
+        self.push(&greeting);
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => {
+                    if let Step::Close(result) = self.handle(frame).await {
+                        let _ = self.flush().await;
+                        return result;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(_) => return SessionResult::IoError,
+            }
+            if self.flush().await.is_err() {
+                return SessionResult::IoError;
+            }
+            let idle = self.codec.mode() == Mode::Command
+                && self.session.transaction.is_none()
+                && self.rbuf.is_empty();
+            if idle && shutdown.drain.is_cancelled() {
+                self.push(&shutting_down());
+                let _ = self.flush().await;
+                return SessionResult::Shutdown;
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+                self.rbuf = BytesMut::new();
+            }
+            let (want, deadline) = match self.codec.mode() {
+                Mode::Data => (DATA_READ, self.data_deadline()),
+                _ => (COMMAND_READ, self.command_deadline),
+            };
+            self.rbuf.reserve(want);
+            let read = tokio::select! {
+                biased;
+                _ = shutdown.hard.cancelled() => None,
+                _ = shutdown.drain.cancelled(), if idle => None,
+                read = timeout_at(deadline.into(), self.io.read_buf(&mut self.rbuf)) => Some(read),
+            };
+            match read {
+                None => {
+                    self.push(&shutting_down());
+                    let _ = self.flush().await;
+                    return SessionResult::Shutdown;
+                }
+                Some(Err(_elapsed)) => {
+                    let text = if self.codec.mode() == Mode::Data {
+                        "Timeout or data rate too low; closing connection"
+                    } else {
+                        "Timeout waiting for a command; closing connection"
+                    };
+                    self.push(&Reply::new(421, EnhancedStatus::new(4, 4, 2), text));
+                    let _ = self.flush().await;
+                    return SessionResult::Timeout;
+                }
+                Some(Ok(Ok(0))) => {
+                    // The client is gone: an unfinished message is never passed on as complete.
+                    return SessionResult::ClientClosed;
+                }
+                Some(Ok(Ok(n))) => {
+                    self.bytes_in += n as u64;
+                    self.metrics.bytes_in.increment(n as u64);
+                    if let Some(data) = self.data.as_mut() {
+                        data.bytes += n as u64;
+                        data.last_read = Instant::now();
+                    }
+                }
+                Some(Ok(Err(_))) => return SessionResult::IoError,
+            }
+        }
+    }
+
+    fn data_deadline(&self) -> Instant {
+        let Some(data) = &self.data else {
+            return self.command_deadline;
+        };
+        let idle = data.last_read + self.config.data_timeout;
+        if self.config.min_data_rate == 0 {
+            return idle;
+        }
+        let earned = Duration::from_secs_f64(data.bytes as f64 / self.config.min_data_rate as f64);
+        idle.min(data.started + self.config.data_timeout + earned)
+    }
+
+    fn push(&mut self, reply: &Reply) {
+        reply.encode(&mut self.wbuf);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.config.data_timeout;
+        let n = self.wbuf.len();
+        match timeout_at(deadline.into(), self.io.write_all(&self.wbuf)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+        self.io.flush().await?;
+        self.bytes_out += n as u64;
+        self.metrics.bytes_out.increment(n as u64);
+        self.wbuf.clear();
+        if self.wbuf.capacity() > KEEP_BUFFER {
+            self.wbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    async fn call(&mut self, event: Event) -> Reply {
+        let req = Request {
+            session: self.session.clone(),
+            event,
+        };
+        let result = match self.service.ready().await {
+            Ok(service) => service.call(req).await,
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(|e| error_reply(&e.into()))
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Step {
+        let (event, pending) = match frame {
+            Frame::Command(cmd) => {
+                let pending = match &cmd {
+                    Command::Helo(name) => Pending::Helo(Helo {
+                        name: name.clone(),
+                        extended: false,
+                    }),
+                    Command::Ehlo(name) => Pending::Helo(Helo {
+                        name: name.clone(),
+                        extended: true,
+                    }),
+                    Command::Mail(mail) => Pending::Mail(mail.clone()),
+                    Command::Rcpt(rcpt) => Pending::Rcpt(rcpt.address.clone()),
+                    Command::Data => Pending::Data,
+                    Command::Rset => Pending::Rset,
+                    Command::Quit => Pending::Quit,
+                    Command::Auth { .. } => Pending::Auth,
+                    _ => Pending::Other,
+                };
+                (Event::Command(cmd), pending)
+            }
+            Frame::Invalid(error) => (Event::Invalid(error), Pending::Other),
+            Frame::AuthLine(line) => (Event::AuthLine(line), Pending::AuthLine),
+            Frame::DataChunk(chunk) => {
+                if self.data.as_ref().is_some_and(|d| d.failed.is_some()) {
+                    // The message already failed: the rest of it goes nowhere.
+                    return Step::Continue;
+                }
+                if let Some(txn) = Arc::make_mut(&mut self.session).transaction.as_mut() {
+                    txn.data_bytes += chunk.len() as u64;
+                }
+                (Event::DataChunk(chunk), Pending::Chunk)
+            }
+            Frame::DataEnd(result) => {
+                let failed = self.data.take().and_then(|d| d.failed);
+                let outcome = match (failed, result) {
+                    (Some(reply), _) => DataOutcome::Failed(reply),
+                    (None, Err(error)) => DataOutcome::Failed(error.reply()),
+                    (None, Ok(())) => DataOutcome::Complete,
+                };
+                (Event::DataEnd(outcome), Pending::DataEnd)
+            }
+        };
+        let reply = self.call(event).await;
+        let quit = matches!(pending, Pending::Quit);
+        let session = Arc::make_mut(&mut self.session);
+        match pending {
+            Pending::Chunk => {
+                if reply.is_error()
+                    && let Some(data) = self.data.as_mut()
+                {
+                    data.failed = Some(reply);
+                }
+                return Step::Continue;
+            }
+            Pending::Helo(helo) if reply.is_positive() => {
+                session.helo = Some(helo);
+                session.transaction = None;
+            }
+            Pending::Mail(mail) if reply.is_positive() => {
+                session.transaction = Some(Transaction {
+                    mail,
+                    rcpts: Vec::new(),
+                    started: Instant::now(),
+                    data_bytes: 0,
+                    in_data: false,
+                });
+            }
+            Pending::Rcpt(rcpt) if reply.is_positive() => {
+                if let Some(txn) = session.transaction.as_mut() {
+                    txn.rcpts.push(rcpt);
+                }
+            }
+            Pending::Data if reply.code() == 354 => {
+                if let Some(txn) = session.transaction.as_mut() {
+                    txn.in_data = true;
+                }
+                let now = Instant::now();
+                self.data = Some(DataState {
+                    started: now,
+                    last_read: now,
+                    bytes: 0,
+                    failed: None,
+                });
+                self.codec.set_mode(Mode::Data);
+            }
+            Pending::DataEnd => {
+                if reply.is_positive() {
+                    session.messages += 1;
+                }
+                session.transaction = None;
+            }
+            Pending::Rset if reply.is_positive() => session.transaction = None,
+            Pending::Auth | Pending::AuthLine => {
+                self.codec.set_mode(if reply.code() == 334 {
+                    Mode::Auth
+                } else {
+                    Mode::Command
+                });
+            }
+            _ => {}
+        }
+        if self.codec.mode() == Mode::Command {
+            self.command_deadline = Instant::now() + self.config.command_timeout;
+        }
+        self.push(&reply);
+        if quit {
+            return Step::Close(SessionResult::Quit);
+        }
+        if reply.is_error() {
+            let session = Arc::make_mut(&mut self.session);
+            session.errors += 1;
+            if session.errors >= self.config.max_errors {
+                self.push(&Reply::new(
+                    421,
+                    EnhancedStatus::new(4, 7, 0),
+                    "Too many errors; closing connection",
+                ));
+                return Step::Close(SessionResult::TooManyErrors);
+            }
+        }
+        Step::Continue
+    }
+}
+
+fn shutting_down() -> Reply {
+    Reply::new(
+        421,
+        EnhancedStatus::new(4, 3, 2),
+        "Service shutting down; try again later",
+    )
+}

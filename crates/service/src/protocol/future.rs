@@ -1,0 +1,62 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use attitude_codec::Reply;
+use pin_project_lite::pin_project;
+
+use crate::BoxError;
+
+pin_project! {
+    /// Response future of [`super::Protocol`]: a local reply, or the inner service's (for EHLO
+    /// a positive inner reply is replaced by attitude's capability list).
+    #[project = Proj]
+    pub enum ResponseFuture<F> {
+        /// Answered locally.
+        Local {
+            /// The reply, taken when polled.
+            reply: Option<Reply>,
+        },
+        /// Answered by the inner service.
+        Inner {
+            /// The inner service's future.
+            #[pin]
+            future: F,
+            /// Replaces a positive inner reply.
+            on_success: Option<Reply>,
+        },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(super) fn local(reply: Reply) -> Self {
+        ResponseFuture::Local { reply: Some(reply) }
+    }
+
+    pub(super) fn inner(future: F, on_success: Option<Reply>) -> Self {
+        ResponseFuture::Inner { future, on_success }
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Reply, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Reply, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Proj::Local { reply } => {
+                Poll::Ready(Ok(reply.take().expect("polled after completion")))
+            }
+            Proj::Inner { future, on_success } => {
+                let reply = ready!(future.poll(cx)).map_err(Into::into)?;
+                Poll::Ready(Ok(match on_success.take() {
+                    Some(replacement) if reply.is_positive() => replacement,
+                    _ => reply,
+                }))
+            }
+        }
+    }
+}

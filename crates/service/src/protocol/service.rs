@@ -1,0 +1,161 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use attitude_codec::{Command, EnhancedStatus, Reply};
+use tower_service::Service;
+
+use super::{ProtocolConfig, ResponseFuture};
+use crate::request::{DataOutcome, Event, Request};
+use crate::BoxError;
+
+/// RFC 5321 sequencing and local replies; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Protocol<S> {
+    inner: S,
+    config: Arc<ProtocolConfig>,
+}
+
+fn status(class: u8, subject: u16, detail: u16) -> EnhancedStatus {
+    EnhancedStatus::new(class, subject, detail)
+}
+
+impl<S> Protocol<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, config: Arc<ProtocolConfig>) -> Self {
+        Self { inner, config }
+    }
+
+    fn ehlo_reply(&self) -> Reply {
+        Reply::plain(250, self.config.hostname.clone())
+            .with_line("PIPELINING")
+            .with_line(format!("SIZE {}", self.config.max_message_size))
+            .with_line("8BITMIME")
+            .with_line("ENHANCEDSTATUSCODES")
+    }
+
+    /// The reply for a request that does not go inward, or `None` to forward it.
+    fn check(&self, req: &Request) -> Option<Reply> {
+        let session = &req.session;
+        let bad_sequence = |what: &'static str| Some(Reply::new(503, status(5, 5, 1), what));
+        let not_offered = |what: &'static str| Some(Reply::new(502, status(5, 5, 1), what));
+        match &req.event {
+            Event::Command(cmd) => match cmd {
+                Command::Ehlo(_) | Command::Helo(_) => None,
+                Command::Mail(mail) => {
+                    if session.helo.is_none() {
+                        return bad_sequence("Send HELO/EHLO first");
+                    }
+                    if session.transaction.is_some() {
+                        return bad_sequence("Nested MAIL command");
+                    }
+                    if mail.smtputf8 {
+                        return Some(Reply::new(555, status(5, 6, 7), "SMTPUTF8 is not offered"));
+                    }
+                    if mail.size.is_some_and(|s| s > self.config.max_message_size) {
+                        return Some(Reply::new(
+                            552,
+                            status(5, 3, 4),
+                            format!(
+                                "Message size exceeds fixed limit of {} octets",
+                                self.config.max_message_size
+                            ),
+                        ));
+                    }
+                    None
+                }
+                Command::Rcpt(rcpt) => {
+                    let Some(txn) = &session.transaction else {
+                        return bad_sequence("Need MAIL before RCPT");
+                    };
+                    if txn.rcpts.len() >= self.config.max_recipients {
+                        return Some(Reply::new(452, status(4, 5, 3), "Too many recipients"));
+                    }
+                    if !rcpt.address.is_ascii() && !txn.mail.smtputf8 {
+                        return Some(Reply::new(
+                            553,
+                            status(5, 6, 7),
+                            "Non-ASCII address requires SMTPUTF8",
+                        ));
+                    }
+                    None
+                }
+                Command::Data => match &session.transaction {
+                    None => bad_sequence("Need MAIL and RCPT before DATA"),
+                    Some(txn) if txn.rcpts.is_empty() => {
+                        Some(Reply::new(554, status(5, 5, 1), "No valid recipients"))
+                    }
+                    Some(_) => None,
+                },
+                Command::Rset | Command::Quit => None,
+                Command::Noop => Some(Reply::new(250, status(2, 0, 0), "OK")),
+                Command::Vrfy(_) => Some(Reply::new(
+                    252,
+                    status(2, 5, 0),
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                )),
+                Command::Help => Some(Reply::new(
+                    214,
+                    status(2, 0, 0),
+                    "See RFC 5321; commands: HELO EHLO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+                )),
+                Command::Expn(_) => not_offered("EXPN is not offered"),
+                Command::StartTls => not_offered("STARTTLS is not offered"),
+                Command::Auth { .. } => not_offered("AUTH is not offered"),
+                Command::Bdat { .. } => not_offered("CHUNKING is not offered; use DATA"),
+                Command::Unsupported(_) => not_offered("Command not implemented"),
+            },
+            Event::Invalid(error) => Some(error.reply()),
+            Event::AuthLine(_) => bad_sequence("No AUTH exchange in progress"),
+            Event::DataChunk(_) => {
+                let txn = session.transaction.as_ref()?;
+                (txn.data_bytes > self.config.max_message_size).then(|| {
+                    Reply::new(
+                        552,
+                        status(5, 3, 4),
+                        format!(
+                            "Message size exceeds fixed limit of {} octets",
+                            self.config.max_message_size
+                        ),
+                    )
+                })
+            }
+            Event::DataEnd(_) | Event::Close => None,
+        }
+    }
+}
+
+impl<S> Service<Request> for Protocol<S>
+where
+    S: Service<Request, Response = Reply>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Reply;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if let Some(reply) = self.check(&req) {
+            // A refused chunk: the inner services will see the failure at end of data.
+            return ResponseFuture::local(reply);
+        }
+        let on_success = match &req.event {
+            Event::Command(Command::Ehlo(_)) => Some(self.ehlo_reply()),
+            Event::Command(Command::Helo(_)) => {
+                Some(Reply::new(250, status(2, 0, 0), self.config.hostname.clone()))
+            }
+            Event::Command(Command::Rset) => Some(Reply::new(250, status(2, 0, 0), "Flushed")),
+            Event::Command(Command::Quit) => Some(Reply::new(
+                221,
+                status(2, 0, 0),
+                format!("{} closing connection", self.config.hostname),
+            )),
+            Event::DataEnd(DataOutcome::Failed(reply)) => Some(reply.clone()),
+            _ => None,
+        };
+        ResponseFuture::inner(self.inner.call(req), on_success)
+    }
+}

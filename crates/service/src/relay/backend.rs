@@ -1,0 +1,221 @@
+//! One SMTP client connection to a backend.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use attitude_codec::{ClientCodec, ClientCodecError, Command, Reply, dot_stuff_into};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::Decoder;
+
+/// What a backend offered in its EHLO reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendCaps {
+    /// `SIZE`
+    pub size: bool,
+    /// `8BITMIME`
+    pub eight_bit_mime: bool,
+    /// `PIPELINING`
+    pub pipelining: bool,
+    /// `SMTPUTF8`
+    pub smtputf8: bool,
+}
+
+impl BackendCaps {
+    fn from_ehlo(reply: &Reply) -> Self {
+        let mut caps = Self::default();
+        for line in reply.lines().iter().skip(1) {
+            let keyword = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+            match keyword.as_str() {
+                "SIZE" => caps.size = true,
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "PIPELINING" => caps.pipelining = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// Why talking to a backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// TCP connect failed.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// Backend address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// No reply within the time limit.
+    #[error("timeout waiting for {0}")]
+    Timeout(&'static str),
+    /// The connection broke.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The backend closed the connection.
+    #[error("backend closed the connection")]
+    Closed,
+    /// The backend sent something that is not an SMTP reply.
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+    /// The backend refused the session (greeting or EHLO not 2xx).
+    #[error("backend refused the session: {0}")]
+    Refused(Reply),
+}
+
+impl From<ClientCodecError> for BackendError {
+    fn from(e: ClientCodecError) -> Self {
+        match e {
+            ClientCodecError::Io(e) => BackendError::Io(e),
+            ClientCodecError::Malformed(m) => BackendError::Protocol(m),
+        }
+    }
+}
+
+/// An open SMTP session with a backend.
+#[derive(Debug)]
+pub struct BackendConn {
+    stream: TcpStream,
+    addr: SocketAddr,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    codec: ClientCodec,
+    caps: BackendCaps,
+    /// Transactions completed on this connection.
+    pub transactions: u32,
+}
+
+impl BackendConn {
+    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused).
+    pub async fn open(
+        addr: SocketAddr,
+        helo_name: &str,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+    ) -> Result<Self, BackendError> {
+        let stream = timeout(connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| BackendError::Timeout("connect"))?
+            .map_err(|source| BackendError::Connect { addr, source })?;
+        // Small writes (commands, the final dot) must not wait for Nagle + delayed ACK.
+        stream.set_nodelay(true)?;
+        let mut conn = Self {
+            stream,
+            addr,
+            rbuf: BytesMut::with_capacity(512),
+            wbuf: BytesMut::with_capacity(512),
+            codec: ClientCodec::new(),
+            caps: BackendCaps::default(),
+            transactions: 0,
+        };
+        let greeting = conn.read_reply(reply_timeout, "greeting").await?;
+        if greeting.code() != 220 {
+            return Err(BackendError::Refused(greeting));
+        }
+        let ehlo = conn
+            .command(&Command::Ehlo(helo_name.to_owned()), reply_timeout, "EHLO")
+            .await?;
+        if ehlo.is_positive() {
+            conn.caps = BackendCaps::from_ehlo(&ehlo);
+        } else {
+            let helo = conn
+                .command(&Command::Helo(helo_name.to_owned()), reply_timeout, "HELO")
+                .await?;
+            if !helo.is_positive() {
+                return Err(BackendError::Refused(helo));
+            }
+        }
+        Ok(conn)
+    }
+
+    /// The backend's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What the backend offered.
+    pub fn caps(&self) -> BackendCaps {
+        self.caps
+    }
+
+    /// Sends one command and reads its reply.
+    pub async fn command(
+        &mut self,
+        cmd: &Command,
+        limit: Duration,
+        what: &'static str,
+    ) -> Result<Reply, BackendError> {
+        self.wbuf.clear();
+        cmd.encode(&mut self.wbuf);
+        self.flush(limit, what).await?;
+        self.read_reply(limit, what).await
+    }
+
+    /// Sends DATA content (unstuffed CRLF lines), dot-stuffed.
+    pub async fn send_content(
+        &mut self,
+        content: &[u8],
+        at_line_start: &mut bool,
+        limit: Duration,
+    ) -> Result<(), BackendError> {
+        self.wbuf.clear();
+        dot_stuff_into(content, &mut self.wbuf, at_line_start);
+        self.flush(limit, "DATA content").await
+    }
+
+    /// Ends DATA and reads the backend's verdict.
+    pub async fn finish_data(
+        &mut self,
+        at_line_start: bool,
+        limit: Duration,
+    ) -> Result<Reply, BackendError> {
+        self.wbuf.clear();
+        if !at_line_start {
+            self.wbuf.extend_from_slice(b"\r\n");
+        }
+        self.wbuf.extend_from_slice(b".\r\n");
+        self.flush(limit, "end of data").await?;
+        self.read_reply(limit, "end of data").await
+    }
+
+    /// QUIT, waiting briefly for the 221; the connection is closed either way.
+    pub async fn quit(mut self, limit: Duration) {
+        let _ = self.command(&Command::Quit, limit, "QUIT").await;
+    }
+
+    async fn flush(&mut self, limit: Duration, what: &'static str) -> Result<(), BackendError> {
+        timeout(limit, self.stream.write_all(&self.wbuf))
+            .await
+            .map_err(|_| BackendError::Timeout(what))??;
+        if self.wbuf.capacity() > 64 * 1024 {
+            self.wbuf = BytesMut::with_capacity(512);
+        }
+        Ok(())
+    }
+
+    async fn read_reply(
+        &mut self,
+        limit: Duration,
+        what: &'static str,
+    ) -> Result<Reply, BackendError> {
+        let read = async {
+            loop {
+                if let Some(reply) = self.codec.decode(&mut self.rbuf)? {
+                    return Ok(reply);
+                }
+                self.rbuf.reserve(512);
+                if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                    return Err(BackendError::Closed);
+                }
+            }
+        };
+        timeout(limit, read)
+            .await
+            .map_err(|_| BackendError::Timeout(what))?
+    }
+}

@@ -1,0 +1,124 @@
+//! The vocabulary of the command stack.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use attitude_codec::{Command, CommandError, MailFrom, Reply};
+use bytes::Bytes;
+
+/// HELO or EHLO as the client gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Helo {
+    /// The name given.
+    pub name: String,
+    /// EHLO (true) or HELO (false).
+    pub extended: bool,
+}
+
+/// The mail transaction in progress: MAIL accepted, recipients accepted so far.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// The accepted MAIL command.
+    pub mail: MailFrom,
+    /// Recipients the backend accepted.
+    pub rcpts: Vec<String>,
+    /// When MAIL was accepted.
+    pub started: Instant,
+    /// Message octets received so far (DATA content, unstuffed).
+    pub data_bytes: u64,
+    /// DATA was accepted (354) and content is flowing.
+    pub in_data: bool,
+}
+
+/// Read-only view of a session, handed to every layer with each request.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Process-unique session id (for logs).
+    pub id: u64,
+    /// The client's address (the real one, once PROXY protocol is in).
+    pub client: SocketAddr,
+    /// The local address the client connected to.
+    pub local: SocketAddr,
+    /// HELO/EHLO, once given.
+    pub helo: Option<Helo>,
+    /// Authenticated identity, once authenticated.
+    pub auth: Option<String>,
+    /// Transaction in progress.
+    pub transaction: Option<Transaction>,
+    /// Messages accepted in this session.
+    pub messages: u32,
+    /// Error replies sent in this session.
+    pub errors: u32,
+    /// When the session started.
+    pub started: Instant,
+}
+
+impl Session {
+    /// A new session for a client connection.
+    pub fn new(id: u64, client: SocketAddr, local: SocketAddr) -> Self {
+        Self {
+            id,
+            client,
+            local,
+            helo: None,
+            auth: None,
+            transaction: None,
+            messages: 0,
+            errors: 0,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// How the DATA phase ended, as the session saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataOutcome {
+    /// `<CRLF>.<CRLF>` after valid content: the message may be committed.
+    Complete,
+    /// The message failed (bad content, a layer refused a chunk, backend lost): it must not be
+    /// committed, and this is the reply for the client.
+    Failed(Reply),
+}
+
+/// What happened in the session.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A valid command.
+    Command(Command),
+    /// A line that is not a valid command.
+    Invalid(CommandError),
+    /// An AUTH continuation line.
+    AuthLine(Bytes),
+    /// DATA content: whole CRLF lines, unstuffed. The reply is not written; an error reply fails
+    /// the message (answered at end of data) and no more chunks of it are passed on.
+    DataChunk(Bytes),
+    /// End of data.
+    DataEnd(DataOutcome),
+    /// The session is ending (after QUIT, on disconnect, timeout or shutdown). The reply is not
+    /// written. Lets the relay say QUIT to its backend.
+    Close,
+}
+
+impl Event {
+    /// A bounded label for metrics: the verb, or the frame kind.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Event::Command(cmd) => cmd.verb(),
+            Event::Invalid(_) => "INVALID",
+            Event::AuthLine(_) => "AUTH_LINE",
+            Event::DataChunk(_) => "DATA_CHUNK",
+            Event::DataEnd(_) => "DATA_END",
+            Event::Close => "CLOSE",
+        }
+    }
+}
+
+/// One call of the command stack.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The session as it was when this event happened.
+    pub session: Arc<Session>,
+    /// The event.
+    pub event: Event,
+}
