@@ -10,19 +10,19 @@ use crate::BoxError;
 pin_project! {
     /// Response future of [`super::Protocol`]: a local reply, or the inner service's (for EHLO
     /// a positive inner reply is replaced by attitude's capability list).
-    #[project = Proj]
-    pub enum ResponseFuture<F> {
-        /// Answered locally.
-        Local {
-            /// The reply, taken when polled.
-            reply: Option<Reply>,
-        },
-        /// Answered by the inner service.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Local { reply: Option<Reply> },
         Inner {
-            /// The inner service's future.
             #[pin]
             future: F,
-            /// Replaces a positive inner reply.
             on_success: Option<Reply>,
         },
     }
@@ -30,11 +30,15 @@ pin_project! {
 
 impl<F> ResponseFuture<F> {
     pub(super) fn local(reply: Reply) -> Self {
-        ResponseFuture::Local { reply: Some(reply) }
+        Self {
+            kind: Kind::Local { reply: Some(reply) },
+        }
     }
 
     pub(super) fn inner(future: F, on_success: Option<Reply>) -> Self {
-        ResponseFuture::Inner { future, on_success }
+        Self {
+            kind: Kind::Inner { future, on_success },
+        }
     }
 }
 
@@ -46,11 +50,11 @@ where
     type Output = Result<Reply, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            Proj::Local { reply } => {
+        match self.project().kind.project() {
+            KindProj::Local { reply } => {
                 Poll::Ready(Ok(reply.take().expect("polled after completion")))
             }
-            Proj::Inner { future, on_success } => {
+            KindProj::Inner { future, on_success } => {
                 let reply = ready!(future.poll(cx)).map_err(Into::into)?;
                 Poll::Ready(Ok(match on_success.take() {
                     Some(replacement) if reply.is_positive() => replacement,
