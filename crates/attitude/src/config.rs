@@ -1,0 +1,418 @@
+//! The configuration file (TOML), its defaults and its validation.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// attitude's whole configuration. Every key is optional; unknown keys are refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// SMTP listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`); none to turn it off.
+    pub admin: Option<SocketAddr>,
+    /// Name in the greeting and EHLO reply.
+    pub hostname: String,
+    /// Size and count limits.
+    pub limits: Limits,
+    /// Time limits.
+    pub timeouts: Timeouts,
+    /// SMTP protocol policy.
+    pub smtp: Smtp,
+    /// Backend mail servers.
+    pub backend: Backend,
+    /// Logging.
+    pub log: Log,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:2525".parse().expect("valid address"),
+            admin: Some("127.0.0.1:9325".parse().expect("valid address")),
+            hostname: "attitude.localdomain".into(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            smtp: Smtp::default(),
+            backend: Backend::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message in octets (advertised as SIZE; checked on MAIL SIZE= and on the body).
+    pub max_message_size: u64,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Error replies before the session is closed with 421.
+    pub max_errors: u32,
+    /// Longest command line, CRLF included (RFC 5321: 512).
+    pub max_command_line: usize,
+    /// Longest line in a message, CRLF included (RFC 5321: 1000).
+    pub max_text_line: usize,
+    /// Minimum DATA rate in octets per second once `timeouts.data` has passed (0 = off).
+    pub min_data_rate: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            max_errors: 20,
+            max_command_line: 512,
+            max_text_line: 1000,
+            min_data_rate: 500,
+        }
+    }
+}
+
+/// `[timeouts]`, written like `"300s"`, `"5m"`, `"1h"` or `"250ms"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A complete command must arrive within this time.
+    #[serde(with = "duration")]
+    pub command: Duration,
+    /// Longest silence inside DATA.
+    #[serde(with = "duration")]
+    pub data: Duration,
+    /// TCP connect to a backend.
+    #[serde(with = "duration")]
+    pub backend_connect: Duration,
+    /// Backend greeting and EHLO reply.
+    #[serde(with = "duration")]
+    pub backend_greeting: Duration,
+    /// Backend reply to MAIL, RCPT, DATA, RSET.
+    #[serde(with = "duration")]
+    pub backend_command: Duration,
+    /// Writing one DATA chunk to a backend.
+    #[serde(with = "duration")]
+    pub backend_data: Duration,
+    /// Backend reply to end of data.
+    #[serde(with = "duration")]
+    pub backend_data_end: Duration,
+    /// On SIGTERM, how long sessions in flight may take to finish.
+    #[serde(with = "duration")]
+    pub drain_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            command: Duration::from_secs(300),
+            data: Duration::from_secs(180),
+            backend_connect: Duration::from_secs(10),
+            backend_greeting: Duration::from_secs(60),
+            backend_command: Duration::from_secs(120),
+            backend_data: Duration::from_secs(180),
+            backend_data_end: Duration::from_secs(600),
+            drain_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What to do with bare CR/LF and NUL in DATA.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BareLineEndings {
+    /// Refuse the message (550 5.6.0) at end of data.
+    #[default]
+    Reject,
+    /// Turn them into CRLF (NUL is dropped).
+    Normalize,
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// Bare CR/LF and NUL in DATA: `"reject"` (default) or `"normalize"`.
+    pub bare_line_endings: BareLineEndings,
+}
+
+/// `[backend]`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backend {
+    /// Backend mail servers (`host:port`), tried in turn.
+    pub servers: Vec<SocketAddr>,
+    /// Name for attitude's EHLO to backends (default: `hostname`).
+    pub helo_name: Option<String>,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `"text"` or `"json"`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `"info"` or `"info,attitude_service=debug"`.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a key/value that does not fit.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// File.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Values that parse but do not make sense together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })
+    }
+
+    /// Checks what the types cannot; call after command-line overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.backend.servers.is_empty() {
+            return invalid(
+                "no backend mail server: set `servers` in [backend] or pass --backend HOST:PORT \
+                 (for a test backend run `attitude sink --listen 127.0.0.1:2526`)"
+                    .into(),
+            );
+        }
+        if self.backend.servers.contains(&self.listen) {
+            return invalid(format!(
+                "[backend] servers contains attitude's own listen address {}: that would relay to itself",
+                self.listen
+            ));
+        }
+        if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
+            return invalid(format!(
+                "hostname {:?} must be a non-empty name without spaces",
+                self.hostname
+            ));
+        }
+        let l = &self.limits;
+        if l.max_message_size == 0 {
+            return invalid("[limits] max_message_size must be greater than 0".into());
+        }
+        if l.max_command_line < 512 {
+            return invalid(format!(
+                "[limits] max_command_line = {} is below the RFC 5321 minimum of 512",
+                l.max_command_line
+            ));
+        }
+        if l.max_text_line < 1000 {
+            return invalid(format!(
+                "[limits] max_text_line = {} is below the RFC 5321 minimum of 1000",
+                l.max_text_line
+            ));
+        }
+        if l.max_recipients == 0 {
+            return invalid("[limits] max_recipients must be at least 1 (RFC 5321 asks for 100)".into());
+        }
+        if l.max_errors == 0 {
+            return invalid("[limits] max_errors must be at least 1".into());
+        }
+        let t = &self.timeouts;
+        for (name, value) in [
+            ("command", t.command),
+            ("data", t.data),
+            ("backend_connect", t.backend_connect),
+            ("backend_greeting", t.backend_greeting),
+            ("backend_command", t.backend_command),
+            ("backend_data", t.backend_data),
+            ("backend_data_end", t.backend_data_end),
+        ] {
+            if value.is_zero() {
+                return invalid(format!("[timeouts] {name} must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Durations as `"90s"`, `"5m"`, `"1h"`, `"250ms"` (or a bare number of seconds).
+pub mod duration {
+    use super::*;
+
+    /// Parses a duration.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: expected e.g. \"30s\", \"5m\", \"250ms\""))?;
+        let seconds = match unit.trim() {
+            "" | "s" => value,
+            "ms" => value / 1000.0,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            other => {
+                return Err(format!(
+                    "invalid duration unit {other:?} in {text:?}: use ms, s, m or h"
+                ));
+            }
+        };
+        Ok(Duration::from_secs_f64(seconds))
+    }
+
+    /// Formats a duration the way [`parse`] reads it.
+    pub fn format(d: &Duration) -> String {
+        let ms = d.as_millis();
+        if ms % 1000 != 0 {
+            format!("{ms}ms")
+        } else {
+            format!("{}s", ms / 1000)
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"5m\" or \"250ms\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+                u64::try_from(v)
+                    .map(Duration::from_secs)
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_from_empty_file() {
+        let config = Config::parse("", "test").unwrap();
+        assert_eq!(config.limits.max_command_line, 512);
+        assert_eq!(config.timeouts.command, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_position() {
+        let err = Config::parse("hostname = \"a\"\n[limits]\nmax_mesage_size = 5\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("f.toml:3:1:"), "{err}");
+        assert!(err.contains("max_mesage_size"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration::parse("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(duration::parse("250ms").unwrap(), Duration::from_millis(250));
+        assert!(duration::parse("5 parsecs").is_err());
+        let config = Config::parse("[timeouts]\ncommand = \"2s\"\ndata = 7\n", "t").unwrap();
+        assert_eq!(config.timeouts.command, Duration::from_secs(2));
+        assert_eq!(config.timeouts.data, Duration::from_secs(7));
+        let err = Config::parse("[timeouts]\ncommand = \"2 weeks\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("t:2:11"), "{err}");
+    }
+
+    #[test]
+    fn round_trip_through_toml() {
+        let mut config = Config::default();
+        config.backend.servers = vec!["127.0.0.1:2526".parse().unwrap()];
+        let again = Config::parse(&config.to_toml(), "printed").unwrap();
+        assert_eq!(again.backend.servers, config.backend.servers);
+        assert_eq!(again.timeouts.drain_grace, config.timeouts.drain_grace);
+    }
+
+    #[test]
+    fn validation_says_what_to_fix() {
+        let err = Config::default().validate().unwrap_err().to_string();
+        assert!(err.contains("--backend"), "{err}");
+    }
+}
