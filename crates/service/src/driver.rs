@@ -151,7 +151,7 @@ pub struct SessionSummary {
 }
 
 /// Initial read buffer; it grows only while a long line or DATA needs it.
-const COMMAND_READ: usize = 512;
+const COMMAND_READ: usize = 256;
 const DATA_READ: usize = 16 * 1024;
 /// Buffers above this size are released when empty.
 const KEEP_BUFFER: usize = 4 * 1024;
@@ -302,6 +302,11 @@ where
             }
             if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
                 self.rbuf = BytesMut::new();
+            }
+            if idle {
+                // A session waiting for its next command holds no write buffer: idle sessions
+                // are what a flood is made of.
+                self.wbuf = BytesMut::new();
             }
             let (want, deadline) = match self.codec.mode() {
                 Mode::Data => (DATA_READ, self.data_deadline()),
