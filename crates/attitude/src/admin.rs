@@ -78,7 +78,11 @@ pub async fn serve(
     upkeep.abort();
 }
 
-fn respond(req: &Request<Incoming>, handle: &PrometheusHandle, ready: &AtomicBool) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    handle: &PrometheusHandle,
+    ready: &AtomicBool,
+) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: String| {
         Response::builder()
             .status(status)

@@ -272,7 +272,9 @@ impl Config {
             ));
         }
         if l.max_recipients == 0 {
-            return invalid("[limits] max_recipients must be at least 1 (RFC 5321 asks for 100)".into());
+            return invalid(
+                "[limits] max_recipients must be at least 1 (RFC 5321 asks for 100)".into(),
+            );
         }
         if l.max_errors == 0 {
             return invalid("[limits] max_errors must be at least 1".into());
@@ -318,9 +320,9 @@ pub mod duration {
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: expected e.g. \"30s\", \"5m\", \"250ms\""))?;
+        let value: f64 = number.parse().map_err(|_| {
+            format!("invalid duration {text:?}: expected e.g. \"30s\", \"5m\", \"250ms\"")
+        })?;
         let seconds = match unit.trim() {
             "" | "s" => value,
             "ms" => value / 1000.0,
@@ -382,9 +384,12 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_position() {
-        let err = Config::parse("hostname = \"a\"\n[limits]\nmax_mesage_size = 5\n", "f.toml")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "hostname = \"a\"\n[limits]\nmax_mesage_size = 5\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("f.toml:3:1:"), "{err}");
         assert!(err.contains("max_mesage_size"), "{err}");
     }
@@ -392,7 +397,10 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(duration::parse("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(duration::parse("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            duration::parse("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert!(duration::parse("5 parsecs").is_err());
         let config = Config::parse("[timeouts]\ncommand = \"2s\"\ndata = 7\n", "t").unwrap();
         assert_eq!(config.timeouts.command, Duration::from_secs(2));

@@ -46,7 +46,10 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), Stri
     let mut announced = vec![("smtp", smtp_addr)];
     if let Some(addr) = config.admin {
         let admin_listener = bind(addr, "admin HTTP").await?;
-        announced.push(("admin", admin_listener.local_addr().map_err(|e| e.to_string())?));
+        announced.push((
+            "admin",
+            admin_listener.local_addr().map_err(|e| e.to_string())?,
+        ));
         tokio::spawn(admin::serve(
             admin_listener,
             metrics,
@@ -73,7 +76,10 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), Stri
     let grace = config.timeouts.drain_grace;
     tracing::info!(sessions = tracker.len(), ?grace, "draining");
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(sessions = tracker.len(), "drain grace over; closing sessions with 421");
+        tracing::warn!(
+            sessions = tracker.len(),
+            "drain grace over; closing sessions with 421"
+        );
         shutdown.hard.cancel();
         let _ = tokio::time::timeout(HARD_CLOSE_WAIT, tracker.wait()).await;
     }

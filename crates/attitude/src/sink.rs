@@ -68,7 +68,10 @@ impl Service<Request> for SinkService {
             }
             Event::DataChunk(chunk) => {
                 if self.maildir.is_some() {
-                    self.message.lock().expect("sink lock").extend_from_slice(&chunk);
+                    self.message
+                        .lock()
+                        .expect("sink lock")
+                        .extend_from_slice(&chunk);
                 }
                 immediate(reply(250, (2, 0, 0), "OK"))
             }
@@ -96,14 +99,16 @@ impl Service<Request> for SinkService {
                         Ok(()) => Ok(reply(250, (2, 0, 0), "Ok: written to Maildir")),
                         Err(error) => {
                             tracing::error!(%error, "sink: cannot write message {n}");
-                            Ok(reply(451, (4, 3, 0), "Cannot write message; try again later"))
+                            Ok(reply(
+                                451,
+                                (4, 3, 0),
+                                "Cannot write message; try again later",
+                            ))
                         }
                     }
                 })
             }
-            Event::Command(Command::Quit) | Event::Close => {
-                immediate(reply(221, (2, 0, 0), "Bye"))
-            }
+            Event::Command(Command::Quit) | Event::Close => immediate(reply(221, (2, 0, 0), "Bye")),
             _ => immediate(reply(250, (2, 0, 0), "OK")),
         }
     }

@@ -66,7 +66,9 @@ impl Decoder for ClientCodec {
                 return Err(ClientCodecError::Malformed("reply code out of range"));
             }
             if *self.code.get_or_insert(code) != code {
-                return Err(ClientCodecError::Malformed("reply code changed inside a reply"));
+                return Err(ClientCodecError::Malformed(
+                    "reply code changed inside a reply",
+                ));
             }
             let last = match line.get(3) {
                 None | Some(b' ') => true,
@@ -86,11 +88,8 @@ impl Decoder for ClientCodec {
             }
             self.lines.push(Cow::Owned(text));
             if last {
-                let reply = Reply::from_parts(
-                    code,
-                    self.status.take(),
-                    std::mem::take(&mut self.lines),
-                );
+                let reply =
+                    Reply::from_parts(code, self.status.take(), std::mem::take(&mut self.lines));
                 self.code = None;
                 return Ok(Some(reply));
             }
@@ -103,9 +102,12 @@ impl Decoder for ClientCodec {
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, Self::Error> {
         match self.decode(src)? {
             Some(reply) => Ok(Some(reply)),
-            None if src.has_remaining() || self.code.is_some() => Err(ClientCodecError::Io(
-                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed mid-reply"),
-            )),
+            None if src.has_remaining() || self.code.is_some() => {
+                Err(ClientCodecError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed mid-reply",
+                )))
+            }
             None => Ok(None),
         }
     }

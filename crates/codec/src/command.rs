@@ -170,10 +170,7 @@ impl Command {
         if line.contains(&0) {
             return Err(CommandError::Nul);
         }
-        let verb_end = line
-            .iter()
-            .position(|&b| b == b' ')
-            .unwrap_or(line.len());
+        let verb_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
         let verb = &line[..verb_end];
         if verb.is_empty() {
             return Err(CommandError::Empty);
@@ -297,7 +294,9 @@ fn check_address(address: &str, allow_utf8: bool) -> Result<(), CommandError> {
 fn parse_auth(text: &str) -> Result<Command, CommandError> {
     let mut parts = text.split(' ').filter(|p| !p.is_empty());
     parts.next(); // AUTH
-    let mechanism = parts.next().ok_or(CommandError::Syntax("AUTH mechanism [initial-response]"))?;
+    let mechanism = parts
+        .next()
+        .ok_or(CommandError::Syntax("AUTH mechanism [initial-response]"))?;
     if mechanism.len() > 20
         || !mechanism
             .bytes()
@@ -399,13 +398,13 @@ impl CommandError {
             CommandError::Empty => Reply::new(500, s(5, 5, 2), "Empty command"),
             CommandError::BadVerb => Reply::new(500, s(5, 5, 2), "Invalid characters in command"),
             CommandError::Unknown => Reply::new(500, s(5, 5, 1), "Command unrecognized"),
-            CommandError::Nul => Reply::new(500, s(5, 5, 2), "NUL character not allowed in command"),
+            CommandError::Nul => {
+                Reply::new(500, s(5, 5, 2), "NUL character not allowed in command")
+            }
             CommandError::BareCr => {
                 Reply::new(500, s(5, 5, 2), "Bare CR not allowed in command; use CRLF")
             }
-            CommandError::InvalidUtf8 => {
-                Reply::new(500, s(5, 5, 2), "Command is not valid UTF-8")
-            }
+            CommandError::InvalidUtf8 => Reply::new(500, s(5, 5, 2), "Command is not valid UTF-8"),
             CommandError::Syntax(syntax) => {
                 Reply::new(501, s(5, 5, 4), format!("Syntax error, expected: {syntax}"))
             }
@@ -436,7 +435,10 @@ mod tests {
 
     #[test]
     fn basic_commands() {
-        assert_eq!(parse("EHLO client.example\r\n"), Ok(Command::Ehlo("client.example".into())));
+        assert_eq!(
+            parse("EHLO client.example\r\n"),
+            Ok(Command::Ehlo("client.example".into()))
+        );
         assert_eq!(parse("helo x\r\n"), Ok(Command::Helo("x".into())));
         assert_eq!(parse("DATA\r\n"), Ok(Command::Data));
         assert_eq!(parse("quit\n"), Ok(Command::Quit));
@@ -467,8 +469,14 @@ mod tests {
             parse("MAIL FROM:<>\r\n"),
             Ok(Command::Mail(MailFrom::default()))
         );
-        assert_eq!(parse("MAIL FROM:<a@b> RET=FULL\r\n"), Err(CommandError::UnsupportedParameter));
-        assert_eq!(parse("MAIL FROM:<a@b> BODY=BINARYMIME\r\n"), Err(CommandError::UnsupportedParameter));
+        assert_eq!(
+            parse("MAIL FROM:<a@b> RET=FULL\r\n"),
+            Err(CommandError::UnsupportedParameter)
+        );
+        assert_eq!(
+            parse("MAIL FROM:<a@b> BODY=BINARYMIME\r\n"),
+            Err(CommandError::UnsupportedParameter)
+        );
     }
 
     #[test]
@@ -476,11 +484,20 @@ mod tests {
         assert_eq!(parse("MAIL FROM:<a\0@b>\r\n"), Err(CommandError::Nul));
         assert_eq!(parse("MA\0IL FROM:<a@b>\r\n"), Err(CommandError::Nul));
         assert_eq!(parse("MAİL FROM:<a@b>\r\n"), Err(CommandError::BadVerb));
-        assert_eq!(Command::parse(b"MAIL FROM:<\xff@b>\r\n"), Err(CommandError::InvalidUtf8));
-        assert_eq!(parse("MAIL FROM:<ü@b.example>\r\n"), Err(CommandError::NeedsSmtpUtf8));
+        assert_eq!(
+            Command::parse(b"MAIL FROM:<\xff@b>\r\n"),
+            Err(CommandError::InvalidUtf8)
+        );
+        assert_eq!(
+            parse("MAIL FROM:<ü@b.example>\r\n"),
+            Err(CommandError::NeedsSmtpUtf8)
+        );
         assert_eq!(parse("RCPT TO:<a@b>\rRSET\r\n"), Err(CommandError::BareCr));
         assert_eq!(parse("FOO bar\r\n"), Err(CommandError::Unknown));
-        assert!(matches!(parse("MAIL TO:<a@b>\r\n"), Err(CommandError::Syntax(_))));
+        assert!(matches!(
+            parse("MAIL TO:<a@b>\r\n"),
+            Err(CommandError::Syntax(_))
+        ));
     }
 
     #[test]

@@ -451,7 +451,9 @@ mod tests {
         let got = frames(&mut codec, &input);
         assert!(got.len() > 10);
         for f in &got[..got.len() - 1] {
-            let Frame::DataChunk(c) = f else { panic!("{f:?}") };
+            let Frame::DataChunk(c) = f else {
+                panic!("{f:?}")
+            };
             assert!(c.len() <= 100 + 42);
         }
     }

@@ -62,7 +62,10 @@ mod tests {
 
     #[test]
     fn canonicalises_anything() {
-        assert_eq!(stuff(b"a\n.\nb\r.\r\n\0.\r\n"), b"a\r\n..\r\nb\r\n..\r\n..\r\n");
+        assert_eq!(
+            stuff(b"a\n.\nb\r.\r\n\0.\r\n"),
+            b"a\r\n..\r\nb\r\n..\r\n..\r\n"
+        );
     }
 
     #[test]

@@ -18,9 +18,9 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
+use crate::BoxError;
 use crate::errors::error_reply;
 use crate::request::{DataOutcome, Event, Helo, Request, Session, Transaction};
-use crate::BoxError;
 
 /// Settings of the session driver.
 #[derive(Debug, Clone)]
@@ -72,9 +72,9 @@ impl DriverMetrics {
             total: metrics::counter!("attitude_sessions_total"),
             bytes_in: metrics::counter!("attitude_client_bytes_received_total"),
             bytes_out: metrics::counter!("attitude_client_bytes_sent_total"),
-            ended: SessionResult::ALL.map(|r| {
-                metrics::counter!("attitude_sessions_ended_total", "result" => r.as_str())
-            }),
+            ended: SessionResult::ALL.map(
+                |r| metrics::counter!("attitude_sessions_ended_total", "result" => r.as_str()),
+            ),
         })
     }
 }
@@ -239,7 +239,11 @@ where
         let _ = service.call(close).await;
     }
     metrics.active.decrement(1.0);
-    metrics.ended[SessionResult::ALL.iter().position(|r| *r == result).unwrap_or(0)].increment(1);
+    metrics.ended[SessionResult::ALL
+        .iter()
+        .position(|r| *r == result)
+        .unwrap_or(0)]
+    .increment(1);
     let summary = SessionSummary {
         result,
         messages: driver.session.messages,

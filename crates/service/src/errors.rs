@@ -8,15 +8,31 @@ use crate::BoxError;
 /// transient failure: the client keeps the message and tries again.
 pub fn error_reply(error: &BoxError) -> Reply {
     if error.is::<tower::timeout::error::Elapsed>() {
-        return Reply::new(451, EnhancedStatus::new(4, 4, 2), "Timeout; try again later");
+        return Reply::new(
+            451,
+            EnhancedStatus::new(4, 4, 2),
+            "Timeout; try again later",
+        );
     }
     if error.is::<tower::load_shed::error::Overloaded>() {
-        return Reply::new(421, EnhancedStatus::new(4, 3, 2), "Overloaded; try again later");
+        return Reply::new(
+            421,
+            EnhancedStatus::new(4, 3, 2),
+            "Overloaded; try again later",
+        );
     }
     if error.is::<std::io::Error>() {
-        return Reply::new(451, EnhancedStatus::new(4, 3, 0), "Local I/O error; try again later");
+        return Reply::new(
+            451,
+            EnhancedStatus::new(4, 3, 0),
+            "Local I/O error; try again later",
+        );
     }
-    Reply::new(451, EnhancedStatus::new(4, 3, 0), "Local error; try again later")
+    Reply::new(
+        451,
+        EnhancedStatus::new(4, 3, 0),
+        "Local error; try again later",
+    )
 }
 
 #[cfg(test)]

@@ -1,1 +1,17 @@
-//! placeholder
+//! Test helpers for attitude's end-to-end tests.
+//!
+//! - [`Peer`]: a child process (attitude itself, Postfix's smtp-sink, the aiosmtpd recorder)
+//!   that announces its address on stdout and is killed, by its PID, when dropped;
+//! - [`Client`]: a scripted raw SMTP client over a blocking socket, for byte-level tests that
+//!   no real client would send (smuggling, over-long lines, NUL, drip).
+//!
+//! Everything binds loopback only, on ports the test chose (port 0 where the peer allows it).
+
+mod client;
+mod peer;
+
+pub use client::Client;
+pub use peer::{
+    Attitude, Peer, Recorded, Recorder, SmtpSink, attitude_bin, free_port, require_tool,
+    scratch_dir, wait_for,
+};

@@ -7,8 +7,8 @@ use super::SmtpMetricsService;
 
 /// Verbs with their own label; anything else counts as `OTHER`.
 pub(super) const VERBS: [&str; 17] = [
-    "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN",
-    "HELP", "STARTTLS", "AUTH", "INVALID", "DATA_END", "OTHER",
+    "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP",
+    "STARTTLS", "AUTH", "INVALID", "DATA_END", "OTHER",
 ];
 const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -37,7 +37,8 @@ impl SmtpMetrics {
                 })
             })
             .collect();
-        let outcome = |o: &'static str| metrics::counter!("attitude_messages_total", "outcome" => o);
+        let outcome =
+            |o: &'static str| metrics::counter!("attitude_messages_total", "outcome" => o);
         Arc::new(Self {
             commands,
             accepted: outcome("accepted"),
@@ -48,8 +49,14 @@ impl SmtpMetrics {
     }
 
     pub(super) fn command(&self, verb: &str, class: u8) {
-        let row = VERBS.iter().position(|v| *v == verb).unwrap_or(VERBS.len() - 1);
-        if let Some(counter) = (class as usize).checked_sub(2).and_then(|i| self.commands[row].get(i)) {
+        let row = VERBS
+            .iter()
+            .position(|v| *v == verb)
+            .unwrap_or(VERBS.len() - 1);
+        if let Some(counter) = (class as usize)
+            .checked_sub(2)
+            .and_then(|i| self.commands[row].get(i))
+        {
             counter.increment(1);
         }
     }

@@ -5,8 +5,8 @@ use attitude_codec::{Command, EnhancedStatus, Reply};
 use tower_service::Service;
 
 use super::{ProtocolConfig, ResponseFuture};
-use crate::request::{DataOutcome, Event, Request};
 use crate::BoxError;
+use crate::request::{DataOutcome, Event, Request};
 
 /// RFC 5321 sequencing and local replies; see the module docs.
 #[derive(Debug, Clone)]
@@ -144,9 +144,11 @@ where
         }
         let on_success = match &req.event {
             Event::Command(Command::Ehlo(_)) => Some(self.ehlo_reply()),
-            Event::Command(Command::Helo(_)) => {
-                Some(Reply::new(250, status(2, 0, 0), self.config.hostname.clone()))
-            }
+            Event::Command(Command::Helo(_)) => Some(Reply::new(
+                250,
+                status(2, 0, 0),
+                self.config.hostname.clone(),
+            )),
             Event::Command(Command::Rset) => Some(Reply::new(250, status(2, 0, 0), "Flushed")),
             Event::Command(Command::Quit) => Some(Reply::new(
                 221,

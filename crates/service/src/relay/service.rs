@@ -128,7 +128,9 @@ impl RelayShared {
 enum Phase {
     Idle,
     Mail,
-    Data { at_line_start: bool },
+    Data {
+        at_line_start: bool,
+    },
     /// The backend was lost mid-transaction: every reply until the transaction ends is 4xx.
     Broken,
 }
@@ -229,11 +231,17 @@ impl RelayState {
             let relayed = MailFrom {
                 address: mail.address.clone(),
                 size: mail.size.filter(|_| caps.size),
-                body: mail.body.filter(|b| *b == Body::SevenBit || caps.eight_bit_mime),
+                body: mail
+                    .body
+                    .filter(|b| *b == Body::SevenBit || caps.eight_bit_mime),
                 smtputf8: mail.smtputf8 && caps.smtputf8,
             };
             match conn
-                .command(&Command::Mail(relayed), shared.config.command_timeout, "MAIL")
+                .command(
+                    &Command::Mail(relayed),
+                    shared.config.command_timeout,
+                    "MAIL",
+                )
                 .await
             {
                 Ok(reply) if reply.code() == 421 => {
@@ -350,9 +358,10 @@ impl RelayState {
                 self.phase = Phase::Idle;
                 lost("during DATA")
             }
-            (Event::Command(Command::Rcpt(_) | Command::Data) | Event::DataChunk(_), Phase::Broken) => {
-                lost("earlier in this transaction")
-            }
+            (
+                Event::Command(Command::Rcpt(_) | Command::Data) | Event::DataChunk(_),
+                Phase::Broken,
+            ) => lost("earlier in this transaction"),
             (Event::Command(Command::Quit) | Event::Close, phase) => {
                 self.phase = Phase::Idle;
                 let conn = self.conn.take();

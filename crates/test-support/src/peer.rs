@@ -1,0 +1,450 @@
+//! Real peers as child processes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh scratch directory under the system temp dir, unique to this test process.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("attitude-test-{}-{n}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A loopback port that was free a moment ago (for peers that cannot bind port 0).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind port 0")
+        .port()
+}
+
+/// Panics with the fix when a tool the tests need is missing (tests never skip silently).
+pub fn require_tool(path: &str) -> PathBuf {
+    let found = if path.contains('/') {
+        Path::new(path).exists().then(|| PathBuf::from(path))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(path))
+                .find(|p| p.exists())
+        })
+    };
+    found.unwrap_or_else(|| {
+        panic!(
+            "{path} is not installed: run `make deps` (installs postfix, swaks, python3-aiosmtpd)"
+        )
+    })
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `attitude` binary: `$ATTITUDE_BIN`, or `target/<profile>/attitude` next to the test.
+pub fn attitude_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ATTITUDE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/attitude
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary under target/<profile>/deps");
+    let bin = profile_dir.join("attitude");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p attitude`; `make test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process, killed (by PID) and reaped when dropped.
+pub struct Peer {
+    name: String,
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Peer {
+    /// Starts `cmd` and waits for a stdout line starting with `listening `; returns the peer and
+    /// that line's `key=value` pairs.
+    pub fn spawn_announced(name: &str, mut cmd: Command) -> (Peer, Vec<(String, String)>) {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let out = child.stdout.take().expect("stdout");
+            let lines = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if line.starts_with("listening ") {
+                        let _ = tx.send(line.clone());
+                    }
+                    lines.lock().expect("lock").push(line);
+                }
+            });
+            let err = child.stderr.take().expect("stderr");
+            let lines = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    lines.lock().expect("lock").push(line);
+                }
+            });
+        }
+        let peer = Peer {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        };
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "{name} did not announce its address; stderr:\n{}",
+                peer.stderr().join("\n")
+            ),
+        };
+        let pairs = line
+            .trim_start_matches("listening ")
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (peer, pairs)
+    }
+
+    /// Starts `cmd`, then waits until `addr` accepts connections.
+    pub fn spawn_listening(name: &str, mut cmd: Command, addr: SocketAddr) -> Peer {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        for (pipe, lines) in [
+            (
+                Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+                stdout.clone(),
+            ),
+            (
+                Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>,
+                stderr.clone(),
+            ),
+        ] {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                    lines
+                        .lock()
+                        .expect("lock")
+                        .push(String::from_utf8_lossy(&line).into_owned());
+                }
+            });
+        }
+        let mut peer = Peer {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        };
+        let up = wait_for(Duration::from_secs(20), || {
+            TcpStream::connect(addr).is_ok() || peer.child.try_wait().ok().flatten().is_some()
+        });
+        if !up || peer.child.try_wait().ok().flatten().is_some() {
+            panic!(
+                "{name} did not start on {addr}; stderr:\n{}",
+                peer.stderr().join("\n")
+            );
+        }
+        peer
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL") to this process only.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lines written to stdout so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().expect("lock").clone()
+    }
+
+    /// Lines written to stderr so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// The name given at start.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn addr_of(pairs: &[(String, String)], key: &str) -> Option<SocketAddr> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// attitude under test (`attitude serve`), on ports it chose itself.
+pub struct Attitude {
+    /// The process.
+    pub peer: Peer,
+    /// SMTP address.
+    pub smtp: SocketAddr,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    /// The configuration file used.
+    pub config_path: PathBuf,
+}
+
+impl Attitude {
+    /// Starts `attitude serve` with this TOML configuration (listen and admin are set to
+    /// loopback port 0 unless `config` sets them) in front of `backends`.
+    pub fn start(config: &str, backends: &[SocketAddr]) -> Attitude {
+        let dir = scratch_dir("attitude");
+        let path = dir.join("attitude.toml");
+        let mut text = String::new();
+        if !config.contains("listen =") {
+            text.push_str("listen = \"127.0.0.1:0\"\n");
+        }
+        if !config.contains("admin =") {
+            text.push_str("admin = \"127.0.0.1:0\"\n");
+        }
+        text.push_str("hostname = \"attitude.test\"\n");
+        text.push_str(config);
+        if !backends.is_empty() {
+            let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+            text.push_str(&format!("\n[backend]\nservers = [{}]\n", list.join(", ")));
+        }
+        std::fs::write(&path, text).expect("write config");
+        let mut cmd = Command::new(attitude_bin());
+        cmd.arg("serve").arg("--config").arg(&path);
+        cmd.env("RUST_LOG", "info");
+        let (peer, pairs) = Peer::spawn_announced("attitude", cmd);
+        Attitude {
+            smtp: addr_of(&pairs, "smtp").expect("smtp address"),
+            admin: addr_of(&pairs, "admin").expect("admin address"),
+            peer,
+            config_path: path,
+        }
+    }
+
+    /// GET `path` on the admin server: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.admin).expect("connect admin");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: attitude\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of one sample in `/metrics` (e.g. `attitude_messages_total{outcome="accepted"}`).
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// Postfix's `smtp-sink`, dumping every transaction to a file.
+pub struct SmtpSink {
+    /// The process.
+    pub peer: Peer,
+    /// Its address.
+    pub addr: SocketAddr,
+    dump: PathBuf,
+}
+
+impl SmtpSink {
+    /// Starts `smtp-sink` on a free loopback port. `extra` goes before the address
+    /// (e.g. `["-R", "..."]`).
+    pub fn start(extra: &[&str]) -> SmtpSink {
+        let bin = require_tool("/usr/sbin/smtp-sink");
+        let dump = scratch_dir("smtp-sink");
+        // smtp-sink drops to `nobody`, which must be able to write the dumps.
+        let _ = Command::new("chmod").arg("0777").arg(&dump).status();
+        for _ in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-u", "nobody", "-m", "1000"])
+                .arg("-d")
+                .arg(format!("{}/%Y%m%d%H%M%S.", dump.display()))
+                .args(extra)
+                .arg(addr.to_string())
+                .arg("256");
+            let peer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Peer::spawn_listening("smtp-sink", cmd, addr)
+            }));
+            if let Ok(peer) = peer {
+                return SmtpSink { peer, addr, dump };
+            }
+        }
+        panic!("smtp-sink would not start");
+    }
+
+    /// Every dumped transaction, oldest first.
+    pub fn dumps(&self) -> Vec<Vec<u8>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dump)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.iter().filter_map(|f| std::fs::read(f).ok()).collect()
+    }
+
+    /// How many transactions were dumped.
+    pub fn count(&self) -> usize {
+        std::fs::read_dir(&self.dump)
+            .map(|rd| rd.count())
+            .unwrap_or(0)
+    }
+}
+
+/// One message as the aiosmtpd recorder stored it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// MAIL FROM address.
+    pub mail_from: String,
+    /// RCPT TO addresses.
+    pub rcpt_tos: Vec<String>,
+    /// The message as received (after dot-unstuffing), byte for byte.
+    pub content: Vec<u8>,
+}
+
+/// The aiosmtpd recording backend (`tests/peers/recorder.py`, run with `/usr/bin/python3`).
+pub struct Recorder {
+    /// The process.
+    pub peer: Peer,
+    /// Its address.
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Recorder {
+    /// Starts the recorder on a loopback port it picks itself.
+    pub fn start() -> Recorder {
+        let python = require_tool("/usr/bin/python3");
+        let ok = Command::new(&python)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "python3-aiosmtpd is not installed: run `make deps`");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/recorder.py");
+        let dir = scratch_dir("recorder");
+        let mut cmd = Command::new(python);
+        cmd.arg(script).arg("--dir").arg(&dir);
+        let (peer, pairs) = Peer::spawn_announced("recorder", cmd);
+        Recorder {
+            addr: addr_of(&pairs, "smtp").expect("recorder address"),
+            peer,
+            dir,
+        }
+    }
+
+    /// The messages recorded so far, in order.
+    pub fn messages(&self) -> Vec<Recorded> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "env"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .map(|env| {
+                let meta = std::fs::read_to_string(env).expect("read envelope");
+                let content = std::fs::read(env.with_extension("eml")).expect("read eml");
+                let mut lines = meta.lines();
+                let mail_from = lines.next().unwrap_or_default().to_owned();
+                Recorded {
+                    mail_from,
+                    rcpt_tos: lines.map(str::to_owned).collect(),
+                    content,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,310 @@
+//! Session behaviour: sequencing, pipelining, limits, timeouts, drain, metrics, configuration.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use attitude_test_support::{Attitude, Client, Recorder, attitude_bin, scratch_dir, wait_for};
+
+#[test]
+fn sequencing_and_local_replies() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start("", &[recorder.addr]);
+    let mut c = Client::connect(attitude.smtp);
+    let r = c.cmd("MAIL FROM:<a@example.org>");
+    assert!(r.starts_with("503 5.5.1"), "MAIL before EHLO: {r}");
+    let ehlo = c.cmd("EHLO client.test");
+    for cap in [
+        "PIPELINING",
+        "SIZE 26214400",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+    ] {
+        assert!(ehlo.contains(cap), "EHLO lacks {cap}: {ehlo}");
+    }
+    assert!(
+        !ehlo.contains("CHUNKING") && !ehlo.contains("SMTPUTF8"),
+        "{ehlo}"
+    );
+    assert!(c.cmd("RCPT TO:<b@example.com>").starts_with("503 5.5.1"));
+    assert!(c.cmd("DATA").starts_with("503 5.5.1"));
+    assert!(c.cmd("VRFY postmaster").starts_with("252"));
+    assert!(c.cmd("NOOP").starts_with("250 2.0.0"));
+    assert!(c.cmd("HELP").starts_with("214"));
+    assert!(c.cmd("EXPN staff").starts_with("502 5.5.1"));
+    assert!(c.cmd("BDAT 10 LAST").starts_with("502 5.5.1"));
+    assert!(c.cmd("STARTTLS").starts_with("502 5.5.1"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("503 5.5.1"));
+    assert!(c.cmd("DATA").starts_with("554 5.5.1"));
+    assert!(c.cmd("RSET").starts_with("250 2.0.0"));
+    assert!(c.cmd("RCPT TO:<b@example.com>").starts_with("503"));
+    // Every reply after the greeting carries an enhanced status code (RFC 2034), 354 aside.
+    let r = c.cmd("QUIT");
+    assert!(r.starts_with("221 2.0.0"), "{r}");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn pipelined_group_gets_replies_in_order() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start("", &[recorder.addr]);
+    let mut c = Client::connect(attitude.smtp);
+    c.send(
+        b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<reject1@example.com>\r\n\
+          RCPT TO:<ok1@example.com>\r\nRCPT TO:<tempfail@example.com>\r\nRCPT TO:<ok2@example.com>\r\nDATA\r\n",
+    );
+    let replies: Vec<String> = (0..7).map(|_| c.reply()).collect();
+    let codes: Vec<&str> = replies.iter().map(|r| &r[..3]).collect();
+    assert_eq!(
+        codes,
+        ["250", "250", "550", "250", "451", "250", "354"],
+        "{replies:?}"
+    );
+    c.send(b"Subject: p\r\n\r\npipelined\r\n.\r\nQUIT\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert!(c.reply().starts_with("221"));
+    let m = recorder.messages();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].rcpt_tos, ["ok1@example.com", "ok2@example.com"]);
+}
+
+#[test]
+fn too_many_errors_disconnects_with_421() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start("[limits]\nmax_errors = 3\n", &[recorder.addr]);
+    let mut c = Client::connect(attitude.smtp);
+    assert!(c.cmd("FOO").starts_with("500"));
+    assert!(c.cmd("BAR").starts_with("500"));
+    let r = c.cmd("BAZ");
+    assert!(r.starts_with("500"), "{r}");
+    let r = c.reply();
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn idle_and_dripping_clients_are_dropped() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[timeouts]\ncommand = \"1s\"\ndata = \"1s\"\n[limits]\nmin_data_rate = 1000\n",
+        &[recorder.addr],
+    );
+    // Silent after the greeting.
+    let mut idle = Client::connect(attitude.smtp);
+    let started = Instant::now();
+    let r = idle.reply();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // One byte every 200 ms of a command line: the deadline is not extended by trickles.
+    let mut drip = Client::connect(attitude.smtp);
+    let started = Instant::now();
+    for b in b"EHLO slowly.example.org" {
+        if !drip.try_send(&[*b]) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let r = drip.try_reply().unwrap_or_default();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    // Inside DATA, below the minimum data rate.
+    let mut slow = Client::connect(attitude.smtp);
+    slow.start_data("a@example.org", &["b@example.com"]);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        if !slow.try_send(b"x") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = slow.try_reply().unwrap_or_default();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(recorder.messages().is_empty());
+    assert!(
+        attitude
+            .metric("attitude_sessions_ended_total{result=\"timeout\"}")
+            .unwrap_or(0.0)
+            >= 3.0
+    );
+}
+
+#[test]
+fn sigterm_lets_the_transaction_in_flight_finish() {
+    let recorder = Recorder::start();
+    let mut attitude = Attitude::start("[timeouts]\ndrain_grace = \"20s\"\n", &[recorder.addr]);
+    assert_eq!(attitude.http_get("/readyz").0, 200);
+    let mut busy = Client::connect(attitude.smtp);
+    busy.start_data("a@example.org", &["b@example.com"]);
+    busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n");
+    let mut idle = Client::connect(attitude.smtp);
+    assert!(idle.cmd("EHLO idle.test").starts_with("250"));
+
+    attitude.peer.signal("TERM");
+    // Readiness goes at once; the idle session is told to go away.
+    assert!(wait_for(Duration::from_secs(5), || attitude
+        .http_get("/readyz")
+        .0
+        == 503));
+    let r = idle.reply();
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+
+    busy.send(b"second half\r\n.\r\n");
+    let r = busy.reply();
+    assert!(r.starts_with("250"), "in-flight message: {r}");
+    // After the transaction the session is closed with 421 at once.
+    let r = busy.try_reply().unwrap_or_default();
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    let status = attitude.peer.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let m = recorder.messages();
+    assert_eq!(m.len(), 1);
+    assert!(String::from_utf8_lossy(&m[0].content).ends_with("first half\r\nsecond half\r\n"));
+}
+
+#[test]
+fn drain_grace_over_closes_sessions_with_421() {
+    let recorder = Recorder::start();
+    let mut attitude = Attitude::start("[timeouts]\ndrain_grace = \"1s\"\n", &[recorder.addr]);
+    let mut busy = Client::connect(attitude.smtp);
+    busy.start_data("a@example.org", &["b@example.com"]);
+    busy.send(b"Subject: too slow\r\n\r\n");
+    attitude.peer.signal("TERM");
+    let r = busy.reply();
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    assert!(attitude.peer.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(recorder.messages().is_empty());
+}
+
+#[test]
+fn metrics_health_and_session_log() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start("", &[recorder.addr]);
+    assert_eq!(attitude.http_get("/healthz"), (200, "ok\n".into()));
+    assert_eq!(attitude.http_get("/nope").0, 404);
+    let mut c = Client::connect(attitude.smtp);
+    c.start_data("a@example.org", &["b@example.com"]);
+    c.send(b"Subject: m\r\n\r\nmetrics\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    c.cmd("QUIT");
+    assert!(c.is_closed());
+    assert!(wait_for(Duration::from_secs(5), || {
+        attitude.metric("attitude_sessions_ended_total{result=\"quit\"}") == Some(1.0)
+    }));
+    let (status, body) = attitude.http_get("/metrics");
+    assert_eq!(status, 200);
+    for sample in [
+        "attitude_sessions_total 1",
+        "attitude_sessions_active 0",
+        "attitude_commands_total{verb=\"MAIL\",class=\"2xx\"} 1",
+        "attitude_commands_total{verb=\"DATA\",class=\"3xx\"} 1",
+        "attitude_messages_total{outcome=\"accepted\"} 1",
+        "attitude_backend_connections_total 1",
+        "attitude_transaction_duration_seconds_bucket{le=\"+Inf\"} 1",
+    ] {
+        assert!(body.contains(sample), "missing {sample} in\n{body}");
+    }
+    assert!(body.contains("attitude_client_bytes_received_total"));
+    assert!(wait_for(Duration::from_secs(5), || {
+        attitude.peer.stderr().iter().any(|l| {
+            l.contains("session end") && l.contains("messages=1") && l.contains("result=\"quit\"")
+        })
+    }));
+}
+
+#[test]
+fn check_config_prints_effective_config_and_names_errors() {
+    let dir = scratch_dir("config");
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "hostname = \"mx.example\"\n[backend]\nservers = [\"127.0.0.1:25\"]\n[timeouts]\ncommand = \"2m\"\n",
+    )
+    .unwrap();
+    let out = Command::new(attitude_bin())
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("hostname = \"mx.example\""), "{printed}");
+    assert!(printed.contains("command = \"120s\""), "{printed}");
+    assert!(printed.contains("max_message_size = 26214400"), "{printed}");
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "hostname = \"mx\"\n\n[limits]\nmax_mesage_size = 10\n",
+    )
+    .unwrap();
+    let out = Command::new(attitude_bin())
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:4:1") && err.contains("max_mesage_size"),
+        "{err}"
+    );
+
+    // Flags and environment variables override the file; a missing backend says what to do.
+    let out = Command::new(attitude_bin())
+        .arg("serve")
+        .env_remove("ATTITUDE_BACKEND")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--backend"), "{err}");
+}
+
+#[test]
+fn flags_and_environment_override_the_file() {
+    let recorder = Recorder::start();
+    let dir = scratch_dir("flags");
+    let file = dir.join("attitude.toml");
+    // The file points at a dead backend and a fixed port; flags and env replace both.
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1\"\n[backend]\nservers = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(attitude_bin());
+    cmd.args(["serve", "--config"])
+        .arg(&file)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--hostname",
+            "flags.test",
+        ])
+        .env("ATTITUDE_BACKEND", recorder.addr.to_string());
+    let (_peer, pairs) = attitude_test_support::Peer::spawn_announced("attitude", cmd);
+    let smtp: std::net::SocketAddr = pairs
+        .iter()
+        .find(|(k, _)| k == "smtp")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let mut c = Client::connect_raw(smtp);
+    let greeting = c.reply();
+    assert!(greeting.contains("flags.test"), "{greeting}");
+    c.start_data("a@example.org", &["b@example.com"]);
+    c.send(b"Subject: env\r\n\r\nenv\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert_eq!(recorder.messages().len(), 1);
+}
