@@ -187,35 +187,31 @@ impl ServerCodec {
     }
 
     fn decode_line_mode(&mut self, src: &mut BytesMut, limit: usize) -> Option<Frame> {
-        loop {
-            if self.discarding && !self.discard(src) {
-                return None;
-            }
-            let window = &src[..src.len().min(limit)];
-            match memchr::memchr(b'\n', window) {
-                Some(i) => {
-                    let line = src.split_to(i + 1);
-                    return Some(match self.mode {
-                        Mode::Auth => {
-                            let mut line = line.freeze();
-                            let end = if line.ends_with(b"\r\n") { 2 } else { 1 };
-                            line.truncate(line.len() - end);
-                            Frame::AuthLine(line)
-                        }
-                        _ => match Command::parse(&line) {
-                            Ok(cmd) => Frame::Command(cmd),
-                            Err(e) => Frame::Invalid(e),
-                        },
-                    });
-                }
-                None if src.len() >= limit => {
-                    // One reply for the whole over-long line; its tail is never run.
-                    self.discarding = true;
-                    return Some(Frame::Invalid(CommandError::LineTooLong { limit }));
-                }
-                None => return None,
-            }
+        if self.discarding && !self.discard(src) {
+            return None;
         }
+        let window = &src[..src.len().min(limit)];
+        let Some(i) = memchr::memchr(b'\n', window) else {
+            if src.len() >= limit {
+                // One reply for the whole over-long line; its tail is never run.
+                self.discarding = true;
+                return Some(Frame::Invalid(CommandError::LineTooLong { limit }));
+            }
+            return None;
+        };
+        let line = src.split_to(i + 1);
+        Some(match self.mode {
+            Mode::Auth => {
+                let mut line = line.freeze();
+                let end = if line.ends_with(b"\r\n") { 2 } else { 1 };
+                line.truncate(line.len() - end);
+                Frame::AuthLine(line)
+            }
+            _ => match Command::parse(&line) {
+                Ok(cmd) => Frame::Command(cmd),
+                Err(e) => Frame::Invalid(e),
+            },
+        })
     }
 
     fn fail(&mut self, error: DataError) {
