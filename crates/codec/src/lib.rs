@@ -13,6 +13,8 @@
 
 mod client;
 mod command;
+#[doc(hidden)]
+pub mod fuzzing;
 mod reply;
 mod server;
 mod stuff;

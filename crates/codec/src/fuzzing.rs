@@ -1,0 +1,69 @@
+//! The fuzz target's body, shared with the corpus replay test so every corpus file is also a
+//! regression test under plain `cargo test`.
+
+use bytes::BytesMut;
+use tokio_util::codec::Decoder;
+
+use crate::{BareLineEndings, CodecConfig, Command, Frame, Mode, ServerCodec};
+
+/// Decodes `data` (the first byte picks policy and read size), checking the decoder's
+/// invariants; panics when one breaks:
+/// - DATA chunks are canonical (CRLF only, no NUL), so nothing can end DATA early downstream;
+/// - a decoded command survives encode + decode unchanged;
+/// - the input buffer never holds more than one line limit plus one read.
+pub fn decode_all(data: &[u8]) {
+    let Some((&knobs, input)) = data.split_first() else {
+        return;
+    };
+    let config = CodecConfig {
+        data_chunk: 64,
+        bare_line_endings: if knobs & 1 == 0 {
+            BareLineEndings::Reject
+        } else {
+            BareLineEndings::Normalize
+        },
+        ..CodecConfig::default()
+    };
+    let read = 1 + (knobs >> 1) as usize * 7;
+    let limit = config.max_auth_line.max(config.max_command_line) + read;
+    let mut codec = ServerCodec::new(config);
+    let mut buf = BytesMut::new();
+    for piece in input.chunks(read) {
+        buf.extend_from_slice(piece);
+        while let Some(frame) = codec.decode(&mut buf).expect("decode never fails") {
+            check(&frame);
+            match frame {
+                Frame::Command(Command::Data) => codec.set_mode(Mode::Data),
+                Frame::Command(Command::Auth { .. }) => codec.set_mode(Mode::Auth),
+                Frame::AuthLine(line) if line.as_ref() == b"*" => codec.set_mode(Mode::Command),
+                _ => {}
+            }
+        }
+        assert!(buf.len() <= limit, "buffer grew to {} octets", buf.len());
+    }
+    let _ = codec.decode_eof(&mut buf);
+}
+
+fn check(frame: &Frame) {
+    match frame {
+        Frame::DataChunk(chunk) => {
+            assert!(chunk.ends_with(b"\r\n"), "chunk of partial lines");
+            for (i, &b) in chunk.iter().enumerate() {
+                assert_ne!(b, 0, "NUL in a chunk");
+                if b == b'\n' {
+                    assert!(i > 0 && chunk[i - 1] == b'\r', "bare LF in a chunk");
+                }
+                if b == b'\r' {
+                    assert_eq!(chunk.get(i + 1), Some(&b'\n'), "bare CR in a chunk");
+                }
+            }
+        }
+        Frame::Command(cmd) => {
+            let mut wire = BytesMut::new();
+            cmd.encode(&mut wire);
+            let again = Command::parse(&wire);
+            assert_eq!(again.as_ref(), Ok(cmd), "round trip of {wire:?}");
+        }
+        _ => {}
+    }
+}
