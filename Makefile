@@ -1,0 +1,52 @@
+# attitude: an SMTP proxy with an attitude.
+#   make run    build, start `attitude sink` on 127.0.0.1:2526 and attitude in front of it on 127.0.0.1:2525
+#   make test   install what the tests need (make deps), then formatting, lints and every test
+#   make bench  release build against smtp-sink, HAProxy and nginx (../shared/bench), figures for the README
+
+SHELL := /bin/bash
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:2525
+SINK ?= 127.0.0.1:2526
+ADMIN ?= 127.0.0.1:9325
+
+.PHONY: run deps test lint unit build bench fuzz clean
+
+run:
+	$(CARGO) build --release -p attitude
+	@set -e; \
+	target/release/attitude sink --listen $(SINK) & sink=$$!; \
+	trap 'kill $$sink 2>/dev/null; wait $$sink 2>/dev/null' EXIT INT TERM; \
+	echo; \
+	echo "attitude on $(LISTEN) -> sink on $(SINK); metrics on http://$(ADMIN)/metrics"; \
+	echo "try:  swaks --server $(LISTEN) --from you@example.org --to someone@example.com"; \
+	echo "stop: Ctrl-C"; \
+	echo; \
+	target/release/attitude serve --listen $(LISTEN) --backend $(SINK) --admin $(ADMIN)
+
+deps:
+	bash scripts/deps.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: build
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+test: deps lint unit
+
+bench:
+	bash scripts/bench.sh
+
+fuzz:
+	cd crates/codec/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none decode corpus/decode -- -max_total_time=$${FUZZ_SECONDS:-60}
+
+clean:
+	$(CARGO) clean
