@@ -298,3 +298,53 @@ fn size_limits_are_enforced_before_the_backend_commits() {
     assert_eq!(messages.len(), 1, "only the small message may be stored");
     assert!(String::from_utf8_lossy(&messages[0].content).contains("Subject: small"));
 }
+
+#[test]
+fn swaks_to_aiosmtpd_and_pipelined_smtplib_to_smtp_sink() {
+    let swaks = require_tool("swaks");
+    let recorder = Recorder::start();
+    let sink = SmtpSink::start(&[]);
+    let to_recorder = Attitude::start("", &[recorder.addr]);
+    let to_sink = Attitude::start("", &[sink.addr]);
+    let file = scratch_dir("cross").join("message.eml");
+    std::fs::write(&file, tricky_message()).unwrap();
+
+    let out = Command::new(swaks)
+        .args(["--server", &to_recorder.smtp.to_string(), "--pipeline"])
+        .args([
+            "--from",
+            "alice@example.org",
+            "--to",
+            "bob@example.com,carol@example.com",
+        ])
+        .arg("--data")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let m = recorder.messages();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].rcpt_tos, ["bob@example.com", "carol@example.com"]);
+    // swaks sends the file's lines as they are (it may add a final empty line).
+    assert!(
+        m[0].content.starts_with(&tricky_message()),
+        "{}",
+        String::from_utf8_lossy(&m[0].content)
+    );
+
+    let (ok, out) = python_client(
+        "pipelined",
+        to_sink.smtp,
+        "dave@example.org",
+        "erin@example.com",
+        &file,
+    );
+    assert!(ok, "{out}");
+    assert!(wait_for(Duration::from_secs(5), || sink.count() == 1));
+    let dump = String::from_utf8(sink.dumps().remove(0)).unwrap();
+    assert!(dump.contains(".leading dot\n...three\n"), "{dump}");
+}
