@@ -10,6 +10,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::Decoder;
 
+/// DATA content is written to the backend once this much is gathered (and at end of data).
+const DATA_BATCH: usize = 16 * 1024;
+
 /// What a backend offered in its EHLO reply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendCaps {
@@ -150,22 +153,24 @@ impl BackendConn {
         limit: Duration,
         what: &'static str,
     ) -> Result<Reply, BackendError> {
-        self.wbuf.clear();
         cmd.encode(&mut self.wbuf);
         self.flush(limit, what).await?;
         self.read_reply(limit, what).await
     }
 
-    /// Sends DATA content (unstuffed CRLF lines), dot-stuffed.
+    /// Sends DATA content (unstuffed CRLF lines), dot-stuffed. Small chunks are gathered up to
+    /// `DATA_BATCH` octets, so a small message leaves in one write together with its final dot.
     pub async fn send_content(
         &mut self,
         content: &[u8],
         at_line_start: &mut bool,
         limit: Duration,
     ) -> Result<(), BackendError> {
-        self.wbuf.clear();
         dot_stuff_into(content, &mut self.wbuf, at_line_start);
-        self.flush(limit, "DATA content").await
+        if self.wbuf.len() >= DATA_BATCH {
+            self.flush(limit, "DATA content").await?;
+        }
+        Ok(())
     }
 
     /// Ends DATA and reads the backend's verdict.
@@ -174,7 +179,6 @@ impl BackendConn {
         at_line_start: bool,
         limit: Duration,
     ) -> Result<Reply, BackendError> {
-        self.wbuf.clear();
         if !at_line_start {
             self.wbuf.extend_from_slice(b"\r\n");
         }
@@ -192,7 +196,8 @@ impl BackendConn {
         timeout(limit, self.stream.write_all(&self.wbuf))
             .await
             .map_err(|_| BackendError::Timeout(what))??;
-        if self.wbuf.capacity() > 64 * 1024 {
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 2 * DATA_BATCH {
             self.wbuf = BytesMut::with_capacity(512);
         }
         Ok(())
