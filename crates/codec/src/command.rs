@@ -117,7 +117,8 @@ impl Command {
                 let _ = write!(line, "EHLO {host}");
             }
             Command::Mail(mail) => {
-                let _ = write!(line, "MAIL FROM:<{}>", mail.address);
+                line.push_str("MAIL FROM:");
+                write_path(&mut line, &mail.address);
                 if let Some(size) = mail.size {
                     let _ = write!(line, " SIZE={size}");
                 }
@@ -131,7 +132,8 @@ impl Command {
                 }
             }
             Command::Rcpt(rcpt) => {
-                let _ = write!(line, "RCPT TO:<{}>", rcpt.address);
+                line.push_str("RCPT TO:");
+                write_path(&mut line, &rcpt.address);
             }
             Command::Data => line.push_str("DATA"),
             Command::Bdat { size, last } => {
@@ -187,6 +189,8 @@ impl Command {
         if verb.eq_ignore_ascii_case(b"AUTH") {
             return parse_auth(text);
         }
+        // The parser hands over quoted local parts unquoted: remember whether there were any.
+        let quoted = line.contains(&b'"');
         // smtp-proto's parser wants the line ending.
         let mut owned = Vec::with_capacity(line.len() + 2);
         owned.extend_from_slice(line);
@@ -198,14 +202,14 @@ impl Command {
             Request::Ehlo { host } => Command::Ehlo(host),
             Request::Helo { host } => Command::Helo(host),
             Request::Lhlo { .. } => Command::Unsupported("LHLO"),
-            Request::Mail { from } => Command::Mail(mail_from(from)?),
+            Request::Mail { from } => Command::Mail(mail_from(from, quoted)?),
             Request::Rcpt { to } => {
                 if to.orcpt.is_some() || to.flags != 0 || to.rrvs != 0 {
                     return Err(CommandError::UnsupportedParameter);
                 }
                 // Whether non-ASCII is allowed depends on the transaction's MAIL (SMTPUTF8):
                 // the session checks that.
-                check_address(&to.address, true)?;
+                check_address(&to.address, true, quoted)?;
                 Command::Rcpt(RcptTo {
                     address: to.address,
                 })
@@ -233,12 +237,50 @@ impl Command {
     }
 }
 
+/// Writes `<address>`, quoting the local part when it is not a dot-string (RFC 5321 §4.1.2):
+/// the parser hands over quoted local parts unquoted, and `"a@b"@c.example` must not reach a
+/// backend as `a@b@c.example`.
+fn write_path(line: &mut String, address: &str) {
+    line.push('<');
+    let (local, domain) = match address.rsplit_once('@') {
+        Some((local, domain)) => (local, Some(domain)),
+        None => (address, None),
+    };
+    if address.is_empty() || is_dot_string(local) {
+        line.push_str(local);
+    } else {
+        line.push('"');
+        for c in local.chars() {
+            if c == '"' || c == '\\' {
+                line.push('\\');
+            }
+            line.push(c);
+        }
+        line.push('"');
+    }
+    if let Some(domain) = domain {
+        line.push('@');
+        line.push_str(domain);
+    }
+    line.push('>');
+}
+
+/// `Dot-string = Atom *("." Atom)` with RFC 5322 atext (and UTF-8, RFC 6531).
+fn is_dot_string(local: &str) -> bool {
+    let atext =
+        |c: char| c.is_ascii_alphanumeric() || !c.is_ascii() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    !local.is_empty()
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
 fn strip_line_ending(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn mail_from(from: smtp_proto::MailFrom<String>) -> Result<MailFrom, CommandError> {
+fn mail_from(from: smtp_proto::MailFrom<String>, quoted: bool) -> Result<MailFrom, CommandError> {
     let known = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
     if from.flags & MAIL_BODY_BINARYMIME != 0 {
         return Err(CommandError::UnsupportedParameter);
@@ -257,7 +299,7 @@ fn mail_from(from: smtp_proto::MailFrom<String>) -> Result<MailFrom, CommandErro
         return Err(CommandError::UnsupportedParameter);
     }
     let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
-    check_address(&from.address, smtputf8)?;
+    check_address(&from.address, smtputf8, quoted)?;
     Ok(MailFrom {
         address: from.address,
         size: (from.size != 0).then_some(from.size as u64),
@@ -272,10 +314,11 @@ fn mail_from(from: smtp_proto::MailFrom<String>) -> Result<MailFrom, CommandErro
     })
 }
 
-/// Addresses are relayed to a backend: no control characters, no angle brackets, no spaces
-/// outside quotes; non-ASCII only with SMTPUTF8. (RCPT addresses are checked against the
-/// transaction's SMTPUTF8 flag by the session, which knows it.)
-fn check_address(address: &str, allow_utf8: bool) -> Result<(), CommandError> {
+/// Addresses are relayed to a backend: no control characters, no angle brackets, a well-formed
+/// domain, one `@` unless the local part was quoted; non-ASCII only with SMTPUTF8. (RCPT
+/// addresses are checked against the transaction's SMTPUTF8 flag by the session, which knows
+/// it.)
+fn check_address(address: &str, allow_utf8: bool, quoted: bool) -> Result<(), CommandError> {
     if address.len() > 256 {
         return Err(CommandError::AddressTooLong);
     }
@@ -288,7 +331,30 @@ fn check_address(address: &str, allow_utf8: bool) -> Result<(), CommandError> {
     if !allow_utf8 && !address.is_ascii() {
         return Err(CommandError::NeedsSmtpUtf8);
     }
+    if !quoted && address.matches('@').count() > 1 {
+        return Err(CommandError::BadAddress);
+    }
+    if let Some((_, domain)) = address.rsplit_once('@')
+        && !is_domain(domain)
+    {
+        return Err(CommandError::BadAddress);
+    }
     Ok(())
+}
+
+/// A domain name (labels of letters, digits, hyphens or UTF-8) or an address literal `[...]`.
+fn is_domain(domain: &str) -> bool {
+    if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+        return !literal.is_empty() && !literal.contains(['[', ']', '\\', ' ']);
+    }
+    !domain.is_empty()
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+        })
 }
 
 fn parse_auth(text: &str) -> Result<Command, CommandError> {
@@ -498,6 +564,15 @@ mod tests {
             parse("MAIL TO:<a@b>\r\n"),
             Err(CommandError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn quoted_local_parts_are_quoted_again() {
+        let cmd = parse("RCPT TO:<\"a@b c\\\"d\"@example.com>\r\n").unwrap();
+        let mut buf = BytesMut::new();
+        cmd.encode(&mut buf);
+        assert_eq!(&buf[..], b"RCPT TO:<\"a@b c\\\"d\"@example.com>\r\n");
+        assert_eq!(Command::parse(&buf), Ok(cmd));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::{BareLineEndings, CodecConfig, Command, Frame, Mode, ServerCodec};
 /// Decodes `data` (the first byte picks policy and read size), checking the decoder's
 /// invariants; panics when one breaks:
 /// - DATA chunks are canonical (CRLF only, no NUL), so nothing can end DATA early downstream;
-/// - a decoded command survives encode + decode unchanged;
+/// - a decoded command that can be relayed survives encode + decode unchanged;
 /// - the input buffer never holds more than one line limit plus one read.
 pub fn decode_all(data: &[u8]) {
     let Some((&knobs, input)) = data.split_first() else {
@@ -58,6 +58,8 @@ fn check(frame: &Frame) {
                 }
             }
         }
+        // Verbs attitude refuses are never relayed, so their arguments are not kept.
+        Frame::Command(Command::Unsupported(_)) => {}
         Frame::Command(cmd) => {
             let mut wire = BytesMut::new();
             cmd.encode(&mut wire);
