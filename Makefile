@@ -2,6 +2,7 @@
 #   make run    build, start `attitude sink` on 127.0.0.1:2526 and attitude in front of it on 127.0.0.1:2525
 #   make test   install what the tests need (make deps), then formatting, lints and every test
 #   make bench  release build against smtp-sink, HAProxy and nginx (../shared/bench), figures for the README
+#   make fuzz   the decoder's fuzz target for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -45,8 +46,12 @@ test: deps lint unit
 bench:
 	bash scripts/bench.sh
 
+# New inputs go to a scratch corpus; the committed seeds in corpus/decode are only read.
+# A crash lands in crates/codec/fuzz/artifacts/: copy it into corpus/decode as a regression test.
+FUZZ_CORPUS ?= /tmp/attitude-fuzz-corpus
 fuzz:
-	cd crates/codec/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none decode corpus/decode -- -max_total_time=$${FUZZ_SECONDS:-60}
+	mkdir -p $(FUZZ_CORPUS)
+	cd crates/codec/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none decode $(FUZZ_CORPUS) corpus/decode -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 clean:
 	$(CARGO) clean
