@@ -89,9 +89,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Starts `cmd` and waits for a stdout line starting with `listening `; returns the peer and
-    /// that line's `key=value` pairs.
-    pub fn spawn_announced(name: &str, mut cmd: Command) -> (Peer, Vec<(String, String)>) {
+    /// Starts `cmd` with its output captured line by line; lines starting with `listening ` are
+    /// also sent on the returned channel.
+    fn start(name: &str, mut cmd: Command) -> (Peer, mpsc::Receiver<String>) {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -101,21 +101,24 @@ impl Peer {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
-        {
-            let out = child.stdout.take().expect("stdout");
-            let lines = stdout.clone();
+        let pipes: [(Box<dyn Read + Send>, _); 2] = [
+            (
+                Box::new(child.stdout.take().expect("stdout")),
+                stdout.clone(),
+            ),
+            (
+                Box::new(child.stderr.take().expect("stderr")),
+                stderr.clone(),
+            ),
+        ];
+        for (pipe, lines) in pipes {
+            let tx = tx.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                    let line = String::from_utf8_lossy(&line).into_owned();
                     if line.starts_with("listening ") {
                         let _ = tx.send(line.clone());
                     }
-                    lines.lock().expect("lock").push(line);
-                }
-            });
-            let err = child.stderr.take().expect("stderr");
-            let lines = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
                     lines.lock().expect("lock").push(line);
                 }
             });
@@ -126,6 +129,13 @@ impl Peer {
             stdout,
             stderr,
         };
+        (peer, rx)
+    }
+
+    /// Starts `cmd` and waits for a line starting with `listening `; returns the peer and that
+    /// line's `key=value` pairs.
+    pub fn spawn_announced(name: &str, cmd: Command) -> (Peer, Vec<(String, String)>) {
+        let (peer, rx) = Self::start(name, cmd);
         let line = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => line,
             Err(_) => panic!(
@@ -143,40 +153,8 @@ impl Peer {
     }
 
     /// Starts `cmd`, then waits until `addr` accepts connections.
-    pub fn spawn_listening(name: &str, mut cmd: Command, addr: SocketAddr) -> Peer {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        for (pipe, lines) in [
-            (
-                Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
-                stdout.clone(),
-            ),
-            (
-                Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>,
-                stderr.clone(),
-            ),
-        ] {
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
-                    lines
-                        .lock()
-                        .expect("lock")
-                        .push(String::from_utf8_lossy(&line).into_owned());
-                }
-            });
-        }
-        let mut peer = Peer {
-            name: name.to_owned(),
-            child,
-            stdout,
-            stderr,
-        };
+    pub fn spawn_listening(name: &str, cmd: Command, addr: SocketAddr) -> Peer {
+        let (mut peer, _) = Self::start(name, cmd);
         let up = wait_for(Duration::from_secs(20), || {
             TcpStream::connect(addr).is_ok() || peer.child.try_wait().ok().flatten().is_some()
         });
