@@ -1,0 +1,2 @@
+/// Response future of [`super::RateLimit`].
+pub type ResponseFuture<F, RF> = crate::Either<F, RF>;

@@ -1,0 +1,177 @@
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use tower_layer::Layer;
+
+use super::RateLimit;
+use crate::{LimitMetrics, Mode};
+
+/// The keyed GCRA limiter used by [`RateLimitLayer`].
+pub type KeyedLimiter<K, C> =
+    RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// How often (in requests) the tracked-key bound is checked.
+const CHECK_EVERY: u64 = 1024;
+
+/// Adds [`RateLimit`]. Clones share their state: one layer, one limit.
+#[derive(Clone)]
+pub struct RateLimitLayer<K: Hash + Eq + Clone, F, R, C: Clock = DefaultClock> {
+    pub(super) shared: Arc<Shared<K, C>>,
+    pub(super) key: F,
+    pub(super) reject: R,
+}
+
+pub(super) struct Shared<K: Hash + Eq + Clone, C: Clock> {
+    pub(super) name: Arc<str>,
+    pub(super) mode: Mode,
+    quota: Quota,
+    pub(super) clock: C,
+    limiter: RwLock<Arc<KeyedLimiter<K, C>>>,
+    max_keys: usize,
+    calls: AtomicU64,
+    pub(super) metrics: LimitMetrics,
+}
+
+impl<K, F, R> RateLimitLayer<K, F, R, DefaultClock>
+where
+    K: Hash + Eq + Clone,
+{
+    /// `quota` per key (e.g. `Quota::per_minute(30).allow_burst(10)`), at most about `max_keys`
+    /// keys tracked; `key` extracts the key (`None`: exempt), `reject` answers a refused request.
+    pub fn new(name: &str, quota: Quota, max_keys: usize, key: F, reject: R) -> Self {
+        Self::with_clock(name, quota, max_keys, key, reject, DefaultClock::default())
+    }
+}
+
+impl<K, F, R, C> RateLimitLayer<K, F, R, C>
+where
+    K: Hash + Eq + Clone,
+    C: Clock + Clone,
+{
+    /// Like [`RateLimitLayer::new`] with another clock (a fake one in tests).
+    pub fn with_clock(
+        name: &str,
+        quota: Quota,
+        max_keys: usize,
+        key: F,
+        reject: R,
+        clock: C,
+    ) -> Self {
+        let limiter = RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone());
+        Self {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                mode: Mode::Enforce,
+                quota,
+                clock,
+                limiter: RwLock::new(Arc::new(limiter)),
+                max_keys: max_keys.max(1),
+                calls: AtomicU64::new(0),
+                metrics: LimitMetrics::noop(),
+            }),
+            key,
+            reject,
+        }
+    }
+
+    /// Sets the mode (before the layer is cloned or used).
+    #[must_use]
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.shared_mut().mode = mode;
+        self
+    }
+
+    /// Sets the metric handles (before the layer is cloned or used).
+    #[must_use]
+    pub fn metrics(mut self, metrics: LimitMetrics) -> Self {
+        self.shared_mut().metrics = metrics;
+        self
+    }
+
+    fn shared_mut(&mut self) -> &mut Shared<K, C> {
+        Arc::get_mut(&mut self.shared).expect("configure the layer before cloning it")
+    }
+
+    /// Keys tracked now.
+    pub fn tracked_keys(&self) -> usize {
+        self.shared.limiter().len()
+    }
+
+    /// Forgets keys that are back at full burst and enforces the key bound; call it on a
+    /// timer (the layer also does it every 1024 requests when over the bound).
+    pub fn housekeeping(&self) {
+        self.shared.housekeeping(true);
+    }
+}
+
+impl<K: Hash + Eq + Clone, F, R, C: Clock> std::fmt::Debug for RateLimitLayer<K, F, R, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("rule", &self.shared.name)
+            .field("mode", &self.shared.mode)
+            .field("max_keys", &self.shared.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, C> Shared<K, C>
+where
+    K: Hash + Eq + Clone,
+    C: Clock + Clone,
+{
+    pub(super) fn limiter(&self) -> Arc<KeyedLimiter<K, C>> {
+        self.limiter.read().expect("lock").clone()
+    }
+
+    pub(super) fn tick(&self) {
+        if self.calls.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == CHECK_EVERY - 1 {
+            self.housekeeping(false);
+        }
+    }
+
+    fn housekeeping(&self, always_retain: bool) {
+        let limiter = self.limiter();
+        let mut len = limiter.len();
+        if always_retain || len > self.max_keys {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            len = limiter.len();
+        }
+        if len > self.max_keys {
+            let fresh = RateLimiter::new(
+                self.quota,
+                DefaultKeyedStateStore::default(),
+                self.clock.clone(),
+            );
+            *self.limiter.write().expect("lock") = Arc::new(fresh);
+            self.metrics.resets.increment(1);
+            tracing::warn!(rule = %self.name, keys = len, max = self.max_keys, "rate limit: too many keys tracked; starting over");
+            len = 0;
+        }
+        self.metrics.tracked_keys.set(len as f64);
+    }
+}
+
+impl<S, K, F, R, C> Layer<S> for RateLimitLayer<K, F, R, C>
+where
+    K: Hash + Eq + Clone,
+    F: Clone,
+    R: Clone,
+    C: Clock,
+{
+    type Service = RateLimit<S, K, F, R, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(
+            inner,
+            self.shared.clone(),
+            self.key.clone(),
+            self.reject.clone(),
+        )
+    }
+}
