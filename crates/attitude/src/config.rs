@@ -19,6 +19,8 @@ pub struct Config {
     pub hostname: String,
     /// Size and count limits.
     pub limits: Limits,
+    /// Connection management: global cap, per-client concurrency and connection rate.
+    pub connections: Connections,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -36,6 +38,7 @@ impl Default for Config {
             admin: Some("127.0.0.1:9325".parse().expect("valid address")),
             hostname: "attitude.localdomain".into(),
             limits: Limits::default(),
+            connections: Connections::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -71,6 +74,105 @@ impl Default for Limits {
             max_command_line: 512,
             max_text_line: 1000,
             min_data_rate: 500,
+        }
+    }
+}
+
+/// `enforce` refuses; `dry-run` only logs and counts what it would have refused.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleMode {
+    /// Refuse over the limit.
+    #[default]
+    Enforce,
+    /// Count and log, refuse nothing.
+    DryRun,
+}
+
+impl From<RuleMode> for attitude_layers::Mode {
+    fn from(mode: RuleMode) -> Self {
+        match mode {
+            RuleMode::Enforce => attitude_layers::Mode::Enforce,
+            RuleMode::DryRun => attitude_layers::Mode::DryRun,
+        }
+    }
+}
+
+/// `[connections]`: what one client, and all of them, may hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Connections {
+    /// Sessions open at once, all clients together; over it new clients get `421 4.3.2` at once.
+    pub max_sessions: usize,
+    /// Clients are counted per network of this many bits (IPv4).
+    pub client_prefix_v4: u8,
+    /// Clients are counted per network of this many bits (IPv6; a /64 is one subscriber).
+    pub client_prefix_v6: u8,
+    /// Networks exempt from the per-client rules (not from `max_sessions`); default loopback.
+    pub exempt_networks: Vec<ipnet::IpNet>,
+    /// Most client keys tracked by the rate rule before it starts over.
+    pub max_tracked_clients: usize,
+    /// Sessions at once per client.
+    pub per_client: PerClientLimit,
+    /// New sessions per client over time.
+    pub rate: ConnectionRate,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1000,
+            client_prefix_v4: 32,
+            client_prefix_v6: 64,
+            // Like Postfix's anvil, which exempts $mynetworks (loopback by default).
+            exempt_networks: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1/128".parse().expect("valid network"),
+            ],
+            max_tracked_clients: 100_000,
+            per_client: PerClientLimit::default(),
+            rate: ConnectionRate::default(),
+        }
+    }
+}
+
+/// `[connections.per_client]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerClientLimit {
+    /// Sessions at once per client; over it `421 4.7.0`. 0 turns the rule off.
+    pub limit: usize,
+    /// `"enforce"` or `"dry-run"`.
+    pub mode: RuleMode,
+}
+
+impl Default for PerClientLimit {
+    fn default() -> Self {
+        Self {
+            limit: 20,
+            mode: RuleMode::Enforce,
+        }
+    }
+}
+
+/// `[connections.rate]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionRate {
+    /// New sessions per minute per client (sustained); over it `421 4.7.0`. 0 turns it off.
+    pub per_minute: u32,
+    /// Sessions a client may open in a burst above the sustained rate.
+    pub burst: u32,
+    /// `"enforce"` or `"dry-run"`.
+    pub mode: RuleMode,
+}
+
+impl Default for ConnectionRate {
+    fn default() -> Self {
+        Self {
+            per_minute: 120,
+            burst: 30,
+            mode: RuleMode::Enforce,
         }
     }
 }
@@ -278,6 +380,27 @@ impl Config {
         }
         if l.max_errors == 0 {
             return invalid("[limits] max_errors must be at least 1".into());
+        }
+        let c = &self.connections;
+        if c.max_sessions == 0 {
+            return invalid("[connections] max_sessions must be at least 1".into());
+        }
+        if c.client_prefix_v4 == 0 || c.client_prefix_v4 > 32 {
+            return invalid(format!(
+                "[connections] client_prefix_v4 = {} must be between 1 and 32",
+                c.client_prefix_v4
+            ));
+        }
+        if c.client_prefix_v6 == 0 || c.client_prefix_v6 > 128 {
+            return invalid(format!(
+                "[connections] client_prefix_v6 = {} must be between 1 and 128",
+                c.client_prefix_v6
+            ));
+        }
+        if c.rate.per_minute > 0 && c.rate.burst == 0 {
+            return invalid(
+                "[connections.rate] burst must be at least 1 when per_minute is set".into(),
+            );
         }
         let t = &self.timeouts;
         for (name, value) in [

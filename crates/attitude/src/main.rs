@@ -8,6 +8,7 @@
 
 mod admin;
 mod config;
+mod connection;
 mod server;
 mod sink;
 mod stack;

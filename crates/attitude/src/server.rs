@@ -5,19 +5,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use attitude_codec::Reply;
-use attitude_service::Session;
-use attitude_service::driver::{self, Shutdown};
+use attitude_service::driver::Shutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use crate::admin;
 use crate::config::Config;
-use crate::stack::{Connection, Refused, Stack};
+use crate::connection::{self, Connection, ConnectionService};
+use crate::stack::Stack;
 
 /// How long sessions get to write their 421 after the drain grace has run out.
 const HARD_CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -60,12 +58,13 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), Stri
     announce(&announced);
     tracing::info!(smtp = %smtp_addr, backends = ?config.backend.servers, "attitude serving");
 
-    let stack = Stack::new(&config);
     let shutdown = Shutdown::default();
+    let mut connections =
+        connection::build(&config.connections, Stack::new(&config), shutdown.clone());
     let tracker = TaskTracker::new();
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    accept_loop(&listener, &stack, &shutdown, &tracker, &mut signal).await;
+    accept_loop(&listener, &mut connections, &tracker, &mut signal).await;
 
     // Draining: not ready, no new sessions; idle sessions get 421 now, sessions in a
     // transaction may finish it within the grace period.
@@ -90,14 +89,13 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), Stri
 
 async fn accept_loop(
     listener: &TcpListener,
-    stack: &Stack,
-    shutdown: &Shutdown,
+    connections: &mut ConnectionService,
     tracker: &TaskTracker,
     signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) {
     let ids = AtomicU64::new(1);
     loop {
-        let (stream, client) = tokio::select! {
+        let (io, client) = tokio::select! {
             _ = signal.as_mut() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -109,45 +107,18 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(client);
+        let _ = io.set_nodelay(true);
+        let local = io.local_addr().unwrap_or(client);
         let conn = Connection {
+            io,
             id: ids.fetch_add(1, Ordering::Relaxed),
             client,
             local,
         };
-        let mut stack = stack.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let service = match stack.ready().await {
-                Ok(stack) => stack.call(conn).await,
-                Err(refused) => Err(refused),
-            };
-            match service {
-                Ok(service) => {
-                    let session = Session::new(conn.id, conn.client, conn.local);
-                    driver::drive(
-                        stream,
-                        session,
-                        service,
-                        stack.driver.clone(),
-                        shutdown,
-                        stack.driver_metrics.clone(),
-                    )
-                    .await;
-                }
-                Err(Refused(reply)) => refuse(stream, &reply).await,
-            }
-        });
+        // The connection stack never waits: its layers refuse instead (load shedding).
+        let Ok(service) = connections.ready().await;
+        tracker.spawn(service.call(conn));
     }
-}
-
-async fn refuse(mut stream: TcpStream, reply: &Reply) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        stream.write_all(reply.to_wire().as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await;
 }
 
 /// Resolves on SIGTERM or SIGINT.

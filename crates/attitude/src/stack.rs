@@ -1,41 +1,24 @@
-//! The one place that knows every layer: builds the connection stack and, for each session,
-//! the command stack.
+//! With `connection.rs`, the one place that knows every layer: builds, for each session, the
+//! command stack.
 //!
 //! ```text
-//! connection stack (Service<Connection>)      -> per-session command service, or a refusal
-//! command stack    (Service<Request, Reply>)  =  SmtpMetrics -> Protocol -> Relay
+//! connection stack (connection.rs)            rate -> per-client sessions -> global cap -> session
+//! command stack    (Service<Request, Reply>)  SmtpMetrics -> Protocol -> Relay
 //! ```
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use attitude_codec::{BareLineEndings, CodecConfig, Reply};
+use attitude_codec::{BareLineEndings, CodecConfig};
 use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
 use attitude_service::protocol::{Protocol, ProtocolConfig, ProtocolLayer};
 use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared};
-use tower::{Layer, Service};
+use tower::Layer;
 
 use crate::config::{self, Config};
 
 /// The command stack of one session.
 pub type CommandService = SmtpMetricsService<Protocol<Relay>>;
-
-/// An accepted client connection, as the connection stack sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Connection {
-    /// Session id.
-    pub id: u64,
-    /// Client address.
-    pub client: SocketAddr,
-    /// Local address.
-    pub local: SocketAddr,
-}
-
-/// The connection stack refused a client: this reply is sent and the connection closed.
-#[derive(Debug, Clone)]
-pub struct Refused(pub Reply);
 
 /// Everything shared by all sessions.
 #[derive(Debug, Clone)]
@@ -104,19 +87,5 @@ impl Stack {
     pub fn command_service(&self) -> CommandService {
         let relay = Relay::new(self.relay.clone());
         self.metrics.layer(self.protocol.layer(relay))
-    }
-}
-
-impl Service<Connection> for Stack {
-    type Response = CommandService;
-    type Error = Refused;
-    type Future = std::future::Ready<Result<CommandService, Refused>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Refused>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _conn: Connection) -> Self::Future {
-        std::future::ready(Ok(self.command_service()))
     }
 }

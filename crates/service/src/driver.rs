@@ -79,6 +79,18 @@ impl DriverMetrics {
     }
 }
 
+impl DriverMetrics {
+    /// Counts a session the connection stack refused before it began.
+    pub fn record_refused(&self) {
+        self.total.increment(1);
+        self.ended[SessionResult::ALL
+            .iter()
+            .position(|r| *r == SessionResult::Refused)
+            .unwrap_or(0)]
+        .increment(1);
+    }
+}
+
 /// The two stages of a shutdown: `drain` closes sessions that are between transactions,
 /// `hard` closes every session (with 421 4.3.2).
 #[derive(Debug, Clone, Default)]

@@ -19,9 +19,33 @@ impl Client {
         client
     }
 
+    /// Connects from a chosen loopback source address (e.g. 127.0.0.2) and reads the greeting,
+    /// whatever it is: `(client, greeting)`.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> (Self, String) {
+        let domain = if source.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+        socket
+            .connect(&addr.into())
+            .unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"));
+        let mut client = Self::from_stream(socket.into());
+        let greeting = client.try_reply().unwrap_or_default();
+        (client, greeting)
+    }
+
     /// Connects without reading anything.
     pub fn connect_raw(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Self::from_stream(stream)
+    }
+
+    fn from_stream(stream: TcpStream) -> Self {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");

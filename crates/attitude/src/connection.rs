@@ -1,0 +1,238 @@
+//! The connection stack: one call per accepted client, whose future is the whole session.
+//!
+//! ```text
+//! rate per client ─► sessions per client ─► global session cap ─► SessionService (driver)
+//! ```
+//! Because the response future is the session, a concurrency permit lives exactly as long as the
+//! session. A refusal writes its SMTP reply and closes the connection (not a reset, not a hang in
+//! the accept queue).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use attitude_codec::{EnhancedStatus, Reply};
+use attitude_layers::keyed_concurrency::KeyedConcurrencyLayer;
+use attitude_layers::rate_limit::RateLimitLayer;
+use attitude_layers::{LimitMetrics, Rejection};
+use attitude_service::driver::{self, DriverMetrics, SessionResult, SessionSummary, Shutdown};
+use attitude_service::{BoxFuture, Session};
+use governor::Quota;
+use ipnet::IpNet;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tower::util::BoxService;
+use tower::{Layer, Service};
+
+use crate::config::Connections;
+use crate::stack::Stack;
+
+/// An accepted client connection.
+#[derive(Debug)]
+pub struct Connection {
+    /// The socket.
+    pub io: TcpStream,
+    /// Session id.
+    pub id: u64,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Local address.
+    pub local: SocketAddr,
+}
+
+/// The assembled connection stack.
+pub type ConnectionService = BoxService<Connection, SessionSummary, Infallible>;
+
+/// The innermost connection service: runs the SMTP session.
+#[derive(Clone)]
+struct SessionService {
+    stack: Stack,
+    shutdown: Shutdown,
+}
+
+impl Service<Connection> for SessionService {
+    type Response = SessionSummary;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<SessionSummary, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, conn: Connection) -> Self::Future {
+        let session = Session::new(conn.id, conn.client, conn.local);
+        let service = self.stack.command_service();
+        let config = self.stack.driver.clone();
+        let metrics = self.stack.driver_metrics.clone();
+        let shutdown = self.shutdown.clone();
+        Box::pin(async move {
+            Ok(driver::drive(conn.io, session, service, config, shutdown, metrics).await)
+        })
+    }
+}
+
+/// How a refusal is answered: the reply, then close.
+#[derive(Clone)]
+struct Refuse {
+    metrics: Arc<DriverMetrics>,
+}
+
+impl Refuse {
+    fn answer(
+        &self,
+        conn: Connection,
+        reply: Reply,
+    ) -> BoxFuture<Result<SessionSummary, Infallible>> {
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let mut io = conn.io;
+            let wire = reply.to_wire();
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                io.write_all(wire.as_bytes()).await?;
+                io.shutdown().await
+            })
+            .await;
+            metrics.record_refused();
+            tracing::info!(target: "attitude::session", session = conn.id, client = %conn.client, reply = %reply, "session refused");
+            Ok(SessionSummary {
+                result: SessionResult::Refused,
+                messages: 0,
+                bytes_in: 0,
+                bytes_out: wire.len() as u64,
+                helo: None,
+                duration: started.elapsed(),
+            })
+        })
+    }
+}
+
+/// The key of a client: its address reduced to the configured network prefix.
+#[derive(Debug, Clone)]
+struct ClientKey {
+    v4: u8,
+    v6: u8,
+    exempt: Arc<[IpNet]>,
+}
+
+impl ClientKey {
+    fn key(&self, conn: &Connection) -> Option<IpAddr> {
+        let ip = match conn.client.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        if self.exempt.iter().any(|net| net.contains(&ip)) {
+            return None;
+        }
+        let bits = if ip.is_ipv4() { self.v4 } else { self.v6 };
+        IpNet::new(ip, bits).ok().map(|net| net.trunc().addr())
+    }
+}
+
+/// Builds the connection stack from `[connections]`.
+pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> ConnectionService {
+    let refuse = Refuse {
+        metrics: stack.driver_metrics.clone(),
+    };
+    let client = ClientKey {
+        v4: config.client_prefix_v4,
+        v6: config.client_prefix_v6,
+        exempt: config.exempt_networks.clone().into(),
+    };
+    let session = SessionService { stack, shutdown };
+
+    let global = {
+        let refuse = refuse.clone();
+        KeyedConcurrencyLayer::new(
+            "max_sessions",
+            config.max_sessions,
+            |_: &Connection| Some(()),
+            move |conn: Connection, _: Rejection| {
+                refuse.answer(
+                    conn,
+                    Reply::new(
+                        421,
+                        EnhancedStatus::new(4, 3, 2),
+                        "Too many connections; try again later",
+                    ),
+                )
+            },
+        )
+        .metrics(LimitMetrics::register(
+            "attitude_limit",
+            "concurrency",
+            "max_sessions",
+        ))
+    };
+    let mut service = BoxService::new(global.layer(session));
+
+    if config.per_client.limit > 0 {
+        let refuse = refuse.clone();
+        let key = client.clone();
+        let layer = KeyedConcurrencyLayer::new(
+            "per_client",
+            config.per_client.limit,
+            move |conn: &Connection| key.key(conn),
+            move |conn: Connection, _: Rejection| {
+                refuse.answer(
+                    conn,
+                    Reply::new(
+                        421,
+                        EnhancedStatus::new(4, 7, 0),
+                        "Too many connections from your network; try again later",
+                    ),
+                )
+            },
+        )
+        .mode(config.per_client.mode.into())
+        .metrics(LimitMetrics::register(
+            "attitude_limit",
+            "concurrency",
+            "per_client",
+        ));
+        service = BoxService::new(layer.layer(service));
+    }
+
+    if config.rate.per_minute > 0 {
+        let quota =
+            Quota::per_minute(NonZeroU32::new(config.rate.per_minute).expect("checked > 0"))
+                .allow_burst(NonZeroU32::new(config.rate.burst.max(1)).expect("at least 1"));
+        let key = client;
+        let layer = RateLimitLayer::new(
+            "connection_rate",
+            quota,
+            config.max_tracked_clients,
+            move |conn: &Connection| key.key(conn),
+            move |conn: Connection, rejection: Rejection| {
+                let wait = rejection.retry_after.map_or(1, |d| d.as_secs().max(1));
+                refuse.answer(
+                    conn,
+                    Reply::new(
+                        421,
+                        EnhancedStatus::new(4, 7, 0),
+                        format!("Connection rate limit exceeded; try again in {wait} seconds"),
+                    ),
+                )
+            },
+        )
+        .mode(config.rate.mode.into())
+        .metrics(LimitMetrics::register(
+            "attitude_limit",
+            "rate",
+            "connection_rate",
+        ));
+        let housekeeping = layer.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                housekeeping.housekeeping();
+            }
+        });
+        service = BoxService::new(layer.layer(service));
+    }
+    service
+}

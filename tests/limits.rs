@@ -1,0 +1,144 @@
+//! Connection management end to end, with real sockets from distinct loopback addresses: one
+//! client (127.0.0.2) cannot take every slot while another (127.0.0.3) is still served.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use attitude_test_support::{Attitude, Client, Recorder, wait_for};
+
+const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+const LEGIT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+
+fn send_one(attitude: &Attitude, from: IpAddr) -> String {
+    let (mut c, greeting) = Client::connect_from(attitude.smtp, from);
+    assert!(greeting.starts_with("220"), "{greeting}");
+    c.start_data("a@example.org", &["b@example.com"]);
+    c.send(b"Subject: legit\r\n\r\nstill served\r\n.\r\n");
+    let reply = c.reply();
+    c.cmd("QUIT");
+    reply
+}
+
+#[test]
+fn per_client_limit_refuses_one_client_and_serves_another() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[connections]\nexempt_networks = []\n\
+         [connections.per_client]\nlimit = 3\n[connections.rate]\nper_minute = 0\n",
+        &[recorder.addr],
+    );
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (c, greeting) = Client::connect_from(attitude.smtp, ATTACKER);
+        assert!(greeting.starts_with("220"), "session {i}: {greeting}");
+        held.push(c);
+    }
+    let started = Instant::now();
+    let (mut refused, greeting) = Client::connect_from(attitude.smtp, ATTACKER);
+    assert!(greeting.starts_with("421 4.7.0"), "{greeting}");
+    assert!(refused.is_closed(), "a refusal closes the connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+
+    // Another client is not affected.
+    assert!(send_one(&attitude, LEGIT).starts_with("250"));
+
+    // The permit lives exactly as long as the session.
+    held.pop().unwrap().cmd("QUIT");
+    assert!(wait_for(Duration::from_secs(5), || {
+        let (mut c, greeting) = Client::connect_from(attitude.smtp, ATTACKER);
+        let ok = greeting.starts_with("220");
+        if ok {
+            c.cmd("QUIT");
+        }
+        ok
+    }));
+    assert!(
+        attitude
+            .metric("attitude_limit_rejections_total{layer=\"concurrency\",rule=\"per_client\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        attitude
+            .metric("attitude_sessions_ended_total{result=\"refused\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[test]
+fn global_cap_answers_421_at_once() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[connections]\nmax_sessions = 2\nexempt_networks = []\n[connections.per_client]\nlimit = 0\n[connections.rate]\nper_minute = 0\n",
+        &[recorder.addr],
+    );
+    let (_a, g1) = Client::connect_from(attitude.smtp, ATTACKER);
+    let (_b, g2) = Client::connect_from(attitude.smtp, LEGIT);
+    assert!(
+        g1.starts_with("220") && g2.starts_with("220"),
+        "{g1} / {g2}"
+    );
+    let started = Instant::now();
+    let (mut c, greeting) = Client::connect_from(attitude.smtp, LEGIT);
+    assert!(greeting.starts_with("421 4.3.2"), "{greeting}");
+    assert!(c.is_closed());
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn connection_rate_defers_a_burst_from_one_client_only() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[connections]\nexempt_networks = []\n[connections.rate]\nper_minute = 6\nburst = 2\n",
+        &[recorder.addr],
+    );
+    for _ in 0..2 {
+        let (mut c, greeting) = Client::connect_from(attitude.smtp, ATTACKER);
+        assert!(greeting.starts_with("220"), "{greeting}");
+        c.cmd("QUIT");
+    }
+    let (_c, greeting) = Client::connect_from(attitude.smtp, ATTACKER);
+    assert!(greeting.starts_with("421 4.7.0"), "{greeting}");
+    assert!(greeting.contains("try again in"), "{greeting}");
+    assert!(send_one(&attitude, LEGIT).starts_with("250"));
+}
+
+#[test]
+fn exempt_networks_and_dry_run() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[connections]\nexempt_networks = [\"127.0.0.3/32\"]\n\
+         [connections.per_client]\nlimit = 1\n[connections.rate]\nper_minute = 0\n",
+        &[recorder.addr],
+    );
+    let (_held, g) = Client::connect_from(attitude.smtp, LEGIT);
+    assert!(g.starts_with("220"));
+    assert!(
+        send_one(&attitude, LEGIT).starts_with("250"),
+        "exempt network"
+    );
+    let (_a, g) = Client::connect_from(attitude.smtp, ATTACKER);
+    assert!(g.starts_with("220"));
+    let (_b, g) = Client::connect_from(attitude.smtp, ATTACKER);
+    assert!(g.starts_with("421"), "{g}");
+
+    let dry = Attitude::start(
+        "[connections]\nexempt_networks = []\n\
+         [connections.per_client]\nlimit = 1\nmode = \"dry-run\"\n[connections.rate]\nper_minute = 0\n",
+        &[recorder.addr],
+    );
+    let (_a, g) = Client::connect_from(dry.smtp, ATTACKER);
+    assert!(g.starts_with("220"));
+    assert!(
+        send_one(&dry, ATTACKER).starts_with("250"),
+        "dry-run lets it through"
+    );
+    assert_eq!(
+        dry.metric("attitude_limit_would_reject_total{layer=\"concurrency\",rule=\"per_client\"}"),
+        Some(1.0)
+    );
+}
