@@ -142,3 +142,62 @@ fn exempt_networks_and_dry_run() {
         Some(1.0)
     );
 }
+
+#[test]
+fn message_and_recipient_rates_defer_with_450_and_recover() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[connections]\nexempt_networks = []\n\
+         [[rates]]\nname = \"client-messages\"\nkey = \"client\"\ncount = \"messages\"\nlimit = 1\nper = \"2s\"\nburst = 3\n\
+         [[rates]]\nname = \"domain-rcpts\"\nkey = \"rcpt-domain\"\ncount = \"recipients\"\nlimit = 2\nper = \"1h\"\n",
+        &[recorder.addr],
+    );
+    let (mut c, greeting) = Client::connect_from(attitude.smtp, ATTACKER);
+    assert!(greeting.starts_with("220"));
+    assert!(c.cmd("EHLO rate.test").starts_with("250"));
+    for i in 0..3 {
+        assert!(
+            c.cmd("MAIL FROM:<a@example.org>").starts_with("250"),
+            "message {i}"
+        );
+        assert!(
+            c.cmd(&format!("RCPT TO:<x@other{i}.example>"))
+                .starts_with("250")
+        );
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(b"Subject: r\r\n\r\nrate\r\n.\r\n");
+        assert!(c.reply().starts_with("250"));
+    }
+    let r = c.cmd("MAIL FROM:<a@example.org>");
+    assert!(r.starts_with("450 4.7.1"), "{r}");
+    assert!(
+        r.contains("client-messages") && r.contains("try again in"),
+        "{r}"
+    );
+    // Another client is not affected.
+    let (mut other, _) = Client::connect_from(attitude.smtp, LEGIT);
+    assert!(other.cmd("EHLO other.test").starts_with("250"));
+    assert!(other.cmd("MAIL FROM:<b@example.org>").starts_with("250"));
+    // Recipients per domain: two for target.example, then 450; other domains pass.
+    assert!(other.cmd("RCPT TO:<1@target.example>").starts_with("250"));
+    assert!(other.cmd("RCPT TO:<2@TARGET.example>").starts_with("250"));
+    let r = other.cmd("RCPT TO:<3@target.example>");
+    assert!(
+        r.starts_with("450 4.7.1") && r.contains("domain-rcpts"),
+        "{r}"
+    );
+    assert!(
+        other
+            .cmd("RCPT TO:<4@elsewhere.example>")
+            .starts_with("250")
+    );
+    // A later message from the deferred client passes.
+    std::thread::sleep(Duration::from_millis(2100));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+    assert!(
+        attitude
+            .metric("attitude_limit_rejections_total{layer=\"rate\",rule=\"client-messages\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}

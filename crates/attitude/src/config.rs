@@ -21,6 +21,8 @@ pub struct Config {
     pub limits: Limits,
     /// Connection management: global cap, per-client concurrency and connection rate.
     pub connections: Connections,
+    /// Message and recipient rate rules (`[[rates]]`), checked at MAIL or RCPT.
+    pub rates: Vec<RateRule>,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -39,6 +41,7 @@ impl Default for Config {
             hostname: "attitude.localdomain".into(),
             limits: Limits::default(),
             connections: Connections::default(),
+            rates: Vec::new(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -175,6 +178,69 @@ impl Default for ConnectionRate {
             mode: RuleMode::Enforce,
         }
     }
+}
+
+/// What a rate rule counts by.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateKey {
+    /// The client's network (`connections.client_prefix_v4`/`_v6`; exempt networks skip).
+    Client,
+    /// The MAIL FROM address.
+    Sender,
+    /// The MAIL FROM domain.
+    SenderDomain,
+    /// The authenticated user (clients that did not authenticate are not counted).
+    AuthUser,
+    /// The recipient's domain (only with `count = "recipients"`).
+    RcptDomain,
+}
+
+/// What a rate rule counts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateCount {
+    /// Messages, counted at MAIL.
+    Messages,
+    /// Recipients, counted at RCPT.
+    Recipients,
+}
+
+/// One `[[rates]]` rule: at most `limit` per `per` (GCRA), bursts up to `burst`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateRule {
+    /// Name in replies, logs and metrics.
+    pub name: String,
+    /// What it counts by.
+    pub key: RateKey,
+    /// What it counts.
+    pub count: RateCount,
+    /// How many per `per`.
+    pub limit: u32,
+    /// The period, e.g. `"1h"`.
+    #[serde(with = "duration")]
+    pub per: Duration,
+    /// Allowed in a burst (default: `limit`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// `"enforce"` or `"dry-run"`.
+    #[serde(default)]
+    pub mode: RuleMode,
+    /// Reply code over the rate: 450 (default) or 451.
+    #[serde(default = "default_rate_code")]
+    pub code: u16,
+    /// Most keys tracked before the rule starts over.
+    #[serde(default = "default_rate_keys")]
+    pub max_keys: usize,
+}
+
+fn default_rate_code() -> u16 {
+    450
+}
+
+fn default_rate_keys() -> usize {
+    100_000
 }
 
 /// `[timeouts]`, written like `"300s"`, `"5m"`, `"1h"` or `"250ms"`.
@@ -401,6 +467,28 @@ impl Config {
             return invalid(
                 "[connections.rate] burst must be at least 1 when per_minute is set".into(),
             );
+        }
+        let mut names = std::collections::HashSet::new();
+        for rule in &self.rates {
+            let name = &rule.name;
+            if name.is_empty() || !names.insert(name.as_str()) {
+                return invalid(format!(
+                    "[[rates]] name {name:?} must be non-empty and unique"
+                ));
+            }
+            if rule.limit == 0 || rule.per.is_zero() || rule.burst == Some(0) {
+                return invalid(format!(
+                    "[[rates]] {name}: limit, per and burst must be greater than 0"
+                ));
+            }
+            if rule.code != 450 && rule.code != 451 {
+                return invalid(format!("[[rates]] {name}: code must be 450 or 451"));
+            }
+            if rule.key == RateKey::RcptDomain && rule.count != RateCount::Recipients {
+                return invalid(format!(
+                    "[[rates]] {name}: key = \"rcpt-domain\" needs count = \"recipients\""
+                ));
+            }
         }
         let t = &self.timeouts;
         for (name, value) in [

@@ -8,7 +8,7 @@
 //! the accept queue).
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,13 +21,13 @@ use attitude_layers::{LimitMetrics, Rejection};
 use attitude_service::driver::{self, DriverMetrics, SessionResult, SessionSummary, Shutdown};
 use attitude_service::{BoxFuture, Session};
 use governor::Quota;
-use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tower::util::BoxService;
 use tower::{Layer, Service};
 
 use crate::config::Connections;
+use crate::keys::ClientKey;
 use crate::stack::Stack;
 
 /// An accepted client connection.
@@ -110,38 +110,16 @@ impl Refuse {
     }
 }
 
-/// The key of a client: its address reduced to the configured network prefix.
-#[derive(Debug, Clone)]
-struct ClientKey {
-    v4: u8,
-    v6: u8,
-    exempt: Arc<[IpNet]>,
-}
-
-impl ClientKey {
-    fn key(&self, conn: &Connection) -> Option<IpAddr> {
-        let ip = match conn.client.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        if self.exempt.iter().any(|net| net.contains(&ip)) {
-            return None;
-        }
-        let bits = if ip.is_ipv4() { self.v4 } else { self.v6 };
-        IpNet::new(ip, bits).ok().map(|net| net.trunc().addr())
-    }
-}
-
 /// Builds the connection stack from `[connections]`.
 pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> ConnectionService {
     let refuse = Refuse {
         metrics: stack.driver_metrics.clone(),
     };
-    let client = ClientKey {
-        v4: config.client_prefix_v4,
-        v6: config.client_prefix_v6,
-        exempt: config.exempt_networks.clone().into(),
-    };
+    let client = ClientKey::new(
+        config.client_prefix_v4,
+        config.client_prefix_v6,
+        &config.exempt_networks,
+    );
     let session = SessionService { stack, shutdown };
 
     let global = {
@@ -175,7 +153,7 @@ pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> Connecti
         let layer = KeyedConcurrencyLayer::new(
             "per_client",
             config.per_client.limit,
-            move |conn: &Connection| key.key(conn),
+            move |conn: &Connection| key.key(conn.client.ip()),
             move |conn: Connection, _: Rejection| {
                 refuse.answer(
                     conn,
@@ -205,7 +183,7 @@ pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> Connecti
             "connection_rate",
             quota,
             config.max_tracked_clients,
-            move |conn: &Connection| key.key(conn),
+            move |conn: &Connection| key.key(conn.client.ip()),
             move |conn: Connection, rejection: Rejection| {
                 let wait = rejection.retry_after.map_or(1, |d| d.as_secs().max(1));
                 refuse.answer(

@@ -9,6 +9,8 @@
 mod admin;
 mod config;
 mod connection;
+mod keys;
+mod rates;
 mod server;
 mod sink;
 mod stack;

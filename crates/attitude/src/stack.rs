@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use attitude_codec::{BareLineEndings, CodecConfig};
+use attitude_service::BoxCommand;
 use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
 use attitude_service::protocol::{Protocol, ProtocolConfig, ProtocolLayer};
@@ -16,12 +17,14 @@ use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared};
 use tower::Layer;
 
 use crate::config::{self, Config};
+use crate::keys::ClientKey;
+use crate::rates::{self, CommandLayer};
 
 /// The command stack of one session.
-pub type CommandService = SmtpMetricsService<Protocol<Relay>>;
+pub type CommandService = SmtpMetricsService<Protocol<BoxCommand>>;
 
 /// Everything shared by all sessions.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Stack {
     /// Session driver settings.
     pub driver: Arc<DriverConfig>,
@@ -29,6 +32,7 @@ pub struct Stack {
     pub driver_metrics: Arc<DriverMetrics>,
     protocol: ProtocolLayer,
     metrics: SmtpMetricsLayer,
+    rates: Vec<CommandLayer>,
     relay: Arc<RelayShared>,
 }
 
@@ -74,18 +78,24 @@ impl Stack {
             ..RelayConfig::default()
         };
         let relay_metrics = RelayMetrics::register(&relay.backends);
+        let c = &config.connections;
+        let client = ClientKey::new(c.client_prefix_v4, c.client_prefix_v6, &c.exempt_networks);
         Self {
             driver: Arc::new(driver),
             driver_metrics: DriverMetrics::register(),
             protocol: ProtocolLayer::new(protocol),
             metrics: SmtpMetricsLayer::new(SmtpMetrics::register()),
+            rates: rates::layers(&config.rates, &client),
             relay: RelayShared::new(relay, relay_metrics),
         }
     }
 
     /// The command stack for one session.
     pub fn command_service(&self) -> CommandService {
-        let relay = Relay::new(self.relay.clone());
-        self.metrics.layer(self.protocol.layer(relay))
+        let mut inner = BoxCommand::new(Relay::new(self.relay.clone()));
+        for rate in self.rates.iter().rev() {
+            inner = rate(inner);
+        }
+        self.metrics.layer(self.protocol.layer(inner))
     }
 }

@@ -61,7 +61,7 @@ pub struct DriverMetrics {
     total: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
-    ended: [Counter; 7],
+    ended: [Counter; 8],
 }
 
 impl DriverMetrics {
@@ -118,10 +118,12 @@ pub enum SessionResult {
     IoError,
     /// Refused before the session began (connection stack).
     Refused,
+    /// A layer answered 421 (e.g. the tarpit budget): the session is closed after it.
+    Policy,
 }
 
 impl SessionResult {
-    const ALL: [SessionResult; 7] = [
+    const ALL: [SessionResult; 8] = [
         SessionResult::Quit,
         SessionResult::ClientClosed,
         SessionResult::Timeout,
@@ -129,6 +131,7 @@ impl SessionResult {
         SessionResult::Shutdown,
         SessionResult::IoError,
         SessionResult::Refused,
+        SessionResult::Policy,
     ];
 
     /// A label for logs and metrics.
@@ -141,6 +144,7 @@ impl SessionResult {
             SessionResult::Shutdown => "shutdown",
             SessionResult::IoError => "io_error",
             SessionResult::Refused => "refused",
+            SessionResult::Policy => "policy",
         }
     }
 }
@@ -221,8 +225,7 @@ pub async fn drive<IO, S>(
 ) -> SessionSummary
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    S: Service<Request, Response = Reply>,
-    S::Error: Into<BoxError>,
+    S: Service<Request, Response = Reply, Error = BoxError>,
 {
     metrics.total.increment(1);
     metrics.active.increment(1.0);
@@ -282,8 +285,7 @@ where
 impl<IO, S> Driver<IO, S>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    S: Service<Request, Response = Reply>,
-    S::Error: Into<BoxError>,
+    S: Service<Request, Response = Reply, Error = BoxError>,
 {
     async fn run(&mut self, shutdown: &Shutdown) -> SessionResult {
         if shutdown.drain.is_cancelled() {
@@ -413,7 +415,7 @@ where
             Ok(service) => service.call(req).await,
             Err(e) => Err(e),
         };
-        result.unwrap_or_else(|e| error_reply(&e.into()))
+        result.unwrap_or_else(|e| error_reply(&e))
     }
 
     async fn handle(&mut self, frame: Frame) -> Step {
@@ -525,6 +527,10 @@ where
         self.push(&reply);
         if quit {
             return Step::Close(SessionResult::Quit);
+        }
+        if reply.code() == 421 {
+            // 421 means "closing the transmission channel" (RFC 5321 §3.8).
+            return Step::Close(SessionResult::Policy);
         }
         if reply.is_error() {
             let session = Arc::make_mut(&mut self.session);

@@ -9,6 +9,7 @@
 //! Every decoded frame becomes one [`Request`]; every request gets one [`Reply`] (replies to DATA
 //! chunks are not written: an error reply to a chunk fails the message, answered at end of data).
 
+mod boxed;
 pub mod driver;
 pub mod errors;
 pub mod metrics;
@@ -17,6 +18,7 @@ pub mod relay;
 mod request;
 
 pub use attitude_codec::{Command, EnhancedStatus, Reply};
+pub use boxed::BoxCommand;
 pub use request::{DataOutcome, Event, Helo, Request, Session, Transaction};
 
 /// The error type of attitude's services (tower's boxed error).

@@ -42,10 +42,9 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<F> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Reply, E>>,
-    E: Into<BoxError>,
+    F: Future<Output = Result<Reply, BoxError>>,
 {
     type Output = Result<Reply, BoxError>;
 
@@ -55,7 +54,7 @@ where
                 Poll::Ready(Ok(reply.take().expect("polled after completion")))
             }
             KindProj::Inner { future, on_success } => {
-                let reply = ready!(future.poll(cx)).map_err(Into::into)?;
+                let reply = ready!(future.poll(cx))?;
                 Poll::Ready(Ok(match on_success.take() {
                     Some(replacement) if reply.is_positive() => replacement,
                     _ => reply,

@@ -126,15 +126,14 @@ impl<S> Protocol<S> {
 
 impl<S> Service<Request> for Protocol<S>
 where
-    S: Service<Request, Response = Reply>,
-    S::Error: Into<BoxError>,
+    S: Service<Request, Response = Reply, Error = BoxError>,
 {
     type Response = Reply;
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
