@@ -201,3 +201,54 @@ fn message_and_recipient_rates_defer_with_450_and_recover() {
             >= 1.0
     );
 }
+
+#[test]
+fn throttle_stretches_a_1_mib_upload_to_the_configured_rate() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[throttle]\nsession_bytes_per_second = 524288\nburst_bytes = 65536\n",
+        &[recorder.addr],
+    );
+    let mut c = Client::connect(attitude.smtp);
+    c.start_data("a@example.org", &["b@example.com"]);
+    let line = [b'q'; 998];
+    let started = Instant::now();
+    c.send(b"Subject: big\r\n\r\n");
+    for _ in 0..1049 {
+        c.send(&line);
+        c.send(b"\r\n");
+    }
+    c.send(b".\r\n");
+    let r = c.reply();
+    let took = started.elapsed();
+    assert!(r.starts_with("250"), "{r}");
+    // 1 MiB at 512 KiB/s after a 64 KiB burst: about 1.9 s.
+    assert!(
+        took >= Duration::from_millis(1500) && took <= Duration::from_secs(4),
+        "1 MiB took {took:?}"
+    );
+    assert_eq!(recorder.messages().len(), 1);
+    assert!(
+        attitude
+            .metric("attitude_throttled_bytes_total")
+            .unwrap_or(0.0)
+            > 500_000.0
+    );
+
+    // Unthrottled, the same upload is much faster.
+    let fast = Attitude::start("", &[recorder.addr]);
+    let mut c = Client::connect(fast.smtp);
+    c.start_data("a@example.org", &["b@example.com"]);
+    let started = Instant::now();
+    for _ in 0..1049 {
+        c.send(&line);
+        c.send(b"\r\n");
+    }
+    c.send(b".\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}

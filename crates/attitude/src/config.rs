@@ -23,6 +23,8 @@ pub struct Config {
     pub connections: Connections,
     /// Message and recipient rate rules (`[[rates]]`), checked at MAIL or RCPT.
     pub rates: Vec<RateRule>,
+    /// DATA bandwidth per session and per client.
+    pub throttle: Throttle,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -42,6 +44,7 @@ impl Default for Config {
             limits: Limits::default(),
             connections: Connections::default(),
             rates: Vec::new(),
+            throttle: Throttle::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -176,6 +179,28 @@ impl Default for ConnectionRate {
             per_minute: 120,
             burst: 30,
             mode: RuleMode::Enforce,
+        }
+    }
+}
+
+/// `[throttle]`: how fast message content may arrive. The sender waits; nothing is refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Throttle {
+    /// DATA octets per second per session (0 = off).
+    pub session_bytes_per_second: u32,
+    /// DATA octets per second per client network, all its sessions together (0 = off).
+    pub client_bytes_per_second: u32,
+    /// Octets that may arrive at full speed before the rate applies.
+    pub burst_bytes: u32,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self {
+            session_bytes_per_second: 0,
+            client_bytes_per_second: 0,
+            burst_bytes: 256 * 1024,
         }
     }
 }
@@ -467,6 +492,12 @@ impl Config {
             return invalid(
                 "[connections.rate] burst must be at least 1 when per_minute is set".into(),
             );
+        }
+        if self.throttle.burst_bytes < 32 * 1024 {
+            return invalid(format!(
+                "[throttle] burst_bytes = {} must be at least 32768 (one DATA chunk)",
+                self.throttle.burst_bytes
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for rule in &self.rates {

@@ -9,11 +9,12 @@
 use std::sync::Arc;
 
 use attitude_codec::{BareLineEndings, CodecConfig};
-use attitude_service::BoxCommand;
+use attitude_layers::throttle::{ThrottleLayer, ThrottleMetrics};
 use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
 use attitude_service::protocol::{Protocol, ProtocolConfig, ProtocolLayer};
 use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared};
+use attitude_service::{BoxCommand, Event, Request};
 use tower::Layer;
 
 use crate::config::{self, Config};
@@ -32,7 +33,8 @@ pub struct Stack {
     pub driver_metrics: Arc<DriverMetrics>,
     protocol: ProtocolLayer,
     metrics: SmtpMetricsLayer,
-    rates: Vec<CommandLayer>,
+    /// Throttle and rate rules, outermost first (between the protocol layer and the relay).
+    policies: Vec<CommandLayer>,
     relay: Arc<RelayShared>,
 }
 
@@ -85,7 +87,10 @@ impl Stack {
             driver_metrics: DriverMetrics::register(),
             protocol: ProtocolLayer::new(protocol),
             metrics: SmtpMetricsLayer::new(SmtpMetrics::register()),
-            rates: rates::layers(&config.rates, &client),
+            policies: throttle_layer(config, &client)
+                .into_iter()
+                .chain(rates::layers(&config.rates, &client))
+                .collect(),
             relay: RelayShared::new(relay, relay_metrics),
         }
     }
@@ -93,9 +98,43 @@ impl Stack {
     /// The command stack for one session.
     pub fn command_service(&self) -> CommandService {
         let mut inner = BoxCommand::new(Relay::new(self.relay.clone()));
-        for rate in self.rates.iter().rev() {
-            inner = rate(inner);
+        for policy in self.policies.iter().rev() {
+            inner = policy(inner);
         }
         self.metrics.layer(self.protocol.layer(inner))
     }
+}
+
+/// `[throttle]` as a command layer: DATA chunks cost their length.
+fn throttle_layer(config: &Config, client: &ClientKey) -> Option<CommandLayer> {
+    let t = &config.throttle;
+    if t.session_bytes_per_second == 0 && t.client_bytes_per_second == 0 {
+        return None;
+    }
+    let client = client.clone();
+    let layer = ThrottleLayer::new(
+        t.session_bytes_per_second,
+        t.client_bytes_per_second,
+        t.burst_bytes,
+        move |req: &Request| client.key(req.session.client.ip()),
+        |req: &Request| match &req.event {
+            Event::DataChunk(chunk) => u32::try_from(chunk.len()).unwrap_or(u32::MAX),
+            _ => 0,
+        },
+    )
+    .metrics(ThrottleMetrics {
+        throttled: metrics::counter!("attitude_throttled_bytes_total"),
+        delay_seconds: metrics::histogram!("attitude_throttle_delay_seconds"),
+    });
+    let housekeeping = layer.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            housekeeping.housekeeping();
+        }
+    });
+    Some(Arc::new(move |inner: BoxCommand| {
+        BoxCommand::new(layer.layer(inner))
+    }))
 }
