@@ -6,18 +6,16 @@ use attitude_layers::throttle::ThrottleLayer;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 type Err = tower::BoxError;
+type TestThrottle = ThrottleLayer<u8, fn(&u32) -> Option<u8>, fn(&u32) -> u32>;
 
-fn svc(
-    layer: &ThrottleLayer<u8, fn(&u32) -> Option<u8>, fn(&u32) -> u32>,
-) -> impl Service<u32, Response = u32, Error = Err> {
+fn svc(layer: &TestThrottle) -> impl Service<u32, Response = u32, Error = Err> {
     layer.layer(service_fn(|n: u32| async move { Ok::<_, Err>(n) }))
 }
 
 #[tokio::test]
 async fn stretches_a_transfer_to_the_rate() {
     // 1,000,000 units/s per instance, burst 100,000: 600,000 units take about 0.5 s.
-    let layer: ThrottleLayer<u8, fn(&u32) -> Option<u8>, fn(&u32) -> u32> =
-        ThrottleLayer::new(1_000_000, 0, 100_000, |_| None, |n| *n);
+    let layer: TestThrottle = ThrottleLayer::new(1_000_000, 0, 100_000, |_| None, |n| *n);
     let mut one = svc(&layer);
     let started = Instant::now();
     for _ in 0..30 {
@@ -48,8 +46,7 @@ async fn stretches_a_transfer_to_the_rate() {
 
 #[tokio::test]
 async fn keyed_budget_is_shared_between_instances() {
-    let layer: ThrottleLayer<u8, fn(&u32) -> Option<u8>, fn(&u32) -> u32> =
-        ThrottleLayer::new(0, 1_000_000, 100_000, |_| Some(1), |n| *n);
+    let layer: TestThrottle = ThrottleLayer::new(0, 1_000_000, 100_000, |_| Some(1), |n| *n);
     let started = Instant::now();
     let (mut a, mut b) = (svc(&layer), svc(&layer));
     for _ in 0..15 {
