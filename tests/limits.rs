@@ -252,3 +252,61 @@ fn throttle_stretches_a_1_mib_upload_to_the_configured_rate() {
         started.elapsed()
     );
 }
+
+#[test]
+fn tarpit_delays_replies_after_errors_and_the_budget_holds() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[tarpit]\nsoft_error_limit = 2\ndelay_per_error = \"300ms\"\nmax_delay = \"2s\"\nbudget = 5\n",
+        &[recorder.addr],
+    );
+    let mut c = Client::connect(attitude.smtp);
+    let timed = |c: &mut Client, line: &str| {
+        let started = Instant::now();
+        let reply = c.cmd(line);
+        (reply, started.elapsed())
+    };
+    let (r, t) = timed(&mut c, "FOO");
+    assert!(
+        r.starts_with("500") && t < Duration::from_millis(250),
+        "{r} {t:?}"
+    );
+    let (_, t) = timed(&mut c, "BAR");
+    assert!(t < Duration::from_millis(250), "{t:?}");
+    // Two errors: from now on replies wait, longer with each error.
+    let (r, t) = timed(&mut c, "NOOP");
+    assert!(
+        r.starts_with("250") && t >= Duration::from_millis(300),
+        "{r} {t:?}"
+    );
+    let (_, t) = timed(&mut c, "BAZ");
+    assert!(t >= Duration::from_millis(300), "{t:?}");
+    let (r, t) = timed(&mut c, "NOOP");
+    assert!(
+        r.starts_with("250") && t >= Duration::from_millis(600),
+        "{r} {t:?}"
+    );
+    assert!(attitude.metric("attitude_tarpit_held_total").unwrap_or(0.0) >= 3.0);
+
+    // Budget: one session may be held at once; the next one is closed with 421 instead.
+    let tight = Attitude::start(
+        "[tarpit]\nsoft_error_limit = 1\ndelay_per_error = \"2s\"\nbudget = 1\n",
+        &[recorder.addr],
+    );
+    let mut a = Client::connect(tight.smtp);
+    let mut b = Client::connect(tight.smtp);
+    assert!(a.cmd("FOO").starts_with("500"));
+    assert!(b.cmd("FOO").starts_with("500"));
+    let started = Instant::now();
+    a.send(b"NOOP\r\n"); // held for 2 s
+    std::thread::sleep(Duration::from_millis(300));
+    let r = b.cmd("NOOP");
+    assert!(r.starts_with("421 4.7.0"), "over budget: {r}");
+    assert!(b.is_closed());
+    let r = a.reply();
+    assert!(
+        r.starts_with("250") && started.elapsed() >= Duration::from_secs(2),
+        "{r}"
+    );
+    assert_eq!(tight.metric("attitude_tarpit_over_budget_total"), Some(1.0));
+}

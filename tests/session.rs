@@ -8,7 +8,8 @@ use attitude_test_support::{Attitude, Client, Recorder, attitude_bin, scratch_di
 #[test]
 fn sequencing_and_local_replies() {
     let recorder = Recorder::start();
-    let attitude = Attitude::start("", &[recorder.addr]);
+    // Many refused commands in one session: no tarpit here, that has its own test.
+    let attitude = Attitude::start("[tarpit]\nsoft_error_limit = 0\n", &[recorder.addr]);
     let mut c = Client::connect(attitude.smtp);
     let r = c.cmd("MAIL FROM:<a@example.org>");
     assert!(r.starts_with("503 5.5.1"), "MAIL before EHLO: {r}");

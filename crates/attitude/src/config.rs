@@ -25,6 +25,8 @@ pub struct Config {
     pub rates: Vec<RateRule>,
     /// DATA bandwidth per session and per client.
     pub throttle: Throttle,
+    /// Delays for clients that make errors.
+    pub tarpit: Tarpit,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -45,6 +47,7 @@ impl Default for Config {
             connections: Connections::default(),
             rates: Vec::new(),
             throttle: Throttle::default(),
+            tarpit: Tarpit::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -201,6 +204,36 @@ impl Default for Throttle {
             session_bytes_per_second: 0,
             client_bytes_per_second: 0,
             burst_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[tarpit]`: once a session has made `soft_error_limit` errors, each reply waits
+/// `delay_per_error` times the errors over the limit (up to `max_delay`); `limits.max_errors`
+/// closes it. At most `budget` sessions are held at once; over it a session is closed with 421.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tarpit {
+    /// Errors before replies are delayed (0 turns the tarpit off).
+    pub soft_error_limit: u32,
+    /// Delay per error over the soft limit.
+    #[serde(with = "duration")]
+    pub delay_per_error: Duration,
+    /// Longest delay.
+    #[serde(with = "duration")]
+    pub max_delay: Duration,
+    /// Sessions held in a delay at once.
+    pub budget: usize,
+}
+
+impl Default for Tarpit {
+    fn default() -> Self {
+        Self {
+            // Postfix's smtpd_soft_error_limit and smtpd_error_sleep_time.
+            soft_error_limit: 10,
+            delay_per_error: Duration::from_secs(1),
+            max_delay: Duration::from_secs(15),
+            budget: 1000,
         }
     }
 }

@@ -9,20 +9,25 @@
 use std::sync::Arc;
 
 use attitude_codec::{BareLineEndings, CodecConfig};
+use std::time::Duration;
+
+use attitude_codec::{EnhancedStatus, Reply};
+use attitude_layers::Rejection;
+use attitude_layers::tarpit::{TarpitLayer, TarpitMetrics};
 use attitude_layers::throttle::{ThrottleLayer, ThrottleMetrics};
 use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
-use attitude_service::protocol::{Protocol, ProtocolConfig, ProtocolLayer};
+use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
 use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared};
-use attitude_service::{BoxCommand, Event, Request};
+use attitude_service::{BoxCommand, BoxError, Event, Request};
 use tower::Layer;
 
 use crate::config::{self, Config};
 use crate::keys::ClientKey;
 use crate::rates::{self, CommandLayer};
 
-/// The command stack of one session.
-pub type CommandService = SmtpMetricsService<Protocol<BoxCommand>>;
+/// The command stack of one session: metrics, then (boxed) tarpit, protocol, policies, relay.
+pub type CommandService = SmtpMetricsService<BoxCommand>;
 
 /// Everything shared by all sessions.
 #[derive(Clone)]
@@ -35,6 +40,8 @@ pub struct Stack {
     metrics: SmtpMetricsLayer,
     /// Throttle and rate rules, outermost first (between the protocol layer and the relay).
     policies: Vec<CommandLayer>,
+    /// The tarpit, outside the protocol layer so it also holds replies to bad commands.
+    tarpit: Option<CommandLayer>,
     relay: Arc<RelayShared>,
 }
 
@@ -87,6 +94,7 @@ impl Stack {
             driver_metrics: DriverMetrics::register(),
             protocol: ProtocolLayer::new(protocol),
             metrics: SmtpMetricsLayer::new(SmtpMetrics::register()),
+            tarpit: tarpit_layer(config),
             policies: throttle_layer(config, &client)
                 .into_iter()
                 .chain(rates::layers(&config.rates, &client))
@@ -101,7 +109,11 @@ impl Stack {
         for policy in self.policies.iter().rev() {
             inner = policy(inner);
         }
-        self.metrics.layer(self.protocol.layer(inner))
+        let mut protocol = BoxCommand::new(self.protocol.layer(inner));
+        if let Some(tarpit) = &self.tarpit {
+            protocol = tarpit(protocol);
+        }
+        self.metrics.layer(protocol)
     }
 }
 
@@ -133,6 +145,38 @@ fn throttle_layer(config: &Config, client: &ClientKey) -> Option<CommandLayer> {
             tick.tick().await;
             housekeeping.housekeeping();
         }
+    });
+    Some(Arc::new(move |inner: BoxCommand| {
+        BoxCommand::new(layer.layer(inner))
+    }))
+}
+
+/// `[tarpit]` as a command layer: replies to commands wait once the session has made errors.
+fn tarpit_layer(config: &Config) -> Option<CommandLayer> {
+    let t = config.tarpit.clone();
+    if t.soft_error_limit == 0 {
+        return None;
+    }
+    let delay = move |req: &Request| {
+        let errors = req.session.errors;
+        let counts = matches!(req.event, Event::Command(_) | Event::Invalid(_));
+        if !counts || errors < t.soft_error_limit {
+            return Duration::ZERO;
+        }
+        (t.delay_per_error * (errors - t.soft_error_limit + 1)).min(t.max_delay)
+    };
+    let refuse = |_req: Request, _why: Rejection| {
+        std::future::ready(Ok::<_, BoxError>(Reply::new(
+            421,
+            EnhancedStatus::new(4, 7, 0),
+            "Too many errors; closing connection",
+        )))
+    };
+    let layer = TarpitLayer::new(config.tarpit.budget, delay, refuse).metrics(TarpitMetrics {
+        held: metrics::counter!("attitude_tarpit_held_total"),
+        delay_seconds: metrics::histogram!("attitude_tarpit_delay_seconds"),
+        holding: metrics::gauge!("attitude_tarpit_holding"),
+        over_budget: metrics::counter!("attitude_tarpit_over_budget_total"),
     });
     Some(Arc::new(move |inner: BoxCommand| {
         BoxCommand::new(layer.layer(inner))

@@ -9,6 +9,7 @@
 //!   the response future (for a connection stack whose future is the whole session: as long as
 //!   the session). With a constant key it is a global cap that sheds load instead of queueing.
 //! - [`rate_limit`]: GCRA per key (`governor`), with bounded key tracking.
+//! - [`tarpit`]: holds requests for a computed delay, within a budget of requests held at once.
 //! - [`throttle`]: delays requests by their cost (bytes) against a rate per service instance and
 //!   per key; refuses nothing.
 
@@ -16,6 +17,7 @@ mod either;
 pub mod keyed_concurrency;
 pub mod rate_limit;
 mod reject;
+pub mod tarpit;
 pub mod throttle;
 
 pub use either::Either;

@@ -1,0 +1,12 @@
+//! Tarpit: holds a request for a delay that the caller computes (e.g. from the session's error
+//! count) before passing it on. A budget caps how many requests may be held at once, so the
+//! tarpit never becomes a self-inflicted denial of service; over the budget the request is
+//! refused through [`Reject`](crate::Reject) instead.
+
+mod future;
+mod layer;
+mod service;
+
+pub use future::ResponseFuture;
+pub use layer::{TarpitLayer, TarpitMetrics};
+pub use service::Tarpit;
