@@ -57,7 +57,7 @@ fn per_client_limit_refuses_one_client_and_serves_another() {
     }));
     assert!(
         attitude
-            .metric("attitude_limit_rejections_total{layer=\"concurrency\",rule=\"per_client\"}")
+            .metric("attitude_limit_rejections_total{layer=\"concurrency\",rule=\"per_client\",key=\"client\"}")
             .unwrap_or(0.0)
             >= 1.0
     );
@@ -138,7 +138,7 @@ fn exempt_networks_and_dry_run() {
         "dry-run lets it through"
     );
     assert_eq!(
-        dry.metric("attitude_limit_would_reject_total{layer=\"concurrency\",rule=\"per_client\"}"),
+        dry.metric("attitude_limit_would_reject_total{layer=\"concurrency\",rule=\"per_client\",key=\"client\"}"),
         Some(1.0)
     );
 }
@@ -196,7 +196,7 @@ fn message_and_recipient_rates_defer_with_450_and_recover() {
     assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
     assert!(
         attitude
-            .metric("attitude_limit_rejections_total{layer=\"rate\",rule=\"client-messages\"}")
+            .metric("attitude_limit_rejections_total{layer=\"rate\",rule=\"client-messages\",key=\"client\"}")
             .unwrap_or(0.0)
             >= 1.0
     );

@@ -143,6 +143,7 @@ pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> Connecti
             "attitude_limit",
             "concurrency",
             "max_sessions",
+            "global",
         ))
     };
     let mut service = BoxService::new(global.layer(session));
@@ -170,6 +171,7 @@ pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> Connecti
             "attitude_limit",
             "concurrency",
             "per_client",
+            "client",
         ));
         service = BoxService::new(layer.layer(service));
     }
@@ -201,6 +203,7 @@ pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> Connecti
             "attitude_limit",
             "rate",
             "connection_rate",
+            "client",
         ));
         let housekeeping = layer.clone();
         tokio::spawn(async move {

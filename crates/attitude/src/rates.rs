@@ -37,6 +37,16 @@ fn key_of(rule: &RateRule, client: &ClientKey, req: &Request) -> Option<String> 
     }
 }
 
+fn key_label(key: RateKey) -> &'static str {
+    match key {
+        RateKey::Client => "client",
+        RateKey::Sender => "sender",
+        RateKey::SenderDomain => "sender-domain",
+        RateKey::AuthUser => "auth-user",
+        RateKey::RcptDomain => "rcpt-domain",
+    }
+}
+
 /// "try again in 40 seconds", "in 3 minutes".
 fn hint(wait: Option<Duration>) -> String {
     let secs = wait.map_or(1, |d| d.as_secs().max(1));
@@ -84,7 +94,12 @@ pub fn layers(rules: &[RateRule], client: &ClientKey) -> Vec<CommandLayer> {
                 },
             )
             .mode(rule.mode.into())
-            .metrics(LimitMetrics::register("attitude_limit", "rate", &rule.name));
+            .metrics(LimitMetrics::register(
+                "attitude_limit",
+                "rate",
+                &rule.name,
+                key_label(rule.key),
+            ));
             let apply: CommandLayer =
                 Arc::new(move |inner: BoxCommand| BoxCommand::new(layer.layer(inner)));
             apply

@@ -79,10 +79,15 @@ impl LimitMetrics {
     }
 
     /// Handles registered with the installed `metrics` recorder under
-    /// `{prefix}_rejections_total{layer,rule}`, `{prefix}_would_reject_total{layer,rule}`,
-    /// `{prefix}_tracked_keys{layer,rule}` and `{prefix}_key_resets_total{layer,rule}`.
-    pub fn register(prefix: &str, layer: &'static str, rule: &str) -> Self {
-        let labels = [("layer", layer.to_owned()), ("rule", rule.to_owned())];
+    /// `{prefix}_rejections_total`, `{prefix}_would_reject_total`, `{prefix}_tracked_keys` and
+    /// `{prefix}_key_resets_total`, each labelled `layer`, `rule` and `key` (what the rule counts
+    /// by: `client`, `sender`, ...).
+    pub fn register(prefix: &str, layer: &'static str, rule: &str, key: &str) -> Self {
+        let labels = [
+            ("layer", layer.to_owned()),
+            ("rule", rule.to_owned()),
+            ("key", key.to_owned()),
+        ];
         Self {
             rejected: metrics::counter!(format!("{prefix}_rejections_total"), &labels),
             would_reject: metrics::counter!(format!("{prefix}_would_reject_total"), &labels),
