@@ -97,7 +97,8 @@ impl Refuse {
             })
             .await;
             metrics.record_refused();
-            tracing::info!(target: "attitude::session", session = conn.id, client = %conn.client, reply = %reply, "session refused");
+            // Refusals come in floods: counted in metrics, logged only at debug level.
+            tracing::debug!(target: "attitude::session", session = conn.id, client = %conn.client, reply = %reply, "session refused");
             Ok(SessionSummary {
                 result: SessionResult::Refused,
                 messages: 0,

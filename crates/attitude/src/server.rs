@@ -117,7 +117,17 @@ async fn accept_loop(
         };
         // The connection stack never waits: its layers refuse instead (load shedding).
         let Ok(service) = connections.ready().await;
-        tracker.spawn(service.call(conn));
+        let mut session = service.call(conn);
+        // A refusal (a 421 written to a fresh socket) is usually done at the first poll: no
+        // task for it. Under a connection flood that is most of the work.
+        if std::future::Future::poll(
+            session.as_mut(),
+            &mut std::task::Context::from_waker(std::task::Waker::noop()),
+        )
+        .is_pending()
+        {
+            tracker.spawn(session);
+        }
     }
 }
 
