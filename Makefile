@@ -3,6 +3,7 @@
 #   make test   install what the tests need (make deps), then formatting, lints and every test
 #   make bench  release build against smtp-sink, HAProxy and nginx (../shared/bench), figures for the README
 #   make bench-flood  the DoS scenario (../shared/bench/flood.sh) in hold and slow modes
+#   make bench-limits what the limit stack costs: limits on vs off, same build, same run
 #   make fuzz   the decoder's fuzz target for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
 
 SHELL := /bin/bash
@@ -11,7 +12,7 @@ LISTEN ?= 127.0.0.1:2525
 SINK ?= 127.0.0.1:2526
 ADMIN ?= 127.0.0.1:9325
 
-.PHONY: run deps test lint unit build bench bench-flood fuzz clean
+.PHONY: run deps test lint unit build bench bench-flood bench-limits fuzz clean
 
 run:
 	$(CARGO) build --release -p attitude
@@ -49,6 +50,9 @@ bench:
 
 bench-flood:
 	bash scripts/flood.sh
+
+bench-limits:
+	bash scripts/limits-cost.sh
 
 # New inputs go to a scratch corpus; the committed seeds in corpus/decode are only read.
 # A crash lands in crates/codec/fuzz/artifacts/: copy it into corpus/decode as a regression test.

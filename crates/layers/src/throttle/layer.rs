@@ -41,6 +41,8 @@ pub struct ThrottleLayer<K: Hash + Eq + Clone, F, G> {
     pub(super) key: F,
     pub(super) cost: G,
     pub(super) metrics: ThrottleMetrics,
+    /// Made once: a quanta clock is costly to make (it reads CPUID) and cheap to clone.
+    pub(super) clock: DefaultClock,
 }
 
 impl<K: Hash + Eq + Clone, F, G> std::fmt::Debug for ThrottleLayer<K, F, G> {
@@ -63,12 +65,15 @@ impl<K: Hash + Eq + Clone, F, G> ThrottleLayer<K, F, G> {
     /// `burst` units; `key` extracts the key (`None`: no keyed throttle), `cost` what a request
     /// costs (0: free).
     pub fn new(per_instance: u32, per_key: u32, burst: u32, key: F, cost: G) -> Self {
+        let clock = DefaultClock::default();
         Self {
             per_instance: quota(per_instance, burst),
-            keyed: quota(per_key, burst).map(|q| Arc::new(RateLimiter::dashmap(q))),
+            keyed: quota(per_key, burst)
+                .map(|q| Arc::new(RateLimiter::new(q, Default::default(), clock.clone()))),
             key,
             cost,
             metrics: ThrottleMetrics::noop(),
+            clock,
         }
     }
 
@@ -94,11 +99,13 @@ impl<S, K: Hash + Eq + Clone, F: Clone, G: Clone> Layer<S> for ThrottleLayer<K, 
     fn layer(&self, inner: S) -> Self::Service {
         Throttle::new(
             inner,
-            self.per_instance.map(|q| Arc::new(RateLimiter::direct(q))),
+            self.per_instance
+                .map(|q| Arc::new(RateLimiter::direct_with_clock(q, self.clock.clone()))),
             self.keyed.clone(),
             self.key.clone(),
             self.cost.clone(),
             self.metrics.clone(),
+            self.clock.clone(),
         )
     }
 }

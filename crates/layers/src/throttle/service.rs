@@ -20,6 +20,7 @@ pub struct Throttle<S, K: Hash + Eq + Clone, F, G> {
     key: F,
     cost: G,
     metrics: ThrottleMetrics,
+    clock: DefaultClock,
 }
 
 impl<S: std::fmt::Debug, K: Hash + Eq + Clone, F, G> std::fmt::Debug for Throttle<S, K, F, G> {
@@ -38,6 +39,7 @@ impl<S, K: Hash + Eq + Clone, F, G> Throttle<S, K, F, G> {
         key: F,
         cost: G,
         metrics: ThrottleMetrics,
+        clock: DefaultClock,
     ) -> Self {
         Self {
             inner,
@@ -46,6 +48,7 @@ impl<S, K: Hash + Eq + Clone, F, G> Throttle<S, K, F, G> {
             key,
             cost,
             metrics,
+            clock,
         }
     }
 }
@@ -85,12 +88,24 @@ where
         if units == 0 {
             return ResponseFuture::new(self.inner.call(req), None);
         }
-        let direct = self.direct.clone();
-        let keyed = self.keyed.clone().zip((self.key)(&req));
+        // Fast path: the units fit in the budgets now (taken), and nothing waits or allocates.
+        let n = NonZeroU32::new(units).expect("units > 0");
+        let direct = self
+            .direct
+            .clone()
+            .filter(|d| !matches!(d.check_n(n), Ok(Ok(()))));
+        let keyed = self
+            .keyed
+            .clone()
+            .zip((self.key)(&req))
+            .filter(|(k, key)| !matches!(k.check_key_n(key, n), Ok(Ok(()))));
+        if direct.is_none() && keyed.is_none() {
+            return ResponseFuture::new(self.inner.call(req), None);
+        }
         let metrics = self.metrics.clone();
+        let clock = self.clock.clone();
         let wait = Box::pin(async move {
             let started = Instant::now();
-            let clock = DefaultClock::default();
             if let Some(direct) = direct {
                 take(units, |n| match direct.check_n(n) {
                     Ok(Ok(())) => Ok(Ok(())),
