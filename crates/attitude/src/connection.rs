@@ -39,8 +39,6 @@ pub struct Connection {
     pub id: u64,
     /// Client address.
     pub client: SocketAddr,
-    /// Local address.
-    pub local: SocketAddr,
 }
 
 /// The assembled connection stack.
@@ -63,7 +61,11 @@ impl Service<Connection> for SessionService {
     }
 
     fn call(&mut self, conn: Connection) -> Self::Future {
-        let session = Session::new(conn.id, conn.client, conn.local);
+        // Socket options and the local address only for admitted sessions: a refusal under a
+        // flood should cost as few system calls as possible.
+        let _ = conn.io.set_nodelay(true);
+        let local = conn.io.local_addr().unwrap_or(conn.client);
+        let session = Session::new(conn.id, conn.client, local);
         let service = self.stack.command_service();
         let config = self.stack.driver.clone();
         let metrics = self.stack.driver_metrics.clone();
@@ -91,11 +93,8 @@ impl Refuse {
             let started = Instant::now();
             let mut io = conn.io;
             let wire = reply.to_wire();
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                io.write_all(wire.as_bytes()).await?;
-                io.shutdown().await
-            })
-            .await;
+            // Closing after the reply sends it with a FIN; no separate shutdown call.
+            let _ = tokio::time::timeout(Duration::from_secs(5), io.write_all(wire.as_bytes())).await;
             metrics.record_refused();
             // Refusals come in floods: counted in metrics, logged only at debug level.
             tracing::debug!(target: "attitude::session", session = conn.id, client = %conn.client, reply = %reply, "session refused");

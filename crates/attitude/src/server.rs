@@ -107,13 +107,10 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = io.set_nodelay(true);
-        let local = io.local_addr().unwrap_or(client);
         let conn = Connection {
             io,
             id: ids.fetch_add(1, Ordering::Relaxed),
             client,
-            local,
         };
         // The connection stack never waits: its layers refuse instead (load shedding).
         let Ok(service) = connections.ready().await;
