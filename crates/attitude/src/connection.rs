@@ -94,7 +94,8 @@ impl Refuse {
             let mut io = conn.io;
             let wire = reply.to_wire();
             // Closing after the reply sends it with a FIN; no separate shutdown call.
-            let _ = tokio::time::timeout(Duration::from_secs(5), io.write_all(wire.as_bytes())).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), io.write_all(wire.as_bytes())).await;
             metrics.record_refused();
             // Refusals come in floods: counted in metrics, logged only at debug level.
             tracing::debug!(target: "attitude::session", session = conn.id, client = %conn.client, reply = %reply, "session refused");
