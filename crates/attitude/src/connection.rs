@@ -83,6 +83,17 @@ struct Refuse {
 }
 
 impl Refuse {
+    /// A rejection that answers `421 status text`.
+    fn with_421(
+        &self,
+        status: EnhancedStatus,
+        text: &'static str,
+    ) -> impl Fn(Connection, Rejection) -> BoxFuture<Result<SessionSummary, Infallible>> + Clone + use<>
+    {
+        let refuse = self.clone();
+        move |conn, _| refuse.answer(conn, Reply::new(421, status, text))
+    }
+
     fn answer(
         &self,
         conn: Connection,
@@ -123,49 +134,33 @@ pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> Connecti
     );
     let session = SessionService { stack, shutdown };
 
-    let global = {
-        let refuse = refuse.clone();
-        KeyedConcurrencyLayer::new(
-            "max_sessions",
-            config.max_sessions,
-            |_: &Connection| Some(()),
-            move |conn: Connection, _: Rejection| {
-                refuse.answer(
-                    conn,
-                    Reply::new(
-                        421,
-                        EnhancedStatus::new(4, 3, 2),
-                        "Too many connections; try again later",
-                    ),
-                )
-            },
-        )
-        .metrics(LimitMetrics::register(
-            "attitude_limit",
-            "concurrency",
-            "max_sessions",
-            "global",
-        ))
-    };
+    let global = KeyedConcurrencyLayer::new(
+        "max_sessions",
+        config.max_sessions,
+        |_: &Connection| Some(()),
+        refuse.with_421(
+            EnhancedStatus::new(4, 3, 2),
+            "Too many connections; try again later",
+        ),
+    )
+    .metrics(LimitMetrics::register(
+        "attitude_limit",
+        "concurrency",
+        "max_sessions",
+        "global",
+    ));
     let mut service = BoxService::new(global.layer(session));
 
     if config.per_client.limit > 0 {
-        let refuse = refuse.clone();
         let key = client.clone();
         let layer = KeyedConcurrencyLayer::new(
             "per_client",
             config.per_client.limit,
             move |conn: &Connection| key.key(conn.client.ip()),
-            move |conn: Connection, _: Rejection| {
-                refuse.answer(
-                    conn,
-                    Reply::new(
-                        421,
-                        EnhancedStatus::new(4, 7, 0),
-                        "Too many connections from your network; try again later",
-                    ),
-                )
-            },
+            refuse.with_421(
+                EnhancedStatus::new(4, 7, 0),
+                "Too many connections from your network; try again later",
+            ),
         )
         .mode(config.per_client.mode.into())
         .metrics(LimitMetrics::register(
