@@ -14,8 +14,8 @@ cargo build --release -p attitude
 bash "$BENCH/setup.sh"
 
 start_attitude() {
-    target/release/attitude serve --listen "127.0.0.1:$PORT" --admin off \
-        --backend 127.0.0.1:12525,127.0.0.1:12526 >"$STATE/attitude.out" 2>"$STATE/attitude.log" &
+    target/release/attitude serve --config deploy/bench/bench.toml --listen "127.0.0.1:$PORT" \
+        >"$STATE/attitude.out" 2>"$STATE/attitude.log" &
     ATT_PID=$!
     for _ in $(seq 50); do grep -q '^listening' "$STATE/attitude.out" 2>/dev/null && return; sleep 0.1; done
     echo "bench: attitude did not start"; cat "$STATE/attitude.log"; exit 1

@@ -3,15 +3,14 @@
 //!
 //! ```text
 //! connection stack (connection.rs)            rate -> per-client sessions -> global cap -> session
-//! command stack    (Service<Request, Reply>)  SmtpMetrics -> Protocol -> Relay
+//! command stack    (Service<Request, Reply>)  SmtpMetrics -> Tarpit -> Protocol -> Throttle
+//!                                             -> [[rates]] -> Relay
 //! ```
 
 use std::sync::Arc;
-
-use attitude_codec::{BareLineEndings, CodecConfig};
 use std::time::Duration;
 
-use attitude_codec::{EnhancedStatus, Reply};
+use attitude_codec::{BareLineEndings, CodecConfig, EnhancedStatus, Reply};
 use attitude_layers::Rejection;
 use attitude_layers::tarpit::{TarpitLayer, TarpitMetrics};
 use attitude_layers::throttle::{ThrottleLayer, ThrottleMetrics};
