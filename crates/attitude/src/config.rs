@@ -19,6 +19,8 @@ pub struct Config {
     pub hostname: String,
     /// Size and count limits.
     pub limits: Limits,
+    /// Who may relay where (never an open relay).
+    pub relay: Relay,
     /// Connection management: global cap, per-client concurrency and connection rate.
     pub connections: Connections,
     /// Message and recipient rate rules (`[[rates]]`), checked at MAIL or RCPT.
@@ -44,6 +46,7 @@ impl Default for Config {
             admin: Some("127.0.0.1:9325".parse().expect("valid address")),
             hostname: "attitude.localdomain".into(),
             limits: Limits::default(),
+            relay: Relay::default(),
             connections: Connections::default(),
             rates: Vec::new(),
             throttle: Throttle::default(),
@@ -103,6 +106,32 @@ impl From<RuleMode> for attitude_layers::Mode {
         match mode {
             RuleMode::Enforce => attitude_layers::Mode::Enforce,
             RuleMode::DryRun => attitude_layers::Mode::DryRun,
+        }
+    }
+}
+
+/// `[relay]`: a recipient is accepted when its domain is local, the client is trusted or has
+/// authenticated; anything else is `554 5.7.1 Relay access denied`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    /// Domains attitude accepts mail for from anyone; `.example.com` also matches subdomains.
+    pub local_domains: Vec<String>,
+    /// Clients that may relay anywhere (your own applications and submission hosts).
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    /// `"enforce"` or `"dry-run"`.
+    pub mode: RuleMode,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self {
+            local_domains: Vec::new(),
+            trusted_networks: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1/128".parse().expect("valid network"),
+            ],
+            mode: RuleMode::Enforce,
         }
     }
 }
@@ -504,6 +533,15 @@ impl Config {
         }
         if l.max_errors == 0 {
             return invalid("[limits] max_errors must be at least 1".into());
+        }
+        for domain in &self.relay.local_domains {
+            let name = domain.strip_prefix('.').unwrap_or(domain);
+            if name.is_empty() || name.contains(['@', ' ', '*']) {
+                return invalid(format!(
+                    "[relay] local_domains entry {domain:?}: write a domain (\"example.com\") or \
+                     \".example.com\" for its subdomains"
+                ));
+            }
         }
         let c = &self.connections;
         if c.max_sessions == 0 {

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! connection stack (connection.rs)            rate -> per-client sessions -> global cap -> session
-//! command stack    (Service<Request, Reply>)  SmtpMetrics -> Tarpit -> Protocol -> Throttle
-//!                                             -> [[rates]] -> Relay
+//! command stack    (Service<Request, Reply>)  SmtpMetrics -> Tarpit -> Protocol -> RelayControl
+//!                                             -> Throttle -> [[rates]] -> Relay
 //! ```
 
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
 use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
 use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared};
+use attitude_service::relay_control::{RelayControlConfig, RelayControlLayer, RelayControlMetrics};
 use attitude_service::{BoxCommand, BoxError, Event, Request};
 use tower::Layer;
 
@@ -37,7 +38,8 @@ pub struct Stack {
     pub driver_metrics: Arc<DriverMetrics>,
     protocol: ProtocolLayer,
     metrics: SmtpMetricsLayer,
-    /// Throttle and rate rules, outermost first (between the protocol layer and the relay).
+    /// Relay control, throttle and rate rules, outermost first (between the protocol layer and
+    /// the relay).
     policies: Vec<CommandLayer>,
     /// The tarpit, outside the protocol layer so it also holds replies to bad commands.
     tarpit: Option<CommandLayer>,
@@ -94,8 +96,8 @@ impl Stack {
             protocol: ProtocolLayer::new(protocol),
             metrics: SmtpMetricsLayer::new(SmtpMetrics::register()),
             tarpit: tarpit_layer(config),
-            policies: throttle_layer(config, &client)
-                .into_iter()
+            policies: std::iter::once(relay_control_layer(config))
+                .chain(throttle_layer(config, &client))
                 .chain(rates::layers(&config.rates, &client))
                 .collect(),
             relay: RelayShared::new(relay, relay_metrics),
@@ -180,4 +182,20 @@ fn tarpit_layer(config: &Config) -> Option<CommandLayer> {
     Some(Arc::new(move |inner: BoxCommand| {
         BoxCommand::new(layer.layer(inner))
     }))
+}
+
+/// `[relay]` as a command layer: RCPT that would relay without permission gets 554 5.7.1.
+fn relay_control_layer(config: &Config) -> CommandLayer {
+    let r = &config.relay;
+    let layer = RelayControlLayer::new(RelayControlConfig {
+        local_domains: r
+            .local_domains
+            .iter()
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+        trusted_networks: r.trusted_networks.clone(),
+        mode: r.mode.into(),
+        metrics: RelayControlMetrics::register(),
+    });
+    Arc::new(move |inner: BoxCommand| BoxCommand::new(layer.layer(inner)))
 }

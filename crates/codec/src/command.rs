@@ -207,12 +207,24 @@ impl Command {
                 if to.orcpt.is_some() || to.flags != 0 || to.rrvs != 0 {
                     return Err(CommandError::UnsupportedParameter);
                 }
+                // smtp-proto hands over a domain-less path as empty; RFC 5321 §4.5.1 allows
+                // exactly <postmaster> (any case), and an empty forward path is never valid.
+                let address = if to.address.is_empty() {
+                    let path = text
+                        .split_once('<')
+                        .and_then(|(_, rest)| rest.split_once('>'))
+                        .map_or("", |(path, _)| path);
+                    if !path.eq_ignore_ascii_case("postmaster") {
+                        return Err(CommandError::BadAddress);
+                    }
+                    path.to_owned()
+                } else {
+                    to.address
+                };
                 // Whether non-ASCII is allowed depends on the transaction's MAIL (SMTPUTF8):
                 // the session checks that.
-                check_address(&to.address, true, quoted)?;
-                Command::Rcpt(RcptTo {
-                    address: to.address,
-                })
+                check_address(&address, true, quoted)?;
+                Command::Rcpt(RcptTo { address })
             }
             Request::Bdat {
                 chunk_size,

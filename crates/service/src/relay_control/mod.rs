@@ -1,0 +1,13 @@
+//! Relay control: never an open relay. A recipient is accepted for relaying only when its domain
+//! is local, the client is in a trusted network, or the client has authenticated; otherwise RCPT
+//! gets `554 5.7.1 Relay access denied` (in `dry-run` mode it is counted and let through).
+
+mod layer;
+mod service;
+
+pub use layer::{RelayControlConfig, RelayControlLayer, RelayControlMetrics};
+pub use service::RelayControl;
+
+/// The response future of [`RelayControl`].
+pub type ResponseFuture<F> =
+    attitude_layers::Either<F, std::future::Ready<Result<attitude_codec::Reply, crate::BoxError>>>;

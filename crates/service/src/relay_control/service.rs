@@ -1,0 +1,59 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use attitude_codec::{Command, EnhancedStatus, Reply};
+use attitude_layers::{Either, Mode};
+use tower_service::Service;
+
+use super::{RelayControlConfig, ResponseFuture};
+use crate::BoxError;
+use crate::request::{Event, Request};
+
+/// Refuses RCPT that would relay; see the module docs.
+#[derive(Debug, Clone)]
+pub struct RelayControl<S> {
+    inner: S,
+    config: Arc<RelayControlConfig>,
+}
+
+impl<S> RelayControl<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, config: Arc<RelayControlConfig>) -> Self {
+        Self { inner, config }
+    }
+}
+
+impl<S> Service<Request> for RelayControl<S>
+where
+    S: Service<Request, Response = Reply, Error = BoxError>,
+{
+    type Response = Reply;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if let Event::Command(Command::Rcpt(rcpt)) = &req.event {
+            let session = &req.session;
+            let config = &self.config;
+            if config.allows(session.client.ip(), session.auth.is_some(), &rcpt.address) {
+                config.metrics.allowed.increment(1);
+            } else if config.mode == Mode::DryRun {
+                config.metrics.would_reject.increment(1);
+                tracing::info!(client = %session.client, rcpt = %rcpt.address, "relay would be refused (dry-run)");
+            } else {
+                config.metrics.rejected.increment(1);
+                tracing::info!(client = %session.client, rcpt = %rcpt.address, "relay refused");
+                return Either::rejected(std::future::ready(Ok(Reply::new(
+                    554,
+                    EnhancedStatus::new(5, 7, 1),
+                    "Relay access denied",
+                ))));
+            }
+        }
+        Either::inner(self.inner.call(req))
+    }
+}
