@@ -28,6 +28,7 @@ use tower::{Layer, Service};
 
 use crate::config::Connections;
 use crate::keys::ClientKey;
+use crate::rates;
 use crate::stack::Stack;
 
 /// An accepted client connection.
@@ -183,15 +184,11 @@ pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> Connecti
             config.max_tracked_clients,
             move |conn: &Connection| key.key(conn.client.ip()),
             move |conn: Connection, rejection: Rejection| {
-                let wait = rejection.retry_after.map_or(1, |d| d.as_secs().max(1));
-                refuse.answer(
-                    conn,
-                    Reply::new(
-                        421,
-                        EnhancedStatus::new(4, 7, 0),
-                        format!("Connection rate limit exceeded; try again in {wait} seconds"),
-                    ),
-                )
+                let text = format!(
+                    "Connection rate limit exceeded; try again in {}",
+                    rates::hint(rejection.retry_after)
+                );
+                refuse.answer(conn, Reply::new(421, EnhancedStatus::new(4, 7, 0), text))
             },
         )
         .mode(config.rate.mode.into())

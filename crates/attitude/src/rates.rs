@@ -15,9 +15,7 @@ use tower::Layer;
 
 use crate::config::{RateCount, RateKey, RateRule};
 use crate::keys::{ClientKey, domain_of};
-
-/// Wraps a command service in one rule's layer. Rules share their state across sessions.
-pub type CommandLayer = Arc<dyn Fn(BoxCommand) -> BoxCommand + Send + Sync>;
+use crate::stack::CommandLayer;
 
 fn key_of(rule: &RateRule, client: &ClientKey, req: &Request) -> Option<String> {
     let (mail, rcpt) = match (&req.event, rule.count) {
@@ -47,13 +45,13 @@ fn key_label(key: RateKey) -> &'static str {
     }
 }
 
-/// "try again in 40 seconds", "in 3 minutes".
-fn hint(wait: Option<Duration>) -> String {
+/// When to try again, for humans: "1 second", "40 seconds", "3 minutes".
+pub fn hint(wait: Option<Duration>) -> String {
     let secs = wait.map_or(1, |d| d.as_secs().max(1));
-    if secs < 120 {
-        format!("{secs} seconds")
-    } else {
-        format!("{} minutes", secs.div_ceil(60))
+    match secs {
+        1 => "1 second".into(),
+        2..120 => format!("{secs} seconds"),
+        _ => format!("{} minutes", secs.div_ceil(60)),
     }
 }
 
@@ -113,7 +111,7 @@ mod tests {
 
     #[test]
     fn hints_read_well() {
-        assert_eq!(hint(Some(Duration::from_millis(300))), "1 seconds");
+        assert_eq!(hint(Some(Duration::from_millis(300))), "1 second");
         assert_eq!(hint(Some(Duration::from_secs(45))), "45 seconds");
         assert_eq!(hint(Some(Duration::from_secs(600))), "10 minutes");
     }

@@ -24,7 +24,10 @@ use tower::Layer;
 
 use crate::config::{self, Config};
 use crate::keys::ClientKey;
-use crate::rates::{self, CommandLayer};
+use crate::rates;
+
+/// Wraps a command service in one policy's layer; the policies' state is shared by all sessions.
+pub type CommandLayer = Arc<dyn Fn(BoxCommand) -> BoxCommand + Send + Sync>;
 
 /// The command stack of one session: metrics, then (boxed) tarpit, protocol, policies, relay.
 pub type CommandService = SmtpMetricsService<BoxCommand>;
