@@ -17,6 +17,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Name in the greeting and EHLO reply.
     pub hostname: String,
+    /// Worker threads, each with its own listening socket (0: one per CPU).
+    pub workers: usize,
     /// Size and count limits.
     pub limits: Limits,
     /// Who may relay where (never an open relay).
@@ -45,6 +47,7 @@ impl Default for Config {
             listen: "127.0.0.1:2525".parse().expect("valid address"),
             admin: Some("127.0.0.1:9325".parse().expect("valid address")),
             hostname: "attitude.localdomain".into(),
+            workers: 0,
             limits: Limits::default(),
             relay: Relay::default(),
             connections: Connections::default(),

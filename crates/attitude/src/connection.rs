@@ -123,8 +123,13 @@ impl Refuse {
     }
 }
 
-/// Builds the connection stack from `[connections]`.
-pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> ConnectionService {
+/// Builds the connection stack's layers from `[connections]` once, and returns a factory of
+/// connection services: one per accept thread, all sharing the limits' state.
+pub fn build(
+    config: &Connections,
+    stack: Stack,
+    shutdown: Shutdown,
+) -> impl Fn() -> ConnectionService + Send + Sync + 'static {
     let refuse = Refuse {
         metrics: stack.driver_metrics.clone(),
     };
@@ -150,11 +155,9 @@ pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> Connecti
         "max_sessions",
         "global",
     ));
-    let mut service = BoxService::new(global.layer(session));
-
-    if config.per_client.limit > 0 {
+    let per_client = (config.per_client.limit > 0).then(|| {
         let key = client.clone();
-        let layer = KeyedConcurrencyLayer::new(
+        KeyedConcurrencyLayer::new(
             "per_client",
             config.per_client.limit,
             move |conn: &Connection| key.key(conn.client.ip()),
@@ -169,11 +172,10 @@ pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> Connecti
             "concurrency",
             "per_client",
             "client",
-        ));
-        service = BoxService::new(layer.layer(service));
-    }
+        ))
+    });
 
-    if config.rate.per_minute > 0 {
+    let rate = (config.rate.per_minute > 0).then(|| {
         let quota =
             Quota::per_minute(NonZeroU32::new(config.rate.per_minute).expect("checked > 0"))
                 .allow_burst(NonZeroU32::new(config.rate.burst.max(1)).expect("at least 1"));
@@ -206,7 +208,17 @@ pub fn build(config: &Connections, stack: Stack, shutdown: Shutdown) -> Connecti
                 housekeeping.housekeeping();
             }
         });
-        service = BoxService::new(layer.layer(service));
+        layer
+    });
+
+    move || {
+        let mut service = BoxService::new(global.layer(session.clone()));
+        if let Some(layer) = &per_client {
+            service = BoxService::new(layer.layer(service));
+        }
+        if let Some(layer) = &rate {
+            service = BoxService::new(layer.layer(service));
+        }
+        service
     }
-    service
 }

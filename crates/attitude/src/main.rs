@@ -162,7 +162,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let config = effective_config(&args)?;
     init_logs(config.log.format, &config.log.level)?;
     let metrics = admin::install_recorder()?;
-    runtime()?.block_on(server::serve(config, metrics))
+    server::serve(config, metrics)
 }
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {

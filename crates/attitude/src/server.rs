@@ -1,12 +1,14 @@
 //! Listener, accept loop, signals and drain.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use attitude_service::driver::Shutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
+use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,68 +37,136 @@ pub fn announce(parts: &[(&str, std::net::SocketAddr)]) {
     let _ = out.flush();
 }
 
+/// Binds `workers` listening sockets on `addr` with SO_REUSEPORT (the kernel spreads new
+/// connections over them); the first fixes the port when `addr` asks for port 0.
+fn bind_reuseport(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, String> {
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+            .and_then(|s| {
+                s.set_reuse_address(true)?;
+                s.set_reuse_port(true)?;
+                s.set_nonblocking(true)?;
+                s.bind(&addr.into())?;
+                s.listen(1024)?;
+                Ok(s)
+            })
+            .map_err(|e| {
+                format!(
+                    "cannot listen on {addr} (SMTP): {e}; pick another address or stop what uses it"
+                )
+            })?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr().map_err(|e| e.to_string())?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
 /// Runs `attitude serve` until SIGTERM/SIGINT and the drain that follows.
-pub async fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
-    let listener = bind(config.listen, "SMTP").await?;
-    let smtp_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let ready = Arc::new(AtomicBool::new(true));
-    let admin_stop = CancellationToken::new();
-    let mut announced = vec![("smtp", smtp_addr)];
-    if let Some(addr) = config.admin {
-        let admin_listener = bind(addr, "admin HTTP").await?;
-        announced.push((
-            "admin",
-            admin_listener.local_addr().map_err(|e| e.to_string())?,
-        ));
-        tokio::spawn(admin::serve(
-            admin_listener,
-            metrics,
-            ready.clone(),
-            admin_stop.clone(),
-        ));
-    }
-    announce(&announced);
-    tracing::info!(smtp = %smtp_addr, backends = ?config.backend.servers, "attitude serving");
+///
+/// Thread per core: each worker thread runs its own single-threaded runtime with its own
+/// listening socket, and a session lives on the thread that accepted it, so an accepted
+/// connection never has to wake another thread. The limits' state is shared by all. The main
+/// thread runs the admin server, the signals, housekeeping and the drain.
+pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let listeners = bind_reuseport(config.listen, workers)?;
+    let smtp_addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    main.block_on(async move {
+        let ready = Arc::new(AtomicBool::new(true));
+        let admin_stop = CancellationToken::new();
+        let mut announced = vec![("smtp", smtp_addr)];
+        if let Some(addr) = config.admin {
+            let admin_listener = bind(addr, "admin HTTP").await?;
+            announced.push((
+                "admin",
+                admin_listener.local_addr().map_err(|e| e.to_string())?,
+            ));
+            tokio::spawn(admin::serve(
+                admin_listener,
+                metrics,
+                ready.clone(),
+                admin_stop.clone(),
+            ));
+        }
 
-    let shutdown = Shutdown::default();
-    let mut connections =
-        connection::build(&config.connections, Stack::new(&config), shutdown.clone());
-    let tracker = TaskTracker::new();
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    accept_loop(&listener, &mut connections, &tracker, &mut signal).await;
+        let shutdown = Shutdown::default();
+        let connections = Arc::new(connection::build(
+            &config.connections,
+            Stack::new(&config),
+            shutdown.clone(),
+        ));
+        let tracker = TaskTracker::new();
+        let stop_accepting = CancellationToken::new();
+        let ids = Arc::new(AtomicU64::new(1));
+        for (n, listener) in listeners.into_iter().enumerate() {
+            let connections = connections.clone();
+            let tracker = tracker.clone();
+            let stop = stop_accepting.clone();
+            let ids = ids.clone();
+            std::thread::Builder::new()
+                .name(format!("attitude-{n}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("worker runtime");
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener).expect("tokio listener");
+                        let mut service = connections();
+                        accept_loop(&listener, &mut service, &tracker, &stop, &ids).await;
+                        drop(listener);
+                        // Keep this thread's sessions running until the drain is over.
+                        tracker.wait().await;
+                    });
+                })
+                .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+        }
+        announce(&announced);
+        tracing::info!(smtp = %smtp_addr, workers, backends = ?config.backend.servers, "attitude serving");
 
-    // Draining: not ready, no new sessions; idle sessions get 421 now, sessions in a
-    // transaction may finish it within the grace period.
-    ready.store(false, Ordering::Relaxed);
-    drop(listener);
-    shutdown.drain.cancel();
-    tracker.close();
-    let grace = config.timeouts.drain_grace;
-    tracing::info!(sessions = tracker.len(), ?grace, "draining");
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            sessions = tracker.len(),
-            "drain grace over; closing sessions with 421"
-        );
-        shutdown.hard.cancel();
-        let _ = tokio::time::timeout(HARD_CLOSE_WAIT, tracker.wait()).await;
-    }
-    admin_stop.cancel();
-    tracing::info!("stopped");
-    Ok(())
+        shutdown_signal().await;
+        // Draining: not ready, no new sessions; idle sessions get 421 now, sessions in a
+        // transaction may finish it within the grace period.
+        ready.store(false, Ordering::Relaxed);
+        stop_accepting.cancel();
+        shutdown.drain.cancel();
+        tracker.close();
+        let grace = config.timeouts.drain_grace;
+        tracing::info!(sessions = tracker.len(), ?grace, "draining");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                sessions = tracker.len(),
+                "drain grace over; closing sessions with 421"
+            );
+            shutdown.hard.cancel();
+            let _ = tokio::time::timeout(HARD_CLOSE_WAIT, tracker.wait()).await;
+        }
+        admin_stop.cancel();
+        tracing::info!("stopped");
+        Ok(())
+    })
 }
 
 async fn accept_loop(
     listener: &TcpListener,
     connections: &mut ConnectionService,
     tracker: &TaskTracker,
-    signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    stop: &CancellationToken,
+    ids: &AtomicU64,
 ) {
-    let ids = AtomicU64::new(1);
     loop {
         let (io, client) = tokio::select! {
-            _ = signal.as_mut() => return,
+            _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
