@@ -24,7 +24,7 @@ use governor::Quota;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tower::util::BoxService;
-use tower::{Layer, Service};
+use tower::{Service, ServiceBuilder};
 
 use crate::config::Connections;
 use crate::keys::ClientKey;
@@ -211,14 +211,15 @@ pub fn build(
         layer
     });
 
+    // One box for the whole stack: optional layers are `Either`s, not boxes of their own (every
+    // session carries its connection stack's future, and idle sessions are what floods are made of).
     move || {
-        let mut service = BoxService::new(global.layer(session.clone()));
-        if let Some(layer) = &per_client {
-            service = BoxService::new(layer.layer(service));
-        }
-        if let Some(layer) = &rate {
-            service = BoxService::new(layer.layer(service));
-        }
-        service
+        BoxService::new(
+            ServiceBuilder::new()
+                .option_layer(rate.clone())
+                .option_layer(per_client.clone())
+                .layer(global.clone())
+                .service(session.clone()),
+        )
     }
 }
