@@ -83,11 +83,12 @@ impl DriverMetrics {
     /// Counts a session the connection stack refused before it began.
     pub fn record_refused(&self) {
         self.total.increment(1);
-        self.ended[SessionResult::ALL
-            .iter()
-            .position(|r| *r == SessionResult::Refused)
-            .unwrap_or(0)]
-        .increment(1);
+        self.record_end(SessionResult::Refused);
+    }
+
+    fn record_end(&self, result: SessionResult) {
+        // `ended` is built from `SessionResult::ALL`, which lists the variants in order.
+        self.ended[result as usize].increment(1);
     }
 }
 
@@ -254,11 +255,7 @@ where
         let _ = service.call(close).await;
     }
     metrics.active.decrement(1.0);
-    metrics.ended[SessionResult::ALL
-        .iter()
-        .position(|r| *r == result)
-        .unwrap_or(0)]
-    .increment(1);
+    metrics.record_end(result);
     let summary = SessionSummary {
         result,
         messages: driver.session.messages,
@@ -484,7 +481,6 @@ where
                     rcpts: Vec::new(),
                     started: Instant::now(),
                     data_bytes: 0,
-                    in_data: false,
                 });
             }
             Pending::Rcpt(rcpt) if reply.is_positive() => {
@@ -493,9 +489,6 @@ where
                 }
             }
             Pending::Data if reply.code() == 354 => {
-                if let Some(txn) = session.transaction.as_mut() {
-                    txn.in_data = true;
-                }
                 let now = Instant::now();
                 self.data = Some(DataState {
                     started: now,
@@ -554,4 +547,17 @@ fn shutting_down() -> Reply {
         EnhancedStatus::new(4, 3, 2),
         "Service shutting down; try again later",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionResult;
+
+    #[test]
+    fn results_are_listed_in_declaration_order() {
+        // The ended-session counters are indexed by `result as usize`.
+        for (i, result) in SessionResult::ALL.iter().enumerate() {
+            assert_eq!(*result as usize, i, "{}", result.as_str());
+        }
+    }
 }

@@ -27,8 +27,6 @@ pub struct Transaction {
     pub started: Instant,
     /// Message octets received so far (DATA content, unstuffed).
     pub data_bytes: u64,
-    /// DATA was accepted (354) and content is flowing.
-    pub in_data: bool,
 }
 
 /// Read-only view of a session, handed to every layer with each request.

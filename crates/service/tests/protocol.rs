@@ -36,7 +36,6 @@ fn in_transaction(rcpts: &[&str], data_bytes: u64) -> Session {
         rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
         started: Instant::now(),
         data_bytes,
-        in_data: data_bytes > 0,
     });
     s
 }
