@@ -29,7 +29,7 @@ use tower::{Service, ServiceBuilder};
 use crate::config::Connections;
 use crate::keys::ClientKey;
 use crate::rates;
-use crate::stack::Stack;
+use crate::stack::{Stack, every_minute};
 
 /// An accepted client connection.
 #[derive(Debug)]
@@ -201,13 +201,7 @@ pub fn build(
             "client",
         ));
         let housekeeping = layer.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                housekeeping.housekeeping();
-            }
-        });
+        every_minute(move || housekeeping.housekeeping());
         layer
     });
 

@@ -15,7 +15,7 @@ use tower::Layer;
 
 use crate::config::{RateCount, RateKey, RateRule};
 use crate::keys::{ClientKey, domain_of};
-use crate::stack::CommandLayer;
+use crate::stack::{CommandLayer, every_minute};
 
 fn key_of(rule: &RateRule, client: &ClientKey, req: &Request) -> Option<String> {
     let (mail, rcpt) = match (&req.event, rule.count) {
@@ -98,6 +98,8 @@ pub fn layers(rules: &[RateRule], client: &ClientKey) -> Vec<CommandLayer> {
                 &rule.name,
                 key_label(rule.key),
             ));
+            let housekeeping = layer.clone();
+            every_minute(move || housekeeping.housekeeping());
             let apply: CommandLayer =
                 Arc::new(move |inner: BoxCommand| BoxCommand::new(layer.layer(inner)));
             apply

@@ -26,6 +26,18 @@ use crate::config::{self, Config};
 use crate::keys::ClientKey;
 use crate::rates;
 
+/// Runs `housekeeping` once a minute for as long as the process runs: keyed limiters forget the
+/// keys that are back at full budget. Call it from within the main runtime.
+pub fn every_minute(housekeeping: impl Fn() + Send + 'static) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            housekeeping();
+        }
+    });
+}
+
 /// Wraps a command service in one policy's layer; the policies' state is shared by all sessions.
 pub type CommandLayer = Arc<dyn Fn(BoxCommand) -> BoxCommand + Send + Sync>;
 
@@ -143,13 +155,7 @@ fn throttle_layer(config: &Config, client: &ClientKey) -> Option<CommandLayer> {
         delay_seconds: metrics::histogram!("attitude_throttle_delay_seconds"),
     });
     let housekeeping = layer.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            housekeeping.housekeeping();
-        }
-    });
+    every_minute(move || housekeeping.housekeeping());
     Some(Arc::new(move |inner: BoxCommand| {
         BoxCommand::new(layer.layer(inner))
     }))
