@@ -1,8 +1,9 @@
-//! Keys that limits count by: a client's network, a sender, a domain.
+//! The key most limits count by: a client's network.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use attitude_service::address::canonical_ip;
 use ipnet::IpNet;
 
 /// Reduces client addresses to the configured network prefix (IPv4 /32 and IPv6 /64 by
@@ -26,10 +27,7 @@ impl ClientKey {
 
     /// The client's network, or `None` when it is exempt.
     pub fn key(&self, ip: IpAddr) -> Option<IpAddr> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = canonical_ip(ip);
         if self.exempt.iter().any(|net| net.contains(&ip)) {
             return None;
         }
@@ -38,16 +36,10 @@ impl ClientKey {
     }
 }
 
-/// The domain of an address, lower case (`None` for `<>` or an address without one).
-pub fn domain_of(address: &str) -> Option<String> {
-    address
-        .rsplit_once('@')
-        .map(|(_, domain)| domain.to_ascii_lowercase())
-        .filter(|d| !d.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
+    use attitude_service::address::domain_of;
+
     use super::*;
 
     #[test]

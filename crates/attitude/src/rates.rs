@@ -9,12 +9,13 @@ use std::time::Duration;
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_layers::rate_limit::RateLimitLayer;
 use attitude_layers::{LimitMetrics, Rejection};
+use attitude_service::address::domain_of;
 use attitude_service::{BoxCommand, BoxError, Event, Request};
 use governor::Quota;
 use tower::Layer;
 
 use crate::config::{RateCount, RateKey, RateRule};
-use crate::keys::{ClientKey, domain_of};
+use crate::keys::ClientKey;
 use crate::stack::{CommandLayer, every_minute};
 
 fn key_of(rule: &RateRule, client: &ClientKey, req: &Request) -> Option<String> {

@@ -9,6 +9,7 @@
 //! Every decoded frame becomes one [`Request`]; every request gets one [`Reply`] (replies to DATA
 //! chunks are not written: an error reply to a chunk fails the message, answered at end of data).
 
+pub mod address;
 mod boxed;
 pub mod driver;
 pub mod errors;

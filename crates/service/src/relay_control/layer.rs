@@ -7,6 +7,7 @@ use metrics::Counter;
 use tower_layer::Layer;
 
 use super::RelayControl;
+use crate::address::{canonical_ip, domain_of};
 
 /// `attitude_policy_decisions_total{policy="relay",action}` handles.
 #[derive(Debug, Clone)]
@@ -48,14 +49,14 @@ pub struct RelayControlConfig {
 impl RelayControlConfig {
     /// True when `client` may relay to `address`, or `authenticated` says so.
     pub fn allows(&self, client: IpAddr, authenticated: bool, address: &str) -> bool {
+        let client = canonical_ip(client);
         if authenticated || self.trusted_networks.iter().any(|n| n.contains(&client)) {
             return true;
         }
-        let Some((_, domain)) = address.rsplit_once('@') else {
+        let Some(domain) = domain_of(address) else {
             // <postmaster> (RFC 5321 §4.5.1) is always local.
             return address.eq_ignore_ascii_case("postmaster");
         };
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         self.local_domains
             .iter()
             .any(|local| match local.strip_prefix('.') {
@@ -120,5 +121,10 @@ mod tests {
         assert!(c.allows(outsider, false, "postmaster"));
         assert!(c.allows(outsider, true, "a@elsewhere.org"));
         assert!(c.allows("192.0.2.9".parse().unwrap(), false, "a@elsewhere.org"));
+        assert!(c.allows(
+            "::ffff:192.0.2.9".parse().unwrap(),
+            false,
+            "a@elsewhere.org"
+        ));
     }
 }
