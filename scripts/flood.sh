@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
 # make bench-flood: ../shared/bench/flood.sh against attitude (release) with deploy/bench/flood.toml,
-# attacker in hold and slow modes, 1000 connections (above the per-client cap of 50).
+# attacker in hold and slow modes, 1000 connections (above the per-client cap of 50), REPS
+# repetitions (default 5) alternating the modes (MODES, default "hold slow"), CONFIG to try
+# another configuration; prints each run and the median retained goodput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH_DIR:-$(cd .. && pwd)/shared/bench}
 STATE=${BENCH_STATE:-/tmp/smtp-bench}
+REPS=${REPS:-5}
+MODES=${MODES:-hold slow}
+CONFIG=${CONFIG:-deploy/bench/flood.toml}
 mkdir -p "$STATE"
 cargo build --release -p attitude
 bash "$BENCH/setup.sh" >/dev/null
 bash "$BENCH/backends.sh" start 2 12525 >/dev/null
-target/release/attitude serve --config deploy/bench/flood.toml >"$STATE/attitude-flood.out" 2>"$STATE/attitude-flood.log" &
+target/release/attitude serve --config "$CONFIG" >"$STATE/attitude-flood.out" 2>"$STATE/attitude-flood.log" &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; bash "$BENCH/backends.sh" stop 2 12525 >/dev/null' EXIT
 for _ in $(seq 50); do grep -q '^listening' "$STATE/attitude-flood.out" 2>/dev/null && break; sleep 0.1; done
-for mode in hold slow; do
-    bash "$BENCH/flood.sh" run 127.0.0.1:12800 --attack-conns=1000 --mode=$mode --label=attitude-$mode "$@"
+: >"$STATE/attitude-flood-all.txt"
+for rep in $(seq "$REPS"); do
+    for mode in $MODES; do
+        bash "$BENCH/flood.sh" run 127.0.0.1:12800 --attack-conns=1000 --mode=$mode --label=attitude-$mode "$@" |
+            grep -E '^(FLOOD|RESULT label=attack)' | tee -a "$STATE/attitude-flood-all.txt"
+    done
+done
+echo "attitude counters after the runs:"
+curl -s http://127.0.0.1:12899/metrics | grep -E '^attitude_(sessions_ended_total\{result="refused"|tarpit_(held|over_budget)_total\{stage="refusal")' || true
+for mode in $MODES; do
+    grep "^FLOOD attitude-$mode:" "$STATE/attitude-flood-all.txt" | sed 's/.*retained=\([0-9]*\)%/\1/' | sort -n |
+        awk -v m=$mode '{v[NR]=$1} END{printf "MEDIAN %s: retained %d%% over %d runs (min %d%%, max %d%%)\n", m, v[int((NR+1)/2)], NR, v[1], v[NR]}'
 done

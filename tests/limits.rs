@@ -24,7 +24,8 @@ fn per_client_limit_refuses_one_client_and_serves_another() {
     let recorder = Recorder::start();
     let attitude = Attitude::start(
         "[connections]\nexempt_networks = []\n\
-         [connections.per_client]\nlimit = 3\n[connections.rate]\nper_minute = 0\n",
+         [connections.per_client]\nlimit = 3\n[connections.rate]\nper_minute = 0\n\
+         [tarpit]\nrefusal_delay = \"1s\"\nrefusal_budget = 1\n",
         &[recorder.addr],
     );
     let mut held = Vec::new();
@@ -33,13 +34,37 @@ fn per_client_limit_refuses_one_client_and_serves_another() {
         assert!(greeting.starts_with("220"), "session {i}: {greeting}");
         held.push(c);
     }
+    // Over its limit, the client waits `refusal_delay` for its 421; one refusal may be held at a
+    // time (`refusal_budget`), so a second one meanwhile is answered at once.
+    let smtp = attitude.smtp;
     let started = Instant::now();
+    let waiting = std::thread::spawn(move || {
+        let (mut refused, greeting) = Client::connect_from(smtp, ATTACKER);
+        (greeting, started.elapsed(), refused.is_closed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let at_once = Instant::now();
     let (mut refused, greeting) = Client::connect_from(attitude.smtp, ATTACKER);
     assert!(greeting.starts_with("421 4.7.0"), "{greeting}");
     assert!(refused.is_closed(), "a refusal closes the connection");
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "refused at once"
+        at_once.elapsed() < Duration::from_millis(500),
+        "over the refusal budget: at once"
+    );
+    let (greeting, took, closed) = waiting.join().unwrap();
+    assert!(greeting.starts_with("421 4.7.0"), "{greeting}");
+    assert!(closed, "a refusal closes the connection");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "held for the refusal delay: {took:?}"
+    );
+    assert_eq!(
+        attitude.metric("attitude_tarpit_held_total{stage=\"refusal\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        attitude.metric("attitude_tarpit_over_budget_total{stage=\"refusal\"}"),
+        Some(1.0)
     );
 
     // Another client is not affected.
@@ -93,7 +118,8 @@ fn global_cap_answers_421_at_once() {
 fn connection_rate_defers_a_burst_from_one_client_only() {
     let recorder = Recorder::start();
     let attitude = Attitude::start(
-        "[connections]\nexempt_networks = []\n[connections.rate]\nper_minute = 6\nburst = 2\n",
+        "[connections]\nexempt_networks = []\n[connections.rate]\nper_minute = 6\nburst = 2\n\
+         [tarpit]\nrefusal_delay = \"0s\"\n",
         &[recorder.addr],
     );
     for _ in 0..2 {
@@ -112,7 +138,8 @@ fn exempt_networks_and_dry_run() {
     let recorder = Recorder::start();
     let attitude = Attitude::start(
         "[connections]\nexempt_networks = [\"127.0.0.3/32\"]\n\
-         [connections.per_client]\nlimit = 1\n[connections.rate]\nper_minute = 0\n",
+         [connections.per_client]\nlimit = 1\n[connections.rate]\nper_minute = 0\n\
+         [tarpit]\nrefusal_delay = \"0s\"\n",
         &[recorder.addr],
     );
     let (_held, g) = Client::connect_from(attitude.smtp, LEGIT);
@@ -286,7 +313,12 @@ fn tarpit_delays_replies_after_errors_and_the_budget_holds() {
         r.starts_with("250") && t >= Duration::from_millis(600),
         "{r} {t:?}"
     );
-    assert!(attitude.metric("attitude_tarpit_held_total").unwrap_or(0.0) >= 3.0);
+    assert!(
+        attitude
+            .metric("attitude_tarpit_held_total{stage=\"command\"}")
+            .unwrap_or(0.0)
+            >= 3.0
+    );
 
     // Budget: one session may be held at once; the next one is closed with 421 instead.
     let tight = Attitude::start(
@@ -308,5 +340,50 @@ fn tarpit_delays_replies_after_errors_and_the_budget_holds() {
         r.starts_with("250") && started.elapsed() >= Duration::from_secs(2),
         "{r}"
     );
-    assert_eq!(tight.metric("attitude_tarpit_over_budget_total"), Some(1.0));
+    assert_eq!(
+        tight.metric("attitude_tarpit_over_budget_total{stage=\"command\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn tarpit_slows_a_client_marked_suspicious() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [tarpit]\nsuspicious_delay = \"700ms\"\n",
+        &[recorder.addr],
+    );
+    let (mut c, _) = Client::connect_from(attitude.smtp, ATTACKER);
+    let timed = |c: &mut Client, line: &str| {
+        let started = Instant::now();
+        let reply = c.cmd(line);
+        (reply, started.elapsed())
+    };
+    assert!(c.cmd("EHLO probe.test").starts_with("250"));
+    let (r, t) = timed(&mut c, "MAIL FROM:<a@example.org>");
+    assert!(
+        r.starts_with("250") && t < Duration::from_millis(500),
+        "{r} {t:?}"
+    );
+    // Trying to relay marks the client suspicious: every later reply waits.
+    let (r, t) = timed(&mut c, "RCPT TO:<victim@elsewhere.org>");
+    assert!(r.starts_with("554 5.7.1"), "{r}");
+    assert!(t < Duration::from_millis(500), "{t:?}");
+    for line in ["RCPT TO:<x@example.com>", "RSET", "NOOP"] {
+        let (r, t) = timed(&mut c, line);
+        assert!(r.starts_with("250"), "{line}: {r}");
+        assert!(t >= Duration::from_millis(700), "{line}: {t:?}");
+    }
+    // Another client is not slowed.
+    let (mut other, _) = Client::connect_from(attitude.smtp, LEGIT);
+    let (r, t) = timed(&mut other, "NOOP");
+    assert!(
+        r.starts_with("250") && t < Duration::from_millis(500),
+        "{r} {t:?}"
+    );
+    assert_eq!(
+        attitude.metric("attitude_tarpit_held_total{stage=\"command\"}"),
+        Some(3.0)
+    );
 }

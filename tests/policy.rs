@@ -11,7 +11,8 @@ const TRUSTED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 fn relay_only_for_local_domains_or_trusted_clients() {
     let recorder = Recorder::start();
     let attitude = Attitude::start(
-        "[relay]\nlocal_domains = [\"example.com\", \".example.net\"]\ntrusted_networks = [\"127.0.0.3/32\"]\n",
+        "[relay]\nlocal_domains = [\"example.com\", \".example.net\"]\ntrusted_networks = [\"127.0.0.3/32\"]\n\
+         [tarpit]\nsuspicious_delay = \"0s\"\n",
         &[recorder.addr],
     );
     let (mut c, greeting) = Client::connect_from(attitude.smtp, OUTSIDER);

@@ -5,28 +5,30 @@
 //! ```
 //! Because the response future is the session, a concurrency permit lives exactly as long as the
 //! session. A refusal writes its SMTP reply and closes the connection (not a reset, not a hang in
-//! the accept queue).
+//! the accept queue): at once for the global cap, after `[tarpit] refusal_delay` for a client over
+//! its own limits (within a budget of held refusals).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use attitude_codec::{EnhancedStatus, Reply};
 use attitude_layers::keyed_concurrency::KeyedConcurrencyLayer;
 use attitude_layers::rate_limit::RateLimitLayer;
-use attitude_layers::{LimitMetrics, Rejection};
+use attitude_layers::tarpit::{Tarpit, TarpitLayer, TarpitMetrics};
+use attitude_layers::{LimitMetrics, Reject, Rejection};
 use attitude_service::driver::{self, DriverMetrics, SessionResult, SessionSummary, Shutdown};
 use attitude_service::{BoxFuture, Session};
 use governor::Quota;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tower::util::BoxService;
-use tower::{Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
-use crate::config::Connections;
+use crate::config::{self, Connections};
 use crate::keys::ClientKey;
 use crate::rates;
 use crate::stack::{Stack, every_minute};
@@ -77,49 +79,115 @@ impl Service<Connection> for SessionService {
     }
 }
 
-/// How a refusal is answered: the reply, then close.
+/// A connection to refuse: the reply it gets, and how long it waits for it.
+struct Refusal {
+    conn: Connection,
+    reply: Reply,
+    hold: Duration,
+}
+
+/// Writes a refusal's reply and closes the connection.
 #[derive(Clone)]
-struct Refuse {
+struct Answer {
     metrics: Arc<DriverMetrics>,
 }
 
+impl Service<Refusal> for Answer {
+    type Response = SessionSummary;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<SessionSummary, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, refusal: Refusal) -> Self::Future {
+        let metrics = self.metrics.clone();
+        // All in the future: the tarpit around this service holds the future, not the call.
+        Box::pin(async move {
+            let Refusal { conn, reply, .. } = refusal;
+            let mut io = conn.io;
+            let wire = reply.to_wire();
+            // Closing after the reply sends it with a FIN; no separate shutdown call.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), io.write_all(wire.as_bytes())).await;
+            drop(io);
+            metrics.record_refused();
+            // Refusals come in floods: counted in metrics, logged only at debug level.
+            tracing::debug!(target: "attitude::session", session = conn.id, client = %conn.client, reply = %reply, "session refused");
+            Ok(SessionSummary::unstarted(
+                SessionResult::Refused,
+                wire.len() as u64,
+            ))
+        })
+    }
+}
+
+/// Over the refusal budget, the reply goes out at once.
+impl Reject<Refusal> for Answer {
+    type Response = SessionSummary;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<SessionSummary, Infallible>>;
+
+    fn reject(&self, refusal: Refusal, _why: Rejection) -> Self::Future {
+        self.clone().call(refusal)
+    }
+}
+
+fn refusal_hold(refusal: &Refusal) -> Duration {
+    refusal.hold
+}
+
+/// How refusals are answered: the 421, then close; a client over its own limits first waits
+/// `[tarpit] refusal_delay`, within `refusal_budget` (the generic tarpit layer, around [`Answer`]).
+#[derive(Clone)]
+struct Refuse {
+    answer: Tarpit<Answer, fn(&Refusal) -> Duration, Answer>,
+    delay: Duration,
+}
+
 impl Refuse {
-    /// A rejection that answers `421 status text`.
+    fn new(metrics: Arc<DriverMetrics>, tarpit: &config::Tarpit) -> Self {
+        let answer = Answer { metrics };
+        let layer = TarpitLayer::new(
+            tarpit.refusal_budget,
+            refusal_hold as fn(&Refusal) -> Duration,
+            answer.clone(),
+        )
+        .metrics(TarpitMetrics {
+            held: metrics::counter!("attitude_tarpit_held_total", "stage" => "refusal"),
+            delay_seconds: metrics::histogram!("attitude_tarpit_delay_seconds", "stage" => "refusal"),
+            holding: metrics::gauge!("attitude_tarpit_holding", "stage" => "refusal"),
+            over_budget: metrics::counter!("attitude_tarpit_over_budget_total", "stage" => "refusal"),
+        });
+        Self {
+            answer: layer.layer(answer),
+            delay: tarpit.refusal_delay,
+        }
+    }
+
+    /// A rejection that answers `421 status text`, at once (`held` false) or after the
+    /// refusal delay.
     fn with_421(
         &self,
         status: EnhancedStatus,
         text: &'static str,
+        held: bool,
     ) -> impl Fn(Connection, Rejection) -> BoxFuture<Result<SessionSummary, Infallible>> + Clone + use<>
     {
         let refuse = self.clone();
-        move |conn, _| refuse.answer(conn, Reply::new(421, status, text))
+        move |conn, _| refuse.answer(conn, Reply::new(421, status, text), held)
     }
 
     fn answer(
         &self,
         conn: Connection,
         reply: Reply,
+        held: bool,
     ) -> BoxFuture<Result<SessionSummary, Infallible>> {
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let mut io = conn.io;
-            let wire = reply.to_wire();
-            // Closing after the reply sends it with a FIN; no separate shutdown call.
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), io.write_all(wire.as_bytes())).await;
-            metrics.record_refused();
-            // Refusals come in floods: counted in metrics, logged only at debug level.
-            tracing::debug!(target: "attitude::session", session = conn.id, client = %conn.client, reply = %reply, "session refused");
-            Ok(SessionSummary {
-                result: SessionResult::Refused,
-                messages: 0,
-                bytes_in: 0,
-                bytes_out: wire.len() as u64,
-                helo: None,
-                duration: started.elapsed(),
-            })
-        })
+        let hold = if held { self.delay } else { Duration::ZERO };
+        // `Answer` is always ready, and so is the tarpit around it.
+        Box::pin(self.answer.clone().oneshot(Refusal { conn, reply, hold }))
     }
 }
 
@@ -127,12 +195,11 @@ impl Refuse {
 /// connection services: one per accept thread, all sharing the limits' state.
 pub fn build(
     config: &Connections,
+    tarpit: &config::Tarpit,
     stack: Stack,
     shutdown: Shutdown,
 ) -> impl Fn() -> ConnectionService + Send + Sync + 'static {
-    let refuse = Refuse {
-        metrics: stack.driver_metrics.clone(),
-    };
+    let refuse = Refuse::new(stack.driver_metrics.clone(), tarpit);
     let client = ClientKey::new(
         config.client_prefix_v4,
         config.client_prefix_v6,
@@ -147,6 +214,7 @@ pub fn build(
         refuse.with_421(
             EnhancedStatus::new(4, 3, 2),
             "Too many connections; try again later",
+            false,
         ),
     )
     .metrics(LimitMetrics::register(
@@ -164,6 +232,7 @@ pub fn build(
             refuse.with_421(
                 EnhancedStatus::new(4, 7, 0),
                 "Too many connections from your network; try again later",
+                true,
             ),
         )
         .mode(config.per_client.mode.into())
@@ -190,7 +259,11 @@ pub fn build(
                     "Connection rate limit exceeded; try again in {}",
                     rates::hint(rejection.retry_after)
                 );
-                refuse.answer(conn, Reply::new(421, EnhancedStatus::new(4, 7, 0), text))
+                refuse.answer(
+                    conn,
+                    Reply::new(421, EnhancedStatus::new(4, 7, 0), text),
+                    true,
+                )
             },
         )
         .mode(config.rate.mode.into())

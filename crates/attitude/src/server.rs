@@ -102,6 +102,7 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
         let shutdown = Shutdown::default();
         let connections = Arc::new(connection::build(
             &config.connections,
+            &config.tarpit,
             Stack::new(&config),
             shutdown.clone(),
         ));
@@ -186,7 +187,8 @@ async fn accept_loop(
         let Ok(service) = connections.ready().await;
         let mut session = service.call(conn);
         // A refusal (a 421 written to a fresh socket) is usually done at the first poll: no
-        // task for it. Under a connection flood that is most of the work.
+        // task for it, unless it is held for `refusal_delay`. Under a connection flood that is
+        // most of the work.
         if std::future::Future::poll(
             session.as_mut(),
             &mut std::task::Context::from_waker(std::task::Waker::noop()),

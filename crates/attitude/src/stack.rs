@@ -161,19 +161,27 @@ fn throttle_layer(config: &Config, client: &ClientKey) -> Option<CommandLayer> {
     }))
 }
 
-/// `[tarpit]` as a command layer: replies to commands wait once the session has made errors.
+/// `[tarpit]` as a command layer: replies to commands wait once the session has made errors, or
+/// once a policy marked the client suspicious.
 fn tarpit_layer(config: &Config) -> Option<CommandLayer> {
     let t = config.tarpit.clone();
-    if t.soft_error_limit == 0 {
+    if t.soft_error_limit == 0 && t.suspicious_delay.is_zero() {
         return None;
     }
     let delay = move |req: &Request| {
-        let errors = req.session.errors;
-        let counts = matches!(req.event, Event::Command(_) | Event::Invalid(_));
-        if !counts || errors < t.soft_error_limit {
+        if !matches!(req.event, Event::Command(_) | Event::Invalid(_)) {
             return Duration::ZERO;
         }
-        (t.delay_per_error * (errors - t.soft_error_limit + 1)).min(t.max_delay)
+        let errors = req.session.errors;
+        let for_errors = if t.soft_error_limit > 0 && errors >= t.soft_error_limit {
+            (t.delay_per_error * (errors - t.soft_error_limit + 1)).min(t.max_delay)
+        } else {
+            Duration::ZERO
+        };
+        match req.session.marks.suspicious() {
+            Some(_) => for_errors.max(t.suspicious_delay),
+            None => for_errors,
+        }
     };
     let refuse = |_req: Request, _why: Rejection| {
         std::future::ready(Ok::<_, BoxError>(Reply::new(
@@ -183,10 +191,10 @@ fn tarpit_layer(config: &Config) -> Option<CommandLayer> {
         )))
     };
     let layer = TarpitLayer::new(config.tarpit.budget, delay, refuse).metrics(TarpitMetrics {
-        held: metrics::counter!("attitude_tarpit_held_total"),
-        delay_seconds: metrics::histogram!("attitude_tarpit_delay_seconds"),
-        holding: metrics::gauge!("attitude_tarpit_holding"),
-        over_budget: metrics::counter!("attitude_tarpit_over_budget_total"),
+        held: metrics::counter!("attitude_tarpit_held_total", "stage" => "command"),
+        delay_seconds: metrics::histogram!("attitude_tarpit_delay_seconds", "stage" => "command"),
+        holding: metrics::gauge!("attitude_tarpit_holding", "stage" => "command"),
+        over_budget: metrics::counter!("attitude_tarpit_over_budget_total", "stage" => "command"),
     });
     Some(Arc::new(move |inner: BoxCommand| {
         BoxCommand::new(layer.layer(inner))

@@ -167,6 +167,20 @@ pub struct SessionSummary {
     pub duration: Duration,
 }
 
+impl SessionSummary {
+    /// A session that ended before it began: refused, or lost before the greeting.
+    pub fn unstarted(result: SessionResult, bytes_out: u64) -> Self {
+        Self {
+            result,
+            messages: 0,
+            bytes_in: 0,
+            bytes_out,
+            helo: None,
+            duration: Duration::ZERO,
+        }
+    }
+}
+
 /// Initial read buffer; it grows only while a long line or DATA needs it.
 const COMMAND_READ: usize = 256;
 const DATA_READ: usize = 16 * 1024;

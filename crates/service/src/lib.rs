@@ -21,7 +21,7 @@ mod request;
 
 pub use attitude_codec::{Command, EnhancedStatus, Reply};
 pub use boxed::BoxCommand;
-pub use request::{DataOutcome, Event, Helo, Request, Session, Transaction};
+pub use request::{DataOutcome, Event, Helo, Marks, Request, Session, Transaction};
 
 /// The error type of attitude's services (tower's boxed error).
 pub type BoxError = tower::BoxError;

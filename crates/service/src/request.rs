@@ -1,7 +1,7 @@
 //! The vocabulary of the command stack.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use attitude_codec::{Command, CommandError, MailFrom, Reply};
@@ -50,6 +50,27 @@ pub struct Session {
     pub errors: u32,
     /// When the session started.
     pub started: Instant,
+    /// What policies have concluded about the client (shared by every view of this session).
+    pub marks: Arc<Marks>,
+}
+
+/// What policies have concluded about a session's client, for other layers to act on (the
+/// tarpit delays every reply to a client marked suspicious). Marks are set, never cleared.
+#[derive(Debug, Default)]
+pub struct Marks {
+    suspicious: OnceLock<&'static str>,
+}
+
+impl Marks {
+    /// Marks the client suspicious; the first reason given is kept.
+    pub fn mark_suspicious(&self, reason: &'static str) {
+        let _ = self.suspicious.set(reason);
+    }
+
+    /// Why the client was marked suspicious, if it was.
+    pub fn suspicious(&self) -> Option<&'static str> {
+        self.suspicious.get().copied()
+    }
 }
 
 impl Session {
@@ -65,6 +86,7 @@ impl Session {
             messages: 0,
             errors: 0,
             started: Instant::now(),
+            marks: Arc::default(),
         }
     }
 }

@@ -47,6 +47,8 @@ where
             } else {
                 config.metrics.rejected.increment(1);
                 tracing::info!(client = %session.client, rcpt = %rcpt.address, "relay refused");
+                // Probing for an open relay is what spam engines do: the tarpit slows the rest.
+                session.marks.mark_suspicious("relay attempt");
                 return Either::rejected(std::future::ready(Ok(Reply::new(
                     554,
                     EnhancedStatus::new(5, 7, 1),
