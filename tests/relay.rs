@@ -1,12 +1,11 @@
 //! Real clients through attitude to real backends: nothing lost, nothing changed, the backend's
 //! own verdict handed back.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use attitude_test_support::{
-    Attitude, Client, Recorder, SmtpSink, require_tool, scratch_dir, wait_for,
+    Attitude, Client, Recorder, SmtpSink, require_tool, scratch_dir, smtplib, wait_for,
 };
 
 /// A message that exercises dot-stuffing, 8-bit UTF-8 and a long but legal line (998 octets).
@@ -20,34 +19,6 @@ fn tricky_message() -> Vec<u8> {
     m.extend_from_slice(&[b'L'; 998]);
     m.extend_from_slice(b"\r\n \r\n\t\r\nlast line\r\n");
     m
-}
-
-fn python_client(
-    mode: &str,
-    addr: std::net::SocketAddr,
-    from: &str,
-    to: &str,
-    file: &Path,
-) -> (bool, String) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/client.py");
-    let out = Command::new(require_tool("/usr/bin/python3"))
-        .arg(script)
-        .args([
-            mode,
-            &addr.ip().to_string(),
-            &addr.port().to_string(),
-            from,
-            to,
-        ])
-        .arg(file)
-        .output()
-        .expect("run client.py");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[test]
@@ -90,7 +61,7 @@ fn smtplib_through_attitude_to_aiosmtpd_byte_exact() {
     let file = scratch_dir("smtplib").join("message.eml");
     std::fs::write(&file, tricky_message()).unwrap();
 
-    let (ok, out) = python_client(
+    let (ok, out) = smtplib(
         "send",
         attitude.smtp,
         "alice@example.org",
@@ -98,7 +69,7 @@ fn smtplib_through_attitude_to_aiosmtpd_byte_exact() {
         &file,
     );
     assert!(ok, "smtplib sendmail failed:\n{out}");
-    let (ok, out) = python_client(
+    let (ok, out) = smtplib(
         "pipelined",
         attitude.smtp,
         "dave@example.org",
@@ -336,7 +307,7 @@ fn swaks_to_aiosmtpd_and_pipelined_smtplib_to_smtp_sink() {
         String::from_utf8_lossy(&m[0].content)
     );
 
-    let (ok, out) = python_client(
+    let (ok, out) = smtplib(
         "pipelined",
         to_sink.smtp,
         "dave@example.org",

@@ -31,6 +31,8 @@ pub struct Config {
     pub throttle: Throttle,
     /// Delays for clients that make errors.
     pub tarpit: Tarpit,
+    /// Content policies: header checks and attachment blocking.
+    pub content: Content,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -54,6 +56,7 @@ impl Default for Config {
             rates: Vec::new(),
             throttle: Throttle::default(),
             tarpit: Tarpit::default(),
+            content: Content::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -287,6 +290,69 @@ impl Default for Tarpit {
             refusal_budget: 1000,
         }
     }
+}
+
+/// `[content]`: checks on the message itself, at end of data. A refused message is aborted at
+/// the backend (it is never committed) and the client gets `554 5.7.1` (`451 4.7.1` for a
+/// deferring header check).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Content {
+    /// Refuse messages with an attachment whose name ends in a blocked extension.
+    pub block_attachments: bool,
+    /// The blocked extensions (any case, with or without the dot).
+    pub blocked_extensions: Vec<String>,
+    /// Regular expressions over each header line, first match decides.
+    pub header_checks: Vec<HeaderCheckRule>,
+    /// Octets of message copies held at once across all sessions; over it messages are deferred
+    /// with `451 4.3.1`.
+    pub buffer_budget: usize,
+    /// Enforce or dry-run (for all content policies).
+    pub mode: RuleMode,
+}
+
+impl Default for Content {
+    fn default() -> Self {
+        Self {
+            block_attachments: true,
+            blocked_extensions: attitude_policy::content::DEFAULT_BLOCKED
+                .iter()
+                .map(|e| (*e).to_string())
+                .collect(),
+            header_checks: Vec::new(),
+            buffer_budget: 256 * 1024 * 1024,
+            mode: RuleMode::Enforce,
+        }
+    }
+}
+
+/// One `[[content.header_checks]]` rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderCheckRule {
+    /// Regular expression (case-insensitive) over `Name: value`, unfolded.
+    pub pattern: String,
+    /// `reject` (554 5.7.1) or `defer` (451 4.7.1).
+    #[serde(default = "HeaderCheckRule::default_action")]
+    pub action: HeaderCheckAction,
+    /// Reply text (default: "Message content rejected" / "... deferred").
+    pub text: Option<String>,
+}
+
+impl HeaderCheckRule {
+    fn default_action() -> HeaderCheckAction {
+        HeaderCheckAction::Reject
+    }
+}
+
+/// What a matching header check does.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeaderCheckAction {
+    /// 554 5.7.1.
+    Reject,
+    /// 451 4.7.1.
+    Defer,
 }
 
 /// What a rate rule counts by.
@@ -584,6 +650,29 @@ impl Config {
         if c.rate.per_minute > 0 && c.rate.burst == 0 {
             return invalid(
                 "[connections.rate] burst must be at least 1 when per_minute is set".into(),
+            );
+        }
+        for rule in &self.content.header_checks {
+            if let Err(e) = regex::Regex::new(&rule.pattern) {
+                return invalid(format!(
+                    "[[content.header_checks]] pattern {:?} is not a valid regular expression: {e}",
+                    rule.pattern
+                ));
+            }
+            if let Some(text) = &rule.text
+                && (text.is_empty() || text.chars().any(|c| c.is_control() || !c.is_ascii()))
+            {
+                return invalid(format!(
+                    "[[content.header_checks]] text {text:?} must be non-empty printable ASCII (it \
+                     becomes an SMTP reply line)"
+                ));
+            }
+        }
+        if self.content.block_attachments && self.content.blocked_extensions.is_empty() {
+            return invalid(
+                "[content] blocked_extensions is empty while block_attachments = true: list \
+                 extensions or set block_attachments = false"
+                    .into(),
             );
         }
         if self.throttle.burst_bytes < 32 * 1024 {

@@ -4,7 +4,7 @@
 //! ```text
 //! connection stack (connection.rs)            rate -> per-client sessions -> global cap -> session
 //! command stack    (Service<Request, Reply>)  SmtpMetrics -> Tarpit -> Protocol -> RelayControl
-//!                                             -> Throttle -> [[rates]] -> Relay
+//!                                             -> Throttle -> [[rates]] -> Content -> Relay
 //! ```
 
 use std::sync::Arc;
@@ -14,6 +14,10 @@ use attitude_codec::{BareLineEndings, CodecConfig, EnhancedStatus, Reply};
 use attitude_layers::Rejection;
 use attitude_layers::tarpit::{TarpitLayer, TarpitMetrics};
 use attitude_layers::throttle::{ThrottleLayer, ThrottleMetrics};
+use attitude_policy::Decisions;
+use attitude_policy::content::{
+    AttachmentRules, ByteBudget, ContentConfig, ContentLayer, HeaderAction, HeaderCheck,
+};
 use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
 use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
@@ -114,6 +118,7 @@ impl Stack {
             policies: std::iter::once(relay_control_layer(config))
                 .chain(throttle_layer(config, &client))
                 .chain(rates::layers(&config.rates, &client))
+                .chain(content_layer(config))
                 .collect(),
             relay: RelayShared::new(relay, relay_metrics),
         }
@@ -195,6 +200,46 @@ fn tarpit_layer(config: &Config) -> Option<CommandLayer> {
         delay_seconds: metrics::histogram!("attitude_tarpit_delay_seconds", "stage" => "command"),
         holding: metrics::gauge!("attitude_tarpit_holding", "stage" => "command"),
         over_budget: metrics::counter!("attitude_tarpit_over_budget_total", "stage" => "command"),
+    });
+    Some(Arc::new(move |inner: BoxCommand| {
+        BoxCommand::new(layer.layer(inner))
+    }))
+}
+
+/// `[content]` as a command layer, innermost: it sees only messages the other policies let
+/// through, and refuses at end of data by aborting the relay's backend transaction.
+fn content_layer(config: &Config) -> Option<CommandLayer> {
+    let c = &config.content;
+    let header_checks: Vec<HeaderCheck> = c
+        .header_checks
+        .iter()
+        .map(|rule| {
+            let action = match rule.action {
+                config::HeaderCheckAction::Reject => HeaderAction::Reject,
+                config::HeaderCheckAction::Defer => HeaderAction::Defer,
+            };
+            HeaderCheck::new(&rule.pattern, action, rule.text.as_deref())
+                .expect("validated with the configuration")
+        })
+        .collect();
+    let attachments = c
+        .block_attachments
+        .then(|| AttachmentRules::new(&c.blocked_extensions));
+    if header_checks.is_empty() && attachments.is_none() {
+        return None;
+    }
+    let layer = ContentLayer::new(ContentConfig {
+        header_checks,
+        attachments,
+        max_message: usize::try_from(config.limits.max_message_size).unwrap_or(usize::MAX),
+        budget: Arc::new(ByteBudget::new(
+            c.buffer_budget,
+            metrics::gauge!("attitude_content_buffered_bytes"),
+        )),
+        mode: c.mode.into(),
+        header_decisions: Decisions::register("header"),
+        attachment_decisions: Decisions::register("attachment"),
+        over_budget: metrics::counter!("attitude_content_over_budget_total"),
     });
     Some(Arc::new(move |inner: BoxCommand| {
         BoxCommand::new(layer.layer(inner))

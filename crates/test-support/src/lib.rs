@@ -13,5 +13,5 @@ mod peer;
 pub use client::Client;
 pub use peer::{
     Attitude, Peer, Recorded, Recorder, SmtpSink, attitude_bin, free_port, require_tool,
-    scratch_dir, wait_for,
+    scratch_dir, smtplib, wait_for,
 };

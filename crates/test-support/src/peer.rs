@@ -305,6 +305,36 @@ impl Attitude {
     }
 }
 
+/// Runs `tests/peers/client.py MODE` (Python's smtplib) to send `file` from `from` to `to`
+/// (comma-separated); returns whether the message was accepted, and what the client printed.
+pub fn smtplib(
+    mode: &str,
+    addr: SocketAddr,
+    from: &str,
+    to: &str,
+    file: &std::path::Path,
+) -> (bool, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers/client.py");
+    let out = Command::new(require_tool("/usr/bin/python3"))
+        .arg(script)
+        .args([
+            mode,
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+            from,
+            to,
+        ])
+        .arg(file)
+        .output()
+        .expect("run client.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Postfix's `smtp-sink`, dumping every transaction to a file.
 pub struct SmtpSink {
     /// The process.

@@ -1,0 +1,179 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use attitude_codec::{Command, EnhancedStatus, Reply};
+use attitude_layers::{Either, Mode};
+use attitude_service::{BoxError, DataOutcome, Event, Request};
+use tower_service::Service;
+
+use super::layer::ByteBudget;
+use super::{ContentConfig, HeaderAction, ResponseFuture, first_match};
+
+/// The copy of the message in progress.
+struct Copy {
+    bytes: Vec<u8>,
+    budget: Arc<ByteBudget>,
+    /// Only the header section is needed, and it is complete.
+    headers_done: bool,
+    /// The copy stopped (over a bound, in dry-run mode): nothing to check.
+    abandoned: bool,
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes.len());
+    }
+}
+
+/// Checks each message's headers and attachments at end of data; see the module docs.
+pub struct Content<S> {
+    inner: S,
+    config: Arc<ContentConfig>,
+    copy: Option<Copy>,
+}
+
+impl<S> Content<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, config: Arc<ContentConfig>) -> Self {
+        Self {
+            inner,
+            config,
+            copy: None,
+        }
+    }
+
+    /// Adds a chunk to the copy; the reply that fails the message when it cannot be kept.
+    fn keep(&mut self, chunk: &[u8]) -> Option<Reply> {
+        let config = &self.config;
+        let headers_only = config.attachments.is_none();
+        let copy = self.copy.get_or_insert_with(|| Copy {
+            bytes: Vec::new(),
+            budget: config.budget.clone(),
+            headers_done: false,
+            abandoned: false,
+        });
+        if copy.headers_done || copy.abandoned {
+            return None;
+        }
+        let mut take = chunk;
+        if headers_only {
+            // Chunks are whole lines: the header section ends at the first empty one.
+            let mut at = 0;
+            for line in chunk.split_inclusive(|&b| b == b'\n') {
+                at += line.len();
+                if line == b"\r\n" {
+                    copy.headers_done = true;
+                    take = &chunk[..at];
+                    break;
+                }
+            }
+        }
+        let refusal = if copy.bytes.len() + take.len() > config.max_message {
+            Reply::new(
+                552,
+                EnhancedStatus::new(5, 3, 4),
+                "Message too big for the content checks",
+            )
+        } else if !config.budget.try_reserve(take.len()) {
+            config.over_budget.increment(1);
+            Reply::new(
+                451,
+                EnhancedStatus::new(4, 3, 1),
+                "Too many messages being checked; try again later",
+            )
+        } else {
+            copy.bytes.extend_from_slice(take);
+            return None;
+        };
+        if config.mode == Mode::Enforce {
+            self.copy = None;
+            Some(refusal)
+        } else {
+            tracing::info!(reply = %refusal, "message would not be checked (dry-run): passed unchecked");
+            copy.abandoned = true;
+            None
+        }
+    }
+
+    /// The verdict on the finished copy: the refusal, if any.
+    fn verdict(&self, copy: &Copy, req: &Request) -> Option<Reply> {
+        let config = &self.config;
+        let enforce = config.mode == Mode::Enforce;
+        if copy.abandoned {
+            return None;
+        }
+        if !config.header_checks.is_empty() {
+            match first_match(&config.header_checks, &copy.bytes) {
+                Some((check, header)) => {
+                    let reply = match check.action {
+                        HeaderAction::Reject => {
+                            Reply::new(554, EnhancedStatus::new(5, 7, 1), check.text.clone())
+                        }
+                        HeaderAction::Defer => {
+                            Reply::new(451, EnhancedStatus::new(4, 7, 1), check.text.clone())
+                        }
+                    };
+                    config.header_decisions.refused(reply.code(), enforce);
+                    tracing::info!(session = req.session.id, client = %req.session.client, header = %header.chars().take(200).collect::<String>(), reply = %reply, dry_run = !enforce, "header check matched");
+                    return Some(reply);
+                }
+                None => config.header_decisions.allow.increment(1),
+            }
+        }
+        if let Some(rules) = &config.attachments {
+            match rules.scan(&copy.bytes) {
+                Some(blocked) => {
+                    let reply = Reply::new(554, EnhancedStatus::new(5, 7, 1), blocked.to_string());
+                    config.attachment_decisions.refused(554, enforce);
+                    tracing::info!(session = req.session.id, client = %req.session.client, attachment = %blocked.name, dry_run = !enforce, "attachment refused");
+                    return Some(reply);
+                }
+                None => config.attachment_decisions.allow.increment(1),
+            }
+        }
+        None
+    }
+}
+
+impl<S> Service<Request> for Content<S>
+where
+    S: Service<Request, Response = Reply, Error = BoxError>,
+{
+    type Response = Reply;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        if !self.config.active() {
+            return Either::inner(self.inner.call(req));
+        }
+        match &req.event {
+            Event::DataChunk(chunk) => {
+                if let Some(reply) = self.keep(chunk) {
+                    // The driver fails the message: the relay gets `DataEnd(Failed)` and aborts.
+                    return Either::rejected(std::future::ready(Ok(reply)));
+                }
+            }
+            Event::DataEnd(DataOutcome::Complete) => {
+                if let Some(copy) = self.copy.take()
+                    && let Some(reply) = self.verdict(&copy, &req)
+                    && self.config.mode == Mode::Enforce
+                {
+                    // The relay aborts the backend transaction and answers with this reply.
+                    req.event = Event::DataEnd(DataOutcome::Failed(reply));
+                }
+            }
+            Event::DataEnd(DataOutcome::Failed(_))
+            | Event::Close
+            | Event::Command(Command::Rset | Command::Mail(_) | Command::Data) => {
+                self.copy = None;
+            }
+            _ => {}
+        }
+        Either::inner(self.inner.call(req))
+    }
+}
