@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use attitude_test_support::{Attitude, Client, Recorder};
+use attitude_test_support::{Attitude, Client, Recorder, smtplib};
 
 const OUTSIDER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const TRUSTED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
@@ -77,4 +77,151 @@ fn default_is_not_an_open_relay() {
     // <postmaster> is never refused by relay control (the backend answers for it).
     let r = c.cmd("RCPT TO:<postmaster>");
     assert!(!r.contains("Relay access denied"), "{r}");
+}
+
+#[test]
+fn access_lists_first_match_decides() {
+    let recorder = Recorder::start();
+    let dir = attitude_test_support::scratch_dir("access");
+    let deny_file = dir.join("clients.deny");
+    std::fs::write(&deny_file, "# worms\n127.0.0.2   # the attacker\n").unwrap();
+    let attitude = Attitude::start(
+        &format!(
+            "[relay]\nlocal_domains = [\"example.com\"]\n\
+             [[access.rules]]\ncheck = \"sender\"\nvalues = [\"boss@partner.example\"]\naction = \"allow\"\n\
+             [[access.rules]]\ncheck = \"client\"\nfile = {deny_file:?}\naction = \"deny\"\ntext = \"Your network is blocked\"\n\
+             [[access.rules]]\ncheck = \"sender\"\nvalues = [\"spam.example\", \".bulk.example\"]\naction = \"deny\"\n\
+             [[access.rules]]\ncheck = \"recipient\"\nvalues = [\"/^former-employee@/\"]\naction = \"deny\"\ntext = \"No such user here\"\n\
+             [[access.rules]]\ncheck = \"helo\"\nvalues = [\"/^[0-9.]+$/\"]\naction = \"deny\"\n"
+        ),
+        &[recorder.addr],
+    );
+    // A denied client is refused at MAIL FROM, with the rule's text; a real client (smtplib).
+    let file = dir.join("m.eml");
+    std::fs::write(&file, "Subject: access\r\n\r\nhello\r\n").unwrap();
+    let (mut c, _) = Client::connect_from(attitude.smtp, OUTSIDER);
+    assert!(c.cmd("EHLO outsider.test").starts_with("250"));
+    let r = c.cmd("MAIL FROM:<a@elsewhere.org>");
+    assert!(r.starts_with("554 5.7.1 Your network is blocked"), "{r}");
+    // ... unless an earlier rule allows the sender.
+    let r = c.cmd("MAIL FROM:<boss@partner.example>");
+    assert!(r.starts_with("250"), "first match decides: {r}");
+    c.cmd("QUIT");
+
+    let (accepted, out) = smtplib(
+        "send",
+        attitude.smtp,
+        "x@spam.example",
+        "a@example.com",
+        &file,
+    );
+    assert!(!accepted && out.contains("554"), "sender domain: {out}");
+    let (accepted, out) = smtplib(
+        "send",
+        attitude.smtp,
+        "x@a.bulk.example",
+        "a@example.com",
+        &file,
+    );
+    assert!(!accepted && out.contains("554"), "sender subdomain: {out}");
+    let (accepted, out) = smtplib(
+        "send",
+        attitude.smtp,
+        "x@fine.example",
+        "former-employee@example.com",
+        &file,
+    );
+    assert!(
+        !accepted && out.contains("No such user here"),
+        "recipient: {out}"
+    );
+
+    let (mut h, _) = Client::connect_from(attitude.smtp, TRUSTED);
+    assert!(h.cmd("HELO 192.0.2.1").starts_with("250"));
+    assert!(h.cmd("MAIL FROM:<x@fine.example>").starts_with("554 5.7.1"));
+    h.cmd("QUIT");
+
+    assert!(
+        recorder.messages().is_empty(),
+        "nothing refused reached the backend"
+    );
+    let (accepted, out) = smtplib(
+        "send",
+        attitude.smtp,
+        "x@fine.example",
+        "a@example.com",
+        &file,
+    );
+    assert!(accepted, "{out}");
+    assert_eq!(recorder.messages().len(), 1);
+    assert_eq!(
+        attitude.metric("attitude_policy_decisions_total{policy=\"access\",action=\"reject\"}"),
+        Some(5.0)
+    );
+    assert_eq!(
+        attitude.metric("attitude_policy_decisions_total{policy=\"access\",action=\"allow\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn access_dry_run_counts_and_lets_through() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[access]\nmode = \"dry-run\"\n\
+         [[access.rules]]\ncheck = \"sender\"\nvalues = [\"spam.example\"]\naction = \"deny\"\n",
+        &[recorder.addr],
+    );
+    let (mut c, _) = Client::connect_from(attitude.smtp, TRUSTED);
+    c.start_data("x@spam.example", &["a@example.com"]);
+    c.send(b"Subject: dry\r\n\r\ndry run\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert_eq!(recorder.messages().len(), 1);
+    assert_eq!(
+        attitude
+            .metric("attitude_policy_decisions_total{policy=\"access\",action=\"would_reject\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn access_config_errors_say_what_to_fix() {
+    for (config, expected) in [
+        (
+            "[[access.rules]]\ncheck = \"client\"\nvalues = [\"example.com\"]\naction = \"deny\"\n",
+            "not an address or a network",
+        ),
+        (
+            "[[access.rules]]\ncheck = \"sender\"\nvalues = [\"a@b.example\"]\naction = \"skip\"\n",
+            "use \"allow\" for senders",
+        ),
+        (
+            "[[access.rules]]\ncheck = \"client\"\nfile = \"/nonexistent/list\"\naction = \"deny\"\n",
+            "cannot read file /nonexistent/list",
+        ),
+        (
+            "[[access.rules]]\ncheck = \"helo\"\nvalues = [\"/([/\"]\naction = \"deny\"\n",
+            "not a valid regular expression",
+        ),
+    ] {
+        let err = check_config(config);
+        assert!(err.contains(expected), "{config}\n=> {err}");
+    }
+}
+
+/// `attitude check-config` on `config` (with a backend); what it printed on stderr.
+fn check_config(config: &str) -> String {
+    let file = attitude_test_support::scratch_dir("check").join("attitude.toml");
+    std::fs::write(
+        &file,
+        format!("[backend]\nservers = [\"127.0.0.1:25\"]\n{config}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(attitude_test_support::attitude_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "accepted:\n{config}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

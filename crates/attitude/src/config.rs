@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -33,6 +33,8 @@ pub struct Config {
     pub tarpit: Tarpit,
     /// Content policies: header checks and attachment blocking.
     pub content: Content,
+    /// Access lists on client, HELO, sender and recipient.
+    pub access: Access,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -57,6 +59,7 @@ impl Default for Config {
             throttle: Throttle::default(),
             tarpit: Tarpit::default(),
             content: Content::default(),
+            access: Access::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -353,6 +356,60 @@ pub enum HeaderCheckAction {
     Reject,
     /// 451 4.7.1.
     Defer,
+}
+
+/// `[access]`: rules on the client, HELO name, sender and recipient, checked in order at MAIL
+/// FROM and RCPT TO; the first match decides.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    /// The rules (`[[access.rules]]`).
+    pub rules: Vec<AccessRuleConfig>,
+    /// Enforce or dry-run.
+    pub mode: RuleMode,
+}
+
+/// One `[[access.rules]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRuleConfig {
+    /// What the rule looks at.
+    pub check: AccessField,
+    /// Values inline.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// Values from a file, one per line (`#` starts a comment).
+    pub file: Option<PathBuf>,
+    /// What a match does.
+    pub action: AccessActionConfig,
+    /// Reply text of a `deny`.
+    pub text: Option<String>,
+}
+
+/// What an access rule looks at.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessField {
+    /// The client address (CIDR networks).
+    Client,
+    /// The HELO/EHLO name.
+    Helo,
+    /// The MAIL FROM address.
+    Sender,
+    /// The RCPT TO address.
+    Recipient,
+}
+
+/// What a matching access rule does.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessActionConfig {
+    /// Let it through; later rules are not checked.
+    Allow,
+    /// 554 5.7.1.
+    Deny,
+    /// Let it through and exempt the session from greylisting (client and helo rules).
+    Skip,
 }
 
 /// What a rate rule counts by.
@@ -652,6 +709,7 @@ impl Config {
                 "[connections.rate] burst must be at least 1 when per_minute is set".into(),
             );
         }
+        crate::stack::access_rules(&self.access).map_err(ConfigError::Invalid)?;
         for rule in &self.content.header_checks {
             if let Err(e) = regex::Regex::new(&rule.pattern) {
                 return invalid(format!(

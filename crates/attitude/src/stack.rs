@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! connection stack (connection.rs)            rate -> per-client sessions -> global cap -> session
-//! command stack    (Service<Request, Reply>)  SmtpMetrics -> Tarpit -> Protocol -> RelayControl
+//! command stack    (Service<Request, Reply>)  SmtpMetrics -> Tarpit -> Protocol -> Access
+//!                                             -> RelayControl
 //!                                             -> Throttle -> [[rates]] -> Content -> Relay
 //! ```
 
@@ -15,6 +16,9 @@ use attitude_layers::Rejection;
 use attitude_layers::tarpit::{TarpitLayer, TarpitMetrics};
 use attitude_layers::throttle::{ThrottleLayer, ThrottleMetrics};
 use attitude_policy::Decisions;
+use attitude_policy::access::{
+    AccessAction, AccessConfig, AccessLayer, AccessRule, Field, Matcher,
+};
 use attitude_policy::content::{
     AttachmentRules, ByteBudget, ContentConfig, ContentLayer, HeaderAction, HeaderCheck,
 };
@@ -115,7 +119,9 @@ impl Stack {
             protocol: ProtocolLayer::new(protocol),
             metrics: SmtpMetricsLayer::new(SmtpMetrics::register()),
             tarpit: tarpit_layer(config),
-            policies: std::iter::once(relay_control_layer(config))
+            policies: access_layer(config)
+                .into_iter()
+                .chain(std::iter::once(relay_control_layer(config)))
                 .chain(throttle_layer(config, &client))
                 .chain(rates::layers(&config.rates, &client))
                 .chain(content_layer(config))
@@ -240,6 +246,85 @@ fn content_layer(config: &Config) -> Option<CommandLayer> {
         header_decisions: Decisions::register("header"),
         attachment_decisions: Decisions::register("attachment"),
         over_budget: metrics::counter!("attitude_content_over_budget_total"),
+    });
+    Some(Arc::new(move |inner: BoxCommand| {
+        BoxCommand::new(layer.layer(inner))
+    }))
+}
+
+/// The rules of `[access]`, files read; an error says which rule and what to fix.
+pub fn access_rules(config: &config::Access) -> Result<Vec<AccessRule>, String> {
+    config
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(n, rule)| {
+            let name = format!("[[access.rules]] #{}", n + 1);
+            let mut values = rule.values.clone();
+            if let Some(path) = &rule.file {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{name}: cannot read file {}: {e}", path.display()))?;
+                values.extend(
+                    text.lines()
+                        .map(|l| l.split('#').next().unwrap_or("").trim())
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
+            }
+            if values.is_empty() {
+                return Err(format!("{name}: no values (set `values` or `file`)"));
+            }
+            let values = values.iter().map(String::as_str);
+            let (field, matcher) = match rule.check {
+                config::AccessField::Client => (Field::Client, Matcher::networks(values)),
+                config::AccessField::Helo => (Field::Helo, Matcher::names(values)),
+                config::AccessField::Sender => (Field::Sender, Matcher::addresses(values)),
+                config::AccessField::Recipient => (Field::Recipient, Matcher::addresses(values)),
+            };
+            let matcher = matcher.map_err(|e| format!("{name}: {e}"))?;
+            let action = match rule.action {
+                config::AccessActionConfig::Allow => AccessAction::Allow,
+                config::AccessActionConfig::Deny => AccessAction::Deny,
+                config::AccessActionConfig::Skip
+                    if matches!(field, Field::Client | Field::Helo) =>
+                {
+                    AccessAction::Skip
+                }
+                config::AccessActionConfig::Skip => {
+                    return Err(format!(
+                        "{name}: action \"skip\" exempts a whole session, so it is for client \
+                         and helo rules; use \"allow\" for senders and recipients"
+                    ));
+                }
+            };
+            if let Some(text) = &rule.text
+                && (text.is_empty() || text.chars().any(|c| c.is_control() || !c.is_ascii()))
+            {
+                return Err(format!(
+                    "{name}: text {text:?} must be non-empty printable ASCII"
+                ));
+            }
+            Ok(AccessRule {
+                name,
+                field,
+                matcher,
+                action,
+                text: rule.text.clone(),
+            })
+        })
+        .collect()
+}
+
+/// `[access]` as a command layer, first among the policies.
+fn access_layer(config: &Config) -> Option<CommandLayer> {
+    let rules = access_rules(&config.access).expect("validated with the configuration");
+    if rules.is_empty() {
+        return None;
+    }
+    let layer = AccessLayer::new(AccessConfig {
+        rules,
+        mode: config.access.mode.into(),
+        decisions: Decisions::register("access"),
     });
     Some(Arc::new(move |inner: BoxCommand| {
         BoxCommand::new(layer.layer(inner))

@@ -59,6 +59,7 @@ pub struct Session {
 #[derive(Debug, Default)]
 pub struct Marks {
     suspicious: OnceLock<&'static str>,
+    exempt: OnceLock<&'static str>,
 }
 
 impl Marks {
@@ -70,6 +71,17 @@ impl Marks {
     /// Why the client was marked suspicious, if it was.
     pub fn suspicious(&self) -> Option<&'static str> {
         self.suspicious.get().copied()
+    }
+
+    /// Exempts the session from the checks that honour it (greylisting); the first reason
+    /// given is kept.
+    pub fn mark_exempt(&self, reason: &'static str) {
+        let _ = self.exempt.set(reason);
+    }
+
+    /// Why the session is exempt from the other checks, if it is.
+    pub fn exempt(&self) -> Option<&'static str> {
+        self.exempt.get().copied()
     }
 }
 
