@@ -1,6 +1,7 @@
 //! Policies end to end: relay control (never an open relay).
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use attitude_test_support::{Attitude, Client, Recorder, smtplib};
 
@@ -224,4 +225,85 @@ fn check_config(config: &str) -> String {
         .unwrap();
     assert!(!out.status.success(), "accepted:\n{config}");
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn greylisting_defers_the_first_attempt_and_survives_a_restart() {
+    let recorder = Recorder::start();
+    let dir = attitude_test_support::scratch_dir("greylist");
+    let state = dir.join("greylist.txt");
+    let config = format!(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [greylist]\nenabled = true\ndelay = \"2s\"\nretry_window = \"1h\"\nfile = {state:?}\n"
+    );
+    let message = dir.join("m.eml");
+    std::fs::write(&message, "Subject: grey\r\n\r\nhello\r\n").unwrap();
+    let attitude = Attitude::start(&config, &[recorder.addr]);
+    let send = |attitude: &Attitude, to: &str| {
+        let (mut c, _) = Client::connect_from(attitude.smtp, OUTSIDER);
+        assert!(c.cmd("EHLO grey.test").starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<a@sender.example>").starts_with("250"));
+        let r = c.cmd(&format!("RCPT TO:<{to}>"));
+        if r.starts_with("250") {
+            assert!(c.cmd("DATA").starts_with("354"));
+            c.send(b"Subject: grey\r\n\r\nhello\r\n.\r\n");
+            let done = c.reply();
+            assert!(done.starts_with("250"), "{done}");
+        }
+        c.cmd("QUIT");
+        r
+    };
+    let started = std::time::Instant::now();
+    let r = send(&attitude, "b@example.com");
+    assert!(
+        r.starts_with("451 4.7.1") && r.contains("Greylisted"),
+        "{r}"
+    );
+    let r = send(&attitude, "b@example.com");
+    assert!(r.starts_with("451 4.7.1"), "early retry: {r}");
+    // A second triplet, greylisted before the restart.
+    assert!(send(&attitude, "c@example.com").starts_with("451"));
+    // smtplib (a real client) is deferred too: it gets 451 for its only recipient.
+    let (accepted, out) = smtplib(
+        "send",
+        attitude.smtp,
+        "other@sender.example",
+        "d@example.com",
+        &message,
+    );
+    assert!(!accepted && out.contains("451"), "{out}");
+    assert!(recorder.messages().is_empty());
+
+    std::thread::sleep(
+        Duration::from_secs(2).saturating_sub(started.elapsed()) + Duration::from_millis(200),
+    );
+    assert!(
+        send(&attitude, "b@example.com").starts_with("250"),
+        "retry after the delay"
+    );
+    assert_eq!(recorder.messages().len(), 1);
+    assert_eq!(
+        attitude.metric("attitude_policy_decisions_total{policy=\"greylist\",action=\"defer\"}"),
+        Some(4.0)
+    );
+
+    // Restart: SIGTERM saves the greylist, the next process loads it.
+    let mut attitude = attitude;
+    attitude.peer.signal("TERM");
+    assert!(attitude.peer.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(
+        std::fs::read_to_string(&state)
+            .unwrap()
+            .contains("c@example.com")
+    );
+    let restarted = Attitude::start(&config, &[recorder.addr]);
+    assert!(
+        send(&restarted, "c@example.com").starts_with("250"),
+        "the first attempt before the restart counts"
+    );
+    assert!(
+        send(&restarted, "b@example.com").starts_with("250"),
+        "passed triplets too"
+    );
+    assert_eq!(recorder.messages().len(), 3);
 }

@@ -35,6 +35,8 @@ pub struct Config {
     pub content: Content,
     /// Access lists on client, HELO, sender and recipient.
     pub access: Access,
+    /// Greylisting at RCPT TO.
+    pub greylist: Greylist,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -60,6 +62,7 @@ impl Default for Config {
             tarpit: Tarpit::default(),
             content: Content::default(),
             access: Access::default(),
+            greylist: Greylist::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -412,6 +415,58 @@ pub enum AccessActionConfig {
     Skip,
 }
 
+/// `[greylist]`: the first attempt of a (client network, sender, recipient) triplet gets
+/// `451 4.7.1` at RCPT TO; a retry after `delay` and within `retry_window` passes. Off by
+/// default (it delays every new correspondent's first message by the sender's retry interval).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Greylist {
+    /// Greylist at all.
+    pub enabled: bool,
+    /// A retry passes once this long after the first attempt.
+    #[serde(with = "duration")]
+    pub delay: Duration,
+    /// ... and only within this long of it; later the triplet starts over.
+    #[serde(with = "duration")]
+    pub retry_window: Duration,
+    /// A passed triplet is remembered this long after its last message.
+    #[serde(with = "duration")]
+    pub pass_ttl: Duration,
+    /// Passed triplets after which a client network skips greylisting ...
+    pub allowlist_after: u32,
+    /// ... for this long after its last message.
+    #[serde(with = "duration")]
+    pub allowlist_ttl: Duration,
+    /// Client networks: the address reduced to this prefix (IPv4).
+    pub client_prefix_v4: u8,
+    /// ... and IPv6.
+    pub client_prefix_v6: u8,
+    /// Most triplets remembered.
+    pub max_entries: usize,
+    /// Saved on shutdown, loaded on start (none: memory only).
+    pub file: Option<PathBuf>,
+    /// Enforce or dry-run.
+    pub mode: RuleMode,
+}
+
+impl Default for Greylist {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            delay: Duration::from_secs(300),
+            retry_window: Duration::from_secs(4 * 3600),
+            pass_ttl: Duration::from_secs(36 * 86400),
+            allowlist_after: 3,
+            allowlist_ttl: Duration::from_secs(36 * 86400),
+            client_prefix_v4: 24,
+            client_prefix_v6: 64,
+            max_entries: 100_000,
+            file: None,
+            mode: RuleMode::Enforce,
+        }
+    }
+}
+
 /// What a rate rule counts by.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -710,6 +765,24 @@ impl Config {
             );
         }
         crate::stack::access_rules(&self.access).map_err(ConfigError::Invalid)?;
+        let g = &self.greylist;
+        if g.enabled {
+            if g.retry_window <= g.delay {
+                return invalid(format!(
+                    "[greylist] retry_window ({:?}) must be longer than delay ({:?})",
+                    g.retry_window, g.delay
+                ));
+            }
+            if g.client_prefix_v4 == 0 || g.client_prefix_v4 > 32 {
+                return invalid("[greylist] client_prefix_v4 must be between 1 and 32".into());
+            }
+            if g.client_prefix_v6 == 0 || g.client_prefix_v6 > 128 {
+                return invalid("[greylist] client_prefix_v6 must be between 1 and 128".into());
+            }
+            if g.max_entries < 100 {
+                return invalid("[greylist] max_entries must be at least 100".into());
+            }
+        }
         for rule in &self.content.header_checks {
             if let Err(e) = regex::Regex::new(&rule.pattern) {
                 return invalid(format!(
@@ -791,7 +864,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Durations as `"90s"`, `"5m"`, `"1h"`, `"250ms"` (or a bare number of seconds).
+/// Durations as `"90s"`, `"5m"`, `"1h"`, `"36d"`, `"250ms"` (or a bare number of seconds).
 pub mod duration {
     use super::*;
 
@@ -810,9 +883,10 @@ pub mod duration {
             "ms" => value / 1000.0,
             "m" => value * 60.0,
             "h" => value * 3600.0,
+            "d" => value * 86400.0,
             other => {
                 return Err(format!(
-                    "invalid duration unit {other:?} in {text:?}: use ms, s, m or h"
+                    "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
                 ));
             }
         };
@@ -879,6 +953,10 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(duration::parse("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            duration::parse("36d").unwrap(),
+            Duration::from_secs(36 * 86400)
+        );
         assert_eq!(
             duration::parse("250ms").unwrap(),
             Duration::from_millis(250)

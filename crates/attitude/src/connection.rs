@@ -21,6 +21,7 @@ use attitude_layers::rate_limit::RateLimitLayer;
 use attitude_layers::tarpit::{Tarpit, TarpitLayer, TarpitMetrics};
 use attitude_layers::{LimitMetrics, Reject, Rejection};
 use attitude_service::driver::{self, DriverMetrics, SessionResult, SessionSummary, Shutdown};
+use attitude_service::errors::retry_hint;
 use attitude_service::{BoxFuture, Session};
 use governor::Quota;
 use tokio::io::AsyncWriteExt;
@@ -30,7 +31,6 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::config::{self, Connections};
 use crate::keys::ClientKey;
-use crate::rates;
 use crate::stack::{Stack, every_minute};
 
 /// An accepted client connection.
@@ -257,7 +257,7 @@ pub fn build(
             move |conn: Connection, rejection: Rejection| {
                 let text = format!(
                     "Connection rate limit exceeded; try again in {}",
-                    rates::hint(rejection.retry_after)
+                    retry_hint(rejection.retry_after)
                 );
                 refuse.answer(
                     conn,

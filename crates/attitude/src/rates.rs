@@ -10,6 +10,7 @@ use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_layers::rate_limit::RateLimitLayer;
 use attitude_layers::{LimitMetrics, Rejection};
 use attitude_service::address::domain_of;
+use attitude_service::errors::retry_hint;
 use attitude_service::{BoxCommand, BoxError, Event, Request};
 use governor::Quota;
 use tower::Layer;
@@ -46,16 +47,6 @@ fn key_label(key: RateKey) -> &'static str {
     }
 }
 
-/// When to try again, for humans: "1 second", "40 seconds", "3 minutes".
-pub fn hint(wait: Option<Duration>) -> String {
-    let secs = wait.map_or(1, |d| d.as_secs().max(1));
-    match secs {
-        1 => "1 second".into(),
-        2..120 => format!("{secs} seconds"),
-        _ => format!("{} minutes", secs.div_ceil(60)),
-    }
-}
-
 /// One layer per rule.
 pub fn layers(rules: &[RateRule], client: &ClientKey) -> Vec<CommandLayer> {
     rules
@@ -86,7 +77,7 @@ pub fn layers(rules: &[RateRule], client: &ClientKey) -> Vec<CommandLayer> {
                         format!(
                             "{what} rate limit exceeded ({}); try again in {}",
                             why.rule,
-                            hint(why.retry_after)
+                            retry_hint(why.retry_after)
                         ),
                     );
                     std::future::ready(Ok::<_, BoxError>(reply))
@@ -106,16 +97,4 @@ pub fn layers(rules: &[RateRule], client: &ClientKey) -> Vec<CommandLayer> {
             apply
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hints_read_well() {
-        assert_eq!(hint(Some(Duration::from_millis(300))), "1 second");
-        assert_eq!(hint(Some(Duration::from_secs(45))), "45 seconds");
-        assert_eq!(hint(Some(Duration::from_secs(600))), "10 minutes");
-    }
 }

@@ -100,10 +100,11 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
         }
 
         let shutdown = Shutdown::default();
+        let stack = Stack::new(&config)?;
         let connections = Arc::new(connection::build(
             &config.connections,
             &config.tarpit,
-            Stack::new(&config),
+            stack.clone(),
             shutdown.clone(),
         ));
         let tracker = TaskTracker::new();
@@ -152,6 +153,7 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
             shutdown.hard.cancel();
             let _ = tokio::time::timeout(HARD_CLOSE_WAIT, tracker.wait()).await;
         }
+        stack.save_state();
         admin_stop.cancel();
         tracing::info!("stopped");
         Ok(())

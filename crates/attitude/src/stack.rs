@@ -4,7 +4,7 @@
 //! ```text
 //! connection stack (connection.rs)            rate -> per-client sessions -> global cap -> session
 //! command stack    (Service<Request, Reply>)  SmtpMetrics -> Tarpit -> Protocol -> Access
-//!                                             -> RelayControl
+//!                                             -> RelayControl -> Greylist
 //!                                             -> Throttle -> [[rates]] -> Content -> Relay
 //! ```
 
@@ -22,6 +22,7 @@ use attitude_policy::access::{
 use attitude_policy::content::{
     AttachmentRules, ByteBudget, ContentConfig, ContentLayer, HeaderAction, HeaderCheck,
 };
+use attitude_policy::greylist::{Greylist, GreylistConfig, GreylistLayer, Timing, system_clock};
 use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
 use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
@@ -66,13 +67,15 @@ pub struct Stack {
     policies: Vec<CommandLayer>,
     /// The tarpit, outside the protocol layer so it also holds replies to bad commands.
     tarpit: Option<CommandLayer>,
+    /// The greylist, saved at shutdown.
+    greylist: Option<Arc<Greylist>>,
     relay: Arc<RelayShared>,
 }
 
 impl Stack {
     /// Builds the stack from a validated configuration. Registers metric handles with the
-    /// installed recorder.
-    pub fn new(config: &Config) -> Self {
+    /// installed recorder. Fails only when a state file (the greylist's) cannot be read.
+    pub fn new(config: &Config) -> Result<Self, String> {
         let codec = CodecConfig {
             max_command_line: config.limits.max_command_line,
             max_text_line: config.limits.max_text_line,
@@ -113,7 +116,8 @@ impl Stack {
         let relay_metrics = RelayMetrics::register(&relay.backends);
         let c = &config.connections;
         let client = ClientKey::new(c.client_prefix_v4, c.client_prefix_v6, &c.exempt_networks);
-        Self {
+        let greylist = greylist(config)?;
+        Ok(Self {
             driver: Arc::new(driver),
             driver_metrics: DriverMetrics::register(),
             protocol: ProtocolLayer::new(protocol),
@@ -122,11 +126,24 @@ impl Stack {
             policies: access_layer(config)
                 .into_iter()
                 .chain(std::iter::once(relay_control_layer(config)))
+                .chain(greylist.clone().map(|greylist| {
+                    let layer = GreylistLayer::new(greylist);
+                    Arc::new(move |inner: BoxCommand| BoxCommand::new(layer.layer(inner)))
+                        as CommandLayer
+                }))
                 .chain(throttle_layer(config, &client))
                 .chain(rates::layers(&config.rates, &client))
                 .chain(content_layer(config))
                 .collect(),
             relay: RelayShared::new(relay, relay_metrics),
+            greylist,
+        })
+    }
+
+    /// Saves what should survive a restart (the greylist). Call once sessions have ended.
+    pub fn save_state(&self) {
+        if let Some(greylist) = &self.greylist {
+            greylist.save();
         }
     }
 
@@ -329,6 +346,33 @@ fn access_layer(config: &Config) -> Option<CommandLayer> {
     Some(Arc::new(move |inner: BoxCommand| {
         BoxCommand::new(layer.layer(inner))
     }))
+}
+
+/// `[greylist]`, loaded from its file.
+fn greylist(config: &Config) -> Result<Option<Arc<Greylist>>, String> {
+    let g = &config.greylist;
+    if !g.enabled {
+        return Ok(None);
+    }
+    Greylist::open(GreylistConfig {
+        timing: Timing {
+            delay: g.delay,
+            retry_window: g.retry_window,
+            pass_ttl: g.pass_ttl,
+            allowlist_after: g.allowlist_after,
+            allowlist_ttl: g.allowlist_ttl,
+            max_entries: g.max_entries,
+        },
+        prefix_v4: g.client_prefix_v4,
+        prefix_v6: g.client_prefix_v6,
+        trusted_networks: config.relay.trusted_networks.clone(),
+        file: g.file.clone(),
+        mode: g.mode.into(),
+        decisions: Decisions::register("greylist"),
+        entries: metrics::gauge!("attitude_greylist_entries"),
+        clock: system_clock(),
+    })
+    .map(|g| Some(Arc::new(g)))
 }
 
 /// `[relay]` as a command layer: RCPT that would relay without permission gets 554 5.7.1.

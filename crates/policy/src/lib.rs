@@ -3,11 +3,13 @@
 //!
 //! - [`access`]: allow/deny/skip rules on the client, HELO name, sender and recipient.
 //! - [`content`]: header checks and attachment (worm) blocking on the message itself.
+//! - [`greylist`]: greylisting of (client network, sender, recipient) at RCPT TO.
 //!
 //! The generic protections (limits, throttle, tarpit) are in `attitude-layers`; these know SMTP.
 
 pub mod access;
 pub mod content;
 mod decisions;
+pub mod greylist;
 
 pub use decisions::Decisions;

@@ -4,6 +4,16 @@ use attitude_codec::{EnhancedStatus, Reply};
 
 use crate::BoxError;
 
+/// When to try again, for humans in reply text: "1 second", "40 seconds", "3 minutes".
+pub fn retry_hint(wait: Option<std::time::Duration>) -> String {
+    let secs = wait.map_or(1, |d| d.as_secs().max(1));
+    match secs {
+        1 => "1 second".into(),
+        2..120 => format!("{secs} seconds"),
+        _ => format!("{} minutes", secs.div_ceil(60)),
+    }
+}
+
 /// Maps an error out of the command stack to the reply the client gets. Every error is a
 /// transient failure: the client keeps the message and tries again.
 pub fn error_reply(error: &BoxError) -> Reply {
@@ -38,6 +48,14 @@ pub fn error_reply(error: &BoxError) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_read_well() {
+        use std::time::Duration;
+        assert_eq!(retry_hint(Some(Duration::from_millis(300))), "1 second");
+        assert_eq!(retry_hint(Some(Duration::from_secs(45))), "45 seconds");
+        assert_eq!(retry_hint(Some(Duration::from_secs(600))), "10 minutes");
+    }
 
     #[test]
     fn foreign_errors_are_transient_replies() {

@@ -1,0 +1,120 @@
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use attitude_layers::Mode;
+use attitude_service::address::canonical_ip;
+use ipnet::IpNet;
+use metrics::Gauge;
+use tower_layer::Layer;
+
+use super::{Clock, GreylistService, Store, Timing, Verdict};
+use crate::Decisions;
+
+/// Greylisting settings.
+pub struct GreylistConfig {
+    /// Times and bounds.
+    pub timing: Timing,
+    /// Client networks are the address reduced to these prefix lengths (spamd: /24 and /64).
+    pub prefix_v4: u8,
+    /// IPv6 prefix length.
+    pub prefix_v6: u8,
+    /// Clients never greylisted.
+    pub trusted_networks: Vec<IpNet>,
+    /// Where the store is saved on shutdown and loaded from on start (`None`: memory only).
+    pub file: Option<PathBuf>,
+    /// Enforce or dry-run.
+    pub mode: Mode,
+    /// `policy="greylist"` decisions.
+    pub decisions: Decisions,
+    /// Triplets remembered.
+    pub entries: Gauge,
+    /// The clock (wall-clock seconds).
+    pub clock: Clock,
+}
+
+/// The greylist shared by every session: its settings and its store.
+pub struct Greylist {
+    pub(super) config: GreylistConfig,
+    pub(super) store: Mutex<Store>,
+}
+
+impl Greylist {
+    /// An empty greylist, or the one saved in `config.file` (a missing file is an empty list;
+    /// an unreadable one is an error that names it).
+    pub fn open(config: GreylistConfig) -> Result<Self, String> {
+        let store = match &config.file {
+            Some(path) if path.exists() => {
+                let (store, bad) = Store::load(path, &config.timing)
+                    .map_err(|e| format!("greylist file {}: {e}", path.display()))?;
+                tracing::info!(file = %path.display(), triplets = store.len(), skipped = bad, "greylist loaded");
+                store
+            }
+            _ => Store::default(),
+        };
+        config.entries.set(store.len() as f64);
+        Ok(Self {
+            config,
+            store: Mutex::new(store),
+        })
+    }
+
+    /// The client network of `ip` as the store keys it, or `None` for a trusted client.
+    pub(super) fn network(&self, ip: IpAddr) -> Option<String> {
+        let ip = canonical_ip(ip);
+        if self.config.trusted_networks.iter().any(|n| n.contains(&ip)) {
+            return None;
+        }
+        let bits = if ip.is_ipv4() {
+            self.config.prefix_v4
+        } else {
+            self.config.prefix_v6
+        };
+        IpNet::new(ip, bits).ok().map(|n| n.trunc().to_string())
+    }
+
+    /// The verdict on one attempt now.
+    pub(super) fn check(&self, network: &str, sender: &str, recipient: &str) -> Verdict {
+        let now = (self.config.clock)();
+        let mut store = self.store.lock().expect("greylist lock");
+        let verdict = store.check(&self.config.timing, now, network, sender, recipient);
+        self.config.entries.set(store.len() as f64);
+        verdict
+    }
+
+    /// Saves the store to its file, if it has one.
+    pub fn save(&self) {
+        let Some(path) = &self.config.file else {
+            return;
+        };
+        let now = (self.config.clock)();
+        let store = self.store.lock().expect("greylist lock");
+        match store.save(path, now, &self.config.timing) {
+            Ok(n) => tracing::info!(file = %path.display(), triplets = n, "greylist saved"),
+            Err(error) => {
+                tracing::error!(file = %path.display(), %error, "cannot save the greylist")
+            }
+        }
+    }
+}
+
+/// Adds [`GreylistService`].
+#[derive(Clone)]
+pub struct GreylistLayer {
+    greylist: Arc<Greylist>,
+}
+
+impl GreylistLayer {
+    /// A layer over a shared greylist.
+    pub fn new(greylist: Arc<Greylist>) -> Self {
+        Self { greylist }
+    }
+}
+
+impl<S> Layer<S> for GreylistLayer {
+    type Service = GreylistService<S>;
+
+    fn layer(&self, inner: S) -> GreylistService<S> {
+        GreylistService::new(inner, self.greylist.clone())
+    }
+}
