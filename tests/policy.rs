@@ -307,3 +307,84 @@ fn greylisting_defers_the_first_attempt_and_survives_a_restart() {
     );
     assert_eq!(recorder.messages().len(), 3);
 }
+
+#[test]
+fn pregreet_refuses_early_talkers_and_remembers_patient_clients() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [pregreet]\nenabled = true\npause = \"1s\"\n",
+        &[recorder.addr],
+    );
+    // An early talker: EHLO before the greeting ends.
+    let mut early = Client::connect_raw_from(attitude.smtp, OUTSIDER);
+    early.send(b"EHLO early.test\r\n");
+    let greeting = early.reply();
+    assert!(
+        greeting.starts_with("220-") && greeting.contains("\n220 "),
+        "{greeting}"
+    );
+    let r = early.reply();
+    assert!(
+        r.starts_with("554 5.5.1"),
+        "refused at its first command: {r}"
+    );
+    assert!(early.is_closed());
+    // It is remembered: refused at once next time.
+    let started = std::time::Instant::now();
+    let (mut again, greeting) = Client::connect_from(attitude.smtp, OUTSIDER);
+    assert!(greeting.starts_with("554 5.5.1"), "{greeting}");
+    assert!(again.is_closed());
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    // A patient client waits out the pause once ...
+    let started = std::time::Instant::now();
+    let (mut c, greeting) = Client::connect_from(attitude.smtp, TRUSTED);
+    assert!(
+        greeting.starts_with("220-") && greeting.contains("\n220 "),
+        "{greeting}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    c.start_data("a@sender.example", &["b@example.com"]);
+    c.send(b"Subject: patient\r\n\r\nhello\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    c.cmd("QUIT");
+    // ... and is greeted at once on its next connection.
+    let started = std::time::Instant::now();
+    let (mut c, greeting) = Client::connect_from(attitude.smtp, TRUSTED);
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    c.cmd("QUIT");
+    assert_eq!(recorder.messages().len(), 1);
+    assert_eq!(
+        attitude.metric("attitude_policy_decisions_total{policy=\"pregreet\",action=\"reject\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        attitude.metric("attitude_sessions_ended_total{result=\"refused\"}"),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn pregreet_dry_run_serves_early_talkers() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [pregreet]\nenabled = true\npause = \"500ms\"\nmultiline = false\nmode = \"dry-run\"\n",
+        &[recorder.addr],
+    );
+    let mut early = Client::connect_raw_from(attitude.smtp, OUTSIDER);
+    early.send(b"EHLO early.test\r\n");
+    assert!(early.reply().starts_with("220 "));
+    assert!(early.reply().starts_with("250"), "served in dry-run");
+    assert_eq!(
+        attitude
+            .metric("attitude_policy_decisions_total{policy=\"pregreet\",action=\"would_reject\"}"),
+        Some(1.0)
+    );
+}

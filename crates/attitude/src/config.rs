@@ -37,6 +37,8 @@ pub struct Config {
     pub access: Access,
     /// Greylisting at RCPT TO.
     pub greylist: Greylist,
+    /// The early-talker test before the greeting.
+    pub pregreet: Pregreet,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -63,6 +65,7 @@ impl Default for Config {
             content: Content::default(),
             access: Access::default(),
             greylist: Greylist::default(),
+            pregreet: Pregreet::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -467,6 +470,60 @@ impl Default for Greylist {
     }
 }
 
+/// `[pregreet]`: postscreen's early-talker test. Before the greeting attitude pauses (after a
+/// `220-` first line when `multiline`); a client that talks in the pause is refused and
+/// remembered, one that waits is greeted at once for `pass_ttl`. Off by default (it delays each
+/// new client's first session by `pause`). `[relay] trusted_networks` are not tested.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pregreet {
+    /// Run the test.
+    pub enabled: bool,
+    /// The pause before the greeting.
+    #[serde(with = "duration")]
+    pub pause: Duration,
+    /// Send `220-hostname ESMTP` before the pause.
+    pub multiline: bool,
+    /// `reject` (greet, 554 5.5.1 to the first command, close) or `drop` (close at once).
+    pub action: PregreetActionConfig,
+    /// A client that waited is greeted at once for this long.
+    #[serde(with = "duration")]
+    pub pass_ttl: Duration,
+    /// An early talker is refused at once for this long.
+    #[serde(with = "duration")]
+    pub fail_ttl: Duration,
+    /// Most clients remembered.
+    pub max_entries: usize,
+    /// Enforce or dry-run.
+    pub mode: RuleMode,
+}
+
+impl Default for Pregreet {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            // postscreen_greet_wait and postscreen_greet_ttl.
+            pause: Duration::from_secs(6),
+            multiline: true,
+            action: PregreetActionConfig::Reject,
+            pass_ttl: Duration::from_secs(86400),
+            fail_ttl: Duration::from_secs(3600),
+            max_entries: 100_000,
+            mode: RuleMode::Enforce,
+        }
+    }
+}
+
+/// What happens to an early talker.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PregreetActionConfig {
+    /// Greet, answer the first command 554 5.5.1, close.
+    Reject,
+    /// Close at once.
+    Drop,
+}
+
 /// What a rate rule counts by.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -765,6 +822,9 @@ impl Config {
             );
         }
         crate::stack::access_rules(&self.access).map_err(ConfigError::Invalid)?;
+        if self.pregreet.enabled && self.pregreet.pause.is_zero() {
+            return invalid("[pregreet] pause must be longer than 0 (e.g. \"6s\")".into());
+        }
         let g = &self.greylist;
         if g.enabled {
             if g.retry_window <= g.delay {

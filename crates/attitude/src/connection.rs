@@ -1,7 +1,7 @@
 //! The connection stack: one call per accepted client, whose future is the whole session.
 //!
 //! ```text
-//! rate per client ─► sessions per client ─► global session cap ─► SessionService (driver)
+//! rate per client ─► sessions per client ─► global session cap ─► pregreet ─► SessionService (driver)
 //! ```
 //! Because the response future is the session, a concurrency permit lives exactly as long as the
 //! session. A refusal writes its SMTP reply and closes the connection (not a reset, not a hang in
@@ -20,6 +20,8 @@ use attitude_layers::keyed_concurrency::KeyedConcurrencyLayer;
 use attitude_layers::rate_limit::RateLimitLayer;
 use attitude_layers::tarpit::{Tarpit, TarpitLayer, TarpitMetrics};
 use attitude_layers::{LimitMetrics, Reject, Rejection};
+use attitude_policy::Decisions;
+use attitude_policy::pregreet::{Greetable, PregreetAction, PregreetConfig, PregreetLayer};
 use attitude_service::driver::{self, DriverMetrics, SessionResult, SessionSummary, Shutdown};
 use attitude_service::errors::retry_hint;
 use attitude_service::{BoxFuture, Session};
@@ -29,7 +31,7 @@ use tokio::net::TcpStream;
 use tower::util::BoxService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
-use crate::config::{self, Connections};
+use crate::config::{self, Config};
 use crate::keys::ClientKey;
 use crate::stack::{Stack, every_minute};
 
@@ -191,15 +193,49 @@ impl Refuse {
     }
 }
 
+impl Greetable for Connection {
+    fn client(&self) -> std::net::IpAddr {
+        self.client.ip()
+    }
+
+    fn stream(&mut self) -> &mut TcpStream {
+        &mut self.io
+    }
+}
+
+/// `[pregreet]`, innermost: the pause holds the session's slot, as the session would.
+fn pregreet_layer(config: &Config, stack: &Stack) -> Option<PregreetLayer> {
+    let p = &config.pregreet;
+    p.enabled.then(|| {
+        PregreetLayer::new(PregreetConfig {
+            pause: p.pause,
+            multiline: p.multiline,
+            hostname: config.hostname.clone(),
+            action: match p.action {
+                config::PregreetActionConfig::Reject => PregreetAction::Reject,
+                config::PregreetActionConfig::Drop => PregreetAction::Drop,
+            },
+            pass_ttl: p.pass_ttl,
+            fail_ttl: p.fail_ttl,
+            max_entries: p.max_entries,
+            skip_networks: config.relay.trusted_networks.clone(),
+            enforce: p.mode == config::RuleMode::Enforce,
+            decisions: Decisions::register("pregreet"),
+            sessions: stack.driver_metrics.clone(),
+        })
+    })
+}
+
 /// Builds the connection stack's layers from `[connections]` once, and returns a factory of
 /// connection services: one per accept thread, all sharing the limits' state.
 pub fn build(
-    config: &Connections,
-    tarpit: &config::Tarpit,
+    full: &Config,
     stack: Stack,
     shutdown: Shutdown,
 ) -> impl Fn() -> ConnectionService + Send + Sync + 'static {
-    let refuse = Refuse::new(stack.driver_metrics.clone(), tarpit);
+    let config = &full.connections;
+    let refuse = Refuse::new(stack.driver_metrics.clone(), &full.tarpit);
+    let pregreet = pregreet_layer(full, &stack);
     let client = ClientKey::new(
         config.client_prefix_v4,
         config.client_prefix_v6,
@@ -286,6 +322,7 @@ pub fn build(
                 .option_layer(rate.clone())
                 .option_layer(per_client.clone())
                 .layer(global.clone())
+                .option_layer(pregreet.clone())
                 .service(session.clone()),
         )
     }

@@ -102,8 +102,7 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
         let shutdown = Shutdown::default();
         let stack = Stack::new(&config)?;
         let connections = Arc::new(connection::build(
-            &config.connections,
-            &config.tarpit,
+            &config,
             stack.clone(),
             shutdown.clone(),
         ));

@@ -4,6 +4,7 @@
 //! - [`access`]: allow/deny/skip rules on the client, HELO name, sender and recipient.
 //! - [`content`]: header checks and attachment (worm) blocking on the message itself.
 //! - [`greylist`]: greylisting of (client network, sender, recipient) at RCPT TO.
+//! - [`pregreet`]: the early-talker test before the greeting (connection stack).
 //!
 //! The generic protections (limits, throttle, tarpit) are in `attitude-layers`; these know SMTP.
 
@@ -11,5 +12,6 @@ pub mod access;
 pub mod content;
 mod decisions;
 pub mod greylist;
+pub mod pregreet;
 
 pub use decisions::Decisions;

@@ -22,6 +22,13 @@ impl Client {
     /// Connects from a chosen loopback source address (e.g. 127.0.0.2) and reads the greeting,
     /// whatever it is: `(client, greeting)`.
     pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> (Self, String) {
+        let mut client = Self::connect_raw_from(addr, source);
+        let greeting = client.try_reply().unwrap_or_default();
+        (client, greeting)
+    }
+
+    /// Connects from a chosen loopback source address without reading anything.
+    pub fn connect_raw_from(addr: SocketAddr, source: std::net::IpAddr) -> Self {
         let domain = if source.is_ipv4() {
             socket2::Domain::IPV4
         } else {
@@ -34,9 +41,7 @@ impl Client {
         socket
             .connect(&addr.into())
             .unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"));
-        let mut client = Self::from_stream(socket.into());
-        let greeting = client.try_reply().unwrap_or_default();
-        (client, greeting)
+        Self::from_stream(socket.into())
     }
 
     /// Connects without reading anything.

@@ -1,0 +1,119 @@
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use attitude_service::driver::DriverMetrics;
+use tokio::net::TcpStream;
+use tower_layer::Layer;
+
+use super::Pregreet;
+use crate::Decisions;
+
+/// A connection the pregreet test can run on.
+pub trait Greetable {
+    /// The client's address.
+    fn client(&self) -> IpAddr;
+    /// The socket.
+    fn stream(&mut self) -> &mut TcpStream;
+}
+
+/// What happens to an early talker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PregreetAction {
+    /// Greet it, answer its first command with `554 5.5.1`, close.
+    Reject,
+    /// Close the connection at once.
+    Drop,
+}
+
+/// Pregreet settings.
+pub struct PregreetConfig {
+    /// How long to wait before the greeting.
+    pub pause: Duration,
+    /// Send `220-` as a first line before the pause.
+    pub multiline: bool,
+    /// The name in the greeting.
+    pub hostname: String,
+    /// What happens to an early talker.
+    pub action: PregreetAction,
+    /// A client that waited is greeted at once for this long.
+    pub pass_ttl: Duration,
+    /// An early talker is refused at once for this long.
+    pub fail_ttl: Duration,
+    /// Most clients remembered.
+    pub max_entries: usize,
+    /// Clients never tested (trusted networks).
+    pub skip_networks: Vec<ipnet::IpNet>,
+    /// Enforce or dry-run (early talkers counted and logged, then served).
+    pub enforce: bool,
+    /// `policy="pregreet"` decisions.
+    pub decisions: Decisions,
+    /// Refusals count as refused sessions.
+    pub sessions: Arc<DriverMetrics>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Memory {
+    Passed,
+    Failed,
+}
+
+/// What the pregreet test remembers about clients.
+pub(super) struct Shared {
+    pub(super) config: PregreetConfig,
+    memory: Mutex<HashMap<IpAddr, (Memory, Instant)>>,
+}
+
+impl Shared {
+    pub(super) fn recall(&self, client: IpAddr) -> Option<Memory> {
+        let memory = self.memory.lock().expect("pregreet lock");
+        memory
+            .get(&client)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(m, _)| *m)
+    }
+
+    pub(super) fn remember(&self, client: IpAddr, what: Memory) {
+        let ttl = match what {
+            Memory::Passed => self.config.pass_ttl,
+            Memory::Failed => self.config.fail_ttl,
+        };
+        let now = Instant::now();
+        let mut memory = self.memory.lock().expect("pregreet lock");
+        if memory.len() >= self.config.max_entries {
+            memory.retain(|_, (_, until)| *until > now);
+            if memory.len() >= self.config.max_entries {
+                // Still full of live entries: forget them (clients take the test again).
+                memory.clear();
+            }
+        }
+        memory.insert(client, (what, now + ttl));
+    }
+}
+
+/// Adds [`Pregreet`]. Clones share what is remembered.
+#[derive(Clone)]
+pub struct PregreetLayer {
+    shared: Arc<Shared>,
+}
+
+impl PregreetLayer {
+    /// A layer with these settings.
+    pub fn new(config: PregreetConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                memory: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for PregreetLayer {
+    type Service = Pregreet<S>;
+
+    fn layer(&self, inner: S) -> Pregreet<S> {
+        Pregreet::new(inner, self.shared.clone())
+    }
+}
