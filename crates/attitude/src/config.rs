@@ -39,6 +39,10 @@ pub struct Config {
     pub greylist: Greylist,
     /// The early-talker test before the greeting.
     pub pregreet: Pregreet,
+    /// DNS resolver settings (DNSBL lookups).
+    pub dns: Dns,
+    /// DNSBL/DNSWL scoring at connect.
+    pub dnsbl: DnsblSection,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -66,6 +70,8 @@ impl Default for Config {
             access: Access::default(),
             greylist: Greylist::default(),
             pregreet: Pregreet::default(),
+            dns: Dns::default(),
+            dnsbl: DnsblSection::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -524,6 +530,61 @@ pub enum PregreetActionConfig {
     Drop,
 }
 
+/// `[dns]`: the resolver attitude's own lookups use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Nameservers as IP:PORT (empty: the system's, from /etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    /// How long one client's lookups may take.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[dnsbl]`: DNSBL/DNSWL scoring at connect, postscreen style.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsblSection {
+    /// Score clients at all.
+    pub enabled: bool,
+    /// `zone[=answer filter][*weight]`, e.g. `"zen.spamhaus.org=127.0.0.[2..11]*3"`.
+    pub zones: Vec<String>,
+    /// Refused (554 5.7.1) at or over this score.
+    pub threshold: i32,
+    /// Exempt from greylisting at or under this score (DNSWL).
+    pub allowlist_threshold: i32,
+    /// How long a score is reused.
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
+    /// Most scores cached.
+    pub max_cache: usize,
+    /// Enforce or dry-run.
+    pub mode: RuleMode,
+}
+
+impl Default for DnsblSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            zones: Vec::new(),
+            threshold: 1,
+            allowlist_threshold: -1,
+            cache_ttl: Duration::from_secs(600),
+            max_cache: 100_000,
+            mode: RuleMode::Enforce,
+        }
+    }
+}
+
 /// What a rate rule counts by.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -822,6 +883,24 @@ impl Config {
             );
         }
         crate::stack::access_rules(&self.access).map_err(ConfigError::Invalid)?;
+        if self.dnsbl.enabled {
+            if self.dnsbl.zones.is_empty() {
+                return invalid(
+                    "[dnsbl] enabled with no zones: list them, e.g. zones = \
+                     [\"zen.spamhaus.org=127.0.0.[2..11]*3\"]"
+                        .into(),
+                );
+            }
+            for zone in &self.dnsbl.zones {
+                attitude_policy::dnsbl::Zone::parse(zone).map_err(ConfigError::Invalid)?;
+            }
+            if self.dnsbl.allowlist_threshold >= self.dnsbl.threshold {
+                return invalid("[dnsbl] allowlist_threshold must be below threshold".into());
+            }
+        }
+        if self.dns.timeout.is_zero() {
+            return invalid("[dns] timeout must be longer than 0".into());
+        }
         if self.pregreet.enabled && self.pregreet.pause.is_zero() {
             return invalid("[pregreet] pause must be longer than 0 (e.g. \"6s\")".into());
         }

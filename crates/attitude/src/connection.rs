@@ -1,7 +1,8 @@
 //! The connection stack: one call per accepted client, whose future is the whole session.
 //!
 //! ```text
-//! rate per client ─► sessions per client ─► global session cap ─► pregreet ─► SessionService (driver)
+//! rate per client ─► sessions per client ─► global session cap ─► DNSBL ─► pregreet
+//!     ─► SessionService (driver)
 //! ```
 //! Because the response future is the session, a concurrency permit lives exactly as long as the
 //! session. A refusal writes its SMTP reply and closes the connection (not a reset, not a hang in
@@ -20,11 +21,12 @@ use attitude_layers::keyed_concurrency::KeyedConcurrencyLayer;
 use attitude_layers::rate_limit::RateLimitLayer;
 use attitude_layers::tarpit::{Tarpit, TarpitLayer, TarpitMetrics};
 use attitude_layers::{LimitMetrics, Reject, Rejection};
-use attitude_policy::Decisions;
-use attitude_policy::pregreet::{Greetable, PregreetAction, PregreetConfig, PregreetLayer};
+use attitude_policy::dnsbl::{Dnsbl, DnsblConfig, DnsblLayer, Zone};
+use attitude_policy::pregreet::{PregreetAction, PregreetConfig, PregreetLayer};
+use attitude_policy::{Accepted, Decisions};
 use attitude_service::driver::{self, DriverMetrics, SessionResult, SessionSummary, Shutdown};
 use attitude_service::errors::retry_hint;
-use attitude_service::{BoxFuture, Session};
+use attitude_service::{BoxFuture, Marks, Session};
 use governor::Quota;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -44,6 +46,8 @@ pub struct Connection {
     pub id: u64,
     /// Client address.
     pub client: SocketAddr,
+    /// What the connection stack's policies concluded, handed on to the session.
+    pub marks: Arc<Marks>,
 }
 
 /// The assembled connection stack.
@@ -70,7 +74,8 @@ impl Service<Connection> for SessionService {
         // flood should cost as few system calls as possible.
         let _ = conn.io.set_nodelay(true);
         let local = conn.io.local_addr().unwrap_or(conn.client);
-        let session = Session::new(conn.id, conn.client, local);
+        let mut session = Session::new(conn.id, conn.client, local);
+        session.marks = conn.marks;
         let service = self.stack.command_service();
         let config = self.stack.driver.clone();
         let metrics = self.stack.driver_metrics.clone();
@@ -193,7 +198,7 @@ impl Refuse {
     }
 }
 
-impl Greetable for Connection {
+impl Accepted for Connection {
     fn client(&self) -> std::net::IpAddr {
         self.client.ip()
     }
@@ -201,6 +206,36 @@ impl Greetable for Connection {
     fn stream(&mut self) -> &mut TcpStream {
         &mut self.io
     }
+
+    fn marks(&self) -> &Marks {
+        &self.marks
+    }
+}
+
+/// `[dnsbl]`, before pregreet: a listed client is refused before any pause.
+fn dnsbl_layer(config: &Config, stack: &Stack) -> Result<Option<DnsblLayer>, String> {
+    let d = &config.dnsbl;
+    if !d.enabled {
+        return Ok(None);
+    }
+    let zones = d
+        .zones
+        .iter()
+        .map(|z| Zone::parse(z))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dnsbl = Dnsbl::new(DnsblConfig {
+        zones,
+        threshold: d.threshold,
+        allowlist_threshold: d.allowlist_threshold,
+        nameservers: (!config.dns.nameservers.is_empty()).then(|| config.dns.nameservers.clone()),
+        timeout: config.dns.timeout,
+        cache_ttl: d.cache_ttl,
+        max_cache: d.max_cache,
+        enforce: d.mode == config::RuleMode::Enforce,
+        decisions: Decisions::register("dnsbl"),
+        sessions: stack.driver_metrics.clone(),
+    })?;
+    Ok(Some(DnsblLayer::new(Arc::new(dnsbl))))
 }
 
 /// `[pregreet]`, innermost: the pause holds the session's slot, as the session would.
@@ -232,10 +267,11 @@ pub fn build(
     full: &Config,
     stack: Stack,
     shutdown: Shutdown,
-) -> impl Fn() -> ConnectionService + Send + Sync + 'static {
+) -> Result<impl Fn() -> ConnectionService + Send + Sync + 'static, String> {
     let config = &full.connections;
     let refuse = Refuse::new(stack.driver_metrics.clone(), &full.tarpit);
     let pregreet = pregreet_layer(full, &stack);
+    let dnsbl = dnsbl_layer(full, &stack)?;
     let client = ClientKey::new(
         config.client_prefix_v4,
         config.client_prefix_v6,
@@ -316,14 +352,15 @@ pub fn build(
 
     // One box for the whole stack: optional layers are `Either`s, not boxes of their own (every
     // session carries its connection stack's future, and idle sessions are what floods are made of).
-    move || {
+    Ok(move || {
         BoxService::new(
             ServiceBuilder::new()
                 .option_layer(rate.clone())
                 .option_layer(per_client.clone())
                 .layer(global.clone())
+                .option_layer(dnsbl.clone())
                 .option_layer(pregreet.clone())
                 .service(session.clone()),
         )
-    }
+    })
 }

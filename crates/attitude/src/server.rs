@@ -105,7 +105,7 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
             &config,
             stack.clone(),
             shutdown.clone(),
-        ));
+        )?);
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
         let ids = Arc::new(AtomicU64::new(1));
@@ -183,6 +183,7 @@ async fn accept_loop(
             io,
             id: ids.fetch_add(1, Ordering::Relaxed),
             client,
+            marks: Arc::default(),
         };
         // The connection stack never waits: its layers refuse instead (load shedding).
         let Ok(service) = connections.ready().await;

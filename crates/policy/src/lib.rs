@@ -2,6 +2,7 @@
 //! `dry-run` modes and a decision counter `attitude_policy_decisions_total{policy,action}`:
 //!
 //! - [`access`]: allow/deny/skip rules on the client, HELO name, sender and recipient.
+//! - [`dnsbl`]: DNSBL/DNSWL scoring of the client at connect (connection stack).
 //! - [`content`]: header checks and attachment (worm) blocking on the message itself.
 //! - [`greylist`]: greylisting of (client network, sender, recipient) at RCPT TO.
 //! - [`pregreet`]: the early-talker test before the greeting (connection stack).
@@ -11,7 +12,18 @@
 pub mod access;
 pub mod content;
 mod decisions;
+pub mod dnsbl;
 pub mod greylist;
 pub mod pregreet;
 
 pub use decisions::Decisions;
+
+/// An accepted connection, as the connection-stack policies (pregreet, DNSBL) see it.
+pub trait Accepted {
+    /// The client's address.
+    fn client(&self) -> std::net::IpAddr;
+    /// The socket.
+    fn stream(&mut self) -> &mut tokio::net::TcpStream;
+    /// What policies conclude about the client, handed on to the session.
+    fn marks(&self) -> &attitude_service::Marks;
+}

@@ -8,9 +8,11 @@
 //! Everything binds loopback only, on ports the test chose (port 0 where the peer allows it).
 
 mod client;
+mod dns;
 mod peer;
 
 pub use client::Client;
+pub use dns::{DnsServer, silent_nameserver};
 pub use peer::{
     Attitude, Peer, Recorded, Recorder, SmtpSink, attitude_bin, free_port, require_tool,
     scratch_dir, smtplib, wait_for,

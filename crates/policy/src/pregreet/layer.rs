@@ -4,19 +4,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use attitude_service::driver::DriverMetrics;
-use tokio::net::TcpStream;
 use tower_layer::Layer;
 
 use super::Pregreet;
 use crate::Decisions;
-
-/// A connection the pregreet test can run on.
-pub trait Greetable {
-    /// The client's address.
-    fn client(&self) -> IpAddr;
-    /// The socket.
-    fn stream(&mut self) -> &mut TcpStream;
-}
 
 /// What happens to an early talker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

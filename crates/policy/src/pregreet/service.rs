@@ -7,8 +7,9 @@ use attitude_service::driver::{SessionResult, SessionSummary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_service::Service;
 
+use super::PregreetAction;
 use super::layer::{Memory, Shared};
-use super::{Greetable, PregreetAction};
+use crate::Accepted;
 
 /// How long an early talker's first command may take to arrive.
 const FIRST_COMMAND_WAIT: Duration = Duration::from_secs(10);
@@ -42,7 +43,7 @@ enum Test {
 
 impl<S, C> Service<C> for Pregreet<S>
 where
-    C: Greetable + Send + 'static,
+    C: Accepted + Send + 'static,
     S: Service<C, Response = SessionSummary> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,

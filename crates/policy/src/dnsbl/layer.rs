@@ -1,0 +1,202 @@
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use attitude_service::address::canonical_ip;
+use attitude_service::driver::DriverMetrics;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{Resolver, TokioResolver};
+use metrics::Counter;
+use tower_layer::Layer;
+
+use super::{DnsblService, Zone};
+use crate::Decisions;
+
+/// DNSBL settings.
+pub struct DnsblConfig {
+    /// The lists.
+    pub zones: Vec<Zone>,
+    /// Refused at or over this score.
+    pub threshold: i32,
+    /// Exempt from the other checks at or under this score.
+    pub allowlist_threshold: i32,
+    /// Nameservers (`None`: the system's, from /etc/resolv.conf).
+    pub nameservers: Option<Vec<SocketAddr>>,
+    /// How long the lookups of one client may take together.
+    pub timeout: Duration,
+    /// How long a score is reused.
+    pub cache_ttl: Duration,
+    /// Most scores cached.
+    pub max_cache: usize,
+    /// Enforce or dry-run.
+    pub enforce: bool,
+    /// `policy="dnsbl"` decisions.
+    pub decisions: Decisions,
+    /// Refusals count as refused sessions.
+    pub sessions: Arc<DriverMetrics>,
+}
+
+/// A client's score and who listed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Score {
+    /// The sum of the weights of the zones that list the client.
+    pub total: i32,
+    /// The zones that list it.
+    pub listed_by: Vec<String>,
+    /// Zones that did not answer in time (they count as not listing).
+    pub errors: usize,
+}
+
+struct ZoneMetrics {
+    listed: Counter,
+    clean: Counter,
+    error: Counter,
+}
+
+/// The resolver, the zones and the cache, shared by every session.
+pub struct Dnsbl {
+    pub(super) config: DnsblConfig,
+    resolver: TokioResolver,
+    cache: Mutex<HashMap<IpAddr, (Score, Instant)>>,
+    zone_metrics: Vec<ZoneMetrics>,
+    cache_hits: Counter,
+}
+
+impl Dnsbl {
+    /// Builds the resolver (an error names what is wrong with the nameservers).
+    pub fn new(config: DnsblConfig) -> Result<Self, String> {
+        let provider = TokioRuntimeProvider::default();
+        let mut builder = match &config.nameservers {
+            Some(servers) => {
+                let servers = servers
+                    .iter()
+                    .map(|addr| {
+                        let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                        for connection in &mut ns.connections {
+                            connection.port = addr.port();
+                        }
+                        ns
+                    })
+                    .collect();
+                Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+            }
+            None => Resolver::builder(provider).map_err(|e| {
+                format!("cannot read the system's DNS configuration: {e}; set [dns] nameservers")
+            })?,
+        };
+        let options = builder.options_mut();
+        options.timeout = config.timeout;
+        options.attempts = 1;
+        let resolver = builder
+            .build()
+            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        let zone_metrics = config
+            .zones
+            .iter()
+            .map(|zone| {
+                let result = |r: &'static str| {
+                    metrics::counter!("attitude_dnsbl_lookups_total", "zone" => zone.name.clone(), "result" => r)
+                };
+                ZoneMetrics {
+                    listed: result("listed"),
+                    clean: result("not_listed"),
+                    error: result("error"),
+                }
+            })
+            .collect();
+        Ok(Self {
+            config,
+            resolver,
+            cache: Mutex::new(HashMap::new()),
+            zone_metrics,
+            cache_hits: metrics::counter!("attitude_dnsbl_cache_hits_total"),
+        })
+    }
+
+    /// The score of `ip`: from the cache, or from every zone at once.
+    pub async fn score(&self, ip: IpAddr) -> Score {
+        let ip = canonical_ip(ip);
+        if let Some((score, until)) = self.cache.lock().expect("dnsbl cache").get(&ip)
+            && *until > Instant::now()
+        {
+            self.cache_hits.increment(1);
+            return score.clone();
+        }
+        let lookups = self.config.zones.iter().zip(&self.zone_metrics).map(|(zone, m)| async move {
+            let name = zone.query(ip);
+            match tokio::time::timeout(self.config.timeout, self.resolver.ipv4_lookup(name)).await {
+                Ok(Ok(lookup)) => {
+                    let listed = lookup.answers().iter().any(|r| match &r.data {
+                        RData::A(a) => zone.counts(a.0),
+                        _ => false,
+                    });
+                    if listed { m.listed.increment(1) } else { m.clean.increment(1) }
+                    Some(listed)
+                }
+                Ok(Err(e)) if e.is_no_records_found() => {
+                    m.clean.increment(1);
+                    Some(false)
+                }
+                Ok(Err(error)) => {
+                    m.error.increment(1);
+                    tracing::warn!(zone = %zone.name, %error, "DNSBL lookup failed");
+                    None
+                }
+                Err(_elapsed) => {
+                    m.error.increment(1);
+                    tracing::warn!(zone = %zone.name, timeout = ?self.config.timeout, "DNSBL lookup timed out");
+                    None
+                }
+            }
+        });
+        let results = futures::future::join_all(lookups).await;
+        let mut score = Score::default();
+        for (zone, result) in self.config.zones.iter().zip(results) {
+            match result {
+                Some(true) => {
+                    score.total += zone.weight;
+                    score.listed_by.push(zone.name.clone());
+                }
+                Some(false) => {}
+                None => score.errors += 1,
+            }
+        }
+        if score.errors == 0 {
+            // A score with failed lookups is not kept: the next connection asks again.
+            let now = Instant::now();
+            let mut cache = self.cache.lock().expect("dnsbl cache");
+            if cache.len() >= self.config.max_cache {
+                cache.retain(|_, (_, until)| *until > now);
+                if cache.len() >= self.config.max_cache {
+                    cache.clear();
+                }
+            }
+            cache.insert(ip, (score.clone(), now + self.config.cache_ttl));
+        }
+        score
+    }
+}
+
+/// Adds [`DnsblService`].
+#[derive(Clone)]
+pub struct DnsblLayer {
+    dnsbl: Arc<Dnsbl>,
+}
+
+impl DnsblLayer {
+    /// A layer over a shared [`Dnsbl`].
+    pub fn new(dnsbl: Arc<Dnsbl>) -> Self {
+        Self { dnsbl }
+    }
+}
+
+impl<S> Layer<S> for DnsblLayer {
+    type Service = DnsblService<S>;
+
+    fn layer(&self, inner: S) -> DnsblService<S> {
+        DnsblService::new(inner, self.dnsbl.clone())
+    }
+}

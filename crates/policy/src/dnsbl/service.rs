@@ -1,0 +1,90 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use attitude_service::BoxFuture;
+use attitude_service::driver::{SessionResult, SessionSummary};
+use tokio::io::AsyncWriteExt;
+use tower_service::Service;
+
+use super::Dnsbl;
+use crate::Accepted;
+
+/// Scores the client, then refuses it or runs the session; see the module docs.
+pub struct DnsblService<S> {
+    inner: S,
+    dnsbl: Arc<Dnsbl>,
+}
+
+impl<S: Clone> Clone for DnsblService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            dnsbl: self.dnsbl.clone(),
+        }
+    }
+}
+
+impl<S> DnsblService<S> {
+    pub(super) fn new(inner: S, dnsbl: Arc<Dnsbl>) -> Self {
+        Self { inner, dnsbl }
+    }
+}
+
+impl<S, C> Service<C> for DnsblService<S>
+where
+    C: Accepted + Send + 'static,
+    S: Service<C, Response = SessionSummary> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = SessionSummary;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<SessionSummary, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut conn: C) -> Self::Future {
+        // The inner service was made ready for this call: it goes with the future.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let dnsbl = self.dnsbl.clone();
+        Box::pin(async move {
+            let config = &dnsbl.config;
+            let client = conn.client();
+            let score = dnsbl.score(client).await;
+            if score.total >= config.threshold {
+                let listed = score.listed_by.join(", ");
+                if !config.enforce {
+                    config.decisions.would_reject.increment(1);
+                    tracing::info!(%client, score = score.total, %listed, "DNSBL would refuse (dry-run)");
+                    return inner.call(conn).await;
+                }
+                config.decisions.reject.increment(1);
+                tracing::info!(%client, score = score.total, %listed, "DNSBL refused");
+                let reply = format!(
+                    "554 5.7.1 Service unavailable; client [{client}] blocked using {listed}\r\n"
+                );
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    conn.stream().write_all(reply.as_bytes()),
+                )
+                .await;
+                config.sessions.record_refused();
+                return Ok(SessionSummary::unstarted(
+                    SessionResult::Refused,
+                    reply.len() as u64,
+                ));
+            }
+            config.decisions.allow.increment(1);
+            if score.total <= config.allowlist_threshold {
+                conn.marks().mark_exempt("dnswl");
+            } else if score.total > 0 {
+                conn.marks().mark_suspicious("dnsbl score");
+            }
+            inner.call(conn).await
+        })
+    }
+}

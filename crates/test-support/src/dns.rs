@@ -1,0 +1,85 @@
+//! An in-process DNS server (hickory-server) answering A records from a fixed table, for the
+//! DNSBL tests: never the internet.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_server::Server;
+use hickory_server::proto::rr::rdata::{A, SOA};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+
+/// A DNS server on 127.0.0.1 (UDP), authoritative for one zone, on a thread of its own.
+pub struct DnsServer {
+    /// Its address, for `[dns] nameservers`.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DnsServer {
+    /// Serves `zone` (e.g. `"test."`) with these A records (`("2.0.0.127.bl.test.", ip)`).
+    pub fn start(zone: &str, records: &[(&str, Ipv4Addr)]) -> DnsServer {
+        let origin = Name::from_str(zone).expect("zone name");
+        let mut handler: InMemoryZoneHandler<TokioRuntimeProvider> =
+            InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+        let soa = SOA::new(
+            Name::from_str("ns.invalid.").expect("name"),
+            Name::from_str("hostmaster.invalid.").expect("name"),
+            1,
+            60,
+            60,
+            60,
+            60,
+        );
+        handler.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
+        for (name, ip) in records {
+            let name = Name::from_str(name).expect("record name");
+            handler.upsert_mut(Record::from_rdata(name, 60, RData::A(A(*ip))), 1);
+        }
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind DNS");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let addr = socket.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut server = Server::new(catalog);
+                server.register_socket(tokio::net::UdpSocket::from_std(socket).expect("socket"));
+                let _ = stopped.await;
+                let _ = server.shutdown_gracefully().await;
+            });
+        });
+        DnsServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A UDP socket on 127.0.0.1 that never answers: a nameserver that times out.
+pub fn silent_nameserver() -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("address");
+    (socket, addr)
+}
