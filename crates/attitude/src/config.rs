@@ -43,6 +43,8 @@ pub struct Config {
     pub dns: Dns,
     /// DNSBL/DNSWL scoring at connect.
     pub dnsbl: DnsblSection,
+    /// SPF at MAIL FROM.
+    pub spf: SpfSection,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -72,6 +74,7 @@ impl Default for Config {
             pregreet: Pregreet::default(),
             dns: Dns::default(),
             dnsbl: DnsblSection::default(),
+            spf: SpfSection::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -581,6 +584,25 @@ impl Default for DnsblSection {
             cache_ttl: Duration::from_secs(600),
             max_cache: 100_000,
             mode: RuleMode::Enforce,
+        }
+    }
+}
+
+/// `[spf]`: SPF (RFC 7208) at MAIL FROM, through the `[dns]` resolver.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpfSection {
+    /// Check SPF at all.
+    pub enabled: bool,
+    /// Refuse `fail` with 550 5.7.23 (false: only count it).
+    pub reject_fail: bool,
+}
+
+impl Default for SpfSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            reject_fail: true,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! ```text
 //! connection stack (connection.rs)            rate -> per-client sessions -> global cap -> session
 //! command stack    (Service<Request, Reply>)  SmtpMetrics -> Tarpit -> Protocol -> Access
-//!                                             -> RelayControl -> Greylist
+//!                                             -> RelayControl -> SPF -> Greylist
 //!                                             -> Throttle -> [[rates]] -> Content -> Relay
 //! ```
 
@@ -23,6 +23,7 @@ use attitude_policy::content::{
     AttachmentRules, ByteBudget, ContentConfig, ContentLayer, HeaderAction, HeaderCheck,
 };
 use attitude_policy::greylist::{Greylist, GreylistConfig, GreylistLayer, Timing, system_clock};
+use attitude_policy::spf::{SpfConfig, SpfLayer};
 use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
 use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
@@ -126,6 +127,7 @@ impl Stack {
             policies: access_layer(config)
                 .into_iter()
                 .chain(std::iter::once(relay_control_layer(config)))
+                .chain(spf_layer(config)?)
                 .chain(greylist.clone().map(|greylist| {
                     let layer = GreylistLayer::new(greylist);
                     Arc::new(move |inner: BoxCommand| BoxCommand::new(layer.layer(inner)))
@@ -346,6 +348,28 @@ fn access_layer(config: &Config) -> Option<CommandLayer> {
     Some(Arc::new(move |inner: BoxCommand| {
         BoxCommand::new(layer.layer(inner))
     }))
+}
+
+/// `[spf]` as a command layer, after relay control (a relay attempt costs no DNS).
+fn spf_layer(config: &Config) -> Result<Option<CommandLayer>, String> {
+    if !config.spf.enabled {
+        return Ok(None);
+    }
+    let nameservers = &config.dns.nameservers;
+    let layer = SpfLayer::new(SpfConfig {
+        resolver: attitude_policy::dns::resolver(
+            (!nameservers.is_empty()).then_some(nameservers.as_slice()),
+            config.dns.timeout,
+        )?,
+        hostname: config.hostname.clone(),
+        reject_fail: config.spf.reject_fail,
+        timeout: config.dns.timeout,
+        trusted_networks: config.relay.trusted_networks.clone(),
+        decisions: Decisions::register("spf"),
+    });
+    Ok(Some(Arc::new(move |inner: BoxCommand| {
+        BoxCommand::new(layer.layer(inner))
+    })))
 }
 
 /// `[greylist]`, loaded from its file.

@@ -4,6 +4,7 @@
 //! - [`access`]: allow/deny/skip rules on the client, HELO name, sender and recipient.
 //! - [`dnsbl`]: DNSBL/DNSWL scoring of the client at connect (connection stack).
 //! - [`content`]: header checks and attachment (worm) blocking on the message itself.
+//! - [`spf`]: SPF at MAIL FROM.
 //! - [`greylist`]: greylisting of (client network, sender, recipient) at RCPT TO.
 //! - [`pregreet`]: the early-talker test before the greeting (connection stack).
 //!
@@ -12,9 +13,11 @@
 pub mod access;
 pub mod content;
 mod decisions;
+pub mod dns;
 pub mod dnsbl;
 pub mod greylist;
 pub mod pregreet;
+pub mod spf;
 
 pub use decisions::Decisions;
 

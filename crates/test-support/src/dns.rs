@@ -7,10 +7,19 @@ use std::sync::Arc;
 
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_server::Server;
-use hickory_server::proto::rr::rdata::{A, SOA};
+use hickory_server::proto::rr::rdata::{A, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+
+/// A record the test server answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Rr<'a> {
+    /// An IPv4 address.
+    A(Ipv4Addr),
+    /// A text record (e.g. SPF).
+    Txt(&'a str),
+}
 
 /// A DNS server on 127.0.0.1 (UDP), authoritative for one zone, on a thread of its own.
 pub struct DnsServer {
@@ -21,8 +30,8 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    /// Serves `zone` (e.g. `"test."`) with these A records (`("2.0.0.127.bl.test.", ip)`).
-    pub fn start(zone: &str, records: &[(&str, Ipv4Addr)]) -> DnsServer {
+    /// Serves `zone` (e.g. `"test."`) with these records (`("2.0.0.127.bl.test.", Rr::A(ip))`).
+    pub fn start(zone: &str, records: &[(&str, Rr<'_>)]) -> DnsServer {
         let origin = Name::from_str(zone).expect("zone name");
         let mut handler: InMemoryZoneHandler<TokioRuntimeProvider> =
             InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
@@ -36,9 +45,13 @@ impl DnsServer {
             60,
         );
         handler.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
-        for (name, ip) in records {
+        for (name, rr) in records {
             let name = Name::from_str(name).expect("record name");
-            handler.upsert_mut(Record::from_rdata(name, 60, RData::A(A(*ip))), 1);
+            let data = match rr {
+                Rr::A(ip) => RData::A(A(*ip)),
+                Rr::Txt(text) => RData::TXT(TXT::new(vec![(*text).to_string()])),
+            };
+            handler.upsert_mut(Record::from_rdata(name, 60, data), 1);
         }
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);

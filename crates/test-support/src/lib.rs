@@ -12,7 +12,7 @@ mod dns;
 mod peer;
 
 pub use client::Client;
-pub use dns::{DnsServer, silent_nameserver};
+pub use dns::{DnsServer, Rr, silent_nameserver};
 pub use peer::{
     Attitude, Peer, Recorded, Recorder, SmtpSink, attitude_bin, free_port, require_tool,
     scratch_dir, smtplib, wait_for,

@@ -5,10 +5,8 @@ use std::time::{Duration, Instant};
 
 use attitude_service::address::canonical_ip;
 use attitude_service::driver::DriverMetrics;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::{Resolver, TokioResolver};
 use metrics::Counter;
 use tower_layer::Layer;
 
@@ -68,31 +66,7 @@ pub struct Dnsbl {
 impl Dnsbl {
     /// Builds the resolver (an error names what is wrong with the nameservers).
     pub fn new(config: DnsblConfig) -> Result<Self, String> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = match &config.nameservers {
-            Some(servers) => {
-                let servers = servers
-                    .iter()
-                    .map(|addr| {
-                        let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                        for connection in &mut ns.connections {
-                            connection.port = addr.port();
-                        }
-                        ns
-                    })
-                    .collect();
-                Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-            }
-            None => Resolver::builder(provider).map_err(|e| {
-                format!("cannot read the system's DNS configuration: {e}; set [dns] nameservers")
-            })?,
-        };
-        let options = builder.options_mut();
-        options.timeout = config.timeout;
-        options.attempts = 1;
-        let resolver = builder
-            .build()
-            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        let resolver = crate::dns::resolver(config.nameservers.as_deref(), config.timeout)?;
         let zone_metrics = config
             .zones
             .iter()

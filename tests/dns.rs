@@ -1,18 +1,19 @@
-//! DNSBL/DNSWL scoring end to end, against an in-process DNS server (hickory-server): a listed
-//! client is refused before the greeting, a weighted listing below the threshold is served, an
-//! allowlisted client skips greylisting, a DNS timeout fails open and is counted, dry-run counts.
+//! DNS policies end to end (DNSBL/DNSWL scoring, SPF) against an in-process DNS server
+//! (hickory-server), never the internet. DNSBL: a listed client is refused before the greeting,
+//! a weighted listing below the threshold is served, an allowlisted client skips greylisting, a
+//! DNS timeout fails open and is counted, dry-run counts. SPF: fail refused, the rest through.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use attitude_test_support::{Attitude, Client, DnsServer, Recorder, silent_nameserver};
+use attitude_test_support::{Attitude, Client, DnsServer, Recorder, Rr, silent_nameserver};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
 fn dns() -> DnsServer {
-    let a = |last| Ipv4Addr::new(127, 0, 0, last);
+    let a = |last| Rr::A(Ipv4Addr::new(127, 0, 0, last));
     DnsServer::start(
         "test.",
         &[
@@ -23,7 +24,7 @@ fn dns() -> DnsServer {
             ("3.0.0.127.weak.test.", a(2)),
             // 127.0.0.4: on the blocklist, but also on the allowlist.
             ("4.0.0.127.bl.test.", a(2)),
-            ("4.0.0.127.wl.test.", Ipv4Addr::new(127, 0, 9, 2)),
+            ("4.0.0.127.wl.test.", Rr::A(Ipv4Addr::new(127, 0, 9, 2))),
             // 127.0.0.6: a blocklist answer outside the filter (not a listing).
             ("6.0.0.127.bl.test.", a(1)),
         ],
@@ -134,6 +135,102 @@ fn dry_run_serves_listed_clients_and_counts_them() {
     assert_eq!(
         attitude
             .metric("attitude_policy_decisions_total{policy=\"dnsbl\",action=\"would_reject\"}"),
+        Some(1.0)
+    );
+}
+
+fn spf_dns() -> DnsServer {
+    DnsServer::start(
+        "test.",
+        &[
+            ("spf-pass.test.", Rr::Txt("v=spf1 ip4:127.0.0.0/8 -all")),
+            ("spf-fail.test.", Rr::Txt("v=spf1 ip4:192.0.2.1 -all")),
+            ("spf-soft.test.", Rr::Txt("v=spf1 ~all")),
+        ],
+    )
+}
+
+fn spf_config(nameserver: std::net::SocketAddr, reject_fail: bool) -> String {
+    format!(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [dns]\nnameservers = [\"{nameserver}\"]\ntimeout = \"1s\"\n\
+         [spf]\nenabled = true\nreject_fail = {reject_fail}\n"
+    )
+}
+
+fn mail_from(attitude: &Attitude, sender: &str) -> (String, Client) {
+    let (mut c, greeting) = Client::connect_from(attitude.smtp, ip(2));
+    assert!(greeting.starts_with("220"), "{greeting}");
+    assert!(c.cmd("EHLO spf.test").starts_with("250"));
+    (c.cmd(&format!("MAIL FROM:<{sender}>")), c)
+}
+
+#[test]
+fn spf_fail_is_refused_pass_and_softfail_go_through() {
+    let dns = spf_dns();
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(&spf_config(dns.addr, true), &[recorder.addr]);
+    let (r, mut c) = mail_from(&attitude, "forger@spf-fail.test");
+    assert!(r.starts_with("550 5.7.23"), "{r}");
+    // Nothing can follow the refused sender.
+    assert!(c.cmd("RCPT TO:<b@example.com>").starts_with("503"));
+    c.cmd("QUIT");
+    for sender in [
+        "real@spf-pass.test",
+        "maybe@spf-soft.test",
+        "nobody@nospf.test",
+    ] {
+        let (r, mut c) = mail_from(&attitude, sender);
+        assert!(r.starts_with("250"), "{sender}: {r}");
+        assert!(c.cmd("RCPT TO:<b@example.com>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(b"Subject: spf\r\n\r\nhello\r\n.\r\n");
+        assert!(c.reply().starts_with("250"));
+        c.cmd("QUIT");
+    }
+    let senders: Vec<String> = recorder
+        .messages()
+        .into_iter()
+        .map(|m| m.mail_from)
+        .collect();
+    assert_eq!(
+        senders,
+        [
+            "real@spf-pass.test",
+            "maybe@spf-soft.test",
+            "nobody@nospf.test"
+        ]
+    );
+    for (result, n) in [
+        ("fail", 1.0),
+        ("pass", 1.0),
+        ("softfail", 1.0),
+        ("none", 1.0),
+    ] {
+        assert_eq!(
+            attitude.metric(&format!(
+                "attitude_spf_results_total{{result=\"{result}\"}}"
+            )),
+            Some(n),
+            "{result}"
+        );
+    }
+    assert_eq!(
+        attitude.metric("attitude_policy_decisions_total{policy=\"spf\",action=\"reject\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn spf_fail_only_counted_when_not_rejecting() {
+    let dns = spf_dns();
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(&spf_config(dns.addr, false), &[recorder.addr]);
+    let (r, mut c) = mail_from(&attitude, "forger@spf-fail.test");
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+    assert_eq!(
+        attitude.metric("attitude_policy_decisions_total{policy=\"spf\",action=\"would_reject\"}"),
         Some(1.0)
     );
 }
