@@ -4,6 +4,7 @@
 #   make bench  release build against smtp-sink, HAProxy and nginx (../shared/bench), figures for the README
 #   make bench-flood  the DoS scenario (../shared/bench/flood.sh) in hold and slow modes
 #   make bench-limits what the limit stack costs: limits on vs off, same build, same run
+#   make bench-policies what the filtering policies cost: policies on vs off (local DNS server)
 #   make fuzz   the decoder's fuzz target for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
 
 SHELL := /bin/bash
@@ -12,7 +13,7 @@ LISTEN ?= 127.0.0.1:2525
 SINK ?= 127.0.0.1:2526
 ADMIN ?= 127.0.0.1:9325
 
-.PHONY: run deps test lint unit build bench bench-flood bench-limits fuzz clean
+.PHONY: run deps test lint unit build bench bench-flood bench-limits bench-policies fuzz clean
 
 run:
 	$(CARGO) build --release -p attitude
@@ -52,7 +53,10 @@ bench-flood:
 	bash scripts/flood.sh
 
 bench-limits:
-	bash scripts/limits-cost.sh
+	bash scripts/ab-cost.sh deploy/bench/limits-on.toml deploy/bench/limits-off.toml
+
+bench-policies:
+	bash scripts/policies-cost.sh
 
 # New inputs go to a scratch corpus; the committed seeds in corpus/decode are only read.
 # A crash lands in crates/codec/fuzz/artifacts/: copy it into corpus/decode as a regression test.

@@ -32,6 +32,11 @@ pub struct DnsServer {
 impl DnsServer {
     /// Serves `zone` (e.g. `"test."`) with these records (`("2.0.0.127.bl.test.", Rr::A(ip))`).
     pub fn start(zone: &str, records: &[(&str, Rr<'_>)]) -> DnsServer {
+        Self::start_on("127.0.0.1:0".parse().expect("address"), zone, records)
+    }
+
+    /// Like [`DnsServer::start`], on a chosen address.
+    pub fn start_on(addr: SocketAddr, zone: &str, records: &[(&str, Rr<'_>)]) -> DnsServer {
         let origin = Name::from_str(zone).expect("zone name");
         let mut handler: InMemoryZoneHandler<TokioRuntimeProvider> =
             InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
@@ -55,7 +60,7 @@ impl DnsServer {
         }
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind DNS");
+        let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind DNS on {addr}: {e}"));
         socket.set_nonblocking(true).expect("nonblocking");
         let addr = socket.local_addr().expect("address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
