@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a set of protections costs: two attitude instances (same release build) in front of the
 # same two smtp-sinks, ON_CONFIG (listening on 127.0.0.1:12801) and OFF_CONFIG (12802);
-# ../shared/bench/throughput.sh alternates between them, 10 sessions, 1 KB messages, one message
-# per session and many, REPS repetitions (default 3). Each instance gets a warm-up run first.
+# ../shared/bench/throughput.sh alternates between them: 1 KB messages, SESSIONS parallel
+# sessions (default "10"; "1 10 100" gives the 1 KB rows of baselines.sh), one message per session
+# and many, REPS repetitions (default 3). Each instance gets a warm-up run first.
 #   make bench-limits    = scripts/ab-cost.sh deploy/bench/limits-on.toml deploy/bench/limits-off.toml
 #   make bench-policies  = scripts/policies-cost.sh (starts a DNS server, then this)
 set -euo pipefail
@@ -12,6 +13,7 @@ OFF_CONFIG=${2:?OFF_CONFIG}
 BENCH=${BENCH_DIR:-$(cd .. && pwd)/shared/bench}
 STATE=${BENCH_STATE:-/tmp/smtp-bench}
 REPS=${REPS:-3}
+SESSIONS=${SESSIONS:-10}
 mkdir -p "$STATE"
 cargo build --release -p attitude
 bash "$BENCH/setup.sh" >/dev/null
@@ -25,13 +27,25 @@ sleep 1
 for target in 127.0.0.1:12801 127.0.0.1:12802; do
     bash "$BENCH/throughput.sh" --mode=new --label=warmup "$target" 2 20 1024 1 >/dev/null
 done
+: >"$STATE/ab-cost.txt"
 for rep in $(seq "$REPS"); do
-    for mode in new reuse; do
-        for target in on=127.0.0.1:12801 off=127.0.0.1:12802; do
-            msgs=20000; [ $mode = reuse ] && msgs=60000
-            bash "$BENCH/throughput.sh" --mode=$mode --label="${target%%=*}-$mode-$rep" "${target#*=}" 10 $msgs 1024 1 | grep '^RESULT'
+    for sessions in $SESSIONS; do
+        for mode in new reuse; do
+            for target in on=127.0.0.1:12801 off=127.0.0.1:12802; do
+                msgs=$((sessions == 1 ? 5000 : 20000)); [ $mode = reuse ] && msgs=$((msgs * 3))
+                bash "$BENCH/throughput.sh" --mode=$mode --label="${target%%=*}-s$sessions-$mode-$rep" \
+                    "${target#*=}" "$sessions" $msgs 1024 1 | grep '^RESULT' | tee -a "$STATE/ab-cost.txt"
+            done
         done
     done
 done
+# Medians per row: on, off, on/off.
+awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+       split(v["label"], l, "-"); row = l[2] "-" l[3]; n[l[1], row]++; x[l[1], row, n[l[1], row]] = v["msgs_per_s"]; rows[row] = 1 }
+     function median(side, row,   k, i, j, t, a) { k = n[side, row]; for (i = 1; i <= k; i++) a[i] = x[side, row, i]
+       for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+       return a[int((k + 1) / 2)] }
+     END { for (row in rows) printf "MEDIAN %s on=%.0f off=%.0f ratio=%.2f\n", row, median("on", row), median("off", row), median("on", row) / median("off", row) }' \
+    "$STATE/ab-cost.txt"
 echo "refusals on the ON instance (must be 0 for a fair comparison):"
 curl -s http://127.0.0.1:12891/metrics | grep -E '^attitude_policy_decisions_total\{.*action="(reject|defer)"\} [1-9]' || echo "none"

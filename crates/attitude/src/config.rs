@@ -596,6 +596,11 @@ pub struct SpfSection {
     pub enabled: bool,
     /// Refuse `fail` with 550 5.7.23 (false: only count it).
     pub reject_fail: bool,
+    /// How long a result for the same client address, sender and HELO is reused.
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
+    /// Most results cached.
+    pub max_cache: usize,
 }
 
 impl Default for SpfSection {
@@ -603,6 +608,8 @@ impl Default for SpfSection {
         Self {
             enabled: false,
             reject_fail: true,
+            cache_ttl: Duration::from_secs(60),
+            max_cache: 10_000,
         }
     }
 }

@@ -365,6 +365,8 @@ fn spf_layer(config: &Config) -> Result<Option<CommandLayer>, String> {
         reject_fail: config.spf.reject_fail,
         timeout: config.dns.timeout,
         trusted_networks: config.relay.trusted_networks.clone(),
+        cache_ttl: config.spf.cache_ttl,
+        max_cache: config.spf.max_cache,
         decisions: Decisions::register("spf"),
     });
     Ok(Some(Arc::new(move |inner: BoxCommand| {

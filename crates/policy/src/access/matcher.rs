@@ -77,25 +77,34 @@ impl Matcher {
 
     /// True when a HELO name or an address matches.
     pub fn value(&self, value: &str) -> bool {
+        self.normalized(&normalize(value))
+    }
+
+    /// [`Matcher::value`] for a value [`normalize`]d once for every rule.
+    pub fn normalized(&self, value: &str) -> bool {
         let (patterns, address) = match &self.0 {
             Kind::Names(p) => (p, false),
             Kind::Addresses(p) => (p, true),
             Kind::Networks(_) => return false,
         };
-        let value = value.trim_end_matches('.').to_lowercase();
         let domain = if address {
             value.rsplit_once('@').map(|(_, d)| d)
         } else {
-            Some(value.as_str())
+            Some(value)
         };
         patterns.iter().any(|p| match p {
-            Pattern::Exact(v) => *v == value,
+            Pattern::Exact(v) => v == value,
             Pattern::Domain(d) => domain == Some(d.as_str()),
             Pattern::Suffix(s) => domain.is_some_and(|d| d.ends_with(s.as_str())),
-            Pattern::Regex(r) => r.is_match(&value),
+            Pattern::Regex(r) => r.is_match(value),
             Pattern::Null => value.is_empty(),
         })
     }
+}
+
+/// A HELO name or an address as rules compare it: lower case, without a trailing dot.
+pub fn normalize(value: &str) -> String {
+    value.trim_end_matches('.').to_lowercase()
 }
 
 fn parse(value: &str, address: bool) -> Result<Pattern, String> {

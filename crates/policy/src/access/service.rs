@@ -1,3 +1,4 @@
+use std::cell::LazyCell;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -6,6 +7,7 @@ use attitude_layers::{Either, Mode};
 use attitude_service::{BoxError, Event, Request, Session};
 use tower_service::Service;
 
+use super::matcher::normalize;
 use super::{AccessAction, AccessConfig, AccessRule, Field, ResponseFuture};
 
 /// Applies the access lists; see the module docs.
@@ -29,14 +31,17 @@ fn first_match<'a>(
     sender: &str,
     recipient: Option<&str>,
 ) -> Option<&'a AccessRule> {
+    // Each value is normalised once, when a rule first needs it.
+    let helo = LazyCell::new(|| session.helo.as_ref().map(|h| normalize(&h.name)));
+    let sender = LazyCell::new(|| normalize(sender));
+    let recipient = LazyCell::new(|| recipient.map(normalize));
     rules.iter().find(|rule| match rule.field {
         Field::Client => rule.matcher.client(session.client.ip()),
-        Field::Helo => session
-            .helo
-            .as_ref()
-            .is_some_and(|h| rule.matcher.value(&h.name)),
-        Field::Sender => rule.matcher.value(sender),
-        Field::Recipient => recipient.is_some_and(|r| rule.matcher.value(r)),
+        Field::Helo => helo.as_deref().is_some_and(|h| rule.matcher.normalized(h)),
+        Field::Sender => rule.matcher.normalized(&sender),
+        Field::Recipient => recipient
+            .as_deref()
+            .is_some_and(|r| rule.matcher.normalized(r)),
     })
 }
 

@@ -1,7 +1,7 @@
 //! Header checks: regular expressions over each logical header line (`Name: value`, unfolded),
 //! in the spirit of Postfix's `header_checks`. The first rule that matches decides.
 
-use regex::Regex;
+use regex::bytes::Regex;
 
 /// What a matching header check does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,23 +49,26 @@ pub fn first_match<'a>(
     checks: &'a [HeaderCheck],
     header_section: &[u8],
 ) -> Option<(&'a HeaderCheck, String)> {
-    let text = String::from_utf8_lossy(header_section);
-    let mut logical = String::new();
-    let mut lines = text.split("\r\n").peekable();
+    // Bytes, not text: a header with 8-bit junk is still matched, and nothing is converted.
+    let mut logical: Vec<u8> = Vec::new();
+    let mut lines = header_section
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .peekable();
     while let Some(line) = lines.next() {
         if line.is_empty() {
             break;
         }
-        logical.push_str(line);
+        logical.extend_from_slice(line);
         // A line that starts with white space continues the header (RFC 5322 folding).
         if lines
             .peek()
-            .is_some_and(|next| next.starts_with([' ', '\t']))
+            .is_some_and(|next| next.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
         {
             continue;
         }
         if let Some(check) = checks.iter().find(|c| c.pattern.is_match(&logical)) {
-            return Some((check, logical));
+            return Some((check, String::from_utf8_lossy(&logical).into_owned()));
         }
         logical.clear();
     }

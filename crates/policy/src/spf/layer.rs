@@ -1,5 +1,7 @@
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use ipnet::IpNet;
@@ -22,17 +24,50 @@ pub struct SpfConfig {
     pub timeout: Duration,
     /// Clients never checked.
     pub trusted_networks: Vec<IpNet>,
+    /// How long a result for the same client address, sender and HELO is reused.
+    pub cache_ttl: Duration,
+    /// Most results cached.
+    pub max_cache: usize,
     /// `policy="spf"` decisions.
     pub decisions: Decisions,
 }
+
+/// A check's inputs: client address, sender (lower case), HELO name.
+pub(super) type Key = (IpAddr, String, String);
 
 pub(super) struct Shared {
     pub(super) authenticator: MessageAuthenticator,
     pub(super) config: SpfConfig,
     results: [Counter; 7],
+    cache: Mutex<HashMap<Key, (SpfResult, Instant)>>,
 }
 
 impl Shared {
+    /// A result still fresh for these inputs.
+    pub(super) fn cached(&self, key: &Key) -> Option<SpfResult> {
+        let cache = self.cache.lock().expect("spf cache");
+        cache
+            .get(key)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(result, _)| *result)
+    }
+
+    /// Keeps a result (not a temporary error) for `cache_ttl`.
+    pub(super) fn remember(&self, key: Key, result: SpfResult) {
+        if result == SpfResult::TempError || self.config.cache_ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.cache.lock().expect("spf cache");
+        if cache.len() >= self.config.max_cache {
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= self.config.max_cache {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (result, now + self.config.cache_ttl));
+    }
+
     pub(super) fn count(&self, result: SpfResult) {
         let i = match result {
             SpfResult::Pass => 0,
@@ -71,6 +106,7 @@ impl SpfLayer {
                     result("none"),
                 ],
                 config,
+                cache: Mutex::new(HashMap::new()),
             }),
         }
     }

@@ -49,25 +49,37 @@ where
         {
             return Either::inner(self.inner.call(req));
         }
-        let sender = mail.address.clone();
+        let sender = mail.address.to_lowercase();
         let helo = session
             .helo
             .as_ref()
-            .map_or_else(String::new, |h| h.name.clone());
+            .map_or_else(String::new, |h| h.name.to_lowercase());
         let (id, client) = (session.id, session.client);
         let shared = self.shared.clone();
         let check = async move {
-            let config = &shared.config;
-            let params = if sender.is_empty() {
-                SpfParameters::verify_ehlo(ip, &helo, &config.hostname)
-            } else {
-                SpfParameters::verify_mail_from(ip, &helo, &config.hostname, &sender)
+            let key = (ip, sender, helo);
+            let result = match shared.cached(&key) {
+                Some(result) => result,
+                None => {
+                    let (ip, sender, helo) = &key;
+                    let config = &shared.config;
+                    let params = if sender.is_empty() {
+                        SpfParameters::verify_ehlo(*ip, helo, &config.hostname)
+                    } else {
+                        SpfParameters::verify_mail_from(*ip, helo, &config.hostname, sender)
+                    };
+                    let output = tokio::time::timeout(
+                        config.timeout,
+                        shared.authenticator.verify_spf(params),
+                    )
+                    .await;
+                    let result = output.map_or(SpfResult::TempError, |o| o.result());
+                    shared.remember(key.clone(), result);
+                    result
+                }
             };
-            let output =
-                tokio::time::timeout(config.timeout, shared.authenticator.verify_spf(params)).await;
-            let result = output.map_or(SpfResult::TempError, |o| o.result());
             shared.count(result);
-            (result, sender, shared)
+            (result, key.1, shared)
         };
         let relayed = self.inner.call(req);
         Either::rejected(Box::pin(async move {
