@@ -11,6 +11,10 @@ Faults on demand, so tests can check that attitude hands back the backend's own 
   RCPT to a local part starting with  reject    -> 550 5.1.1
   a message with a header  X-Fault: data451      -> 451 4.3.0 at end of data (not stored)
   a message with a header  X-Fault: data550      -> 550 5.7.1 at end of data (not stored)
+
+With --auth USER:PASSWORD (repeatable) it offers AUTH PLAIN and LOGIN (without TLS: the tests
+run on loopback), checks the credentials, and stores the login of an authenticated session in
+NNNNNN.auth next to the message.
 """
 
 import argparse
@@ -18,7 +22,7 @@ import asyncio
 import os
 import re
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Recorder:
@@ -52,20 +56,40 @@ class Recorder:
             f.write((envelope.mail_from or "") + "\n")
             for rcpt in envelope.rcpt_tos:
                 f.write(rcpt + "\n")
+        login = getattr(session, "auth_data", None)
+        if session.authenticated and login:
+            with open(base + ".auth", "wb") as f:
+                f.write(login if isinstance(login, bytes) else str(login).encode())
         os.rename(tmp, base + ".env")
         return f"250 2.0.0 Stored as {self.count}"
+
+
+def authenticator(accounts):
+    def check(server, session, envelope, mechanism, auth_data):
+        if isinstance(auth_data, LoginPassword):
+            user = auth_data.login.decode("utf-8", "replace")
+            if accounts.get(user) == auth_data.password.decode("utf-8", "replace"):
+                return AuthResult(success=True, auth_data=auth_data.login)
+        return AuthResult(success=False, handled=False)
+
+    return check
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", required=True)
+    parser.add_argument("--auth", action="append", default=[])
     args = parser.parse_args()
+    accounts = dict(a.split(":", 1) for a in args.auth)
+    auth = {}
+    if accounts:
+        auth = dict(authenticator=authenticator(accounts), auth_require_tls=False)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     handler = Recorder(args.dir)
     server = loop.run_until_complete(
         loop.create_server(
-            lambda: SMTP(handler, hostname="recorder.test", enable_SMTPUTF8=True),
+            lambda: SMTP(handler, hostname="recorder.test", enable_SMTPUTF8=True, **auth),
             host="127.0.0.1",
             port=0,
         )

@@ -45,6 +45,8 @@ pub struct Config {
     pub dnsbl: DnsblSection,
     /// SPF at MAIL FROM.
     pub spf: SpfSection,
+    /// AUTH relayed to the backend, and its brute-force guard.
+    pub auth: Auth,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -75,6 +77,7 @@ impl Default for Config {
             dns: Dns::default(),
             dnsbl: DnsblSection::default(),
             spf: SpfSection::default(),
+            auth: Auth::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -588,6 +591,51 @@ impl Default for DnsblSection {
     }
 }
 
+/// `[auth]`: AUTH PLAIN/LOGIN relayed to the backend, which checks the credentials; an
+/// authenticated client may relay anywhere. Offered only when the backend offers it, and only
+/// over TLS unless `allow_plaintext` (attitude has no TLS yet, so today AUTH needs it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Offer and relay AUTH.
+    pub enabled: bool,
+    /// Offer AUTH on unencrypted connections (passwords in the clear: lab and loopback use).
+    pub allow_plaintext: bool,
+    /// MAIL needs AUTH first (530 5.7.0), as on a submission port.
+    pub require: bool,
+    /// Mechanisms to offer (of PLAIN and LOGIN).
+    pub mechanisms: Vec<String>,
+    /// Failed exchanges per client network within `window` before it is banned.
+    pub max_failures_per_client: u32,
+    /// Failed exchanges per login, from anywhere, within `window` before it is banned.
+    pub max_failures_per_login: u32,
+    /// The counting window.
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// How long a network or login stays banned.
+    #[serde(with = "duration")]
+    pub ban: Duration,
+    /// Delay before answering a failed exchange.
+    #[serde(with = "duration")]
+    pub failure_delay: Duration,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allow_plaintext: false,
+            require: false,
+            mechanisms: vec!["PLAIN".into(), "LOGIN".into()],
+            max_failures_per_client: 5,
+            max_failures_per_login: 10,
+            window: Duration::from_secs(600),
+            ban: Duration::from_secs(1800),
+            failure_delay: Duration::from_secs(2),
+        }
+    }
+}
+
 /// `[spf]`: SPF (RFC 7208) at MAIL FROM, through the `[dns]` resolver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -926,6 +974,27 @@ impl Config {
             if self.dnsbl.allowlist_threshold >= self.dnsbl.threshold {
                 return invalid("[dnsbl] allowlist_threshold must be below threshold".into());
             }
+        }
+        let a = &self.auth;
+        if a.enabled {
+            for m in &a.mechanisms {
+                if !attitude_service::auth::MECHANISMS.contains(&m.to_ascii_uppercase().as_str()) {
+                    return invalid(format!(
+                        "[auth] mechanisms: {m:?} cannot be relayed; use PLAIN and/or LOGIN"
+                    ));
+                }
+            }
+            if a.max_failures_per_client == 0 || a.max_failures_per_login == 0 {
+                return invalid(
+                    "[auth] max_failures_per_client and _per_login must be at least 1".into(),
+                );
+            }
+        }
+        if a.require && !a.enabled {
+            return invalid(
+                "[auth] require = true needs enabled = true (and a backend that offers AUTH)"
+                    .into(),
+            );
         }
         if self.dns.timeout.is_zero() {
             return invalid("[dns] timeout must be longer than 0".into());

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! connection stack (connection.rs)            rate -> per-client sessions -> global cap -> session
-//! command stack    (Service<Request, Reply>)  SmtpMetrics -> Tarpit -> Protocol -> Access
+//! command stack    (Service<Request, Reply>)  SmtpMetrics -> Tarpit -> Protocol -> AuthGuard
+//!                                             -> Access
 //!                                             -> RelayControl -> SPF -> Greylist
 //!                                             -> Throttle -> [[rates]] -> Content -> Relay
 //! ```
@@ -19,11 +20,13 @@ use attitude_policy::Decisions;
 use attitude_policy::access::{
     AccessAction, AccessConfig, AccessLayer, AccessRule, Field, Matcher,
 };
+use attitude_policy::auth_guard::{AuthGuardConfig, AuthGuardLayer};
 use attitude_policy::content::{
     AttachmentRules, ByteBudget, ContentConfig, ContentLayer, HeaderAction, HeaderCheck,
 };
 use attitude_policy::greylist::{Greylist, GreylistConfig, GreylistLayer, Timing, system_clock};
 use attitude_policy::spf::{SpfConfig, SpfLayer};
+use attitude_service::auth::AuthOffer;
 use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
 use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
@@ -94,10 +97,23 @@ impl Stack {
             min_data_rate: config.limits.min_data_rate,
             max_errors: config.limits.max_errors,
         };
+        let auth = config.auth.enabled.then(|| {
+            Arc::new(AuthOffer::new(
+                config
+                    .auth
+                    .mechanisms
+                    .iter()
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect(),
+                config.auth.allow_plaintext,
+            ))
+        });
         let protocol = ProtocolConfig {
             hostname: config.hostname.clone(),
             max_message_size: config.limits.max_message_size,
             max_recipients: config.limits.max_recipients,
+            auth: auth.clone(),
+            require_auth: config.auth.require,
         };
         let t = &config.timeouts;
         let relay = RelayConfig {
@@ -118,14 +134,24 @@ impl Stack {
         let c = &config.connections;
         let client = ClientKey::new(c.client_prefix_v4, c.client_prefix_v6, &c.exempt_networks);
         let greylist = greylist(config)?;
+        let relay = RelayShared::with_auth(relay, relay_metrics, auth.clone());
+        if auth.is_some() {
+            // Learn what the backends offer before the first client asks (and keep learning).
+            let probe = relay.clone();
+            every_minute(move || {
+                let probe = probe.clone();
+                tokio::spawn(async move { probe.probe().await });
+            });
+        }
         Ok(Self {
             driver: Arc::new(driver),
             driver_metrics: DriverMetrics::register(),
             protocol: ProtocolLayer::new(protocol),
             metrics: SmtpMetricsLayer::new(SmtpMetrics::register()),
             tarpit: tarpit_layer(config),
-            policies: access_layer(config)
+            policies: auth_guard_layer(config)
                 .into_iter()
+                .chain(access_layer(config))
                 .chain(std::iter::once(relay_control_layer(config)))
                 .chain(spf_layer(config)?)
                 .chain(greylist.clone().map(|greylist| {
@@ -137,7 +163,7 @@ impl Stack {
                 .chain(rates::layers(&config.rates, &client))
                 .chain(content_layer(config))
                 .collect(),
-            relay: RelayShared::new(relay, relay_metrics),
+            relay,
             greylist,
         })
     }
@@ -332,6 +358,31 @@ pub fn access_rules(config: &config::Access) -> Result<Vec<AccessRule>, String> 
             })
         })
         .collect()
+}
+
+/// `[auth]`'s brute-force guard, first among the policies (it sees the AUTH exchanges the
+/// protocol layer let through).
+fn auth_guard_layer(config: &Config) -> Option<CommandLayer> {
+    let a = &config.auth;
+    if !a.enabled {
+        return None;
+    }
+    let layer = AuthGuardLayer::new(AuthGuardConfig {
+        max_failures_per_client: a.max_failures_per_client,
+        max_failures_per_login: a.max_failures_per_login,
+        window: a.window,
+        ban: a.ban,
+        failure_delay: a.failure_delay,
+        prefix_v4: config.connections.client_prefix_v4,
+        prefix_v6: config.connections.client_prefix_v6,
+        max_entries: 100_000,
+        decisions: Decisions::register("auth"),
+        client_bans: metrics::counter!("attitude_auth_bans_total", "key" => "client"),
+        login_bans: metrics::counter!("attitude_auth_bans_total", "key" => "login"),
+    });
+    Some(Arc::new(move |inner: BoxCommand| {
+        BoxCommand::new(layer.layer(inner))
+    }))
 }
 
 /// `[access]` as a command layer, first among the policies.

@@ -1,6 +1,7 @@
 //! attitude's SMTP policies, each a tower layer of the command stack with `enforce` and
 //! `dry-run` modes and a decision counter `attitude_policy_decisions_total{policy,action}`:
 //!
+//! - [`auth_guard`]: failed AUTH counted per client network and per login; bans.
 //! - [`access`]: allow/deny/skip rules on the client, HELO name, sender and recipient.
 //! - [`dnsbl`]: DNSBL/DNSWL scoring of the client at connect (connection stack).
 //! - [`content`]: header checks and attachment (worm) blocking on the message itself.
@@ -11,6 +12,7 @@
 //! The generic protections (limits, throttle, tarpit) are in `attitude-layers`; these know SMTP.
 
 pub mod access;
+pub mod auth_guard;
 pub mod content;
 mod decisions;
 pub mod dns;

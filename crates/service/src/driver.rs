@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attitude_codec::{CodecConfig, Command, EnhancedStatus, Frame, Mode, Reply, ServerCodec};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use metrics::{Counter, Gauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout_at;
@@ -224,10 +224,16 @@ struct Driver<IO, S> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     data: Option<DataState>,
+    /// The AUTH exchange in progress: mechanism, initial response, the client's answers
+    /// (at most [`AUTH_LINES`]), for the login once the backend says 235.
+    auth: Option<(String, Option<String>, Vec<Bytes>)>,
     command_deadline: Instant,
     bytes_in: u64,
     bytes_out: u64,
 }
+
+/// AUTH answers kept to find the login (PLAIN and LOGIN need the first).
+const AUTH_LINES: usize = 2;
 
 /// Runs one SMTP session on `io` until it ends, calling `service` once per frame.
 pub async fn drive<IO, S>(
@@ -256,6 +262,7 @@ where
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         data: None,
+        auth: None,
         bytes_in: 0,
         bytes_out: 0,
     };
@@ -446,13 +453,23 @@ where
                     Command::Data => Pending::Data,
                     Command::Rset => Pending::Rset,
                     Command::Quit => Pending::Quit,
-                    Command::Auth { .. } => Pending::Auth,
+                    Command::Auth { mechanism, initial } => {
+                        self.auth = Some((mechanism.clone(), initial.clone(), Vec::new()));
+                        Pending::Auth
+                    }
                     _ => Pending::Other,
                 };
                 (Event::Command(cmd), pending)
             }
             Frame::Invalid(error) => (Event::Invalid(error), Pending::Other),
-            Frame::AuthLine(line) => (Event::AuthLine(line), Pending::AuthLine),
+            Frame::AuthLine(line) => {
+                if let Some((_, _, lines)) = self.auth.as_mut()
+                    && lines.len() < AUTH_LINES
+                {
+                    lines.push(line.clone());
+                }
+                (Event::AuthLine(line), Pending::AuthLine)
+            }
             Frame::DataChunk(chunk) => {
                 if self.data.as_ref().is_some_and(|d| d.failed.is_some()) {
                     // The message already failed: the rest of it goes nowhere.
@@ -520,11 +537,18 @@ where
             }
             Pending::Rset if reply.is_positive() => session.transaction = None,
             Pending::Auth | Pending::AuthLine => {
-                self.codec.set_mode(if reply.code() == 334 {
-                    Mode::Auth
+                if reply.code() == 334 {
+                    self.codec.set_mode(Mode::Auth);
                 } else {
-                    Mode::Command
-                });
+                    self.codec.set_mode(Mode::Command);
+                    let exchange = self.auth.take();
+                    if reply.code() == 235 {
+                        let login = exchange.and_then(|(mechanism, initial, lines)| {
+                            crate::auth::login(&mechanism, initial.as_deref(), &lines)
+                        });
+                        session.auth = Some(login.unwrap_or_else(|| "(unknown)".into()));
+                    }
+                }
             }
             _ => {}
         }

@@ -10,6 +10,7 @@
 //! chunks are not written: an error reply to a chunk fails the message, answered at end of data).
 
 pub mod address;
+pub mod auth;
 mod boxed;
 pub mod driver;
 pub mod errors;

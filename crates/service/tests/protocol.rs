@@ -52,6 +52,7 @@ fn config() -> ProtocolConfig {
         hostname: "mx.test".into(),
         max_message_size: 1000,
         max_recipients: 2,
+        ..ProtocolConfig::default()
     }
 }
 

@@ -115,6 +115,11 @@ impl Client {
     pub fn start_data(&mut self, from: &str, rcpts: &[&str]) {
         let r = self.cmd("EHLO client.test");
         assert!(r.starts_with("250"), "EHLO: {r}");
+        self.start_data_after_ehlo(from, rcpts);
+    }
+
+    /// MAIL, RCPTs and DATA in a session that said EHLO; panics unless each is accepted.
+    pub fn start_data_after_ehlo(&mut self, from: &str, rcpts: &[&str]) {
         let r = self.cmd(&format!("MAIL FROM:<{from}>"));
         assert!(r.starts_with("250"), "MAIL: {r}");
         for rcpt in rcpts {

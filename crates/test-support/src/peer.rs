@@ -397,6 +397,8 @@ pub struct Recorded {
     pub rcpt_tos: Vec<String>,
     /// The message as received (after dot-unstuffing), byte for byte.
     pub content: Vec<u8>,
+    /// The login the session authenticated as, if it did.
+    pub login: Option<String>,
 }
 
 /// The aiosmtpd recording backend (`tests/peers/recorder.py`, run with `/usr/bin/python3`).
@@ -411,6 +413,11 @@ pub struct Recorder {
 impl Recorder {
     /// Starts the recorder on a loopback port it picks itself.
     pub fn start() -> Recorder {
+        Self::start_with_accounts(&[])
+    }
+
+    /// Starts the recorder offering AUTH PLAIN and LOGIN for these `(login, password)` pairs.
+    pub fn start_with_accounts(accounts: &[(&str, &str)]) -> Recorder {
         let python = require_tool("/usr/bin/python3");
         let ok = Command::new(&python)
             .args(["-c", "import aiosmtpd"])
@@ -422,6 +429,9 @@ impl Recorder {
         let dir = scratch_dir("recorder");
         let mut cmd = Command::new(python);
         cmd.arg(script).arg("--dir").arg(&dir);
+        for (login, password) in accounts {
+            cmd.arg("--auth").arg(format!("{login}:{password}"));
+        }
         let (peer, pairs) = Peer::spawn_announced("recorder", cmd);
         Recorder {
             addr: addr_of(&pairs, "smtp").expect("recorder address"),
@@ -451,6 +461,7 @@ impl Recorder {
                     mail_from,
                     rcpt_tos: lines.map(str::to_owned).collect(),
                     content,
+                    login: std::fs::read_to_string(env.with_extension("auth")).ok(),
                 }
             })
             .collect()

@@ -2,6 +2,8 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
+use crate::auth::AuthOffer;
+
 use super::Protocol;
 
 /// Settings of the protocol layer.
@@ -13,6 +15,10 @@ pub struct ProtocolConfig {
     pub max_message_size: u64,
     /// Most recipients in one transaction.
     pub max_recipients: usize,
+    /// AUTH mechanisms to offer (`None`: AUTH is not offered).
+    pub auth: Option<Arc<AuthOffer>>,
+    /// MAIL needs a successful AUTH first (530 5.7.0), as on a submission port.
+    pub require_auth: bool,
 }
 
 impl Default for ProtocolConfig {
@@ -21,6 +27,8 @@ impl Default for ProtocolConfig {
             hostname: "localhost".into(),
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 1000,
+            auth: None,
+            require_auth: false,
         }
     }
 }

@@ -26,11 +26,25 @@ impl<S> Protocol<S> {
     }
 
     fn ehlo_reply(&self) -> Reply {
-        Reply::plain(250, self.config.hostname.clone())
+        let reply = Reply::plain(250, self.config.hostname.clone())
             .with_line("PIPELINING")
             .with_line(format!("SIZE {}", self.config.max_message_size))
             .with_line("8BITMIME")
-            .with_line("ENHANCEDSTATUSCODES")
+            .with_line("ENHANCEDSTATUSCODES");
+        let offered = self.offered();
+        if offered.is_empty() {
+            reply
+        } else {
+            reply.with_line(format!("AUTH {}", offered.join(" ")))
+        }
+    }
+
+    /// AUTH mechanisms offered now (no TLS yet: only where plaintext is allowed).
+    fn offered(&self) -> Vec<String> {
+        self.config
+            .auth
+            .as_ref()
+            .map_or_else(Vec::new, |auth| auth.offered(false))
     }
 
     /// The reply for a request that does not go inward, or `None` to forward it.
@@ -47,6 +61,9 @@ impl<S> Protocol<S> {
                     }
                     if session.transaction.is_some() {
                         return bad_sequence("Nested MAIL command");
+                    }
+                    if self.config.require_auth && session.auth.is_none() {
+                        return Some(Reply::new(530, status(5, 7, 0), "Authentication required"));
                     }
                     if mail.smtputf8 {
                         return Some(Reply::new(555, status(5, 6, 7), "SMTPUTF8 is not offered"));
@@ -100,12 +117,39 @@ impl<S> Protocol<S> {
                 )),
                 Command::Expn(_) => not_offered("EXPN is not offered"),
                 Command::StartTls => not_offered("STARTTLS is not offered"),
-                Command::Auth { .. } => not_offered("AUTH is not offered"),
+                Command::Auth { mechanism, .. } => {
+                    let offered = self.offered();
+                    if offered.is_empty() {
+                        return not_offered("AUTH is not offered");
+                    }
+                    if session.helo.as_ref().is_none_or(|h| !h.extended) {
+                        return bad_sequence("Send EHLO first");
+                    }
+                    if session.auth.is_some() {
+                        return bad_sequence("Already authenticated");
+                    }
+                    if session.transaction.is_some() {
+                        return bad_sequence("AUTH is not allowed during a mail transaction");
+                    }
+                    if !offered.contains(mechanism) {
+                        return Some(Reply::new(
+                            504,
+                            status(5, 5, 4),
+                            "Unrecognized authentication type",
+                        ));
+                    }
+                    None
+                }
                 Command::Bdat { .. } => not_offered("CHUNKING is not offered; use DATA"),
                 Command::Unsupported(_) => not_offered("Command not implemented"),
             },
             Event::Invalid(error) => Some(error.reply()),
-            Event::AuthLine(_) => bad_sequence("No AUTH exchange in progress"),
+            // The driver reads AUTH lines only after a 334 challenge, which only comes from an
+            // exchange the relay carries, and only when AUTH is offered.
+            Event::AuthLine(_) if self.config.auth.is_none() => {
+                bad_sequence("No AUTH exchange in progress")
+            }
+            Event::AuthLine(_) => None,
             Event::DataChunk(_) => {
                 let txn = session.transaction.as_ref()?;
                 (txn.data_bytes > self.config.max_message_size).then(|| {

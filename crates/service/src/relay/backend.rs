@@ -24,14 +24,42 @@ pub struct BackendCaps {
     pub pipelining: bool,
     /// `SMTPUTF8`
     pub smtputf8: bool,
+    /// `AUTH ... PLAIN ...`
+    pub auth_plain: bool,
+    /// `AUTH ... LOGIN ...`
+    pub auth_login: bool,
 }
 
 impl BackendCaps {
+    /// The AUTH mechanisms attitude can relay that the backend offered.
+    pub fn auth_mechanisms(&self) -> Vec<String> {
+        [("PLAIN", self.auth_plain), ("LOGIN", self.auth_login)]
+            .into_iter()
+            .filter(|(_, offered)| *offered)
+            .map(|(m, _)| m.to_string())
+            .collect()
+    }
+
     fn from_ehlo(reply: &Reply) -> Self {
         let mut caps = Self::default();
         for line in reply.lines().iter().skip(1) {
-            let keyword = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
-            match keyword.as_str() {
+            let upper = line.to_ascii_uppercase();
+            // "AUTH PLAIN LOGIN", or the old "AUTH=PLAIN LOGIN".
+            if let Some(mechanisms) = upper
+                .strip_prefix("AUTH")
+                .filter(|r| r.starts_with([' ', '=']))
+            {
+                for m in mechanisms[1..].split(' ') {
+                    match m {
+                        "PLAIN" => caps.auth_plain = true,
+                        "LOGIN" => caps.auth_login = true,
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            let keyword = upper.split(' ').next().unwrap_or("");
+            match keyword {
                 "SIZE" => caps.size = true,
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "PIPELINING" => caps.pipelining = true,
@@ -156,6 +184,14 @@ impl BackendConn {
         cmd.encode(&mut self.wbuf);
         self.flush(limit, what).await?;
         self.read_reply(limit, what).await
+    }
+
+    /// Sends one raw line (an AUTH answer) and reads the reply.
+    pub async fn line(&mut self, line: &[u8], limit: Duration) -> Result<Reply, BackendError> {
+        self.wbuf.extend_from_slice(line);
+        self.wbuf.extend_from_slice(b"\r\n");
+        self.flush(limit, "AUTH answer").await?;
+        self.read_reply(limit, "AUTH answer").await
     }
 
     /// Sends DATA content (unstuffed CRLF lines), dot-stuffed. Small chunks are gathered up to

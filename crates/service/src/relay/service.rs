@@ -10,6 +10,7 @@ use tokio::sync::Mutex;
 use tower_service::Service;
 
 use super::backend::{BackendConn, BackendError};
+use crate::auth::AuthOffer;
 use crate::request::{DataOutcome, Event, Request};
 use crate::{BoxError, BoxFuture};
 
@@ -79,16 +80,34 @@ pub struct RelayShared {
     config: RelayConfig,
     next: AtomicUsize,
     metrics: RelayMetrics,
+    auth: Option<Arc<AuthOffer>>,
 }
 
 impl RelayShared {
     /// Shared relay state.
     pub fn new(config: RelayConfig, metrics: RelayMetrics) -> Arc<Self> {
+        Self::with_auth(config, metrics, None)
+    }
+
+    /// Shared relay state that tells `auth` what the backends offer.
+    pub fn with_auth(
+        config: RelayConfig,
+        metrics: RelayMetrics,
+        auth: Option<Arc<AuthOffer>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             config,
             next: AtomicUsize::new(0),
             metrics,
+            auth,
         })
+    }
+
+    /// Opens and closes a backend session to learn what the backends offer (AUTH).
+    pub async fn probe(&self) {
+        if let Ok(conn) = self.connect().await {
+            conn.quit(self.config.quit_timeout).await;
+        }
     }
 
     /// Opens a backend session, trying each backend once, starting at the next in turn.
@@ -108,6 +127,9 @@ impl RelayShared {
             {
                 Ok(conn) => {
                     self.metrics.connections.increment(1);
+                    if let Some(auth) = &self.auth {
+                        auth.set_backend(conn.caps().auth_mechanisms());
+                    }
                     return Ok(conn);
                 }
                 Err(error) => {
@@ -127,6 +149,8 @@ impl RelayShared {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
+    /// An AUTH exchange: the client's next line is an answer for the backend.
+    Auth,
     Mail,
     Data {
         at_line_start: bool,
@@ -201,9 +225,10 @@ impl RelayState {
         if self.phase != Phase::Idle
             && let Some(conn) = self.conn.as_mut()
         {
-            let in_data = matches!(self.phase, Phase::Data { .. });
+            // Mid-DATA or mid-AUTH the backend would read "RSET" as content or an answer.
+            let in_data = matches!(self.phase, Phase::Data { .. } | Phase::Auth);
             let result = if in_data {
-                Err(BackendError::Protocol("reset during DATA"))
+                Err(BackendError::Protocol("reset during DATA or AUTH"))
             } else {
                 conn.command(&Command::Rset, shared.config.command_timeout, "RSET")
                     .await
@@ -267,9 +292,61 @@ impl RelayState {
         lost("at MAIL")
     }
 
+    /// AUTH, or an answer in the exchange: relayed, and the backend's reply handed back.
+    async fn auth(&mut self, shared: &RelayShared, event: Event) -> Reply {
+        if matches!(event, Event::Command(_)) {
+            self.reset(shared).await;
+            if self.conn.is_none() {
+                match shared.connect().await {
+                    Ok(conn) => self.conn = Some(conn),
+                    Err(reply) => return reply,
+                }
+            }
+        }
+        let limit = shared.config.command_timeout;
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("connected above or in the exchange");
+        let result = match &event {
+            Event::Command(cmd) => conn.command(cmd, limit, "AUTH").await,
+            Event::AuthLine(line) => conn.line(line, limit).await,
+            _ => unreachable!("only AUTH events"),
+        };
+        match result {
+            Ok(reply) if reply.code() == 334 => {
+                self.phase = Phase::Auth;
+                reply
+            }
+            Ok(reply) => {
+                self.phase = Phase::Idle;
+                if reply.code() == 421 {
+                    self.conn = None;
+                    return Reply::new(
+                        454,
+                        EnhancedStatus::new(4, 7, 0),
+                        "Temporary authentication failure; try again later",
+                    );
+                }
+                reply
+            }
+            Err(error) => {
+                self.fail(shared, &error, "during AUTH");
+                self.phase = Phase::Idle;
+                Reply::new(
+                    454,
+                    EnhancedStatus::new(4, 7, 0),
+                    "Temporary authentication failure; try again later",
+                )
+            }
+        }
+    }
+
     async fn handle(&mut self, shared: &RelayShared, event: Event) -> Reply {
         let cfg = &shared.config;
         match (event, self.phase) {
+            (event @ Event::Command(Command::Auth { .. }), _)
+            | (event @ Event::AuthLine(_), Phase::Auth) => self.auth(shared, event).await,
             (Event::Command(Command::Ehlo(_) | Command::Helo(_) | Command::Rset), _) => {
                 self.reset(shared).await;
                 ok()
@@ -365,9 +442,9 @@ impl RelayState {
             (Event::Command(Command::Quit) | Event::Close, phase) => {
                 self.phase = Phase::Idle;
                 let conn = self.conn.take();
-                if matches!(phase, Phase::Data { .. }) {
-                    // Mid-DATA: "QUIT" would be message text. Dropping the connection before
-                    // the final dot makes the backend discard the message.
+                if matches!(phase, Phase::Data { .. } | Phase::Auth) {
+                    // Mid-DATA: "QUIT" would be message text (mid-AUTH, an answer). Dropping the
+                    // connection before the final dot makes the backend discard the message.
                     drop(conn);
                 } else if let Some(conn) = conn {
                     let limit = cfg.quit_timeout;

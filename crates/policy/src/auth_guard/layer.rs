@@ -1,0 +1,144 @@
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use attitude_service::address::canonical_ip;
+use ipnet::IpNet;
+use metrics::Counter;
+use tower_layer::Layer;
+
+use super::AuthGuard;
+use crate::Decisions;
+
+/// Brute-force guard settings.
+pub struct AuthGuardConfig {
+    /// Failures allowed per client network within `window`.
+    pub max_failures_per_client: u32,
+    /// Failures allowed per login (from anywhere) within `window`.
+    pub max_failures_per_login: u32,
+    /// The counting window.
+    pub window: Duration,
+    /// How long a network or a login stays banned.
+    pub ban: Duration,
+    /// Delay before the reply to each failed exchange.
+    pub failure_delay: Duration,
+    /// Client networks are addresses reduced to these prefixes.
+    pub prefix_v4: u8,
+    /// IPv6 prefix length.
+    pub prefix_v6: u8,
+    /// Most networks and logins tracked.
+    pub max_entries: usize,
+    /// `policy="auth"` decisions: `allow` (235), `reject` (a failed exchange).
+    pub decisions: Decisions,
+    /// Bans of client networks.
+    pub client_bans: Counter,
+    /// Bans of logins.
+    pub login_bans: Counter,
+}
+
+#[derive(Default)]
+struct Tally {
+    /// Failures in the current window, and when it started.
+    failures: HashMap<String, (u32, Instant)>,
+    /// Banned until.
+    bans: HashMap<String, Instant>,
+}
+
+/// The counts and bans shared by every session.
+pub struct Shared {
+    pub(super) config: AuthGuardConfig,
+    tally: Mutex<Tally>,
+}
+
+/// What a failure led to.
+pub(super) enum After {
+    /// Under the limits.
+    Counted,
+    /// A limit was crossed: banned now.
+    Banned,
+}
+
+impl Shared {
+    pub(super) fn network(&self, ip: IpAddr) -> String {
+        let ip = canonical_ip(ip);
+        let bits = if ip.is_ipv4() {
+            self.config.prefix_v4
+        } else {
+            self.config.prefix_v6
+        };
+        IpNet::new(ip, bits).map_or_else(|_| ip.to_string(), |n| n.trunc().to_string())
+    }
+
+    /// True when the network or the login is banned now.
+    pub(super) fn banned(&self, network: &str, login: Option<&str>) -> bool {
+        let tally = self.tally.lock().expect("auth guard lock");
+        let now = Instant::now();
+        let live = |key: &str| tally.bans.get(key).is_some_and(|until| *until > now);
+        live(&format!("net:{network}")) || login.is_some_and(|l| live(&format!("login:{l}")))
+    }
+
+    /// Counts a failed exchange.
+    pub(super) fn failed(&self, network: &str, login: Option<&str>) -> After {
+        let config = &self.config;
+        let now = Instant::now();
+        let mut tally = self.tally.lock().expect("auth guard lock");
+        if tally.failures.len() + tally.bans.len() >= config.max_entries {
+            tally
+                .failures
+                .retain(|_, (_, since)| now.duration_since(*since) < config.window);
+            tally.bans.retain(|_, until| *until > now);
+            if tally.failures.len() >= config.max_entries {
+                tally.failures.clear();
+            }
+        }
+        let mut after = After::Counted;
+        let keys = std::iter::once((format!("net:{network}"), config.max_failures_per_client))
+            .chain(login.map(|l| (format!("login:{l}"), config.max_failures_per_login)));
+        for (key, limit) in keys {
+            let entry = tally.failures.entry(key.clone()).or_insert((0, now));
+            if now.duration_since(entry.1) >= config.window {
+                *entry = (0, now);
+            }
+            entry.0 += 1;
+            if entry.0 >= limit {
+                tally.failures.remove(&key);
+                if key.starts_with("net:") {
+                    config.client_bans.increment(1);
+                } else {
+                    config.login_bans.increment(1);
+                }
+                tracing::warn!(banned = %key, ban = ?config.ban, "too many failed AUTH attempts");
+                tally.bans.insert(key, now + config.ban);
+                after = After::Banned;
+            }
+        }
+        after
+    }
+}
+
+/// Adds [`AuthGuard`]. Clones share the counts and bans.
+#[derive(Clone)]
+pub struct AuthGuardLayer {
+    shared: Arc<Shared>,
+}
+
+impl AuthGuardLayer {
+    /// A layer with these settings.
+    pub fn new(config: AuthGuardConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                tally: Mutex::new(Tally::default()),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthGuardLayer {
+    type Service = AuthGuard<S>;
+
+    fn layer(&self, inner: S) -> AuthGuard<S> {
+        AuthGuard::new(inner, self.shared.clone())
+    }
+}

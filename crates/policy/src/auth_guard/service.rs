@@ -1,0 +1,105 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use attitude_codec::{Command, EnhancedStatus, Reply};
+use attitude_layers::Either;
+use attitude_service::auth::login;
+use attitude_service::{BoxError, BoxFuture, Event, Request};
+use bytes::Bytes;
+use tower_service::Service;
+
+use super::layer::{After, Shared};
+
+fn banned_reply() -> Reply {
+    Reply::new(
+        421,
+        EnhancedStatus::new(4, 7, 0),
+        "Too many failed authentications; try again later",
+    )
+}
+
+/// Guards AUTH exchanges; see the module docs.
+pub struct AuthGuard<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    /// The exchange in progress: mechanism, initial response, answers (at most two).
+    exchange: Option<(String, Option<String>, Vec<Bytes>)>,
+}
+
+impl<S> AuthGuard<S> {
+    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self {
+            inner,
+            shared,
+            exchange: None,
+        }
+    }
+
+    fn login(&self) -> Option<String> {
+        let (mechanism, initial, lines) = self.exchange.as_ref()?;
+        login(mechanism, initial.as_deref(), lines)
+    }
+}
+
+impl<S> Service<Request> for AuthGuard<S>
+where
+    S: Service<Request, Response = Reply, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Reply;
+    type Error = BoxError;
+    type Future = Either<S::Future, BoxFuture<Result<Reply, BoxError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match &req.event {
+            Event::Command(Command::Auth { mechanism, initial }) => {
+                self.exchange = Some((mechanism.clone(), initial.clone(), Vec::new()));
+            }
+            Event::AuthLine(line) => {
+                if let Some((_, _, lines)) = self.exchange.as_mut()
+                    && lines.len() < 2
+                {
+                    lines.push(line.clone());
+                }
+            }
+            _ => return Either::inner(self.inner.call(req)),
+        }
+        let network = self.shared.network(req.session.client.ip());
+        let login = self.login();
+        if self.shared.banned(&network, login.as_deref()) {
+            self.exchange = None;
+            self.shared.config.decisions.reject.increment(1);
+            return Either::rejected(Box::pin(std::future::ready(Ok(banned_reply()))));
+        }
+        let reply = self.inner.call(req);
+        let shared = self.shared.clone();
+        // The exchange ends with this reply unless it is a 334 challenge; the login is known by
+        // then (it is in the initial response or the first answer).
+        let exchange_login = login;
+        Either::rejected(Box::pin(async move {
+            let reply = reply.await?;
+            let config = &shared.config;
+            match reply.code() {
+                334 => Ok(reply),
+                235 => {
+                    config.decisions.allow.increment(1);
+                    Ok(reply)
+                }
+                code if code >= 500 => {
+                    config.decisions.reject.increment(1);
+                    let after = shared.failed(&network, exchange_login.as_deref());
+                    tokio::time::sleep(config.failure_delay).await;
+                    Ok(match after {
+                        After::Counted => reply,
+                        After::Banned => banned_reply(),
+                    })
+                }
+                _ => Ok(reply),
+            }
+        }))
+    }
+}
