@@ -184,3 +184,26 @@ fn not_offered_over_plaintext_unless_allowed_and_required_when_asked() {
     );
     assert!(c.cmd("MAIL FROM:<alice@example.com>").starts_with("250"));
 }
+
+#[test]
+fn dry_run_counts_bans_and_refuses_nothing() {
+    let recorder = Recorder::start_with_accounts(&[("alice", "secret")]);
+    let attitude = start(&format!("{CONFIG}mode = \"dry-run\"\n"), &recorder);
+    let (mut c, _) = Client::connect_from(attitude.smtp, ip(2));
+    assert!(c.cmd("EHLO guesser.test").starts_with("250"));
+    for guess in ["a", "b", "c", "d"] {
+        let r = c.cmd(&format!("AUTH PLAIN {}", plain("bob", guess)));
+        assert!(r.starts_with("535"), "{guess}: {r}");
+    }
+    let r = c.cmd(&format!("AUTH PLAIN {}", plain("alice", "secret")));
+    assert!(r.starts_with("235"), "{r}");
+    // The network would be banned at the third failure, the login "bob" at the fourth.
+    assert_eq!(
+        attitude.metric("attitude_policy_decisions_total{policy=\"auth\",action=\"would_reject\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        attitude.metric("attitude_auth_bans_total{key=\"client\"}"),
+        Some(0.0)
+    );
+}

@@ -131,3 +131,34 @@ fn over_the_buffer_budget_messages_are_deferred_not_let_through() {
         Some(1.0)
     );
 }
+
+#[test]
+fn recipient_and_size_limits() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[limits]\nmax_recipients = 2\nmax_message_size = 2000\n",
+        &[recorder.addr],
+    );
+    let mut c = attitude_test_support::Client::connect(attitude.smtp);
+    assert!(c.cmd("EHLO limits.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<1@example.com>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<2@example.com>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<3@example.com>");
+    assert!(r.starts_with("452 4.5.3"), "{r}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: big\r\n\r\n");
+    for _ in 0..40 {
+        c.send(&[b'x'; 98]);
+        c.send(b"\r\n");
+    }
+    c.send(b".\r\n");
+    let r = c.reply();
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    assert!(
+        recorder.messages().is_empty(),
+        "an oversized message is never committed"
+    );
+    let r = c.cmd("MAIL FROM:<a@example.org> SIZE=5000");
+    assert!(r.starts_with("552"), "{r}");
+}

@@ -388,3 +388,23 @@ fn pregreet_dry_run_serves_early_talkers() {
         Some(1.0)
     );
 }
+
+#[test]
+fn greylisting_dry_run_counts_and_lets_through() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [greylist]\nenabled = true\nmode = \"dry-run\"\n",
+        &[recorder.addr],
+    );
+    let (mut c, _) = Client::connect_from(attitude.smtp, OUTSIDER);
+    c.start_data("a@sender.example", &["b@example.com"]);
+    c.send(b"Subject: grey\r\n\r\ndry run\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert_eq!(recorder.messages().len(), 1);
+    assert_eq!(
+        attitude
+            .metric("attitude_policy_decisions_total{policy=\"greylist\",action=\"would_defer\"}"),
+        Some(1.0)
+    );
+}

@@ -618,6 +618,8 @@ pub struct Auth {
     /// Delay before answering a failed exchange.
     #[serde(with = "duration")]
     pub failure_delay: Duration,
+    /// Enforce the bans, or dry-run (count them only).
+    pub mode: RuleMode,
 }
 
 impl Default for Auth {
@@ -632,6 +634,7 @@ impl Default for Auth {
             window: Duration::from_secs(600),
             ban: Duration::from_secs(1800),
             failure_delay: Duration::from_secs(2),
+            mode: RuleMode::Enforce,
         }
     }
 }

@@ -376,6 +376,7 @@ fn auth_guard_layer(config: &Config) -> Option<CommandLayer> {
         prefix_v4: config.connections.client_prefix_v4,
         prefix_v6: config.connections.client_prefix_v6,
         max_entries: 100_000,
+        enforce: a.mode == config::RuleMode::Enforce,
         decisions: Decisions::register("auth"),
         client_bans: metrics::counter!("attitude_auth_bans_total", "key" => "client"),
         login_bans: metrics::counter!("attitude_auth_bans_total", "key" => "login"),

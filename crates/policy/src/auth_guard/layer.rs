@@ -29,6 +29,9 @@ pub struct AuthGuardConfig {
     pub prefix_v6: u8,
     /// Most networks and logins tracked.
     pub max_entries: usize,
+    /// Enforce, or dry-run: failures are counted and delayed, bans are only counted (as
+    /// `would_reject` decisions) and nothing is refused.
+    pub enforce: bool,
     /// `policy="auth"` decisions: `allow` (235), `reject` (a failed exchange).
     pub decisions: Decisions,
     /// Bans of client networks.
@@ -103,6 +106,11 @@ impl Shared {
             entry.0 += 1;
             if entry.0 >= limit {
                 tally.failures.remove(&key);
+                if !config.enforce {
+                    config.decisions.would_reject.increment(1);
+                    tracing::info!(would_ban = %key, "too many failed AUTH attempts (dry-run)");
+                    continue;
+                }
                 if key.starts_with("net:") {
                     config.client_bans.increment(1);
                 } else {
