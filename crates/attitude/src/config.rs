@@ -466,16 +466,18 @@ pub struct Greylist {
 
 impl Default for Greylist {
     fn default() -> Self {
+        // The times are the greylist's own defaults (Postgrey's delay, spamd's TTLs).
+        let timing = attitude_policy::greylist::Timing::default();
         Self {
             enabled: false,
-            delay: Duration::from_secs(300),
-            retry_window: Duration::from_secs(4 * 3600),
-            pass_ttl: Duration::from_secs(36 * 86400),
-            allowlist_after: 3,
-            allowlist_ttl: Duration::from_secs(36 * 86400),
+            delay: timing.delay,
+            retry_window: timing.retry_window,
+            pass_ttl: timing.pass_ttl,
+            allowlist_after: timing.allowlist_after,
+            allowlist_ttl: timing.allowlist_ttl,
             client_prefix_v4: 24,
             client_prefix_v6: 64,
-            max_entries: 100_000,
+            max_entries: timing.max_entries,
             file: None,
             mode: RuleMode::Enforce,
         }

@@ -32,3 +32,10 @@ pub trait Accepted {
     /// What policies conclude about the client, handed on to the session.
     fn marks(&self) -> &attitude_service::Marks;
 }
+
+/// The inner service that `poll_ready` made ready, for a future that calls it later; a clone
+/// takes its place (tower's pattern for services that call inward after an await).
+pub(crate) fn take_readied<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}

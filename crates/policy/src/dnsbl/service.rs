@@ -47,9 +47,7 @@ where
     }
 
     fn call(&mut self, mut conn: C) -> Self::Future {
-        // The inner service was made ready for this call: it goes with the future.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::take_readied(&mut self.inner);
         let dnsbl = self.dnsbl.clone();
         Box::pin(async move {
             let config = &dnsbl.config;

@@ -72,9 +72,7 @@ where
             self.shared.config.decisions.allow.increment(1);
             return Box::pin(self.inner.call(conn));
         }
-        // The inner service was made ready for this call: it goes with the future.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::take_readied(&mut self.inner);
         let shared = self.shared.clone();
         Box::pin(async move {
             let config = &shared.config;
