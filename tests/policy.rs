@@ -234,7 +234,8 @@ fn greylisting_defers_the_first_attempt_and_survives_a_restart() {
     let state = dir.join("greylist.txt");
     let config = format!(
         "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
-         [greylist]\nenabled = true\ndelay = \"2s\"\nretry_window = \"1h\"\nfile = {state:?}\n"
+         [greylist]\nenabled = true\ndelay = \"2s\"\nretry_window = \"1h\"\nfile = {state:?}\n\
+         [timeouts]\ndrain_delay = \"0s\"\n"
     );
     let message = dir.join("m.eml");
     std::fs::write(&message, "Subject: grey\r\n\r\nhello\r\n").unwrap();

@@ -137,7 +137,10 @@ fn idle_and_dripping_clients_are_dropped() {
 #[test]
 fn sigterm_lets_the_transaction_in_flight_finish() {
     let recorder = Recorder::start();
-    let mut attitude = Attitude::start("[timeouts]\ndrain_grace = \"20s\"\n", &[recorder.addr]);
+    let mut attitude = Attitude::start(
+        "[timeouts]\ndrain_grace = \"20s\"\ndrain_delay = \"0s\"\n",
+        &[recorder.addr],
+    );
     assert_eq!(attitude.http_get("/readyz").0, 200);
     let mut busy = Client::connect(attitude.smtp);
     busy.start_data("a@example.org", &["b@example.com"]);
@@ -168,9 +171,41 @@ fn sigterm_lets_the_transaction_in_flight_finish() {
 }
 
 #[test]
+fn during_the_drain_delay_new_clients_get_421_then_the_listener_closes() {
+    let recorder = Recorder::start();
+    let mut attitude = Attitude::start(
+        "[timeouts]\ndrain_grace = \"10s\"\ndrain_delay = \"2s\"\n",
+        &[recorder.addr],
+    );
+    let started = std::time::Instant::now();
+    attitude.peer.signal("TERM");
+    assert!(wait_for(Duration::from_secs(5), || attitude
+        .http_get("/readyz")
+        .0
+        == 503));
+    // The load balancer still sends a few: they are told to go elsewhere, not reset.
+    let mut late = Client::connect_raw(attitude.smtp);
+    let r = late.reply();
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    assert!(late.is_closed());
+    // After the delay the listener is gone and the process exits.
+    let status = attitude.peer.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(std::net::TcpStream::connect(attitude.smtp).is_err());
+}
+
+#[test]
 fn drain_grace_over_closes_sessions_with_421() {
     let recorder = Recorder::start();
-    let mut attitude = Attitude::start("[timeouts]\ndrain_grace = \"1s\"\n", &[recorder.addr]);
+    let mut attitude = Attitude::start(
+        "[timeouts]\ndrain_grace = \"1s\"\ndrain_delay = \"0s\"\n",
+        &[recorder.addr],
+    );
     let mut busy = Client::connect(attitude.smtp);
     busy.start_data("a@example.org", &["b@example.com"]);
     busy.send(b"Subject: too slow\r\n\r\n");

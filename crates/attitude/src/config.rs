@@ -758,6 +758,10 @@ pub struct Timeouts {
     /// On SIGTERM, how long sessions in flight may take to finish.
     #[serde(with = "duration")]
     pub drain_grace: Duration,
+    /// On SIGTERM, how long the listener keeps accepting, answering new clients `421 4.3.2`
+    /// (a load balancer needs a few seconds to stop sending); within `drain_grace`.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
 }
 
 impl Default for Timeouts {
@@ -771,6 +775,7 @@ impl Default for Timeouts {
             backend_data: Duration::from_secs(180),
             backend_data_end: Duration::from_secs(600),
             drain_grace: Duration::from_secs(30),
+            drain_delay: Duration::from_secs(5),
         }
     }
 }
@@ -1000,6 +1005,12 @@ impl Config {
                 "[auth] require = true needs enabled = true (and a backend that offers AUTH)"
                     .into(),
             );
+        }
+        if self.timeouts.drain_delay > self.timeouts.drain_grace {
+            return invalid(format!(
+                "[timeouts] drain_delay ({:?}) must not be longer than drain_grace ({:?})",
+                self.timeouts.drain_delay, self.timeouts.drain_grace
+            ));
         }
         if self.dns.timeout.is_zero() {
             return invalid("[dns] timeout must be longer than 0".into());

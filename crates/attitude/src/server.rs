@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use attitude_service::driver::Shutdown;
+use attitude_service::driver::{DriverMetrics, Shutdown};
 use metrics_exporter_prometheus::PrometheusHandle;
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
@@ -108,12 +108,15 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
         )?);
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
+        let draining = Arc::new(AtomicBool::new(false));
         let ids = Arc::new(AtomicU64::new(1));
         for (n, listener) in listeners.into_iter().enumerate() {
             let connections = connections.clone();
             let tracker = tracker.clone();
             let stop = stop_accepting.clone();
             let ids = ids.clone();
+            let draining = draining.clone();
+            let metrics = stack.driver_metrics.clone();
             std::thread::Builder::new()
                 .name(format!("attitude-{n}"))
                 .spawn(move || {
@@ -124,7 +127,14 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
                     runtime.block_on(async move {
                         let listener = TcpListener::from_std(listener).expect("tokio listener");
                         let mut service = connections();
-                        accept_loop(&listener, &mut service, &tracker, &stop, &ids).await;
+                        let accept = Accept {
+                            tracker: &tracker,
+                            stop: &stop,
+                            ids: &ids,
+                            draining: &draining,
+                            metrics: &metrics,
+                        };
+                        accept.run(&listener, &mut service).await;
                         drop(listener);
                         // Keep this thread's sessions running until the drain is over.
                         tracker.wait().await;
@@ -136,15 +146,19 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
         tracing::info!(smtp = %smtp_addr, workers, backends = ?config.backend.servers, "attitude serving");
 
         shutdown_signal().await;
-        // Draining: not ready, no new sessions; idle sessions get 421 now, sessions in a
-        // transaction may finish it within the grace period.
+        // Draining: not ready; for `drain_delay` the listener still accepts and answers new
+        // clients 421 (the load balancer is still sending a few), then closes; idle sessions
+        // get 421 now, sessions in a transaction may finish it within the grace period.
         ready.store(false, Ordering::Relaxed);
-        stop_accepting.cancel();
+        draining.store(true, Ordering::Relaxed);
         shutdown.drain.cancel();
         tracker.close();
         let grace = config.timeouts.drain_grace;
-        tracing::info!(sessions = tracker.len(), ?grace, "draining");
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(sessions = tracker.len(), ?grace, delay = ?config.timeouts.drain_delay, "draining");
+        tokio::time::sleep(config.timeouts.drain_delay).await;
+        stop_accepting.cancel();
+        if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
             tracing::warn!(
                 sessions = tracker.len(),
                 "drain grace over; closing sessions with 421"
@@ -159,45 +173,64 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
     })
 }
 
-async fn accept_loop(
-    listener: &TcpListener,
-    connections: &mut ConnectionService,
-    tracker: &TaskTracker,
-    stop: &CancellationToken,
-    ids: &AtomicU64,
-) {
-    loop {
-        let (io, client) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let conn = Connection {
-            io,
-            id: ids.fetch_add(1, Ordering::Relaxed),
-            client,
-            marks: Arc::default(),
-        };
-        // The connection stack never waits: its layers refuse instead (load shedding).
-        let Ok(service) = connections.ready().await;
-        let mut session = service.call(conn);
-        // A refusal (a 421 written to a fresh socket) is usually done at the first poll: no
-        // task for it, unless it is held for `refusal_delay`. Under a connection flood that is
-        // most of the work.
-        if std::future::Future::poll(
-            session.as_mut(),
-            &mut std::task::Context::from_waker(std::task::Waker::noop()),
-        )
-        .is_pending()
-        {
-            tracker.spawn(session);
+/// What an accept loop shares with the rest of the process.
+struct Accept<'a> {
+    tracker: &'a TaskTracker,
+    stop: &'a CancellationToken,
+    ids: &'a AtomicU64,
+    /// Set on SIGTERM: new clients get 421 until the listener closes.
+    draining: &'a AtomicBool,
+    metrics: &'a DriverMetrics,
+}
+
+impl Accept<'_> {
+    async fn run(&self, listener: &TcpListener, connections: &mut ConnectionService) {
+        let Accept {
+            tracker,
+            stop,
+            ids,
+            draining,
+            metrics,
+        } = self;
+        loop {
+            let (io, client) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            if draining.load(Ordering::Relaxed) {
+                // One small write to a fresh socket does not block; then close.
+                let _ = io.try_write(b"421 4.3.2 Service shutting down; try another server\r\n");
+                metrics.record_refused();
+                continue;
+            }
+            let conn = Connection {
+                io,
+                id: ids.fetch_add(1, Ordering::Relaxed),
+                client,
+                marks: Arc::default(),
+            };
+            // The connection stack never waits: its layers refuse instead (load shedding).
+            let Ok(service) = connections.ready().await;
+            let mut session = service.call(conn);
+            // A refusal (a 421 written to a fresh socket) is usually done at the first poll: no
+            // task for it, unless it is held for `refusal_delay`. Under a connection flood that is
+            // most of the work.
+            if std::future::Future::poll(
+                session.as_mut(),
+                &mut std::task::Context::from_waker(std::task::Waker::noop()),
+            )
+            .is_pending()
+            {
+                tracker.spawn(session);
+            }
         }
     }
 }
