@@ -3,6 +3,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -47,6 +49,8 @@ pub struct Config {
     pub spf: SpfSection,
     /// AUTH relayed to the backend, and its brute-force guard.
     pub auth: Auth,
+    /// PROXY protocol in, from a load balancer.
+    pub proxy_protocol: ProxyProtocol,
     /// Time limits.
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
@@ -78,6 +82,7 @@ impl Default for Config {
             dnsbl: DnsblSection::default(),
             spf: SpfSection::default(),
             auth: Auth::default(),
+            proxy_protocol: ProxyProtocol::default(),
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
@@ -593,6 +598,31 @@ impl Default for DnsblSection {
     }
 }
 
+/// `[proxy_protocol]`: a PROXY header (v1 or v2) before the session, from a load balancer in
+/// `sources`, carries the real client address every policy, log line and metric then uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocol {
+    /// Require a PROXY header on every connection.
+    pub enabled: bool,
+    /// Where the load balancer connects from: the only peers whose header is believed (others
+    /// are closed); also checked against `[relay] trusted_networks` (see `validate`).
+    pub sources: Vec<IpNet>,
+    /// How long the header may take.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+}
+
+impl Default for ProxyProtocol {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            sources: Vec::new(),
+            header_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// `[auth]`: AUTH PLAIN/LOGIN relayed to the backend, which checks the credentials; an
 /// authenticated client may relay anywhere. Offered only when the backend offers it, and only
 /// over TLS unless `allow_plaintext` (attitude has no TLS yet, so today AUTH needs it).
@@ -1005,6 +1035,31 @@ impl Config {
                 "[auth] require = true needs enabled = true (and a backend that offers AUTH)"
                     .into(),
             );
+        }
+        let p = &self.proxy_protocol;
+        if p.enabled && p.sources.is_empty() {
+            return invalid(
+                "[proxy_protocol] enabled with no sources: set sources to the networks your load \
+                 balancer connects from"
+                    .into(),
+            );
+        }
+        if !p.enabled {
+            // The Mailu open relay: behind a load balancer that hides the client, every client
+            // comes from the balancer, and a trusted balancer network trusts everyone.
+            let overlap =
+                |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
+            for lb in &p.sources {
+                if let Some(trusted) = self.relay.trusted_networks.iter().find(|t| overlap(t, lb)) {
+                    return invalid(format!(
+                        "[relay] trusted_networks has {trusted}, which holds the load balancer's \
+                         {lb} ([proxy_protocol] sources), but PROXY protocol is off: every client \
+                         would come from the balancer and relay anywhere (an open relay). Set \
+                         [proxy_protocol] enabled = true, or take the balancer's network out of \
+                         trusted_networks"
+                    ));
+                }
+            }
         }
         if self.timeouts.drain_delay > self.timeouts.drain_grace {
             return invalid(format!(

@@ -10,6 +10,7 @@ mod admin;
 mod config;
 mod connection;
 mod keys;
+mod proxy;
 mod rates;
 mod server;
 mod sink;

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use attitude_service::driver::{DriverMetrics, Shutdown};
+use ipnet::IpNet;
+use metrics::Counter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
@@ -17,6 +19,7 @@ use tower::{Service, ServiceExt};
 use crate::admin;
 use crate::config::Config;
 use crate::connection::{self, Connection, ConnectionService};
+use crate::proxy;
 use crate::stack::Stack;
 
 /// How long sessions get to write their 421 after the drain grace has run out.
@@ -109,6 +112,7 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
         let draining = Arc::new(AtomicBool::new(false));
+        let proxy_in = ProxyIn::new(&config.proxy_protocol);
         let ids = Arc::new(AtomicU64::new(1));
         for (n, listener) in listeners.into_iter().enumerate() {
             let connections = connections.clone();
@@ -117,6 +121,7 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
             let ids = ids.clone();
             let draining = draining.clone();
             let metrics = stack.driver_metrics.clone();
+            let proxy = proxy_in.clone();
             std::thread::Builder::new()
                 .name(format!("attitude-{n}"))
                 .spawn(move || {
@@ -133,6 +138,7 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
                             ids: &ids,
                             draining: &draining,
                             metrics: &metrics,
+                            proxy: &proxy,
                         };
                         accept.run(&listener, &mut service).await;
                         drop(listener);
@@ -181,7 +187,12 @@ struct Accept<'a> {
     /// Set on SIGTERM: new clients get 421 until the listener closes.
     draining: &'a AtomicBool,
     metrics: &'a DriverMetrics,
+    /// PROXY protocol in.
+    proxy: &'a ProxyIn,
 }
+
+/// Connections whose PROXY header is read wait for the accept loop in a queue this long.
+const PROXIED_QUEUE: usize = 1024;
 
 impl Accept<'_> {
     async fn run(&self, listener: &TcpListener, connections: &mut ConnectionService) {
@@ -191,11 +202,21 @@ impl Accept<'_> {
             ids,
             draining,
             metrics,
+            proxy,
         } = self;
+        // PROXY headers are read off the accept loop (a slow sender must not hold it up); the
+        // connections come back here, with the address their header carries.
+        let (proxied_tx, mut proxied) =
+            tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(PROXIED_QUEUE);
         loop {
             let (io, client) = tokio::select! {
                 _ = stop.cancelled() => return,
+                Some(pair) = proxied.recv() => pair,
                 accepted = listener.accept() => match accepted {
+                    Ok((io, peer)) if proxy.enabled => {
+                        proxy.start(io, peer, &proxied_tx);
+                        continue;
+                    }
                     Ok(pair) => pair,
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -232,6 +253,65 @@ impl Accept<'_> {
                 tracker.spawn(session);
             }
         }
+    }
+}
+
+/// `[proxy_protocol]` at accept time: who may send a header, and how long it may take.
+#[derive(Clone)]
+pub struct ProxyIn {
+    enabled: bool,
+    sources: Arc<[IpNet]>,
+    timeout: Duration,
+    results: [Counter; 5],
+}
+
+impl ProxyIn {
+    fn new(config: &crate::config::ProxyProtocol) -> Self {
+        let result =
+            |r: &'static str| metrics::counter!("attitude_proxy_protocol_total", "result" => r);
+        Self {
+            enabled: config.enabled,
+            sources: config.sources.clone().into(),
+            timeout: config.header_timeout,
+            results: [
+                result("ok"),
+                result("local"),
+                result("untrusted"),
+                result("invalid"),
+                result("timeout"),
+            ],
+        }
+    }
+
+    /// Reads the header of a connection from `peer` in a task of its own, and queues the
+    /// connection with the client address it carries; a peer outside `sources` is closed.
+    fn start(
+        &self,
+        mut io: TcpStream,
+        peer: SocketAddr,
+        queue: &tokio::sync::mpsc::Sender<(TcpStream, SocketAddr)>,
+    ) {
+        let ip = attitude_service::address::canonical_ip(peer.ip());
+        if !self.sources.iter().any(|n| n.contains(&ip)) {
+            self.results[2].increment(1);
+            tracing::debug!(%peer, "PROXY header from an untrusted peer: closed");
+            return;
+        }
+        let this = self.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            match proxy::read_header(&mut io, this.timeout).await {
+                Ok(source) => {
+                    this.results[usize::from(source.is_none())].increment(1);
+                    let _ = queue.send((io, source.unwrap_or(peer))).await;
+                }
+                Err(error) => {
+                    let timeout = matches!(error, proxy::ProxyError::Timeout(_));
+                    this.results[if timeout { 4 } else { 3 }].increment(1);
+                    tracing::info!(%peer, %error, "PROXY header refused");
+                }
+            }
+        });
     }
 }
 

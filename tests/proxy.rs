@@ -1,0 +1,118 @@
+//! PROXY protocol in: a header from the load balancer sets the client address every policy sees;
+//! the same header from anyone else is refused; the trust-boundary guard refuses to start.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use attitude_test_support::{Attitude, Client, Recorder, attitude_bin, scratch_dir};
+
+const BALANCER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const STRANGER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// A PROXY v2 header (TCP over IPv4) for `src` connecting to 127.0.0.1:25.
+fn v2(src: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&25u16.to_be_bytes());
+    h
+}
+
+fn start(recorder: &Recorder) -> Attitude {
+    Attitude::start(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [proxy_protocol]\nenabled = true\nsources = [\"127.0.0.1/32\"]\nheader_timeout = \"1s\"\n\
+         [[access.rules]]\ncheck = \"client\"\nvalues = [\"192.0.2.0/24\"]\naction = \"deny\"\ntext = \"Blocked network\"\n",
+        &[recorder.addr],
+    )
+}
+
+#[test]
+fn the_header_from_the_balancer_sets_the_client_address() {
+    let recorder = Recorder::start();
+    let attitude = start(&recorder);
+    // v1: the real client is in a denied network.
+    let mut c = Client::connect_raw_from(attitude.smtp, BALANCER);
+    c.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n");
+    assert!(c.reply().starts_with("220"));
+    assert!(c.cmd("EHLO proxied.test").starts_with("250"));
+    let r = c.cmd("MAIL FROM:<a@sender.example>");
+    assert!(r.starts_with("554 5.7.1 Blocked network"), "{r}");
+    c.cmd("QUIT");
+    // v2: another client, served.
+    let mut c = Client::connect_raw_from(attitude.smtp, BALANCER);
+    c.send(&v2([198, 51, 100, 9], 40001));
+    assert!(c.reply().starts_with("220"));
+    c.start_data("a@sender.example", &["b@example.com"]);
+    c.send(b"Subject: proxied\r\n\r\nhello\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    c.cmd("QUIT");
+    assert_eq!(recorder.messages().len(), 1);
+    // The session log names the real clients, not the balancer.
+    assert!(attitude_test_support::wait_for(
+        std::time::Duration::from_secs(5),
+        || {
+            let log = attitude.peer.stderr();
+            log.iter()
+                .any(|l| l.contains("session end") && l.contains("198.51.100.9:40001"))
+                && log
+                    .iter()
+                    .any(|l| l.contains("session end") && l.contains("192.0.2.7:40000"))
+        }
+    ));
+    assert_eq!(
+        attitude.metric("attitude_proxy_protocol_total{result=\"ok\"}"),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn headers_from_strangers_and_garbage_are_refused() {
+    let recorder = Recorder::start();
+    let attitude = start(&recorder);
+    let mut c = Client::connect_raw_from(attitude.smtp, STRANGER);
+    c.send(b"PROXY TCP4 10.9.9.9 127.0.0.1 40000 25\r\n");
+    assert!(c.try_reply().is_none(), "closed without a greeting");
+    let mut c = Client::connect_raw_from(attitude.smtp, BALANCER);
+    c.send(b"EHLO no-header.test\r\n");
+    assert!(c.try_reply().is_none());
+    let mut c = Client::connect_raw_from(attitude.smtp, BALANCER);
+    assert!(c.try_reply().is_none(), "no header within the timeout");
+    assert_eq!(
+        attitude.metric("attitude_proxy_protocol_total{result=\"untrusted\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        attitude.metric("attitude_proxy_protocol_total{result=\"invalid\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        attitude.metric("attitude_proxy_protocol_total{result=\"timeout\"}"),
+        Some(1.0)
+    );
+    assert!(recorder.messages().is_empty());
+}
+
+#[test]
+fn trusting_the_balancer_without_proxy_protocol_refuses_to_start() {
+    let file = scratch_dir("proxy-guard").join("attitude.toml");
+    std::fs::write(
+        &file,
+        "[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n\
+         [proxy_protocol]\nsources = [\"10.1.2.0/24\"]\n\
+         [backend]\nservers = [\"127.0.0.1:25\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(attitude_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("open relay") && err.contains("enabled = true"),
+        "{err}"
+    );
+}
