@@ -205,26 +205,9 @@ fn access_config_errors_say_what_to_fix() {
             "not a valid regular expression",
         ),
     ] {
-        let err = check_config(config);
+        let err = attitude_test_support::config_error(config);
         assert!(err.contains(expected), "{config}\n=> {err}");
     }
-}
-
-/// `attitude check-config` on `config` (with a backend); what it printed on stderr.
-fn check_config(config: &str) -> String {
-    let file = attitude_test_support::scratch_dir("check").join("attitude.toml");
-    std::fs::write(
-        &file,
-        format!("[backend]\nservers = [\"127.0.0.1:25\"]\n{config}"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(attitude_test_support::attitude_bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "accepted:\n{config}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

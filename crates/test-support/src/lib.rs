@@ -14,6 +14,6 @@ mod peer;
 pub use client::Client;
 pub use dns::{DnsServer, Rr, silent_nameserver};
 pub use peer::{
-    Attitude, Peer, Recorded, Recorder, SmtpSink, attitude_bin, free_port, require_tool,
-    scratch_dir, smtplib, wait_for,
+    Attitude, Peer, Recorded, Recorder, SmtpSink, attitude_bin, config_error, free_port,
+    require_tool, scratch_dir, smtplib, wait_for,
 };

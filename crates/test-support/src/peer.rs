@@ -305,6 +305,24 @@ impl Attitude {
     }
 }
 
+/// `attitude check-config` on `config` (a backend is added before it): what it printed on
+/// stderr when it refused the configuration; panics when it accepted it.
+pub fn config_error(config: &str) -> String {
+    let file = scratch_dir("check-config").join("attitude.toml");
+    std::fs::write(
+        &file,
+        format!("[backend]\nservers = [\"127.0.0.1:25\"]\n{config}"),
+    )
+    .expect("write config");
+    let out = Command::new(attitude_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run attitude check-config");
+    assert!(!out.status.success(), "accepted:\n{config}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Runs `tests/peers/client.py MODE` (Python's smtplib) to send `file` from `from` to `to`
 /// (comma-separated); returns whether the message was accepted, and what the client printed.
 pub fn smtplib(
