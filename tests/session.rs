@@ -344,3 +344,42 @@ fn flags_and_environment_override_the_file() {
     assert!(c.reply().starts_with("250"));
     assert_eq!(recorder.messages().len(), 1);
 }
+
+#[test]
+fn sigterm_with_twenty_transactions_in_flight_loses_nothing() {
+    let recorder = Recorder::start();
+    let mut attitude = Attitude::start(
+        "[timeouts]\ndrain_grace = \"15s\"\ndrain_delay = \"1s\"\n",
+        &[recorder.addr],
+    );
+    let mut busy: Vec<Client> = (0..20)
+        .map(|i| {
+            let mut c = Client::connect(attitude.smtp);
+            c.start_data("a@example.org", &["b@example.com"]);
+            c.send(format!("Subject: in flight {i}\r\n\r\nfirst half\r\n").as_bytes());
+            c
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    attitude.peer.signal("TERM");
+    assert!(wait_for(Duration::from_secs(5), || attitude
+        .http_get("/readyz")
+        .0
+        == 503));
+    // New clients are told to go elsewhere while the drain delay lasts.
+    let mut late = Client::connect_raw(attitude.smtp);
+    assert!(late.reply().starts_with("421 4.3.2"));
+    for (i, c) in busy.iter_mut().enumerate() {
+        c.send(b"second half\r\n.\r\n");
+        let r = c.reply();
+        assert!(r.starts_with("250"), "transaction {i}: {r}");
+    }
+    let status = attitude.peer.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "within the grace period"
+    );
+    let m = recorder.messages();
+    assert_eq!(m.len(), 20, "every accepted message reached the backend");
+}
