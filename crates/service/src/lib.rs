@@ -27,5 +27,14 @@ pub use request::{DataOutcome, Event, Helo, Marks, Request, Session, Transaction
 /// The error type of attitude's services (tower's boxed error).
 pub type BoxError = tower::BoxError;
 
+/// The response future of a command layer that either answers a request itself, at once, or
+/// passes it on: most policies' `ResponseFuture`.
+pub type ReplyOr<F> = attitude_layers::Either<F, std::future::Ready<Result<Reply, BoxError>>>;
+
+/// A command layer's own answer, as a [`ReplyOr`].
+pub fn answer<F>(reply: Reply) -> ReplyOr<F> {
+    attitude_layers::Either::rejected(std::future::ready(Ok(reply)))
+}
+
 /// The future type used by attitude's SMTP services.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;

@@ -16,7 +16,4 @@ pub use matcher::Matcher;
 pub use service::Access;
 
 /// The response future of [`Access`].
-pub type ResponseFuture<F> = attitude_layers::Either<
-    F,
-    std::future::Ready<Result<attitude_codec::Reply, attitude_service::BoxError>>,
->;
+pub type ResponseFuture<F> = attitude_service::ReplyOr<F>;

@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_layers::{Either, Mode};
-use attitude_service::{BoxError, Event, Request, Session};
+use attitude_service::{BoxError, Event, Request, Session, answer};
 use tower_service::Service;
 
 use super::matcher::normalize;
@@ -91,11 +91,11 @@ where
                 tracing::info!(session = session.id, client = %session.client, rule = %rule.name, event = req.event.label(), dry_run = !enforce, "access denied");
                 if enforce {
                     let text = rule.text.as_deref().unwrap_or("Access denied");
-                    return Either::rejected(std::future::ready(Ok(Reply::new(
+                    return answer(Reply::new(
                         554,
                         EnhancedStatus::new(5, 7, 1),
                         text.to_string(),
-                    ))));
+                    ));
                 }
             }
         }

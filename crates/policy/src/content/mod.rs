@@ -18,7 +18,4 @@ pub use layer::{ByteBudget, ContentConfig, ContentLayer};
 pub use service::Content;
 
 /// The response future of [`Content`].
-pub type ResponseFuture<F> = attitude_layers::Either<
-    F,
-    std::future::Ready<Result<attitude_codec::Reply, attitude_service::BoxError>>,
->;
+pub type ResponseFuture<F> = attitude_service::ReplyOr<F>;

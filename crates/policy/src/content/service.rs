@@ -3,7 +3,7 @@ use std::task::{Context, Poll};
 
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_layers::{Either, Mode};
-use attitude_service::{BoxError, DataOutcome, Event, Request};
+use attitude_service::{BoxError, DataOutcome, Event, Request, answer};
 use tower_service::Service;
 
 use super::layer::ByteBudget;
@@ -155,7 +155,7 @@ where
             Event::DataChunk(chunk) => {
                 if let Some(reply) = self.keep(chunk) {
                     // The driver fails the message: the relay gets `DataEnd(Failed)` and aborts.
-                    return Either::rejected(std::future::ready(Ok(reply)));
+                    return answer(reply);
                 }
             }
             Event::DataEnd(DataOutcome::Complete) => {

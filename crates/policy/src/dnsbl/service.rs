@@ -11,18 +11,10 @@ use super::Dnsbl;
 use crate::Accepted;
 
 /// Scores the client, then refuses it or runs the session; see the module docs.
+#[derive(Clone)]
 pub struct DnsblService<S> {
     inner: S,
     dnsbl: Arc<Dnsbl>,
-}
-
-impl<S: Clone> Clone for DnsblService<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            dnsbl: self.dnsbl.clone(),
-        }
-    }
 }
 
 impl<S> DnsblService<S> {

@@ -17,7 +17,4 @@ pub use service::GreylistService;
 pub use store::{Clock, Store, Timing, Verdict, system_clock};
 
 /// The response future of [`GreylistService`].
-pub type ResponseFuture<F> = attitude_layers::Either<
-    F,
-    std::future::Ready<Result<attitude_codec::Reply, attitude_service::BoxError>>,
->;
+pub type ResponseFuture<F> = attitude_service::ReplyOr<F>;

@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_layers::{Either, Mode};
 use attitude_service::errors::retry_hint;
-use attitude_service::{BoxError, Event, Request};
+use attitude_service::{BoxError, Event, Request, answer};
 use tower_service::Service;
 
 use super::{Greylist, ResponseFuture, Verdict};
@@ -58,11 +58,11 @@ where
                 config.decisions.refused(451, enforce);
                 tracing::info!(session = session.id, client = %session.client, sender = %sender, rcpt = %recipient, dry_run = !enforce, "greylisted");
                 if enforce {
-                    return Either::rejected(std::future::ready(Ok(Reply::new(
+                    return answer(Reply::new(
                         451,
                         EnhancedStatus::new(4, 7, 1),
                         format!("Greylisted; please try again in {}", retry_hint(Some(wait))),
-                    ))));
+                    ));
                 }
             }
         }

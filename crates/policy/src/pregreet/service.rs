@@ -15,18 +15,10 @@ use crate::Accepted;
 const FIRST_COMMAND_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the pregreet test, then the session; see the module docs.
+#[derive(Clone)]
 pub struct Pregreet<S> {
     inner: S,
     shared: Arc<Shared>,
-}
-
-impl<S: Clone> Clone for Pregreet<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
 }
 
 impl<S> Pregreet<S> {

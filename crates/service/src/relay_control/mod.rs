@@ -9,5 +9,4 @@ pub use layer::{RelayControlConfig, RelayControlLayer, RelayControlMetrics};
 pub use service::RelayControl;
 
 /// The response future of [`RelayControl`].
-pub type ResponseFuture<F> =
-    attitude_layers::Either<F, std::future::Ready<Result<attitude_codec::Reply, crate::BoxError>>>;
+pub type ResponseFuture<F> = crate::ReplyOr<F>;

@@ -6,8 +6,8 @@ use attitude_layers::{Either, Mode};
 use tower_service::Service;
 
 use super::{RelayControlConfig, ResponseFuture};
-use crate::BoxError;
 use crate::request::{Event, Request};
+use crate::{BoxError, answer};
 
 /// Refuses RCPT that would relay; see the module docs.
 #[derive(Debug, Clone)]
@@ -49,11 +49,11 @@ where
                 tracing::info!(client = %session.client, rcpt = %rcpt.address, "relay refused");
                 // Probing for an open relay is what spam engines do: the tarpit slows the rest.
                 session.marks.mark_suspicious("relay attempt");
-                return Either::rejected(std::future::ready(Ok(Reply::new(
+                return answer(Reply::new(
                     554,
                     EnhancedStatus::new(5, 7, 1),
                     "Relay access denied",
-                ))));
+                ));
             }
         }
         Either::inner(self.inner.call(req))
