@@ -215,9 +215,9 @@ impl Accepted for Connection {
 /// `[dnsbl]`, before pregreet: a listed client is refused before any pause.
 fn dnsbl_layer(config: &Config, stack: &Stack) -> Result<Option<DnsblLayer>, String> {
     let d = &config.dnsbl;
-    if !d.enabled {
+    let Some(resolver) = stack.resolver.clone().filter(|_| d.enabled) else {
         return Ok(None);
-    }
+    };
     let zones = d
         .zones
         .iter()
@@ -227,14 +227,14 @@ fn dnsbl_layer(config: &Config, stack: &Stack) -> Result<Option<DnsblLayer>, Str
         zones,
         threshold: d.threshold,
         allowlist_threshold: d.allowlist_threshold,
-        nameservers: (!config.dns.nameservers.is_empty()).then(|| config.dns.nameservers.clone()),
+        resolver,
         timeout: config.dns.timeout,
         cache_ttl: d.cache_ttl,
         max_cache: d.max_cache,
         enforce: d.mode == config::RuleMode::Enforce,
         decisions: Decisions::register("dnsbl"),
         sessions: stack.driver_metrics.clone(),
-    })?;
+    });
     Ok(Some(DnsblLayer::new(Arc::new(dnsbl))))
 }
 

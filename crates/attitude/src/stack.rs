@@ -33,6 +33,7 @@ use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
 use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared};
 use attitude_service::relay_control::{RelayControlConfig, RelayControlLayer, RelayControlMetrics};
 use attitude_service::{BoxCommand, BoxError, Event, Request};
+use hickory_resolver::TokioResolver;
 use tower::Layer;
 
 use crate::config::{self, Config};
@@ -73,6 +74,8 @@ pub struct Stack {
     tarpit: Option<CommandLayer>,
     /// The greylist, saved at shutdown.
     greylist: Option<Arc<Greylist>>,
+    /// The `[dns]` resolver, when a DNS policy is on (the connection stack's DNSBL uses it too).
+    pub resolver: Option<TokioResolver>,
     relay: Arc<RelayShared>,
 }
 
@@ -134,6 +137,16 @@ impl Stack {
         let c = &config.connections;
         let client = ClientKey::new(c.client_prefix_v4, c.client_prefix_v6, &c.exempt_networks);
         let greylist = greylist(config)?;
+        // One resolver, with one cache, for every DNS policy (DNSBL and SPF).
+        let resolver = (config.dnsbl.enabled || config.spf.enabled)
+            .then(|| {
+                let nameservers = &config.dns.nameservers;
+                attitude_policy::dns::resolver(
+                    (!nameservers.is_empty()).then_some(nameservers.as_slice()),
+                    config.dns.timeout,
+                )
+            })
+            .transpose()?;
         let relay = RelayShared::with_auth(relay, relay_metrics, auth.clone());
         if auth.is_some() {
             // Learn what the backends offer before the first client asks (and keep learning).
@@ -153,7 +166,7 @@ impl Stack {
                 .into_iter()
                 .chain(access_layer(config))
                 .chain(std::iter::once(relay_control_layer(config)))
-                .chain(spf_layer(config)?)
+                .chain(spf_layer(config, resolver.as_ref()))
                 .chain(greylist.clone().map(|greylist| {
                     let layer = GreylistLayer::new(greylist);
                     Arc::new(move |inner: BoxCommand| BoxCommand::new(layer.layer(inner)))
@@ -165,6 +178,7 @@ impl Stack {
                 .collect(),
             relay,
             greylist,
+            resolver,
         })
     }
 
@@ -403,16 +417,10 @@ fn access_layer(config: &Config) -> Option<CommandLayer> {
 }
 
 /// `[spf]` as a command layer, after relay control (a relay attempt costs no DNS).
-fn spf_layer(config: &Config) -> Result<Option<CommandLayer>, String> {
-    if !config.spf.enabled {
-        return Ok(None);
-    }
-    let nameservers = &config.dns.nameservers;
+fn spf_layer(config: &Config, resolver: Option<&TokioResolver>) -> Option<CommandLayer> {
+    let resolver = resolver.filter(|_| config.spf.enabled)?;
     let layer = SpfLayer::new(SpfConfig {
-        resolver: attitude_policy::dns::resolver(
-            (!nameservers.is_empty()).then_some(nameservers.as_slice()),
-            config.dns.timeout,
-        )?,
+        resolver: resolver.clone(),
         hostname: config.hostname.clone(),
         reject_fail: config.spf.reject_fail,
         timeout: config.dns.timeout,
@@ -421,9 +429,9 @@ fn spf_layer(config: &Config) -> Result<Option<CommandLayer>, String> {
         max_cache: config.spf.max_cache,
         decisions: Decisions::register("spf"),
     });
-    Ok(Some(Arc::new(move |inner: BoxCommand| {
+    Some(Arc::new(move |inner: BoxCommand| {
         BoxCommand::new(layer.layer(inner))
-    })))
+    }))
 }
 
 /// `[greylist]`, loaded from its file.

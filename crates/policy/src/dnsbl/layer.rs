@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,8 @@ pub struct DnsblConfig {
     pub threshold: i32,
     /// Exempt from the other checks at or under this score.
     pub allowlist_threshold: i32,
-    /// Nameservers (`None`: the system's, from /etc/resolv.conf).
-    pub nameservers: Option<Vec<SocketAddr>>,
+    /// The resolver (see [`crate::dns::resolver`]; shared with SPF).
+    pub resolver: TokioResolver,
     /// How long the lookups of one client may take together.
     pub timeout: Duration,
     /// How long a score is reused.
@@ -64,9 +64,8 @@ pub struct Dnsbl {
 }
 
 impl Dnsbl {
-    /// Builds the resolver (an error names what is wrong with the nameservers).
-    pub fn new(config: DnsblConfig) -> Result<Self, String> {
-        let resolver = crate::dns::resolver(config.nameservers.as_deref(), config.timeout)?;
+    /// The zones' state, with metric handles registered.
+    pub fn new(config: DnsblConfig) -> Self {
         let zone_metrics = config
             .zones
             .iter()
@@ -81,13 +80,13 @@ impl Dnsbl {
                 }
             })
             .collect();
-        Ok(Self {
+        Self {
+            resolver: config.resolver.clone(),
             config,
-            resolver,
             cache: Mutex::new(HashMap::new()),
             zone_metrics,
             cache_hits: metrics::counter!("attitude_dnsbl_cache_hits_total"),
-        })
+        }
     }
 
     /// The score of `ip`: from the cache, or from every zone at once.
