@@ -52,6 +52,41 @@ impl AuthOffer {
     }
 }
 
+/// One AUTH exchange as it goes: what is needed to name its login (the mechanism, the initial
+/// response and the first answers; the rest, the password included for LOGIN, is not kept).
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    mechanism: String,
+    initial: Option<String>,
+    answers: Vec<Bytes>,
+}
+
+impl Exchange {
+    /// Answers kept (PLAIN and LOGIN name the user in the first).
+    const ANSWERS: usize = 2;
+
+    /// An exchange begun by `AUTH mechanism [initial]`.
+    pub fn new(mechanism: &str, initial: Option<&str>) -> Self {
+        Self {
+            mechanism: mechanism.to_owned(),
+            initial: initial.map(str::to_owned),
+            answers: Vec::new(),
+        }
+    }
+
+    /// Records one of the client's answers.
+    pub fn answer(&mut self, line: &Bytes) {
+        if self.answers.len() < Self::ANSWERS {
+            self.answers.push(line.clone());
+        }
+    }
+
+    /// The login, once the exchange has shown it.
+    pub fn login(&self) -> Option<String> {
+        login(&self.mechanism, self.initial.as_deref(), &self.answers)
+    }
+}
+
 /// The login a successful exchange authenticated: PLAIN's authentication identity, or LOGIN's
 /// user name. `initial` is the AUTH command's initial response, `lines` the client's answers.
 pub fn login(mechanism: &str, initial: Option<&str>, lines: &[Bytes]) -> Option<String> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attitude_codec::{CodecConfig, Command, EnhancedStatus, Frame, Mode, Reply, ServerCodec};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use metrics::{Counter, Gauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout_at;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
 use crate::BoxError;
+use crate::auth::Exchange;
 use crate::errors::error_reply;
 use crate::request::{DataOutcome, Event, Helo, Request, Session, Transaction};
 
@@ -224,16 +225,12 @@ struct Driver<IO, S> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     data: Option<DataState>,
-    /// The AUTH exchange in progress: mechanism, initial response, the client's answers
-    /// (at most [`AUTH_LINES`]), for the login once the backend says 235.
-    auth: Option<(String, Option<String>, Vec<Bytes>)>,
+    /// The AUTH exchange in progress, for the login once the backend says 235.
+    auth: Option<Exchange>,
     command_deadline: Instant,
     bytes_in: u64,
     bytes_out: u64,
 }
-
-/// AUTH answers kept to find the login (PLAIN and LOGIN need the first).
-const AUTH_LINES: usize = 2;
 
 /// Runs one SMTP session on `io` until it ends, calling `service` once per frame.
 pub async fn drive<IO, S>(
@@ -454,7 +451,7 @@ where
                     Command::Rset => Pending::Rset,
                     Command::Quit => Pending::Quit,
                     Command::Auth { mechanism, initial } => {
-                        self.auth = Some((mechanism.clone(), initial.clone(), Vec::new()));
+                        self.auth = Some(Exchange::new(mechanism, initial.as_deref()));
                         Pending::Auth
                     }
                     _ => Pending::Other,
@@ -463,10 +460,8 @@ where
             }
             Frame::Invalid(error) => (Event::Invalid(error), Pending::Other),
             Frame::AuthLine(line) => {
-                if let Some((_, _, lines)) = self.auth.as_mut()
-                    && lines.len() < AUTH_LINES
-                {
-                    lines.push(line.clone());
+                if let Some(exchange) = self.auth.as_mut() {
+                    exchange.answer(&line);
                 }
                 (Event::AuthLine(line), Pending::AuthLine)
             }
@@ -543,9 +538,7 @@ where
                     self.codec.set_mode(Mode::Command);
                     let exchange = self.auth.take();
                     if reply.code() == 235 {
-                        let login = exchange.and_then(|(mechanism, initial, lines)| {
-                            crate::auth::login(&mechanism, initial.as_deref(), &lines)
-                        });
+                        let login = exchange.and_then(|e| e.login());
                         session.auth = Some(login.unwrap_or_else(|| "(unknown)".into()));
                     }
                 }

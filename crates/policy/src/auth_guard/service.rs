@@ -3,9 +3,8 @@ use std::task::{Context, Poll};
 
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_layers::Either;
-use attitude_service::auth::login;
+use attitude_service::auth::Exchange;
 use attitude_service::{BoxError, BoxFuture, Event, Request};
-use bytes::Bytes;
 use tower_service::Service;
 
 use super::layer::{After, Shared};
@@ -22,8 +21,8 @@ fn banned_reply() -> Reply {
 pub struct AuthGuard<S> {
     inner: S,
     shared: Arc<Shared>,
-    /// The exchange in progress: mechanism, initial response, answers (at most two).
-    exchange: Option<(String, Option<String>, Vec<Bytes>)>,
+    /// The exchange in progress.
+    exchange: Option<Exchange>,
 }
 
 impl<S> AuthGuard<S> {
@@ -33,11 +32,6 @@ impl<S> AuthGuard<S> {
             shared,
             exchange: None,
         }
-    }
-
-    fn login(&self) -> Option<String> {
-        let (mechanism, initial, lines) = self.exchange.as_ref()?;
-        login(mechanism, initial.as_deref(), lines)
     }
 }
 
@@ -57,19 +51,17 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         match &req.event {
             Event::Command(Command::Auth { mechanism, initial }) => {
-                self.exchange = Some((mechanism.clone(), initial.clone(), Vec::new()));
+                self.exchange = Some(Exchange::new(mechanism, initial.as_deref()));
             }
             Event::AuthLine(line) => {
-                if let Some((_, _, lines)) = self.exchange.as_mut()
-                    && lines.len() < 2
-                {
-                    lines.push(line.clone());
+                if let Some(exchange) = self.exchange.as_mut() {
+                    exchange.answer(line);
                 }
             }
             _ => return Either::inner(self.inner.call(req)),
         }
         let network = self.shared.network(req.session.client.ip());
-        let login = self.login();
+        let login = self.exchange.as_ref().and_then(Exchange::login);
         if self.shared.banned(&network, login.as_deref()) {
             self.exchange = None;
             self.shared.config.decisions.reject.increment(1);
