@@ -147,7 +147,7 @@ impl Stack {
                 )
             })
             .transpose()?;
-        let relay = RelayShared::with_auth(relay, relay_metrics, auth.clone());
+        let relay = RelayShared::new(relay, relay_metrics, auth.clone());
         if auth.is_some() {
             // Learn what the backends offer before the first client asks (and keep learning).
             let probe = relay.clone();

@@ -53,11 +53,6 @@ impl ByteBudget {
         self.used.fetch_sub(n, Ordering::AcqRel);
         self.gauge.decrement(n as f64);
     }
-
-    /// Octets held now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
 }
 
 /// What the content policies check, and with what.

@@ -84,13 +84,8 @@ pub struct RelayShared {
 }
 
 impl RelayShared {
-    /// Shared relay state.
-    pub fn new(config: RelayConfig, metrics: RelayMetrics) -> Arc<Self> {
-        Self::with_auth(config, metrics, None)
-    }
-
-    /// Shared relay state that tells `auth` what the backends offer.
-    pub fn with_auth(
+    /// Shared relay state; each new backend session tells `auth` (if any) what it offers.
+    pub fn new(
         config: RelayConfig,
         metrics: RelayMetrics,
         auth: Option<Arc<AuthOffer>>,
