@@ -206,7 +206,7 @@ fn backend_killed_mid_data_gives_4xx_and_nothing_is_recorded() {
 }
 
 #[test]
-fn dead_backend_is_skipped_and_none_left_means_451() {
+fn dead_backend_is_skipped_and_none_left_means_451_at_mail() {
     let recorder = Recorder::start();
     // A port with nothing behind it.
     let dead: std::net::SocketAddr = format!("127.0.0.1:{}", attitude_test_support::free_port())
@@ -223,7 +223,8 @@ fn dead_backend_is_skipped_and_none_left_means_451() {
     }
     assert_eq!(recorder.messages().len(), 4);
 
-    let nobody = Attitude::start("", &[dead]);
+    // Without health checks, a dead backend is found at MAIL: 451, and the failure counted.
+    let nobody = Attitude::start("[backend.health]\nenabled = false\n", &[dead]);
     let mut c = Client::connect(nobody.smtp);
     assert!(c.cmd("EHLO client.test").starts_with("250"));
     let r = c.cmd("MAIL FROM:<a@example.org>");
@@ -231,7 +232,7 @@ fn dead_backend_is_skipped_and_none_left_means_451() {
     assert!(
         nobody
             .metric(&format!(
-                "attitude_backend_connect_errors_total{{backend=\"{dead}\"}}"
+                "attitude_backend_failures_total{{backend=\"{dead}\",kind=\"connect\"}}"
             ))
             .unwrap_or(0.0)
             >= 1.0

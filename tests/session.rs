@@ -239,7 +239,8 @@ fn metrics_health_and_session_log() {
         "attitude_commands_total{verb=\"MAIL\",class=\"2xx\"} 1",
         "attitude_commands_total{verb=\"DATA\",class=\"3xx\"} 1",
         "attitude_messages_total{outcome=\"accepted\"} 1",
-        "attitude_backend_connections_total 1",
+        "result=\"miss\"} 1",
+        "attitude_backend_up{backend=",
         "attitude_transaction_duration_seconds_bucket{le=\"+Inf\"} 1",
     ] {
         assert!(body.contains(sample), "missing {sample} in\n{body}");

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use attitude_balance::Pool;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -29,11 +30,21 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))
 }
 
-/// Runs the admin server until `stop`. `ready` is what `/readyz` reports.
+/// What `/readyz` reports: not ready while draining, nor while no backend is up (a load
+/// balancer then sends clients to another replica).
+#[derive(Clone)]
+pub struct Readiness {
+    /// Cleared on SIGTERM.
+    pub serving: Arc<AtomicBool>,
+    /// The backend pool.
+    pub pool: Pool,
+}
+
+/// Runs the admin server until `stop`.
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
     stop: CancellationToken,
 ) {
     // The exporter needs periodic upkeep (histogram and idle-metric housekeeping).
@@ -81,7 +92,7 @@ pub async fn serve(
 fn respond(
     req: &Request<Incoming>,
     handle: &PrometheusHandle,
-    ready: &AtomicBool,
+    ready: &Readiness,
 ) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: String| {
         Response::builder()
@@ -99,8 +110,14 @@ fn respond(
             .body(Full::new(Bytes::from(handle.render())))
             .expect("valid response"),
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n".into()),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+        "/readyz" if !ready.serving.load(Ordering::Relaxed) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+        }
+        "/readyz" if !ready.pool.available() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no backend mail server up\n".into(),
+        ),
+        "/readyz" => text(StatusCode::OK, "ready\n".into()),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /healthz or /readyz\n".into(),

@@ -52,7 +52,7 @@ struct ServeArgs {
     /// SMTP listen address (IP:PORT).
     #[arg(long, env = "ATTITUDE_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Backend mail servers (IP:PORT, comma-separated), tried in turn.
+    /// Backend mail servers (IP:PORT, comma-separated), balanced per transaction.
     #[arg(long, env = "ATTITUDE_BACKEND", value_delimiter = ',')]
     backend: Vec<SocketAddr>,
     /// Admin HTTP address for /metrics, /healthz, /readyz (IP:PORT, or "off").
@@ -113,7 +113,11 @@ fn effective_config(args: &ServeArgs) -> Result<Config, String> {
         config.listen = listen;
     }
     if !args.backend.is_empty() {
-        config.backend.servers = args.backend.clone();
+        config.backend.servers = args
+            .backend
+            .iter()
+            .map(|a| config::Server::Address(*a))
+            .collect();
     }
     if let Some(admin) = &args.admin {
         config.admin = if admin == "off" {

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
+use attitude_balance::Pool;
+
 use crate::admin;
 use crate::config::Config;
 use crate::connection::{self, Connection, ConnectionService};
@@ -87,6 +89,8 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
     main.block_on(async move {
         let ready = Arc::new(AtomicBool::new(true));
         let admin_stop = CancellationToken::new();
+        let shutdown = Shutdown::default();
+        let stack = Stack::new(&config)?;
         let mut announced = vec![("smtp", smtp_addr)];
         if let Some(addr) = config.admin {
             let admin_listener = bind(addr, "admin HTTP").await?;
@@ -97,13 +101,14 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
             tokio::spawn(admin::serve(
                 admin_listener,
                 metrics,
-                ready.clone(),
+                admin::Readiness {
+                    serving: ready.clone(),
+                    pool: stack.pool().clone(),
+                },
                 admin_stop.clone(),
             ));
         }
 
-        let shutdown = Shutdown::default();
-        let stack = Stack::new(&config)?;
         let connections = Arc::new(connection::build(
             &config,
             stack.clone(),
@@ -122,6 +127,7 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
             let draining = draining.clone();
             let metrics = stack.driver_metrics.clone();
             let proxy = proxy_in.clone();
+            let pool = stack.pool().clone();
             std::thread::Builder::new()
                 .name(format!("attitude-{n}"))
                 .spawn(move || {
@@ -139,6 +145,7 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
                             draining: &draining,
                             metrics: &metrics,
                             proxy: &proxy,
+                            pool: &pool,
                         };
                         accept.run(&listener, &mut service).await;
                         drop(listener);
@@ -189,6 +196,8 @@ struct Accept<'a> {
     metrics: &'a DriverMetrics,
     /// PROXY protocol in.
     proxy: &'a ProxyIn,
+    /// The backend pool: with no backend up, new clients get 421 at the greeting.
+    pool: &'a Pool,
 }
 
 /// Connections whose PROXY header is read wait for the accept loop in a queue this long.
@@ -203,6 +212,7 @@ impl Accept<'_> {
             draining,
             metrics,
             proxy,
+            pool,
         } = self;
         // PROXY headers are read off the accept loop (a slow sender must not hold it up); the
         // connections come back here, with the address their header carries.
@@ -229,6 +239,13 @@ impl Accept<'_> {
             if draining.load(Ordering::Relaxed) {
                 // One small write to a fresh socket does not block; then close.
                 let _ = io.try_write(b"421 4.3.2 Service shutting down; try another server\r\n");
+                metrics.record_refused();
+                continue;
+            }
+            if !pool.available() {
+                // Every backend is down: say so now rather than take a session that can only
+                // end in 451s. The client retries later or tries the next MX.
+                let _ = io.try_write(b"421 4.3.2 No mail server available; try again later\r\n");
                 metrics.record_refused();
                 continue;
             }

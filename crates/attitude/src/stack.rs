@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use attitude_balance::{BackendCaps, CapsHook, Pool};
 use attitude_codec::{BareLineEndings, CodecConfig, EnhancedStatus, Reply};
 use attitude_layers::Rejection;
 use attitude_layers::tarpit::{TarpitLayer, TarpitMetrics};
@@ -120,42 +121,38 @@ impl Stack {
         };
         let t = &config.timeouts;
         let relay = RelayConfig {
-            backends: config.backend.servers.clone(),
-            helo_name: config
-                .backend
-                .helo_name
-                .clone()
-                .unwrap_or_else(|| config.hostname.clone()),
-            connect_timeout: t.backend_connect,
-            greeting_timeout: t.backend_greeting,
             command_timeout: t.backend_command,
             data_block_timeout: t.backend_data,
             data_end_timeout: t.backend_data_end,
-            ..RelayConfig::default()
         };
-        let relay_metrics = RelayMetrics::register(&relay.backends);
         let c = &config.connections;
         let client = ClientKey::new(c.client_prefix_v4, c.client_prefix_v6, &c.exempt_networks);
         let greylist = greylist(config)?;
         // One resolver, with one cache, for every DNS policy (DNSBL and SPF).
-        let resolver = (config.dnsbl.enabled || config.spf.enabled)
-            .then(|| {
-                let nameservers = &config.dns.nameservers;
-                attitude_policy::dns::resolver(
-                    (!nameservers.is_empty()).then_some(nameservers.as_slice()),
-                    config.dns.timeout,
-                )
-            })
-            .transpose()?;
-        let relay = RelayShared::new(relay, relay_metrics, auth.clone());
-        if auth.is_some() {
-            // Learn what the backends offer before the first client asks (and keep learning).
-            let probe = relay.clone();
-            every_minute(move || {
-                let probe = probe.clone();
-                tokio::spawn(async move { probe.probe().await });
-            });
+        let resolver =
+            (config.dnsbl.enabled || config.spf.enabled || !config.backend.dns.is_empty())
+                .then(|| {
+                    let nameservers = &config.dns.nameservers;
+                    attitude_policy::dns::resolver(
+                        (!nameservers.is_empty()).then_some(nameservers.as_slice()),
+                        config.dns.timeout,
+                    )
+                })
+                .transpose()?;
+        // What the backends offer (AUTH) is learnt from every new backend connection and
+        // health check.
+        let on_caps: Option<CapsHook> = auth.clone().map(|auth| {
+            Arc::new(move |caps: &BackendCaps| auth.set_backend(caps.auth_mechanisms())) as CapsHook
+        });
+        let pool = Pool::new(config.pool_config(), on_caps);
+        pool.set_source("static", config.static_backends());
+        if let Some(resolver) = &resolver {
+            for source in config.dns_backends() {
+                pool.discover_dns(resolver.clone(), source);
+            }
         }
+        pool.start();
+        let relay = RelayShared::new(relay, pool, RelayMetrics::register());
         Ok(Self {
             driver: Arc::new(driver),
             driver_metrics: DriverMetrics::register(),
@@ -180,6 +177,11 @@ impl Stack {
             greylist,
             resolver,
         })
+    }
+
+    /// The backend pool.
+    pub fn pool(&self) -> &Pool {
+        self.relay.pool()
     }
 
     /// Saves what should survive a restart (the greylist). Call once sessions have ended.

@@ -1,51 +1,34 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use attitude_codec::{Body, Command, EnhancedStatus, MailFrom, Reply};
+use attitude_balance::{BackendError, CheckoutError, ClientIdentity, FailureKind, Lease, Pool};
+use attitude_codec::{Body, Command, EnhancedStatus, MailFrom, RcptTo, Reply};
 use metrics::Counter;
 use tokio::sync::Mutex;
 use tower_service::Service;
 
-use super::backend::{BackendConn, BackendError};
-use crate::auth::AuthOffer;
-use crate::request::{DataOutcome, Event, Request};
+use crate::request::{DataOutcome, Event, Request, Session};
 use crate::{BoxError, BoxFuture};
 
-/// Backends and time limits of the relay.
+/// Time limits of the relay's commands (connection limits live in the pool's config).
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Backend mail servers, tried in turn.
-    pub backends: Vec<SocketAddr>,
-    /// Name attitude gives in its EHLO to backends.
-    pub helo_name: String,
-    /// TCP connect limit per backend.
-    pub connect_timeout: Duration,
-    /// Limit for the backend's greeting and EHLO reply.
-    pub greeting_timeout: Duration,
-    /// Limit for replies to MAIL, RCPT, DATA and RSET.
+    /// Limit for replies to MAIL, RCPT, DATA, RSET and AUTH.
     pub command_timeout: Duration,
     /// Limit for writing one DATA chunk.
     pub data_block_timeout: Duration,
     /// Limit for the reply to end of data (RFC 5321 §4.5.3.2.6 says 10 minutes).
     pub data_end_timeout: Duration,
-    /// Limit for the reply to QUIT (sent in the background).
-    pub quit_timeout: Duration,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            backends: Vec::new(),
-            helo_name: "localhost".into(),
-            connect_timeout: Duration::from_secs(10),
-            greeting_timeout: Duration::from_secs(60),
             command_timeout: Duration::from_secs(120),
             data_block_timeout: Duration::from_secs(180),
             data_end_timeout: Duration::from_secs(600),
-            quit_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -53,91 +36,43 @@ impl Default for RelayConfig {
 /// Metric handles of the relay.
 #[derive(Debug)]
 pub struct RelayMetrics {
-    connect_errors: Vec<Counter>,
-    connections: Counter,
     failures: Counter,
+    failovers: Counter,
+    unavailable: Counter,
 }
 
 impl RelayMetrics {
-    /// Registers the handles for these backends.
-    pub fn register(backends: &[SocketAddr]) -> Self {
+    /// Registers the handles.
+    pub fn register() -> Self {
         Self {
-            connect_errors: backends
-                .iter()
-                .map(|b| {
-                    metrics::counter!("attitude_backend_connect_errors_total", "backend" => b.to_string())
-                })
-                .collect(),
-            connections: metrics::counter!("attitude_backend_connections_total"),
             failures: metrics::counter!("attitude_backend_transaction_failures_total"),
+            failovers: metrics::counter!("attitude_relay_failovers_total"),
+            unavailable: metrics::counter!("attitude_relay_no_backend_total"),
         }
     }
 }
 
-/// State shared by every session's relay: configuration, round-robin position, metrics.
+/// State shared by every session's relay: time limits, the backend pool, metrics.
 #[derive(Debug)]
 pub struct RelayShared {
     config: RelayConfig,
-    next: AtomicUsize,
+    pool: Pool,
     metrics: RelayMetrics,
-    auth: Option<Arc<AuthOffer>>,
 }
 
 impl RelayShared {
-    /// Shared relay state; each new backend session tells `auth` (if any) what it offers.
-    pub fn new(
-        config: RelayConfig,
-        metrics: RelayMetrics,
-        auth: Option<Arc<AuthOffer>>,
-    ) -> Arc<Self> {
+    /// Shared relay state over `pool`.
+    pub fn new(config: RelayConfig, pool: Pool, metrics: RelayMetrics) -> Arc<Self> {
         Arc::new(Self {
             config,
-            next: AtomicUsize::new(0),
+            pool,
             metrics,
-            auth,
         })
     }
 
-    /// Opens and closes a backend session to learn what the backends offer (AUTH).
-    pub async fn probe(&self) {
-        if let Ok(conn) = self.connect().await {
-            conn.quit(self.config.quit_timeout).await;
-        }
-    }
-
-    /// Opens a backend session, trying each backend once, starting at the next in turn.
-    async fn connect(&self) -> Result<BackendConn, Reply> {
-        let n = self.config.backends.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            let idx = (start + i) % n;
-            let addr = self.config.backends[idx];
-            match BackendConn::open(
-                addr,
-                &self.config.helo_name,
-                self.config.connect_timeout,
-                self.config.greeting_timeout,
-            )
-            .await
-            {
-                Ok(conn) => {
-                    self.metrics.connections.increment(1);
-                    if let Some(auth) = &self.auth {
-                        auth.set_backend(conn.caps().auth_mechanisms());
-                    }
-                    return Ok(conn);
-                }
-                Err(error) => {
-                    self.metrics.connect_errors[idx].increment(1);
-                    tracing::warn!(backend = %addr, %error, "backend unavailable");
-                }
-            }
-        }
-        Err(Reply::new(
-            451,
-            EnhancedStatus::new(4, 4, 1),
-            "No backend mail server available; try again later",
-        ))
+    /// The backend pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 }
 
@@ -154,10 +89,26 @@ enum Phase {
     Broken,
 }
 
+/// The transaction so far, to replay on another backend if the first fails before DATA.
+#[derive(Debug)]
+struct Txn {
+    mail: MailFrom,
+    rcpts: Vec<RcptTo>,
+    /// Backends that failed this transaction.
+    tried: Vec<SocketAddr>,
+}
+
 #[derive(Debug)]
 struct RelayState {
-    conn: Option<BackendConn>,
+    /// The backend connection of the transaction in progress, or one the session keeps
+    /// between transactions (pinned: authenticated, or PROXY identity).
+    lease: Option<Lease>,
     phase: Phase,
+    txn: Option<Txn>,
+    /// The session authenticated on its backend connection; if that connection is lost, the
+    /// session cannot go on elsewhere.
+    authenticated: bool,
+    auth_lost: bool,
 }
 
 /// The per-session relay service; see the module docs.
@@ -173,8 +124,11 @@ impl Relay {
         Self {
             shared,
             state: Arc::new(Mutex::new(RelayState {
-                conn: None,
+                lease: None,
                 phase: Phase::Idle,
+                txn: None,
+                authenticated: false,
+                auth_lost: false,
             })),
         }
     }
@@ -192,6 +146,29 @@ fn lost(during: &str) -> Reply {
     )
 }
 
+fn unavailable(error: &CheckoutError) -> Reply {
+    match error {
+        CheckoutError::Busy => Reply::new(
+            451,
+            EnhancedStatus::new(4, 4, 5),
+            "Mail servers busy; try again later",
+        ),
+        _ => Reply::new(
+            451,
+            EnhancedStatus::new(4, 4, 1),
+            "No backend mail server available; try again later",
+        ),
+    }
+}
+
+fn temporary_auth_failure() -> Reply {
+    Reply::new(
+        454,
+        EnhancedStatus::new(4, 7, 0),
+        "Temporary authentication failure; try again later",
+    )
+}
+
 /// A backend's 421 means "I am closing": for the client the session goes on, so it becomes a
 /// 451 (same text) and the backend connection is dropped.
 fn soften_421(reply: Reply) -> Reply {
@@ -206,57 +183,158 @@ fn soften_421(reply: Reply) -> Reply {
     }
 }
 
+/// Who the client is, for XCLIENT or PROXY.
+fn identity(session: &Session) -> ClientIdentity {
+    ClientIdentity {
+        addr: session.client,
+        local: session.local,
+        helo: session.helo.as_ref().map(|h| h.name.clone()),
+        esmtp: session.helo.as_ref().is_some_and(|h| h.extended),
+        login: session.auth.clone(),
+    }
+}
+
+/// What one step of a transaction on one backend came to.
+enum Step {
+    /// The backend answered (any reply the client should see).
+    Reply(Reply),
+    /// The backend failed: try another.
+    Failed,
+}
+
 impl RelayState {
+    /// Between transactions: a shareable connection goes back to the pool; a pinned one stays
+    /// with the session, no longer counted in flight.
+    fn put_back(&mut self, mut lease: Lease) {
+        if lease.poolable() {
+            lease.release();
+        } else {
+            lease.park();
+            self.lease = Some(lease);
+        }
+    }
+
     fn fail(&mut self, shared: &RelayShared, error: &BackendError, during: &'static str) -> Reply {
         shared.metrics.failures.increment(1);
-        if let Some(conn) = self.conn.take() {
-            tracing::warn!(backend = %conn.addr(), %error, during, "backend failed");
+        if let Some(lease) = self.lease.take() {
+            lease.failure(FailureKind::from(error));
+            tracing::warn!(backend = %lease.addr(), %error, during, "backend failed");
+        }
+        if self.authenticated {
+            self.auth_lost = true;
         }
         self.phase = Phase::Broken;
         lost(during)
     }
 
+    /// Ends the transaction in progress (RSET), or aborts DATA/AUTH by dropping the connection.
     async fn reset(&mut self, shared: &RelayShared) {
-        if self.phase != Phase::Idle
-            && let Some(conn) = self.conn.as_mut()
-        {
-            // Mid-DATA or mid-AUTH the backend would read "RSET" as content or an answer.
-            let in_data = matches!(self.phase, Phase::Data { .. } | Phase::Auth);
-            let result = if in_data {
-                Err(BackendError::Protocol("reset during DATA or AUTH"))
-            } else {
-                conn.command(&Command::Rset, shared.config.command_timeout, "RSET")
-                    .await
-            };
-            if !matches!(result, Ok(ref r) if r.is_positive()) {
-                self.conn = None;
-            }
-        }
-        self.phase = Phase::Idle;
-    }
-
-    async fn mail(&mut self, shared: &RelayShared, mail: &MailFrom) -> Reply {
-        // A connection kept from an earlier transaction may have been closed by the backend in
-        // the meantime: one retry on a fresh connection.
-        for attempt in 0..2 {
-            let reused = self.conn.is_some();
-            if self.conn.is_none() {
-                match shared.connect().await {
-                    Ok(conn) => self.conn = Some(conn),
-                    Err(reply) => return reply,
+        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
+        self.txn = None;
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        match phase {
+            Phase::Idle => self.put_back(lease),
+            // Mid-DATA or mid-AUTH the backend would read "RSET" as content or an answer:
+            // closing before the final dot is the only way to abort.
+            Phase::Data { .. } | Phase::Auth => {}
+            Phase::Mail | Phase::Broken => {
+                let result = lease
+                    .conn()
+                    .command(&Command::Rset, shared.config.command_timeout, "RSET")
+                    .await;
+                if matches!(result, Ok(ref r) if r.is_positive()) {
+                    self.put_back(lease);
                 }
             }
-            let conn = self.conn.as_mut().expect("connected above");
-            let caps = conn.caps();
+        }
+    }
+
+    /// Sends one command on `lease`; a failure (no reply, 421) is reported to the pool.
+    async fn step(shared: &RelayShared, lease: &mut Lease, cmd: &Command) -> Step {
+        let what = cmd.verb();
+        match lease
+            .conn()
+            .command(cmd, shared.config.command_timeout, what)
+            .await
+        {
+            Ok(reply) if reply.code() == 421 => {
+                lease.failure(FailureKind::ServiceUnavailable);
+                tracing::warn!(backend = %lease.addr(), %reply, "backend closing (421)");
+                Step::Failed
+            }
+            Ok(reply) => Step::Reply(reply),
+            Err(error) => {
+                lease.failure(FailureKind::from(&error));
+                tracing::warn!(backend = %lease.addr(), %error, during = what, "backend failed");
+                Step::Failed
+            }
+        }
+    }
+
+    /// Opens the transaction on a backend (the session's pinned one, or one from the pool),
+    /// replays the recipients accepted so far, then sends `then` (the RCPT or DATA that found
+    /// the first backend gone). Backends that fail before DATA are left for the next one,
+    /// up to `failover_attempts` of them; the client sees nothing of it.
+    ///
+    /// Returns the reply for the client: MAIL's (with `then` = None) or `then`'s; `Err` when no
+    /// backend could take the transaction.
+    async fn open(
+        &mut self,
+        shared: &RelayShared,
+        identity: &ClientIdentity,
+        then: Option<&Command>,
+    ) -> Result<Reply, Reply> {
+        let attempts = 1 + shared.pool.config().failover_attempts as usize;
+        let mut stale_retry = true;
+        let mut last_refusal: Option<Reply> = None;
+        loop {
+            let txn = self.txn.as_mut().expect("a transaction is open");
+            if txn.tried.len() >= attempts {
+                return Err(last_refusal
+                    .map(soften_421)
+                    .unwrap_or_else(|| unavailable(&CheckoutError::NoBackend)));
+            }
+            let mut lease = match self.lease.take() {
+                Some(mut pinned) => {
+                    pinned.resume();
+                    pinned
+                }
+                None if self.authenticated => {
+                    return Err(Reply::new(
+                        451,
+                        EnhancedStatus::new(4, 7, 0),
+                        "Authenticated backend session lost; reconnect and authenticate again",
+                    ));
+                }
+                None => match shared.pool.checkout(identity, &txn.tried).await {
+                    Ok(lease) => lease,
+                    Err(CheckoutError::Backend { addr, error }) => {
+                        tracing::warn!(backend = %addr, %error, "backend unavailable; trying another");
+                        txn.tried.push(addr);
+                        shared.metrics.failovers.increment(1);
+                        continue;
+                    }
+                    Err(error) => {
+                        shared.metrics.unavailable.increment(1);
+                        return Err(unavailable(&error));
+                    }
+                },
+            };
+            let caps = lease.conn().caps();
             let relayed = MailFrom {
-                address: mail.address.clone(),
-                size: mail.size.filter(|_| caps.size),
-                body: mail
+                address: txn.mail.address.clone(),
+                size: txn.mail.size.filter(|_| caps.size),
+                body: txn
+                    .mail
                     .body
                     .filter(|b| *b == Body::SevenBit || caps.eight_bit_mime),
-                smtputf8: mail.smtputf8 && caps.smtputf8,
+                smtputf8: txn.mail.smtputf8 && caps.smtputf8,
             };
-            match conn
+            let reused = lease.reused();
+            let mail_reply = match lease
+                .conn()
                 .command(
                     &Command::Mail(relayed),
                     shared.config.command_timeout,
@@ -264,131 +342,243 @@ impl RelayState {
                 )
                 .await
             {
-                Ok(reply) if reply.code() == 421 => {
-                    self.conn = None;
-                    if attempt == 0 {
+                Err(error) if reused && stale_retry => {
+                    // A pooled connection the backend closed meanwhile: once, silently.
+                    tracing::debug!(backend = %lease.addr(), %error, "pooled backend connection is gone; another");
+                    stale_retry = false;
+                    continue;
+                }
+                Err(error) => {
+                    lease.failure(FailureKind::from(&error));
+                    tracing::warn!(backend = %lease.addr(), %error, "backend failed at MAIL; trying another");
+                    Self::failed_over(shared, txn, &lease);
+                    continue;
+                }
+                Ok(reply) if reply.code() == 421 || reply.is_transient() => {
+                    lease.failure(if reply.code() == 421 {
+                        FailureKind::ServiceUnavailable
+                    } else {
+                        FailureKind::Transient
+                    });
+                    tracing::warn!(backend = %lease.addr(), %reply, "backend refused MAIL for now; trying another");
+                    Self::failed_over(shared, txn, &lease);
+                    last_refusal = Some(reply);
+                    continue;
+                }
+                Ok(reply) if !reply.is_positive() => {
+                    if then.is_some() {
+                        // A replay the next backend refuses for good: it cannot take over.
+                        Self::failed_over(shared, txn, &lease);
                         continue;
                     }
-                    return soften_421(reply);
+                    self.put_back(lease);
+                    return Ok(reply);
                 }
-                Ok(reply) => {
-                    if reply.is_positive() {
-                        self.phase = Phase::Mail;
+                Ok(reply) => reply,
+            };
+            let mut replayed = true;
+            for rcpt in txn.rcpts.clone() {
+                match Self::step(shared, &mut lease, &Command::Rcpt(rcpt)).await {
+                    Step::Reply(r) if r.is_positive() => {}
+                    _ => {
+                        replayed = false;
+                        break;
                     }
-                    return reply;
                 }
-                Err(error) if reused && attempt == 0 => {
-                    tracing::debug!(%error, "kept backend connection is gone; reconnecting");
-                    self.conn = None;
+            }
+            if !replayed {
+                Self::failed_over(shared, txn, &lease);
+                continue;
+            }
+            let Some(cmd) = then else {
+                self.lease = Some(lease);
+                return Ok(mail_reply);
+            };
+            match Self::step(shared, &mut lease, cmd).await {
+                Step::Reply(reply) => {
+                    self.lease = Some(lease);
+                    return Ok(reply);
                 }
-                Err(error) => return self.fail(shared, &error, "at MAIL"),
+                Step::Failed => Self::failed_over(shared, txn, &lease),
             }
         }
-        lost("at MAIL")
     }
 
-    /// AUTH, or an answer in the exchange: relayed, and the backend's reply handed back.
-    async fn auth(&mut self, shared: &RelayShared, event: Event) -> Reply {
+    fn failed_over(shared: &RelayShared, txn: &mut Txn, lease: &Lease) {
+        txn.tried.push(lease.addr());
+        lease.failed_over();
+        shared.metrics.failovers.increment(1);
+    }
+
+    async fn mail(
+        &mut self,
+        shared: &RelayShared,
+        identity: &ClientIdentity,
+        mail: MailFrom,
+    ) -> Reply {
+        if self.auth_lost {
+            return Reply::new(
+                451,
+                EnhancedStatus::new(4, 7, 0),
+                "Authenticated backend session lost; reconnect and authenticate again",
+            );
+        }
+        self.txn = Some(Txn {
+            mail,
+            rcpts: Vec::new(),
+            tried: Vec::new(),
+        });
+        match self.open(shared, identity, None).await {
+            Ok(reply) => {
+                if reply.is_positive() {
+                    self.phase = Phase::Mail;
+                } else {
+                    self.txn = None;
+                }
+                reply
+            }
+            Err(reply) => {
+                self.txn = None;
+                reply
+            }
+        }
+    }
+
+    /// RCPT or DATA within a transaction: on the current backend, or, if it fails, replayed
+    /// on another.
+    async fn in_transaction(
+        &mut self,
+        shared: &RelayShared,
+        identity: &ClientIdentity,
+        cmd: Command,
+    ) -> Reply {
+        let mut lease = self.lease.take().expect("a lease in the Mail phase");
+        let reply = match Self::step(shared, &mut lease, &cmd).await {
+            Step::Reply(reply) => {
+                self.lease = Some(lease);
+                reply
+            }
+            Step::Failed => {
+                let txn = self.txn.as_mut().expect("a transaction in the Mail phase");
+                Self::failed_over(shared, txn, &lease);
+                drop(lease);
+                if self.authenticated {
+                    self.auth_lost = true;
+                    self.phase = Phase::Broken;
+                    return lost("earlier in this transaction");
+                }
+                match self.open(shared, identity, Some(&cmd)).await {
+                    Ok(reply) => reply,
+                    Err(_) => {
+                        shared.metrics.failures.increment(1);
+                        self.phase = Phase::Broken;
+                        return lost(if matches!(cmd, Command::Data) {
+                            "at DATA"
+                        } else {
+                            "at RCPT"
+                        });
+                    }
+                }
+            }
+        };
+        match cmd {
+            Command::Rcpt(rcpt) if reply.is_positive() => {
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.rcpts.push(rcpt);
+                }
+            }
+            Command::Data if reply.code() == 354 => {
+                self.phase = Phase::Data {
+                    at_line_start: true,
+                };
+            }
+            _ => {}
+        }
+        reply
+    }
+
+    /// AUTH, or an answer in the exchange: relayed, and the backend's reply handed back. An
+    /// authenticated backend connection is the session's own from then on.
+    async fn auth(
+        &mut self,
+        shared: &RelayShared,
+        identity: &ClientIdentity,
+        event: Event,
+    ) -> Reply {
         if matches!(event, Event::Command(_)) {
             self.reset(shared).await;
-            if self.conn.is_none() {
-                match shared.connect().await {
-                    Ok(conn) => self.conn = Some(conn),
-                    Err(reply) => return reply,
+            if self.lease.is_none() {
+                match shared.pool.checkout(identity, &[]).await {
+                    Ok(lease) => self.lease = Some(lease),
+                    Err(error) => {
+                        tracing::warn!(%error, "no backend for AUTH");
+                        return temporary_auth_failure();
+                    }
                 }
             }
         }
         let limit = shared.config.command_timeout;
-        let conn = self
-            .conn
-            .as_mut()
+        let mut lease = self
+            .lease
+            .take()
             .expect("connected above or in the exchange");
+        lease.resume();
         let result = match &event {
-            Event::Command(cmd) => conn.command(cmd, limit, "AUTH").await,
-            Event::AuthLine(line) => conn.line(line, limit).await,
+            Event::Command(cmd) => lease.conn().command(cmd, limit, "AUTH").await,
+            Event::AuthLine(line) => lease.conn().raw(line, limit, "AUTH answer").await,
             _ => unreachable!("only AUTH events"),
         };
         match result {
             Ok(reply) if reply.code() == 334 => {
                 self.phase = Phase::Auth;
+                self.lease = Some(lease);
                 reply
+            }
+            Ok(reply) if reply.code() == 421 => {
+                self.phase = Phase::Idle;
+                lease.failure(FailureKind::ServiceUnavailable);
+                temporary_auth_failure()
             }
             Ok(reply) => {
                 self.phase = Phase::Idle;
-                if reply.code() == 421 {
-                    self.conn = None;
-                    return Reply::new(
-                        454,
-                        EnhancedStatus::new(4, 7, 0),
-                        "Temporary authentication failure; try again later",
-                    );
+                if reply.code() == 235 {
+                    lease.pin();
+                    self.authenticated = true;
                 }
+                self.put_back(lease);
                 reply
             }
             Err(error) => {
+                self.lease = Some(lease);
                 self.fail(shared, &error, "during AUTH");
                 self.phase = Phase::Idle;
-                Reply::new(
-                    454,
-                    EnhancedStatus::new(4, 7, 0),
-                    "Temporary authentication failure; try again later",
-                )
+                temporary_auth_failure()
             }
         }
     }
 
-    async fn handle(&mut self, shared: &RelayShared, event: Event) -> Reply {
+    async fn handle(&mut self, shared: &RelayShared, session: &Session, event: Event) -> Reply {
         let cfg = &shared.config;
         match (event, self.phase) {
             (event @ Event::Command(Command::Auth { .. }), _)
-            | (event @ Event::AuthLine(_), Phase::Auth) => self.auth(shared, event).await,
+            | (event @ Event::AuthLine(_), Phase::Auth) => {
+                self.auth(shared, &identity(session), event).await
+            }
             (Event::Command(Command::Ehlo(_) | Command::Helo(_) | Command::Rset), _) => {
                 self.reset(shared).await;
                 ok()
             }
             (Event::Command(Command::Mail(mail)), _) => {
                 self.reset(shared).await;
-                self.mail(shared, &mail).await
+                self.mail(shared, &identity(session), mail).await
             }
-            (Event::Command(Command::Rcpt(rcpt)), Phase::Mail) => {
-                let conn = self.conn.as_mut().expect("connected in Mail phase");
-                match conn
-                    .command(&Command::Rcpt(rcpt), cfg.command_timeout, "RCPT")
-                    .await
-                {
-                    Ok(reply) if reply.code() == 421 => {
-                        self.conn = None;
-                        self.phase = Phase::Broken;
-                        soften_421(reply)
-                    }
-                    Ok(reply) => reply,
-                    Err(error) => self.fail(shared, &error, "at RCPT"),
-                }
-            }
-            (Event::Command(Command::Data), Phase::Mail) => {
-                let conn = self.conn.as_mut().expect("connected in Mail phase");
-                match conn
-                    .command(&Command::Data, cfg.command_timeout, "DATA")
-                    .await
-                {
-                    Ok(reply) if reply.code() == 354 => {
-                        self.phase = Phase::Data {
-                            at_line_start: true,
-                        };
-                        reply
-                    }
-                    Ok(reply) if reply.code() == 421 => {
-                        self.conn = None;
-                        self.phase = Phase::Broken;
-                        soften_421(reply)
-                    }
-                    Ok(reply) => reply,
-                    Err(error) => self.fail(shared, &error, "at DATA"),
-                }
+            (Event::Command(cmd @ (Command::Rcpt(_) | Command::Data)), Phase::Mail) => {
+                self.in_transaction(shared, &identity(session), cmd).await
             }
             (Event::DataChunk(chunk), Phase::Data { mut at_line_start }) => {
-                let conn = self.conn.as_mut().expect("connected in Data phase");
-                match conn
+                let lease = self.lease.as_mut().expect("connected in Data phase");
+                match lease
+                    .conn()
                     .send_content(&chunk, &mut at_line_start, cfg.data_block_timeout)
                     .await
                 {
@@ -400,17 +590,28 @@ impl RelayState {
                 }
             }
             (Event::DataEnd(DataOutcome::Complete), Phase::Data { at_line_start }) => {
-                let conn = self.conn.as_mut().expect("connected in Data phase");
-                match conn.finish_data(at_line_start, cfg.data_end_timeout).await {
-                    Ok(reply) => {
-                        self.phase = Phase::Idle;
-                        conn.transactions += 1;
-                        if reply.code() == 421 {
-                            self.conn = None;
-                        }
+                let mut lease = self.lease.take().expect("connected in Data phase");
+                self.txn = None;
+                self.phase = Phase::Idle;
+                match lease
+                    .conn()
+                    .finish_data(at_line_start, cfg.data_end_timeout)
+                    .await
+                {
+                    Ok(reply) if reply.code() == 421 => {
+                        lease.failure(FailureKind::ServiceUnavailable);
                         soften_421(reply)
                     }
+                    Ok(reply) => {
+                        if reply.is_transient() {
+                            lease.failure(FailureKind::Transient);
+                        }
+                        lease.transaction_done();
+                        self.put_back(lease);
+                        reply
+                    }
                     Err(error) => {
+                        self.lease = Some(lease);
                         let reply = self.fail(shared, &error, "at end of data");
                         self.phase = Phase::Idle;
                         reply
@@ -421,12 +622,14 @@ impl RelayState {
                 if matches!(phase, Phase::Data { .. }) {
                     // Closing the connection before the final dot is the only way to abort
                     // DATA: the backend discards the partial message.
-                    self.conn = None;
+                    self.lease = None;
                 }
+                self.txn = None;
                 self.phase = Phase::Idle;
                 reply
             }
             (Event::DataEnd(DataOutcome::Complete), Phase::Broken) => {
+                self.txn = None;
                 self.phase = Phase::Idle;
                 lost("during DATA")
             }
@@ -434,16 +637,12 @@ impl RelayState {
                 Event::Command(Command::Rcpt(_) | Command::Data) | Event::DataChunk(_),
                 Phase::Broken,
             ) => lost("earlier in this transaction"),
-            (Event::Command(Command::Quit) | Event::Close, phase) => {
-                self.phase = Phase::Idle;
-                let conn = self.conn.take();
-                if matches!(phase, Phase::Data { .. } | Phase::Auth) {
-                    // Mid-DATA: "QUIT" would be message text (mid-AUTH, an answer). Dropping the
-                    // connection before the final dot makes the backend discard the message.
-                    drop(conn);
-                } else if let Some(conn) = conn {
-                    let limit = cfg.quit_timeout;
-                    tokio::spawn(conn.quit(limit));
+            (Event::Command(Command::Quit) | Event::Close, _) => {
+                // A shareable idle connection goes back to the pool (that is the point of the
+                // pool); a pinned one is closed with QUIT; one mid-DATA is dropped.
+                self.reset(shared).await;
+                if let Some(lease) = self.lease.take() {
+                    lease.quit();
                 }
                 Reply::new(221, EnhancedStatus::new(2, 0, 0), "Bye")
             }
@@ -473,7 +672,7 @@ impl Service<Request> for Relay {
         let state = self.state.clone();
         Box::pin(async move {
             let mut state = state.lock_owned().await;
-            Ok(state.handle(&shared, req.event).await)
+            Ok(state.handle(&shared, &req.session, req.event).await)
         })
     }
 }

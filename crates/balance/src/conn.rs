@@ -1,7 +1,7 @@
 //! One SMTP client connection to a backend.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use attitude_codec::{ClientCodec, ClientCodecError, Command, Reply, dot_stuff_into};
 use bytes::BytesMut;
@@ -10,12 +10,16 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::Decoder;
 
+use crate::identity::{ClientIdentity, XclientAttrs};
+
 /// DATA content is written to the backend once this much is gathered (and at end of data).
 const DATA_BATCH: usize = 16 * 1024;
 
 /// What a backend offered in its EHLO reply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendCaps {
+    /// `XCLIENT ...`, with the attributes it accepts.
+    pub xclient: Option<XclientAttrs>,
     /// `SIZE`
     pub size: bool,
     /// `8BITMIME`
@@ -56,6 +60,10 @@ impl BackendCaps {
                         _ => {}
                     }
                 }
+                continue;
+            }
+            if let Some(attrs) = upper.strip_prefix("XCLIENT") {
+                caps.xclient = Some(XclientAttrs::parse(attrs));
                 continue;
             }
             let keyword = upper.split(' ').next().unwrap_or("");
@@ -119,15 +127,25 @@ pub struct BackendConn {
     caps: BackendCaps,
     /// Transactions completed on this connection.
     pub transactions: u32,
+    /// When the connection was opened.
+    pub opened: Instant,
+    /// The identity last given by XCLIENT or PROXY ([`ClientIdentity::key`]).
+    pub identity: Option<u64>,
+    /// Time spent waiting for this backend's replies, in all.
+    pub waited: Duration,
+    /// Its place in its backend's count of open connections (and in its connection limit).
+    pub(crate) slot: Option<crate::backend::Slot>,
 }
 
 impl BackendConn {
-    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused).
+    /// Connects, sends `preamble` (a PROXY header) if any, reads the greeting and says EHLO
+    /// (HELO if EHLO is refused).
     pub async fn open(
         addr: SocketAddr,
         helo_name: &str,
         connect_timeout: Duration,
         reply_timeout: Duration,
+        preamble: Option<&[u8]>,
     ) -> Result<Self, BackendError> {
         let stream = timeout(connect_timeout, TcpStream::connect(addr))
             .await
@@ -143,25 +161,74 @@ impl BackendConn {
             codec: ClientCodec::new(),
             caps: BackendCaps::default(),
             transactions: 0,
+            opened: Instant::now(),
+            identity: None,
+            waited: Duration::ZERO,
+            slot: None,
         };
+        if let Some(preamble) = preamble {
+            conn.wbuf.extend_from_slice(preamble);
+            conn.flush(reply_timeout, "PROXY header").await?;
+        }
         let greeting = conn.read_reply(reply_timeout, "greeting").await?;
         if greeting.code() != 220 {
             return Err(BackendError::Refused(greeting));
         }
-        let ehlo = conn
-            .command(&Command::Ehlo(helo_name.to_owned()), reply_timeout, "EHLO")
+        conn.hello(helo_name, reply_timeout).await?;
+        Ok(conn)
+    }
+
+    /// EHLO (HELO if EHLO is refused); learns the backend's capabilities.
+    async fn hello(&mut self, helo_name: &str, limit: Duration) -> Result<(), BackendError> {
+        let ehlo = self
+            .command(&Command::Ehlo(helo_name.to_owned()), limit, "EHLO")
             .await?;
         if ehlo.is_positive() {
-            conn.caps = BackendCaps::from_ehlo(&ehlo);
+            self.caps = BackendCaps::from_ehlo(&ehlo);
         } else {
-            let helo = conn
-                .command(&Command::Helo(helo_name.to_owned()), reply_timeout, "HELO")
+            let helo = self
+                .command(&Command::Helo(helo_name.to_owned()), limit, "HELO")
                 .await?;
             if !helo.is_positive() {
                 return Err(BackendError::Refused(helo));
             }
+            self.caps = BackendCaps::default();
         }
-        Ok(conn)
+        Ok(())
+    }
+
+    /// Tells the backend who the client is with XCLIENT, unless this connection already
+    /// carries that identity. The backend answers with a new greeting, so EHLO follows. A
+    /// backend that does not offer XCLIENT is left alone (`Ok(false)`).
+    pub async fn xclient(
+        &mut self,
+        identity: &ClientIdentity,
+        helo_name: &str,
+        limit: Duration,
+    ) -> Result<bool, BackendError> {
+        let key = identity.key();
+        if self.identity == Some(key) {
+            return Ok(true);
+        }
+        let Some(attrs) = self.caps.xclient else {
+            return Ok(false);
+        };
+        let line = identity.xclient_line(attrs);
+        let reply = self.raw(line.as_bytes(), limit, "XCLIENT").await?;
+        if reply.code() != 220 {
+            return Err(BackendError::Refused(reply));
+        }
+        self.hello(helo_name, limit).await?;
+        self.identity = Some(key);
+        Ok(true)
+    }
+
+    /// Still open as far as the socket knows: not closed by the backend, and nothing
+    /// unsolicited (such as a 421 before an idle timeout close) waiting to be read.
+    pub fn is_open(&self) -> bool {
+        let mut byte = [0u8; 1];
+        self.rbuf.is_empty()
+            && matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// The backend's address.
@@ -186,12 +253,17 @@ impl BackendConn {
         self.read_reply(limit, what).await
     }
 
-    /// Sends one raw line (an AUTH answer) and reads the reply.
-    pub async fn line(&mut self, line: &[u8], limit: Duration) -> Result<Reply, BackendError> {
+    /// Sends one raw line (an AUTH answer, XCLIENT) and reads the reply.
+    pub async fn raw(
+        &mut self,
+        line: &[u8],
+        limit: Duration,
+        what: &'static str,
+    ) -> Result<Reply, BackendError> {
         self.wbuf.extend_from_slice(line);
         self.wbuf.extend_from_slice(b"\r\n");
-        self.flush(limit, "AUTH answer").await?;
-        self.read_reply(limit, "AUTH answer").await
+        self.flush(limit, what).await?;
+        self.read_reply(limit, what).await
     }
 
     /// Sends DATA content (unstuffed CRLF lines), dot-stuffed. Small chunks are gathered up to
@@ -255,8 +327,11 @@ impl BackendConn {
                 }
             }
         };
-        timeout(limit, read)
+        let start = Instant::now();
+        let result = timeout(limit, read)
             .await
-            .map_err(|_| BackendError::Timeout(what))?
+            .map_err(|_| BackendError::Timeout(what))?;
+        self.waited += start.elapsed();
+        result
     }
 }

@@ -1,0 +1,145 @@
+//! A backend connection lent to one session for one transaction (or, pinned, for the session).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, FailureKind};
+use crate::conn::BackendConn;
+use crate::identity::IdentityMode;
+use crate::pool::Inner;
+
+/// A backend connection lent to a session. While busy it counts as a transaction in flight on
+/// its backend (the p2c load). [`Lease::release`] gives it back to the pool; dropping it closes
+/// the connection (the way to abort a transaction the backend must not keep).
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<Inner>,
+    backend: Arc<Backend>,
+    conn: Option<BackendConn>,
+    reused: bool,
+    pinned: bool,
+    busy: bool,
+    started: Instant,
+    waited: Duration,
+}
+
+impl Lease {
+    pub(crate) fn new(
+        pool: Arc<Inner>,
+        backend: Arc<Backend>,
+        conn: BackendConn,
+        reused: bool,
+    ) -> Self {
+        backend.begin();
+        let waited = conn.waited;
+        Self {
+            pool,
+            backend,
+            conn: Some(conn),
+            reused,
+            pinned: false,
+            busy: true,
+            started: Instant::now(),
+            waited,
+        }
+    }
+
+    /// The connection.
+    pub fn conn(&mut self) -> &mut BackendConn {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until released")
+    }
+
+    /// The backend's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.backend.addr()
+    }
+
+    /// Came from the idle pool (it may have gone stale: one silent retry is fair).
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Keeps the connection for this session only (it authenticated: never pooled).
+    pub fn pin(&mut self) {
+        self.pinned = true;
+    }
+
+    /// Whether [`Lease::release`] returns it to the pool; otherwise the session keeps it for
+    /// its next transaction (PROXY identity, authenticated) or it is closed.
+    pub fn poolable(&self) -> bool {
+        !self.pinned && self.backend.identity() != IdentityMode::Proxy && self.pool.config.reuse
+    }
+
+    /// The backend answered as a healthy server does.
+    pub fn success(&self) {
+        self.backend.record_success();
+    }
+
+    /// The backend failed (counts toward its ejection).
+    pub fn failure(&self, kind: FailureKind) {
+        self.pool.report_failure(&self.backend, kind);
+    }
+
+    /// A failover away from this backend.
+    pub fn failed_over(&self) {
+        self.backend.metrics.failovers.increment(1);
+    }
+
+    /// A transaction ended with the backend's reply to end of data: latency metrics and the
+    /// backend's load estimate.
+    pub fn transaction_done(&mut self) {
+        let conn = self.conn.as_mut().expect("held");
+        conn.transactions += 1;
+        let waited = conn.waited.saturating_sub(self.waited);
+        self.waited = conn.waited;
+        self.backend.observe(self.started.elapsed(), waited);
+        self.success();
+        self.started = Instant::now();
+    }
+
+    /// The session keeps this lease between transactions: it stops counting as in flight.
+    pub fn park(&mut self) {
+        if self.busy {
+            self.busy = false;
+            self.backend.end();
+        }
+    }
+
+    /// A parked lease starts a transaction.
+    pub fn resume(&mut self) {
+        if !self.busy {
+            self.busy = true;
+            self.backend.begin();
+            self.started = Instant::now();
+            self.waited = self.conn.as_ref().map_or(Duration::ZERO, |c| c.waited);
+        }
+    }
+
+    /// The connection is between transactions: back to the pool when it may be shared, else
+    /// closed with QUIT.
+    pub fn release(mut self) {
+        let conn = self.conn.take().expect("held");
+        if self.poolable() {
+            self.backend.put_idle(conn, &self.pool.config);
+        } else {
+            self.backend.retire(conn, &self.pool.config);
+        }
+    }
+
+    /// Closes the connection with QUIT (the session ended; the connection is not shared).
+    pub fn quit(mut self) {
+        let conn = self.conn.take().expect("held");
+        self.backend.retire(conn, &self.pool.config);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.busy {
+            self.backend.end();
+        }
+    }
+}
