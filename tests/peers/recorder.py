@@ -12,6 +12,10 @@ Faults on demand, so tests can check that attitude hands back the backend's own 
   a message with a header  X-Fault: data451      -> 451 4.3.0 at end of data (not stored)
   a message with a header  X-Fault: data550      -> 550 5.7.1 at end of data (not stored)
 
+With --proxy it expects a PROXY protocol header first (aiosmtpd's own support), and stores the
+source address the header gave in NNNNNN.proxy (`ADDR PORT`, or `LOCAL` for a LOCAL header).
+--listen HOST:PORT picks the address (default: 127.0.0.1, a free port).
+
 With --auth USER:PASSWORD (repeatable) it offers AUTH PLAIN and LOGIN (without TLS: the tests
 run on loopback), checks the credentials, and stores the login of an authenticated session in
 NNNNNN.auth next to the message.
@@ -28,7 +32,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 class Recorder:
     def __init__(self, directory):
         self.directory = directory
-        self.count = 0
+        # After a restart into the same directory, go on numbering after what is there.
+        numbers = [int(n.split(".")[0]) for n in os.listdir(directory) if n[:6].isdigit()]
+        self.count = max(numbers, default=0)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0].lower()
@@ -56,12 +62,22 @@ class Recorder:
             f.write((envelope.mail_from or "") + "\n")
             for rcpt in envelope.rcpt_tos:
                 f.write(rcpt + "\n")
+        proxy = getattr(session, "proxy_data", None)
+        if proxy is not None:
+            with open(base + ".proxy", "w", encoding="utf-8") as f:
+                if proxy.src_addr is None:
+                    f.write("LOCAL\n")
+                else:
+                    f.write(f"{proxy.src_addr} {proxy.src_port}\n")
         login = getattr(session, "auth_data", None)
         if session.authenticated and login:
             with open(base + ".auth", "wb") as f:
                 f.write(login if isinstance(login, bytes) else str(login).encode())
         os.rename(tmp, base + ".env")
         return f"250 2.0.0 Stored as {self.count}"
+
+    async def handle_PROXY(self, server, session, envelope, proxy_data):
+        return proxy_data.valid
 
 
 def authenticator(accounts):
@@ -79,23 +95,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--auth", action="append", default=[])
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--proxy", action="store_true")
     args = parser.parse_args()
     accounts = dict(a.split(":", 1) for a in args.auth)
-    auth = {}
+    options = {}
     if accounts:
-        auth = dict(authenticator=authenticator(accounts), auth_require_tls=False)
+        options.update(authenticator=authenticator(accounts), auth_require_tls=False)
+    if args.proxy:
+        options["proxy_protocol_timeout"] = 5
+    host, port = args.listen.rsplit(":", 1)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     handler = Recorder(args.dir)
     server = loop.run_until_complete(
         loop.create_server(
-            lambda: SMTP(handler, hostname="recorder.test", enable_SMTPUTF8=True, **auth),
-            host="127.0.0.1",
-            port=0,
+            lambda: SMTP(handler, hostname="recorder.test", enable_SMTPUTF8=True, **options),
+            host=host,
+            port=int(port),
+            reuse_address=True,
         )
     )
     port = server.sockets[0].getsockname()[1]
-    print(f"listening smtp=127.0.0.1:{port}", flush=True)
+    print(f"listening smtp={host}:{port}", flush=True)
     loop.run_forever()
 
 

@@ -181,19 +181,6 @@ struct Outlier {
     until: Option<Instant>,
 }
 
-/// Peak-EWMA of the time a backend takes to answer a transaction (only the waits for its
-/// replies, not the client's own pace): a slow backend's estimate rises at once and decays
-/// over `DECAY`.
-#[derive(Debug)]
-struct Ewma {
-    estimate: f64,
-    updated: Instant,
-}
-
-const DECAY: Duration = Duration::from_secs(10);
-/// Estimate for a backend that has served nothing yet (seconds).
-const DEFAULT_LATENCY: f64 = 0.005;
-
 /// A backend mail server as the pool sees it.
 #[derive(Debug)]
 pub struct Backend {
@@ -202,9 +189,11 @@ pub struct Backend {
     ejected: AtomicBool,
     /// No longer discovered: its connections are not pooled, it gets no new transactions.
     removed: AtomicBool,
+    /// It refused a second XCLIENT on a connection (Postfix checks it against the address the
+    /// first one set): its XCLIENT connections each serve one session.
+    xclient_once: AtomicBool,
     health: Mutex<Health>,
     outlier: Mutex<Outlier>,
-    ewma: Mutex<Ewma>,
     in_flight: AtomicUsize,
     open: AtomicUsize,
     idle: Mutex<Vec<Idle>>,
@@ -222,12 +211,9 @@ impl Backend {
             up: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            xclient_once: AtomicBool::new(false),
             health: Mutex::default(),
             outlier: Mutex::default(),
-            ewma: Mutex::new(Ewma {
-                estimate: DEFAULT_LATENCY,
-                updated: Instant::now(),
-            }),
             in_flight: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
             idle: Mutex::default(),
@@ -277,15 +263,10 @@ impl Backend {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// The p2c load: expected latency × (transactions in flight + 1) ÷ weight.
+    /// The p2c load: transactions in flight ÷ weight (least outstanding transactions). A slow
+    /// backend holds its transactions longer, so it gets fewer new ones.
     pub fn load(&self) -> f64 {
-        let ewma = self.ewma.lock().expect("ewma lock");
-        let age = ewma.updated.elapsed().as_secs_f64();
-        // Without news the estimate decays toward the default, so a backend that was slow once
-        // is tried again.
-        let w = (-age / DECAY.as_secs_f64()).exp();
-        let estimate = ewma.estimate * w + DEFAULT_LATENCY * (1.0 - w);
-        estimate * (self.in_flight() as f64 + 1.0) / f64::from(self.spec.weight.max(1))
+        self.in_flight() as f64 / f64::from(self.spec.weight.max(1))
     }
 
     pub(crate) fn begin(&self) {
@@ -298,20 +279,9 @@ impl Backend {
         self.metrics.in_flight.set(n as f64);
     }
 
-    /// A finished transaction: `waited` is the time spent waiting for this backend's replies.
-    pub(crate) fn observe(&self, total: Duration, waited: Duration) {
+    /// A finished transaction (from checkout to the backend's reply to end of data).
+    pub(crate) fn observe(&self, total: Duration) {
         self.metrics.transaction_seconds.record(total.as_secs_f64());
-        let sample = waited.as_secs_f64();
-        let mut ewma = self.ewma.lock().expect("ewma lock");
-        let now = Instant::now();
-        if sample > ewma.estimate {
-            ewma.estimate = sample;
-        } else {
-            let age = now.saturating_duration_since(ewma.updated).as_secs_f64();
-            let w = (-age / DECAY.as_secs_f64()).exp();
-            ewma.estimate = ewma.estimate * w + sample * (1.0 - w);
-        }
-        ewma.updated = now;
     }
 
     /// A connection of this thread from the idle pool, if one is fresh and still open.
@@ -401,6 +371,28 @@ impl Backend {
         let limit = config.quit_timeout;
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(conn.quit(limit));
+        }
+    }
+
+    /// Whether a connection to it may serve another client after this one.
+    pub(crate) fn shareable(&self) -> bool {
+        match self.identity() {
+            IdentityMode::None => true,
+            IdentityMode::Xclient => !self.xclient_once.load(Ordering::Relaxed),
+            IdentityMode::Proxy => false,
+        }
+    }
+
+    /// A second XCLIENT was refused: connections serve one session each from now on.
+    pub(crate) fn set_xclient_once(&self) {
+        if !self.xclient_once.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                backend = %self.addr(),
+                "backend accepts XCLIENT once per connection; its connections now serve one session each"
+            );
+            // Idle connections carry someone else's identity.
+            self.idle.lock().expect("idle lock").clear();
+            self.metrics.idle.set(0.0);
         }
     }
 

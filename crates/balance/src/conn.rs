@@ -131,8 +131,9 @@ pub struct BackendConn {
     pub opened: Instant,
     /// The identity last given by XCLIENT or PROXY ([`ClientIdentity::key`]).
     pub identity: Option<u64>,
-    /// Time spent waiting for this backend's replies, in all.
-    pub waited: Duration,
+    /// XCLIENT as the first EHLO offered it (a backend may stop offering it once the
+    /// identity changed, as Postfix does; the authorisation is the real peer's).
+    xclient: Option<XclientAttrs>,
     /// Its place in its backend's count of open connections (and in its connection limit).
     pub(crate) slot: Option<crate::backend::Slot>,
 }
@@ -163,7 +164,7 @@ impl BackendConn {
             transactions: 0,
             opened: Instant::now(),
             identity: None,
-            waited: Duration::ZERO,
+            xclient: None,
             slot: None,
         };
         if let Some(preamble) = preamble {
@@ -175,6 +176,7 @@ impl BackendConn {
             return Err(BackendError::Refused(greeting));
         }
         conn.hello(helo_name, reply_timeout).await?;
+        conn.xclient = conn.caps.xclient;
         Ok(conn)
     }
 
@@ -199,7 +201,9 @@ impl BackendConn {
 
     /// Tells the backend who the client is with XCLIENT, unless this connection already
     /// carries that identity. The backend answers with a new greeting, so EHLO follows. A
-    /// backend that does not offer XCLIENT is left alone (`Ok(false)`).
+    /// backend that does not offer XCLIENT is left alone (`Ok(false)`); a connection that
+    /// carries another client's identity and cannot change it is an error (never reused for
+    /// someone else).
     pub async fn xclient(
         &mut self,
         identity: &ClientIdentity,
@@ -210,7 +214,10 @@ impl BackendConn {
         if self.identity == Some(key) {
             return Ok(true);
         }
-        let Some(attrs) = self.caps.xclient else {
+        let Some(attrs) = self.xclient else {
+            if self.identity.is_some() {
+                return Err(BackendError::Protocol("cannot change the XCLIENT identity"));
+            }
             return Ok(false);
         };
         let line = identity.xclient_line(attrs);
@@ -239,6 +246,26 @@ impl BackendConn {
     /// What the backend offered.
     pub fn caps(&self) -> BackendCaps {
         self.caps
+    }
+
+    /// Sends one command without waiting for its reply (read it with [`BackendConn::reply`]).
+    pub async fn send(
+        &mut self,
+        cmd: &Command,
+        limit: Duration,
+        what: &'static str,
+    ) -> Result<(), BackendError> {
+        cmd.encode(&mut self.wbuf);
+        self.flush(limit, what).await
+    }
+
+    /// Reads the reply to a command sent with [`BackendConn::send`].
+    pub async fn reply(
+        &mut self,
+        limit: Duration,
+        what: &'static str,
+    ) -> Result<Reply, BackendError> {
+        self.read_reply(limit, what).await
     }
 
     /// Sends one command and reads its reply.
@@ -327,11 +354,8 @@ impl BackendConn {
                 }
             }
         };
-        let start = Instant::now();
-        let result = timeout(limit, read)
+        timeout(limit, read)
             .await
-            .map_err(|_| BackendError::Timeout(what))?;
-        self.waited += start.elapsed();
-        result
+            .map_err(|_| BackendError::Timeout(what))?
     }
 }

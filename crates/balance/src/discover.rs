@@ -120,8 +120,7 @@ impl Stream for ThreadDiscover {
 }
 
 /// One backend as a balancer endpoint: ready when this thread has an idle connection to it or
-/// a slot under its connection limit; its load is the backend's peak-EWMA latency × (in flight
-/// + 1) ÷ weight.
+/// a slot under its connection limit; its load is the backend's transactions in flight ÷ weight.
 pub(crate) struct Endpoint {
     pool: Arc<Inner>,
     backend: Arc<Backend>,

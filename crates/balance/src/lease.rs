@@ -2,11 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::backend::{Backend, FailureKind};
 use crate::conn::BackendConn;
-use crate::identity::IdentityMode;
 use crate::pool::Inner;
 
 /// A backend connection lent to a session. While busy it counts as a transaction in flight on
@@ -21,7 +20,6 @@ pub struct Lease {
     pinned: bool,
     busy: bool,
     started: Instant,
-    waited: Duration,
 }
 
 impl Lease {
@@ -32,7 +30,6 @@ impl Lease {
         reused: bool,
     ) -> Self {
         backend.begin();
-        let waited = conn.waited;
         Self {
             pool,
             backend,
@@ -41,7 +38,6 @@ impl Lease {
             pinned: false,
             busy: true,
             started: Instant::now(),
-            waited,
         }
     }
 
@@ -68,9 +64,10 @@ impl Lease {
     }
 
     /// Whether [`Lease::release`] returns it to the pool; otherwise the session keeps it for
-    /// its next transaction (PROXY identity, authenticated) or it is closed.
+    /// its next transaction (PROXY identity, XCLIENT once per connection, authenticated) and
+    /// closes it at its end.
     pub fn poolable(&self) -> bool {
-        !self.pinned && self.backend.identity() != IdentityMode::Proxy && self.pool.config.reuse
+        !self.pinned && self.backend.shareable() && self.pool.config.reuse
     }
 
     /// The backend answered as a healthy server does.
@@ -88,14 +85,11 @@ impl Lease {
         self.backend.metrics.failovers.increment(1);
     }
 
-    /// A transaction ended with the backend's reply to end of data: latency metrics and the
-    /// backend's load estimate.
+    /// A transaction ended with the backend's reply to end of data.
     pub fn transaction_done(&mut self) {
         let conn = self.conn.as_mut().expect("held");
         conn.transactions += 1;
-        let waited = conn.waited.saturating_sub(self.waited);
-        self.waited = conn.waited;
-        self.backend.observe(self.started.elapsed(), waited);
+        self.backend.observe(self.started.elapsed());
         self.success();
         self.started = Instant::now();
     }
@@ -114,7 +108,6 @@ impl Lease {
             self.busy = true;
             self.backend.begin();
             self.started = Instant::now();
-            self.waited = self.conn.as_ref().map_or(Duration::ZERO, |c| c.waited);
         }
     }
 

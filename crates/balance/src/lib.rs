@@ -6,9 +6,8 @@
 //! - **Health**: SMTP checks (connect, 220, EHLO, QUIT) with rise/fall thresholds; passive
 //!   outlier detection ejects a backend that keeps failing, for a backoff that doubles while it
 //!   keeps failing, never more than a share of the backends that are up.
-//! - **Balancing** per transaction with `tower::balance::p2c`; the load is a peak-EWMA of the
-//!   time the backend takes to answer (its reply waits only) × (transactions in flight + 1) ÷
-//!   weight.
+//! - **Balancing** per transaction with `tower::balance::p2c`; the load is the backend's
+//!   transactions in flight (all threads) ÷ its weight.
 //! - **Reuse**: after a transaction the connection goes back to the pool (per backend, per
 //!   worker thread, bounded in count, idle time, age and transactions), so a one-message client
 //!   session costs the backend no TCP handshake, greeting or EHLO.

@@ -356,13 +356,17 @@ impl Inner {
     ) -> Result<Lease, CheckoutError> {
         let config = &self.config;
         let addr = backend.addr();
-        if config.reuse && backend.identity() != IdentityMode::Proxy {
+        if config.reuse && backend.shareable() {
             while let Some(mut conn) = backend.take_idle(config) {
                 if backend.identity() == IdentityMode::Xclient
                     && let Err(error) = conn
                         .xclient(&identity, &config.helo_name, config.greeting_timeout)
                         .await
                 {
+                    if matches!(&error, BackendError::Refused(r) if r.is_permanent()) {
+                        backend.set_xclient_once();
+                        break;
+                    }
                     tracing::debug!(backend = %addr, %error, "pooled connection refused XCLIENT; closing it");
                     continue;
                 }

@@ -1,5 +1,5 @@
-//! An in-process DNS server (hickory-server) answering A records from a fixed table, for the
-//! DNSBL tests: never the internet.
+//! An in-process DNS server (hickory-server) answering from a fixed table (A, TXT, SRV), for the
+//! DNSBL, SPF and backend-discovery tests: never the internet.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::str::FromStr;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_server::Server;
-use hickory_server::proto::rr::rdata::{A, SOA, TXT};
+use hickory_server::proto::rr::rdata::{A, SOA, SRV, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
@@ -19,6 +19,8 @@ pub enum Rr<'a> {
     A(Ipv4Addr),
     /// A text record (e.g. SPF).
     Txt(&'a str),
+    /// A service record: priority, weight, port, target name.
+    Srv(u16, u16, u16, &'a str),
 }
 
 /// A DNS server on 127.0.0.1 (UDP), authoritative for one zone, on a thread of its own.
@@ -37,6 +39,17 @@ impl DnsServer {
 
     /// Like [`DnsServer::start`], on a chosen address.
     pub fn start_on(addr: SocketAddr, zone: &str, records: &[(&str, Rr<'_>)]) -> DnsServer {
+        Self::start_with_ttl(addr, zone, records, 60)
+    }
+
+    /// Like [`DnsServer::start_on`], with this TTL on every record (a short one lets a test
+    /// change the answers by restarting the server on the same address).
+    pub fn start_with_ttl(
+        addr: SocketAddr,
+        zone: &str,
+        records: &[(&str, Rr<'_>)],
+        ttl: u32,
+    ) -> DnsServer {
         let origin = Name::from_str(zone).expect("zone name");
         let mut handler: InMemoryZoneHandler<TokioRuntimeProvider> =
             InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
@@ -47,7 +60,7 @@ impl DnsServer {
             60,
             60,
             60,
-            60,
+            ttl,
         );
         handler.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
         for (name, rr) in records {
@@ -55,8 +68,14 @@ impl DnsServer {
             let data = match rr {
                 Rr::A(ip) => RData::A(A(*ip)),
                 Rr::Txt(text) => RData::TXT(TXT::new(vec![(*text).to_string()])),
+                Rr::Srv(priority, weight, port, target) => RData::SRV(SRV::new(
+                    *priority,
+                    *weight,
+                    *port,
+                    Name::from_str(target).expect("SRV target"),
+                )),
             };
-            handler.upsert_mut(Record::from_rdata(name, 60, data), 1);
+            handler.upsert_mut(Record::from_rdata(name, ttl, data), 1);
         }
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);

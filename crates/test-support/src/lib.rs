@@ -3,14 +3,18 @@
 //! - [`Peer`]: a child process (attitude itself, Postfix's smtp-sink, the aiosmtpd recorder)
 //!   that announces its address on stdout and is killed, by its PID, when dropped;
 //! - [`Client`]: a scripted raw SMTP client over a blocking socket, for byte-level tests that
-//!   no real client would send (smuggling, over-long lines, NUL, drip).
+//!   no real client would send (smuggling, over-long lines, NUL, drip);
+//! - [`Sink`] (the project's sink, restartable on a fixed port) and [`Postfix`] (a real Postfix
+//!   instance with its own configuration directory) as backends.
 //!
 //! Everything binds loopback only, on ports the test chose (port 0 where the peer allows it).
 
+mod backends;
 mod client;
 mod dns;
 mod peer;
 
+pub use backends::{Postfix, Sink};
 pub use client::Client;
 pub use dns::{DnsServer, Rr, silent_nameserver};
 pub use peer::{

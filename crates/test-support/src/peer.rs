@@ -417,6 +417,8 @@ pub struct Recorded {
     pub content: Vec<u8>,
     /// The login the session authenticated as, if it did.
     pub login: Option<String>,
+    /// With `--proxy`: the source the PROXY header gave (`ADDR PORT`, or `LOCAL`).
+    pub proxy: Option<String>,
 }
 
 /// The aiosmtpd recording backend (`tests/peers/recorder.py`, run with `/usr/bin/python3`).
@@ -436,6 +438,16 @@ impl Recorder {
 
     /// Starts the recorder offering AUTH PLAIN and LOGIN for these `(login, password)` pairs.
     pub fn start_with_accounts(accounts: &[(&str, &str)]) -> Recorder {
+        let args: Vec<String> = accounts
+            .iter()
+            .flat_map(|(login, password)| ["--auth".to_owned(), format!("{login}:{password}")])
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_args(&args)
+    }
+
+    /// Starts the recorder with these extra arguments (`--proxy`, `--listen HOST:PORT`, ...).
+    pub fn start_args(args: &[&str]) -> Recorder {
         let python = require_tool("/usr/bin/python3");
         let ok = Command::new(&python)
             .args(["-c", "import aiosmtpd"])
@@ -443,13 +455,16 @@ impl Recorder {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(ok, "python3-aiosmtpd is not installed: run `make deps`");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/recorder.py");
         let dir = scratch_dir("recorder");
+        Self::start_in(dir, args)
+    }
+
+    /// Starts the recorder storing into `dir` (a restart keeps what an earlier run stored).
+    pub fn start_in(dir: PathBuf, args: &[&str]) -> Recorder {
+        let python = require_tool("/usr/bin/python3");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/recorder.py");
         let mut cmd = Command::new(python);
-        cmd.arg(script).arg("--dir").arg(&dir);
-        for (login, password) in accounts {
-            cmd.arg("--auth").arg(format!("{login}:{password}"));
-        }
+        cmd.arg(script).arg("--dir").arg(&dir).args(args);
         let (peer, pairs) = Peer::spawn_announced("recorder", cmd);
         Recorder {
             addr: addr_of(&pairs, "smtp").expect("recorder address"),
@@ -480,6 +495,9 @@ impl Recorder {
                     rcpt_tos: lines.map(str::to_owned).collect(),
                     content,
                     login: std::fs::read_to_string(env.with_extension("auth")).ok(),
+                    proxy: std::fs::read_to_string(env.with_extension("proxy"))
+                        .ok()
+                        .map(|p| p.trim().to_owned()),
                 }
             })
             .collect()
