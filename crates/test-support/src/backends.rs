@@ -91,8 +91,20 @@ pub struct Postfix {
 }
 
 impl Postfix {
-    /// Writes the configuration, starts `postfix -c DIR start` and waits for both ports.
+    /// Writes the configuration, starts `postfix -c DIR start` and waits for its ports (new
+    /// ports and a new directory when another test took a port first).
     pub fn start() -> Postfix {
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            match Self::try_start() {
+                Ok(postfix) => return postfix,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("postfix did not start:\n{}", failures.join("\n---\n"));
+    }
+
+    fn try_start() -> Result<Postfix, String> {
         let postfix = require_tool("/usr/sbin/postfix");
         let dir = scratch_dir("postfix");
         let (etc, queue, data) = (dir.join("etc"), dir.join("queue"), dir.join("data"));
@@ -173,29 +185,41 @@ postlog unix-dgram n - n - 1 postlogd
             .output()
             .expect("run postfix");
         let pid_file = queue.join("pid/master.pid");
-        let up = wait_for(Duration::from_secs(20), || {
-            [plain, proxied, reidentify]
-                .iter()
-                .all(|a| std::net::TcpStream::connect(a).is_ok())
-        });
+        let up = out.status.success()
+            && wait_for(Duration::from_secs(20), || {
+                [plain, proxied, reidentify]
+                    .iter()
+                    .all(|a| std::net::TcpStream::connect(a).is_ok())
+            });
         let master = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|p| p.trim().parse().ok());
         match (up, master) {
-            (true, Some(master)) => Postfix {
+            (true, Some(master)) => Ok(Postfix {
                 plain,
                 reidentify,
                 proxied,
                 dir,
                 master,
-            },
-            _ => panic!(
-                "postfix did not start ({}): {}{}\nlog:\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ),
+            }),
+            (_, master) => {
+                if let Some(master) = master {
+                    drop(Postfix {
+                        plain,
+                        reidentify,
+                        proxied,
+                        dir: dir.clone(),
+                        master,
+                    });
+                }
+                Err(format!(
+                    "({}): {}{}\nlog:\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ))
+            }
         }
     }
 
