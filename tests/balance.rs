@@ -545,3 +545,25 @@ fn no_message_is_lost_while_backends_are_killed_under_load() {
         assert!(r.starts_with('4'), "only 4xx refusals: {r}");
     }
 }
+
+#[test]
+fn a_sender_the_backend_refuses_for_good_is_refused_at_each_recipient() {
+    // smtp-sink -f mail: 5xx to every MAIL. attitude answers MAIL itself and sends it with the
+    // first RCPT, so the refusal is the answer to the recipients (Postfix's own
+    // smtpd_delay_reject behaviour); nothing reaches DATA.
+    let refuses = SmtpSink::start(&["-f", "mail"]);
+    let attitude = Attitude::start("", &[refuses.addr]);
+    let mut c = Client::connect(attitude.smtp);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<one@example.com>");
+    assert!(r.starts_with("5"), "{r}");
+    let again = c.cmd("RCPT TO:<two@example.com>");
+    assert_eq!(again, r);
+    assert!(c.cmd("DATA").starts_with("554"));
+    // The connection was left clean: the next transaction goes on normally.
+    assert!(c.cmd("RSET").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<one@example.com>").starts_with("5"));
+    assert_eq!(refuses.count(), 0);
+}

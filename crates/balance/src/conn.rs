@@ -134,6 +134,8 @@ pub struct BackendConn {
     /// XCLIENT as the first EHLO offered it (a backend may stop offering it once the
     /// identity changed, as Postfix does; the authorisation is the real peer's).
     xclient: Option<XclientAttrs>,
+    /// The reply deadline (see `read_reply`).
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// Its place in its backend's count of open connections (and in its connection limit).
     pub(crate) slot: Option<crate::backend::Slot>,
 }
@@ -165,6 +167,7 @@ impl BackendConn {
             opened: Instant::now(),
             identity: None,
             xclient: None,
+            timer: Box::pin(tokio::time::sleep(reply_timeout)),
             slot: None,
         };
         if let Some(preamble) = preamble {
@@ -268,6 +271,31 @@ impl BackendConn {
         self.read_reply(limit, what).await
     }
 
+    /// Sends `cmds` and reads one reply each: in one write when the backend offers PIPELINING
+    /// (RFC 2920), one at a time otherwise. Every reply is read, so the connection stays in
+    /// step whatever the backend answered.
+    pub async fn pipeline(
+        &mut self,
+        cmds: &[Command],
+        limit: Duration,
+    ) -> Result<Vec<Reply>, BackendError> {
+        let mut replies = Vec::with_capacity(cmds.len());
+        if self.caps.pipelining {
+            for cmd in cmds {
+                cmd.encode(&mut self.wbuf);
+            }
+            self.flush(limit, "MAIL").await?;
+            for cmd in cmds {
+                replies.push(self.read_reply(limit, cmd.verb()).await?);
+            }
+        } else {
+            for cmd in cmds {
+                replies.push(self.command(cmd, limit, cmd.verb()).await?);
+            }
+        }
+        Ok(replies)
+    }
+
     /// Sends one command and reads its reply.
     pub async fn command(
         &mut self,
@@ -343,19 +371,34 @@ impl BackendConn {
         limit: Duration,
         what: &'static str,
     ) -> Result<Reply, BackendError> {
+        // One timer per connection, moved forward for each reply: moving a registered timer
+        // later is cheap, while a new timer per reply would wake the runtime's driver each
+        // time (it is earlier than the session timers the driver parked on).
+        self.timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + limit);
+        let Self {
+            stream,
+            rbuf,
+            codec,
+            timer,
+            ..
+        } = self;
         let read = async {
             loop {
-                if let Some(reply) = self.codec.decode(&mut self.rbuf)? {
+                if let Some(reply) = codec.decode(rbuf)? {
                     return Ok(reply);
                 }
-                self.rbuf.reserve(512);
-                if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                rbuf.reserve(512);
+                if stream.read_buf(rbuf).await? == 0 {
                     return Err(BackendError::Closed);
                 }
             }
         };
-        timeout(limit, read)
-            .await
-            .map_err(|_| BackendError::Timeout(what))?
+        tokio::select! {
+            biased;
+            reply = read => reply,
+            _ = timer.as_mut() => Err(BackendError::Timeout(what)),
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! attitude-service.
 
 mod backend;
+mod balancer;
 mod config;
 mod conn;
 mod discover;

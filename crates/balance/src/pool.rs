@@ -5,27 +5,23 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use metrics::{Counter, Gauge};
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
-use tower::util::BoxService;
-use tower::{Service, ServiceExt};
 
 use crate::backend::{Backend, BackendSpec, FailureKind, Slot};
 use crate::config::PoolConfig;
 use crate::conn::{BackendCaps, BackendConn, BackendError};
-use crate::discover::UsableSet;
+use crate::balancer::ThreadBalancer;
+use crate::discover::{ThreadDiscover, UsableSet};
 use crate::health;
 use crate::identity::{ClientIdentity, IdentityMode};
 use crate::lease::Lease;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Called with what a backend offered, on every new connection and health check (AUTH offer).
 pub type CapsHook = Arc<dyn Fn(&BackendCaps) + Send + Sync>;
@@ -36,7 +32,6 @@ pub(crate) struct Checkout {
     pub identity: ClientIdentity,
 }
 
-type Balancer = Buffer<Checkout, BoxFuture<'static, Result<Lease, BoxError>>>;
 
 /// Why no backend connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +67,7 @@ pub(crate) struct Inner {
     members: Mutex<HashMap<SocketAddr, Member>>,
     usable: watch::Sender<UsableSet>,
     pub(crate) changed: Notify,
-    balancers: Mutex<HashMap<ThreadId, Balancer>>,
+    balancers: Mutex<HashMap<ThreadId, Arc<ThreadBalancer>>>,
     pub(crate) on_caps: Option<CapsHook>,
     pub(crate) stop: CancellationToken,
     metrics: PoolMetrics,
@@ -184,25 +179,33 @@ impl Pool {
                 inner.metrics.no_backend.increment(1);
                 return Err(CheckoutError::NoBackend);
             }
-            let mut balancer = inner.balancer();
+            let balancer = inner.balancer();
             let request = Checkout {
                 identity: identity.clone(),
             };
-            let lease = async move { balancer.ready().await?.call(request).await };
-            return match timeout(inner.config.queue_timeout, lease).await {
-                Ok(Ok(lease)) => Ok(lease),
-                Ok(Err(error)) => match error.downcast::<CheckoutError>() {
-                    Ok(error) => Err(*error),
-                    Err(other) => {
-                        tracing::warn!(error = %other, "backend balancer failed");
-                        Err(CheckoutError::NoBackend)
+            // Usually a backend is ready at once: no timer. Otherwise wait, within a limit.
+            let mut choose = std::pin::pin!(balancer.choose(&request));
+            let chosen = match futures::poll!(&mut choose) {
+                Poll::Ready(chosen) => chosen,
+                Poll::Pending => match timeout(inner.config.queue_timeout, choose).await {
+                    Ok(chosen) => chosen,
+                    Err(_elapsed) => {
+                        inner.metrics.busy.increment(1);
+                        return Err(CheckoutError::Busy);
                     }
                 },
-                Err(_elapsed) => {
-                    inner.metrics.busy.increment(1);
-                    Err(CheckoutError::Busy)
-                }
             };
+            let lease = match chosen {
+                Ok(checkout) => checkout.await,
+                Err(error) => Err(error),
+            };
+            return lease.map_err(|error| match error.downcast::<CheckoutError>() {
+                Ok(error) => *error,
+                Err(other) => {
+                    tracing::warn!(error = %other, "backend balancer failed");
+                    CheckoutError::NoBackend
+                }
+            });
         }
         let choice = inner
             .usable
@@ -331,19 +334,19 @@ impl Inner {
         }
     }
 
-    /// This thread's balancer, made on first use (its worker runs on this thread's runtime).
-    fn balancer(self: &Arc<Self>) -> Balancer {
+    /// This thread's balancer, made on first use.
+    fn balancer(self: &Arc<Self>) -> Arc<ThreadBalancer> {
         let me = std::thread::current().id();
         let mut balancers = self.balancers.lock().expect("balancers lock");
-        if let Some(b) = balancers.get(&me) {
-            return b.clone();
-        }
-        let discover = crate::discover::ThreadDiscover::new(self.clone(), self.usable.subscribe());
-        let balance = Balance::new(discover);
-        let (buffer, worker) = Buffer::pair(BoxService::new(balance), 1024);
-        tokio::spawn(worker);
-        balancers.insert(me, buffer.clone());
-        buffer
+        balancers
+            .entry(me)
+            .or_insert_with(|| {
+                Arc::new(ThreadBalancer::new(ThreadDiscover::new(
+                    self.clone(),
+                    self.usable.subscribe(),
+                )))
+            })
+            .clone()
     }
 
     /// Takes an idle connection of this thread, or opens one (waiting for a slot under the

@@ -228,6 +228,9 @@ struct Driver<IO, S> {
     /// The AUTH exchange in progress, for the login once the backend says 235.
     auth: Option<Exchange>,
     command_deadline: Instant,
+    /// The read deadline, one timer for the session (moving it later is cheap; a new timer
+    /// per read would wake the runtime's driver each time).
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -251,6 +254,7 @@ where
     let mut driver = Driver {
         codec: ServerCodec::new(config.codec.clone()),
         command_deadline: Instant::now() + config.command_timeout,
+        timer: Box::pin(tokio::time::sleep(config.command_timeout)),
         io,
         service,
         config,
@@ -346,11 +350,16 @@ where
                 _ => (COMMAND_READ, self.command_deadline),
             };
             self.rbuf.reserve(want);
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
+            }
             let read = tokio::select! {
                 biased;
                 _ = shutdown.hard.cancelled() => None,
                 _ = shutdown.drain.cancelled(), if idle => None,
-                read = timeout_at(deadline.into(), self.io.read_buf(&mut self.rbuf)) => Some(read),
+                read = self.io.read_buf(&mut self.rbuf) => Some(Ok(read)),
+                _ = self.timer.as_mut() => Some(Err(())),
             };
             match read {
                 None => {

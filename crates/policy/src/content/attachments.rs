@@ -1,6 +1,7 @@
 //! Attachment names: the extensions worms travel in, however the name is dressed up.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 
@@ -13,6 +14,14 @@ pub const DEFAULT_BLOCKED: &[&str] = &[
 /// Nested `message/rfc822` parts are opened this deep (mail-parser itself decodes at most three
 /// levels of encoded nested messages).
 const MAX_DEPTH: usize = 8;
+
+/// What a message must contain for any part of it to have a name: a `name`/`filename`
+/// parameter (RFC 2231 forms included), a nested message (its headers may be encoded), or a
+/// uuencoded block. A message without any of these has no named attachment, and is not parsed:
+/// most mail is plain, and parsing it is most of what this policy would cost.
+static MAY_NAME_A_PART: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+    regex::bytes::Regex::new("(?i)name|message/|uuencode|begin ").expect("valid regex")
+});
 
 /// A refused attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +95,9 @@ impl AttachmentRules {
     /// The first refused attachment of a whole message (RFC 5322 with MIME), looking into
     /// nested messages. Names are decoded (RFC 2047 encoded words, RFC 2231 parameters).
     pub fn scan(&self, raw: &[u8]) -> Option<Blocked> {
+        if !MAY_NAME_A_PART.is_match(raw) {
+            return None;
+        }
         let message = MessageParser::new().with_mime_headers().parse(raw)?;
         self.scan_message(&message, 0)
     }

@@ -81,6 +81,11 @@ enum Phase {
     Idle,
     /// An AUTH exchange: the client's next line is an answer for the backend.
     Auth,
+    /// MAIL answered by attitude, a backend chosen, nothing sent to it yet.
+    MailLocal,
+    /// The backend refused MAIL for good: every RCPT gets that refusal.
+    SenderRefused,
+    /// A transaction open on the backend.
     Mail,
     /// DATA sent to the backend, its 354 not read yet (the client already has attitude's 354).
     DataPending,
@@ -202,6 +207,14 @@ fn identity(session: &Session) -> ClientIdentity {
     }
 }
 
+/// How [`RelayState::open`] ended on a backend.
+enum Opened {
+    /// The reply to the command at hand.
+    Reply(Reply),
+    /// The backend refused MAIL for good.
+    SenderRefused(Reply),
+}
+
 /// What one step of a transaction on one backend came to.
 enum Step {
     /// The backend answered (any reply the client should see).
@@ -244,7 +257,8 @@ impl RelayState {
             return;
         };
         match phase {
-            Phase::Idle => self.put_back(lease),
+            // Nothing open on the backend.
+            Phase::Idle | Phase::MailLocal | Phase::SenderRefused => self.put_back(lease),
             // Mid-DATA or mid-AUTH the backend would read "RSET" as content or an answer:
             // closing before the final dot is the only way to abort.
             Phase::Data { .. } | Phase::DataPending | Phase::Auth => {}
@@ -282,19 +296,23 @@ impl RelayState {
         }
     }
 
-    /// Opens the transaction on a backend (the session's pinned one, or one from the pool),
-    /// replays the recipients accepted so far, then sends `then` (the RCPT or DATA that found
-    /// the first backend gone). Backends that fail before DATA are left for the next one,
-    /// up to `failover_attempts` of them; the client sees nothing of it.
+    /// Opens the transaction on a backend: the one chosen at MAIL (or the session's pinned
+    /// one), else one from the pool. MAIL, the recipients accepted so far (a replay) and `then`
+    /// (the RCPT or DATA at hand) go in one write when the backend offers PIPELINING. A
+    /// backend that fails before DATA (no connection, timeout, 421, 4xx to MAIL, a replayed
+    /// recipient refused) is left for the next, up to `failover_attempts` of them; the client
+    /// notices nothing.
     ///
-    /// Returns the reply for the client: MAIL's (with `then` = None) or `then`'s; `Err` when no
-    /// backend could take the transaction.
+    /// Returns the reply to `then` for the client, or `Opened::SenderRefused` with the
+    /// backend's permanent refusal of MAIL (the client's MAIL was answered at once, so that is
+    /// the answer to its recipients, as Postfix itself does with `smtpd_delay_reject`); `Err`
+    /// when no backend could take the transaction.
     async fn open(
         &mut self,
         shared: &RelayShared,
         identity: &ClientIdentity,
-        then: Option<&Command>,
-    ) -> Result<Reply, Reply> {
+        then: &Command,
+    ) -> Result<Opened, Reply> {
         let attempts = 1 + shared.pool.config().failover_attempts as usize;
         let mut stale_retry = true;
         let mut last_refusal: Option<Reply> = None;
@@ -306,9 +324,9 @@ impl RelayState {
                     .unwrap_or_else(|| unavailable(&CheckoutError::NoBackend)));
             }
             let mut lease = match self.lease.take() {
-                Some(mut pinned) => {
-                    pinned.resume();
-                    pinned
+                Some(mut held) => {
+                    held.resume();
+                    held
                 }
                 None if self.authenticated => {
                     return Err(Reply::new(
@@ -341,16 +359,17 @@ impl RelayState {
                     .filter(|b| *b == Body::SevenBit || caps.eight_bit_mime),
                 smtputf8: txn.mail.smtputf8 && caps.smtputf8,
             };
+            let mut cmds = Vec::with_capacity(txn.rcpts.len() + 2);
+            cmds.push(Command::Mail(relayed));
+            cmds.extend(txn.rcpts.iter().cloned().map(Command::Rcpt));
+            cmds.push(then.clone());
             let reused = lease.reused();
-            let mail_reply = match lease
+            let replies = match lease
                 .conn()
-                .command(
-                    &Command::Mail(relayed),
-                    shared.config.command_timeout,
-                    "MAIL",
-                )
+                .pipeline(&cmds, shared.config.command_timeout)
                 .await
             {
+                Ok(replies) => replies,
                 Err(error) if reused && stale_retry => {
                     // A pooled connection the backend closed meanwhile: once, silently.
                     tracing::debug!(backend = %lease.addr(), %error, "pooled backend connection is gone; another");
@@ -363,53 +382,43 @@ impl RelayState {
                     Self::failed_over(shared, txn, &lease);
                     continue;
                 }
-                Ok(reply) if reply.code() == 421 || reply.is_transient() => {
-                    lease.failure(if reply.code() == 421 {
-                        FailureKind::ServiceUnavailable
-                    } else {
-                        FailureKind::Transient
-                    });
-                    tracing::warn!(backend = %lease.addr(), %reply, "backend refused MAIL for now; trying another");
+            };
+            let (mail, rest) = replies.split_first().expect("one reply per command");
+            let (then_reply, replayed) = rest.split_last().expect("one reply per command");
+            if mail.code() == 421 || mail.is_transient() {
+                lease.failure(if mail.code() == 421 {
+                    FailureKind::ServiceUnavailable
+                } else {
+                    FailureKind::Transient
+                });
+                tracing::warn!(backend = %lease.addr(), reply = %mail, "backend refused MAIL for now; trying another");
+                Self::failed_over(shared, txn, &lease);
+                last_refusal = Some(mail.clone());
+                continue;
+            }
+            if !mail.is_positive() {
+                if !txn.rcpts.is_empty() {
+                    // A replay the next backend refuses for good: it cannot take over.
                     Self::failed_over(shared, txn, &lease);
-                    last_refusal = Some(reply);
                     continue;
                 }
-                Ok(reply) if !reply.is_positive() => {
-                    if then.is_some() {
-                        // A replay the next backend refuses for good: it cannot take over.
-                        Self::failed_over(shared, txn, &lease);
-                        continue;
-                    }
-                    self.put_back(lease);
-                    return Ok(reply);
-                }
-                Ok(reply) => reply,
-            };
-            let mut replayed = true;
-            for rcpt in txn.rcpts.clone() {
-                match Self::step(shared, &mut lease, &Command::Rcpt(rcpt)).await {
-                    Step::Reply(r) if r.is_positive() => {}
-                    _ => {
-                        replayed = false;
-                        break;
-                    }
-                }
+                // The backend has no transaction open: the connection is clean.
+                self.lease = Some(lease);
+                return Ok(Opened::SenderRefused(mail.clone()));
             }
-            if !replayed {
+            if replayed.iter().any(|r| !r.is_positive()) {
                 Self::failed_over(shared, txn, &lease);
                 continue;
             }
-            let Some(cmd) = then else {
-                self.lease = Some(lease);
-                return Ok(mail_reply);
-            };
-            match Self::step(shared, &mut lease, cmd).await {
-                Step::Reply(reply) => {
-                    self.lease = Some(lease);
-                    return Ok(reply);
-                }
-                Step::Failed => Self::failed_over(shared, txn, &lease),
+            if then_reply.code() == 421 {
+                lease.failure(FailureKind::ServiceUnavailable);
+                Self::failed_over(shared, txn, &lease);
+                last_refusal = Some(then_reply.clone());
+                continue;
             }
+            lease.success();
+            self.lease = Some(lease);
+            return Ok(Opened::Reply(then_reply.clone()));
         }
     }
 
@@ -419,6 +428,8 @@ impl RelayState {
         shared.metrics.failovers.increment(1);
     }
 
+    /// MAIL: chooses the backend now (so a client hears "no backend" at once), answers 250
+    /// and sends nothing yet: MAIL goes to the backend with the first RCPT, in one write.
     async fn mail(
         &mut self,
         shared: &RelayShared,
@@ -432,22 +443,63 @@ impl RelayState {
                 "Authenticated backend session lost; reconnect and authenticate again",
             );
         }
+        let mut tried = Vec::new();
+        let attempts = 1 + shared.pool.config().failover_attempts as usize;
+        while self.lease.is_none() {
+            if tried.len() >= attempts {
+                shared.metrics.unavailable.increment(1);
+                return unavailable(&CheckoutError::NoBackend);
+            }
+            match shared.pool.checkout(identity, &tried).await {
+                Ok(lease) => self.lease = Some(lease),
+                Err(CheckoutError::Backend { addr, error }) => {
+                    tracing::warn!(backend = %addr, %error, "backend unavailable; trying another");
+                    tried.push(addr);
+                    shared.metrics.failovers.increment(1);
+                }
+                Err(error) => {
+                    shared.metrics.unavailable.increment(1);
+                    return unavailable(&error);
+                }
+            }
+        }
+        if let Some(lease) = self.lease.as_mut() {
+            lease.resume();
+        }
         self.txn = Some(Txn {
             mail,
             rcpts: Vec::new(),
-            tried: Vec::new(),
+            tried,
         });
-        match self.open(shared, identity, None).await {
-            Ok(reply) => {
-                if reply.is_positive() {
-                    self.phase = Phase::Mail;
-                } else {
-                    self.txn = None;
+        self.phase = Phase::MailLocal;
+        Reply::new(250, EnhancedStatus::new(2, 1, 0), "Sender OK")
+    }
+
+    /// The first RCPT: MAIL and this RCPT go to the backend together.
+    async fn first_rcpt(
+        &mut self,
+        shared: &RelayShared,
+        identity: &ClientIdentity,
+        rcpt: RcptTo,
+    ) -> Reply {
+        match self.open(shared, identity, &Command::Rcpt(rcpt.clone())).await {
+            Ok(Opened::Reply(reply)) => {
+                self.phase = Phase::Mail;
+                if reply.is_positive()
+                    && let Some(txn) = self.txn.as_mut()
+                {
+                    txn.rcpts.push(rcpt);
                 }
                 reply
             }
+            Ok(Opened::SenderRefused(reply)) => {
+                self.phase = Phase::SenderRefused;
+                self.refusal = Some(reply.clone());
+                reply
+            }
             Err(reply) => {
-                self.txn = None;
+                shared.metrics.failures.increment(1);
+                self.phase = Phase::Broken;
                 reply
             }
         }
@@ -492,9 +544,9 @@ impl RelayState {
                     self.phase = Phase::Broken;
                     return lost("earlier in this transaction");
                 }
-                match self.open(shared, identity, Some(&cmd)).await {
-                    Ok(reply) => reply,
-                    Err(_) => {
+                match self.open(shared, identity, &cmd).await {
+                    Ok(Opened::Reply(reply)) => reply,
+                    Ok(Opened::SenderRefused(_)) | Err(_) => {
                         shared.metrics.failures.increment(1);
                         self.phase = Phase::Broken;
                         return lost(if matches!(cmd, Command::Data) {
@@ -619,9 +671,10 @@ impl RelayState {
                     .expect("a transaction in the DataPending phase");
                 Self::failed_over(shared, txn, &lease);
                 drop(lease);
-                self.open(shared, identity, Some(&Command::Data))
-                    .await
-                    .map_err(|_| ())
+                match self.open(shared, identity, &Command::Data).await {
+                    Ok(Opened::Reply(reply)) => Ok(reply),
+                    Ok(Opened::SenderRefused(_)) | Err(_) => Err(()),
+                }
             }
         };
         match answer {
@@ -663,6 +716,12 @@ impl RelayState {
             (Event::Command(Command::Mail(mail)), _) => {
                 self.reset(shared).await;
                 self.mail(shared, &identity(session), mail).await
+            }
+            (Event::Command(Command::Rcpt(rcpt)), Phase::MailLocal) => {
+                self.first_rcpt(shared, &identity(session), rcpt).await
+            }
+            (Event::Command(Command::Rcpt(_)), Phase::SenderRefused) => {
+                self.refusal.clone().expect("kept with the SenderRefused phase")
             }
             (Event::Command(cmd @ (Command::Rcpt(_) | Command::Data)), Phase::Mail) => {
                 self.in_transaction(shared, &identity(session), cmd).await
