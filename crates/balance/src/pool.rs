@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::thread::ThreadId;
 use std::task::Poll;
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
@@ -14,14 +14,13 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendSpec, FailureKind, Slot};
+use crate::balancer::ThreadBalancer;
 use crate::config::PoolConfig;
 use crate::conn::{BackendCaps, BackendConn, BackendError};
-use crate::balancer::ThreadBalancer;
 use crate::discover::{ThreadDiscover, UsableSet};
 use crate::health;
 use crate::identity::{ClientIdentity, IdentityMode};
 use crate::lease::Lease;
-
 
 /// Called with what a backend offered, on every new connection and health check (AUTH offer).
 pub type CapsHook = Arc<dyn Fn(&BackendCaps) + Send + Sync>;
@@ -31,7 +30,6 @@ pub type CapsHook = Arc<dyn Fn(&BackendCaps) + Send + Sync>;
 pub(crate) struct Checkout {
     pub identity: ClientIdentity,
 }
-
 
 /// Why no backend connection could be had.
 #[derive(Debug, thiserror::Error)]

@@ -255,16 +255,25 @@ impl ServerCodec {
                 }
                 return self.take_chunk();
             };
-            let line = src.split_to(i + 1);
+            // The line is read in place and `src` advanced past it afterwards (no split per
+            // line: a 100 KB message is thousands of lines).
+            let line = &src[..i + 1];
             let crlf = line.len() >= 2 && line[line.len() - 2] == b'\r';
             let content = &line[..line.len() - if crlf { 2 } else { 1 }];
             if self.prev_crlf && crlf && content == b"." {
+                src.advance(i + 1);
                 self.end_pending = true;
                 continue;
             }
             self.prev_crlf = crlf;
-            let bare_cr = memchr::memchr(b'\r', content).is_some();
-            let nul = memchr::memchr(b'\0', content).is_some();
+            // One pass for both rare bytes; which one only matters when there is one.
+            let (bare_cr, nul) = match memchr::memchr2(b'\r', b'\0', content) {
+                None => (false, false),
+                Some(at) => (
+                    memchr::memchr(b'\r', &content[at..]).is_some(),
+                    memchr::memchr(b'\0', &content[at..]).is_some(),
+                ),
+            };
             if self.config.bare_line_endings == BareLineEndings::Reject {
                 if !crlf || bare_cr {
                     self.fail(DataError::BareLineEnding);
@@ -272,25 +281,28 @@ impl ServerCodec {
                     self.fail(DataError::Nul);
                 }
             }
+            if self.data_error.is_none() {
+                // Undo dot-stuffing: a line that starts with '.' carries one extra.
+                let content = content.strip_prefix(b".").unwrap_or(content);
+                if bare_cr || nul {
+                    // Normalize: a bare CR ends a line, NUL goes. `dot_stuff_into` on the way
+                    // out stuffs any new line that starts with '.'.
+                    for &b in content {
+                        match b {
+                            b'\r' => self.out.put_slice(b"\r\n"),
+                            b'\0' => {}
+                            b => self.out.put_u8(b),
+                        }
+                    }
+                } else {
+                    self.out.put_slice(content);
+                }
+                self.out.put_slice(b"\r\n");
+            }
+            src.advance(i + 1);
             if self.data_error.is_some() {
                 continue;
             }
-            // Undo dot-stuffing: a line that starts with '.' carries one extra.
-            let content = content.strip_prefix(b".").unwrap_or(content);
-            if bare_cr || nul {
-                // Normalize: a bare CR ends a line, NUL goes. `dot_stuff_into` on the way out
-                // stuffs any new line that starts with '.'.
-                for &b in content {
-                    match b {
-                        b'\r' => self.out.put_slice(b"\r\n"),
-                        b'\0' => {}
-                        b => self.out.put_u8(b),
-                    }
-                }
-            } else {
-                self.out.put_slice(content);
-            }
-            self.out.put_slice(b"\r\n");
             if self.out.len() >= self.config.data_chunk {
                 return self.take_chunk();
             }

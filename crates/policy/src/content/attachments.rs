@@ -15,13 +15,21 @@ pub const DEFAULT_BLOCKED: &[&str] = &[
 /// levels of encoded nested messages).
 const MAX_DEPTH: usize = 8;
 
-/// What a message must contain for any part of it to have a name: a `name`/`filename`
-/// parameter (RFC 2231 forms included), a nested message (its headers may be encoded), or a
-/// uuencoded block. A message without any of these has no named attachment, and is not parsed:
-/// most mail is plain, and parsing it is most of what this policy would cost.
-static MAY_NAME_A_PART: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
-    regex::bytes::Regex::new("(?i)name|message/|uuencode|begin ").expect("valid regex")
+/// What a message's top-level header must contain for any part of it to have a name: a
+/// `name`/`filename` parameter (RFC 2231 forms included), a multipart or nested-message type
+/// (whose parts have headers of their own), or a uuencoded transfer encoding. Any other message
+/// is one opaque part: unless its body holds a uuencoded block (`begin 644 name`), it has no
+/// named attachment and is not parsed. Most mail is plain, and parsing it was most of what this
+/// policy cost; the header is a few hundred octets, the body search a SIMD scan.
+static HEADER_MAY_NAME_A_PART: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+    regex::bytes::Regex::new("(?i)name|multipart|message/|uuencode").expect("valid regex")
 });
+
+fn may_name_a_part(raw: &[u8]) -> bool {
+    let end = memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 2);
+    let (head, body) = raw.split_at(end);
+    HEADER_MAY_NAME_A_PART.is_match(head) || memchr::memmem::find(body, b"begin ").is_some()
+}
 
 /// A refused attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +103,7 @@ impl AttachmentRules {
     /// The first refused attachment of a whole message (RFC 5322 with MIME), looking into
     /// nested messages. Names are decoded (RFC 2047 encoded words, RFC 2231 parameters).
     pub fn scan(&self, raw: &[u8]) -> Option<Blocked> {
-        if !MAY_NAME_A_PART.is_match(raw) {
+        if !may_name_a_part(raw) {
             return None;
         }
         let message = MessageParser::new().with_mime_headers().parse(raw)?;
@@ -143,6 +151,21 @@ mod tests {
 
     fn rules() -> AttachmentRules {
         AttachmentRules::new(DEFAULT_BLOCKED)
+    }
+
+    #[test]
+    fn only_messages_that_can_name_a_part_are_parsed() {
+        let plain = b"Subject: hi\r\nFrom: a@example.org\r\n\r\nthe name of the game\r\n";
+        assert!(
+            !may_name_a_part(plain),
+            "a body mentioning a name is still one opaque part"
+        );
+        let multipart = b"Content-Type: Multipart/Mixed; boundary=x\r\n\r\n--x\r\n";
+        assert!(may_name_a_part(multipart));
+        let named = b"Content-Type: application/octet-stream;\r\n name=\"a.exe\"\r\n\r\nAA\r\n";
+        assert!(may_name_a_part(named));
+        let uuencoded = b"Subject: x\r\n\r\nbegin 644 evil.exe\r\nM\r\nend\r\n";
+        assert!(may_name_a_part(uuencoded));
     }
 
     #[test]

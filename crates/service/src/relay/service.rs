@@ -482,7 +482,10 @@ impl RelayState {
         identity: &ClientIdentity,
         rcpt: RcptTo,
     ) -> Reply {
-        match self.open(shared, identity, &Command::Rcpt(rcpt.clone())).await {
+        match self
+            .open(shared, identity, &Command::Rcpt(rcpt.clone()))
+            .await
+        {
             Ok(Opened::Reply(reply)) => {
                 self.phase = Phase::Mail;
                 if reply.is_positive()
@@ -720,9 +723,10 @@ impl RelayState {
             (Event::Command(Command::Rcpt(rcpt)), Phase::MailLocal) => {
                 self.first_rcpt(shared, &identity(session), rcpt).await
             }
-            (Event::Command(Command::Rcpt(_)), Phase::SenderRefused) => {
-                self.refusal.clone().expect("kept with the SenderRefused phase")
-            }
+            (Event::Command(Command::Rcpt(_)), Phase::SenderRefused) => self
+                .refusal
+                .clone()
+                .expect("kept with the SenderRefused phase"),
             (Event::Command(cmd @ (Command::Rcpt(_) | Command::Data)), Phase::Mail) => {
                 self.in_transaction(shared, &identity(session), cmd).await
             }
