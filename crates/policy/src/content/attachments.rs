@@ -28,7 +28,14 @@ static HEADER_MAY_NAME_A_PART: LazyLock<regex::bytes::Regex> = LazyLock::new(|| 
 fn may_name_a_part(raw: &[u8]) -> bool {
     let end = memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 2);
     let (head, body) = raw.split_at(end);
-    HEADER_MAY_NAME_A_PART.is_match(head) || memchr::memmem::find(body, b"begin ").is_some()
+    header_may_name_a_part(head) || memchr::memmem::find(body, b"begin ").is_some()
+}
+
+/// Whether a message with this top-level header section can have named parts (then it must be
+/// parsed whole); otherwise its body only needs [`AttachmentRules::scan_uuencoded`], chunk by
+/// chunk, with no copy kept.
+pub fn header_may_name_a_part(head: &[u8]) -> bool {
+    HEADER_MAY_NAME_A_PART.is_match(head)
 }
 
 /// A refused attachment.
@@ -110,6 +117,23 @@ impl AttachmentRules {
         self.scan_message(&message, 0)
     }
 
+    /// The first refused name of a uuencoded block (`begin 644 name`) in `lines` (whole lines).
+    pub fn scan_uuencoded(&self, lines: &[u8]) -> Option<Blocked> {
+        memchr::memmem::find_iter(lines, b"begin ")
+            .filter(|&at| at == 0 || lines[at - 1] == b'\n')
+            .find_map(|at| {
+                let line = &lines[at..];
+                let line = &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())];
+                let text = String::from_utf8_lossy(line);
+                let mut words = text.trim_end().splitn(3, ' ');
+                let (_, mode, name) = (words.next(), words.next()?, words.next()?);
+                mode.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| self.check_name(name.trim()))
+                    .flatten()
+            })
+    }
+
     fn scan_message(&self, message: &Message<'_>, depth: usize) -> Option<Blocked> {
         for part in &message.parts {
             if let Some(blocked) = part.attachment_name().and_then(|n| self.check_name(n)) {
@@ -166,6 +190,14 @@ mod tests {
         assert!(may_name_a_part(named));
         let uuencoded = b"Subject: x\r\n\r\nbegin 644 evil.exe\r\nM\r\nend\r\n";
         assert!(may_name_a_part(uuencoded));
+        let found = rules().scan_uuencoded(b"text\r\nbegin 644 evil.exe\r\nM\r\nend\r\n");
+        assert_eq!(found.map(|b| b.extension), Some("exe".into()));
+        assert!(
+            rules()
+                .scan_uuencoded(b"let us begin 644 evil.exe\r\n")
+                .is_none()
+        );
+        assert!(rules().scan_uuencoded(b"begin 644 notes.txt\r\n").is_none());
     }
 
     #[test]

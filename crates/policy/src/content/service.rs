@@ -6,6 +6,7 @@ use attitude_layers::{Either, Mode};
 use attitude_service::{BoxError, DataOutcome, Event, Request, answer};
 use tower_service::Service;
 
+use super::attachments::{Blocked, header_may_name_a_part};
 use super::layer::ByteBudget;
 use super::{ContentConfig, HeaderAction, ResponseFuture, first_match};
 
@@ -17,6 +18,11 @@ struct Copy {
     headers_done: bool,
     /// The copy stopped (over a bound, in dry-run mode): nothing to check.
     abandoned: bool,
+    /// The header says the message is one opaque part: only the header is kept, and the body
+    /// is scanned chunk by chunk for uuencoded blocks.
+    streaming: bool,
+    /// What that scan found.
+    uuencoded: Option<Blocked>,
 }
 
 impl Drop for Copy {
@@ -45,26 +51,54 @@ impl<S> Content<S> {
     /// Adds a chunk to the copy; the reply that fails the message when it cannot be kept.
     fn keep(&mut self, chunk: &[u8]) -> Option<Reply> {
         let config = &self.config;
-        let headers_only = config.attachments.is_none();
         let copy = self.copy.get_or_insert_with(|| Copy {
             bytes: Vec::new(),
             budget: config.budget.clone(),
             headers_done: false,
             abandoned: false,
+            streaming: false,
+            uuencoded: None,
         });
-        if copy.headers_done || copy.abandoned {
+        if copy.abandoned {
+            return None;
+        }
+        if copy.streaming {
+            if copy.uuencoded.is_none()
+                && let Some(rules) = &config.attachments
+            {
+                copy.uuencoded = rules.scan_uuencoded(chunk);
+            }
+            return None;
+        }
+        if copy.headers_done {
             return None;
         }
         let mut take = chunk;
-        if headers_only {
-            // Chunks are whole lines: the header section ends at the first empty one.
-            let mut at = 0;
-            for line in chunk.split_inclusive(|&b| b == b'\n') {
-                at += line.len();
-                if line == b"\r\n" {
+        // Chunks are whole lines: the header section ends at the first empty one.
+        let mut header_end = None;
+        let mut at = 0;
+        for line in chunk.split_inclusive(|&b| b == b'\n') {
+            at += line.len();
+            if line == b"\r\n" {
+                header_end = Some(at);
+                break;
+            }
+        }
+        if let Some(end) = header_end {
+            match &config.attachments {
+                None => {
                     copy.headers_done = true;
-                    take = &chunk[..at];
-                    break;
+                    take = &chunk[..end];
+                }
+                Some(rules) => {
+                    let head_may_name = header_may_name_a_part(&copy.bytes)
+                        || header_may_name_a_part(&chunk[..end]);
+                    if !head_may_name {
+                        // One opaque part: keep the header (for header checks), stream the rest.
+                        copy.streaming = true;
+                        copy.uuencoded = rules.scan_uuencoded(&chunk[end..]);
+                        take = &chunk[..end];
+                    }
                 }
             }
         }
@@ -121,7 +155,12 @@ impl<S> Content<S> {
             }
         }
         if let Some(rules) = &config.attachments {
-            match rules.scan(&copy.bytes) {
+            let found = if copy.streaming {
+                copy.uuencoded.clone()
+            } else {
+                rules.scan(&copy.bytes)
+            };
+            match found {
                 Some(blocked) => {
                     let reply = Reply::new(554, EnhancedStatus::new(5, 7, 1), blocked.to_string());
                     config.attachment_decisions.refused(554, enforce);
