@@ -283,8 +283,12 @@ impl ServerCodec {
             }
             if self.data_error.is_none() {
                 // Undo dot-stuffing: a line that starts with '.' carries one extra.
+                let plain = crlf && !bare_cr && !nul && content.first() != Some(&b'.');
                 let content = content.strip_prefix(b".").unwrap_or(content);
-                if bare_cr || nul {
+                if plain {
+                    // The usual line: copied as it is, CRLF included.
+                    self.out.put_slice(line);
+                } else if bare_cr || nul {
                     // Normalize: a bare CR ends a line, NUL goes. `dot_stuff_into` on the way
                     // out stuffs any new line that starts with '.'.
                     for &b in content {
@@ -297,7 +301,9 @@ impl ServerCodec {
                 } else {
                     self.out.put_slice(content);
                 }
-                self.out.put_slice(b"\r\n");
+                if !plain {
+                    self.out.put_slice(b"\r\n");
+                }
             }
             src.advance(i + 1);
             if self.data_error.is_some() {

@@ -11,6 +11,27 @@ use bytes::{BufMut, BytesMut};
 /// command to the peer. `at_line_start` carries line state across calls; it starts `true` after
 /// the DATA command and is left `true` when `content` ends in a complete line.
 pub fn dot_stuff_into(content: &[u8], dst: &mut BytesMut, at_line_start: &mut bool) {
+    if is_canonical(content) {
+        // What the decoder emits: only the dots need work, found with one search.
+        dst.reserve(content.len() + 16);
+        if *at_line_start && content[0] == b'.' {
+            dst.put_u8(b'.');
+        }
+        let mut from = 0;
+        for at in memchr::memmem::find_iter(content, b"\n.") {
+            dst.put_slice(&content[from..=at]);
+            dst.put_u8(b'.');
+            from = at + 1;
+        }
+        dst.put_slice(&content[from..]);
+        *at_line_start = true;
+        return;
+    }
+    stuff_any(content, dst, at_line_start);
+}
+
+/// The general case: canonicalises line endings and NUL as it stuffs.
+fn stuff_any(content: &[u8], dst: &mut BytesMut, at_line_start: &mut bool) {
     dst.reserve(content.len() + content.len() / 64 + 8);
     let mut rest = content;
     while !rest.is_empty() {
@@ -44,6 +65,22 @@ pub fn dot_stuff_into(content: &[u8], dst: &mut BytesMut, at_line_start: &mut bo
     }
 }
 
+/// Whole CRLF lines and nothing else: ends in CRLF, no NUL, every LF after a CR and as many CRs
+/// as LFs (so no bare CR).
+fn is_canonical(content: &[u8]) -> bool {
+    if !content.ends_with(b"\r\n") || memchr::memchr(0, content).is_some() {
+        return false;
+    }
+    let mut lines = 0;
+    for at in memchr::memchr_iter(b'\n', content) {
+        if at == 0 || content[at - 1] != b'\r' {
+            return false;
+        }
+        lines += 1;
+    }
+    memchr::memchr_iter(b'\r', content).count() == lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +95,27 @@ mod tests {
     #[test]
     fn stuffs_leading_dots() {
         assert_eq!(stuff(b".\r\n..x\r\na.b\r\n"), b"..\r\n...x\r\na.b\r\n");
+    }
+
+    #[test]
+    fn the_fast_path_and_the_slow_path_agree() {
+        for input in [
+            &b".\r\n..x\r\na.b\r\n"[..],
+            b"a\r\n.\r\n\r\n.b\r\n",
+            b"a\rb\r\n",
+            b"a\nb\r\n",
+            b"a\0\r\n",
+            b"\r\n",
+        ] {
+            let mut fast = BytesMut::new();
+            let mut start = true;
+            dot_stuff_into(input, &mut fast, &mut start);
+            let mut slow = BytesMut::new();
+            let mut slow_start = true;
+            stuff_any(input, &mut slow, &mut slow_start);
+            assert_eq!(fast, slow, "{input:?}");
+            assert_eq!(start, slow_start);
+        }
     }
 
     #[test]
