@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use attitude_codec::{ClientCodec, ClientCodecError, Command, Reply, dot_stuff_into};
+use attitude_codec::{
+    ClientCodec, ClientCodecError, Command, Reply, dot_stuff_into, is_wire_ready,
+};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -329,6 +331,17 @@ impl BackendConn {
         at_line_start: &mut bool,
         limit: Duration,
     ) -> Result<(), BackendError> {
+        if content.len() >= DATA_BATCH
+            && self.wbuf.is_empty()
+            && is_wire_ready(content, *at_line_start)
+        {
+            // A large chunk that needs no stuffing goes out as it is, without a copy.
+            timeout(limit, self.stream.write_all(content))
+                .await
+                .map_err(|_| BackendError::Timeout("DATA content"))??;
+            *at_line_start = true;
+            return Ok(());
+        }
         dot_stuff_into(content, &mut self.wbuf, at_line_start);
         if self.wbuf.len() >= DATA_BATCH {
             self.flush(limit, "DATA content").await?;

@@ -23,4 +23,4 @@ pub use client::{ClientCodec, ClientCodecError};
 pub use command::{Body, Command, CommandError, MailFrom, RcptTo};
 pub use reply::{EnhancedStatus, Reply};
 pub use server::{BareLineEndings, CodecConfig, DataError, Frame, Mode, ServerCodec};
-pub use stuff::dot_stuff_into;
+pub use stuff::{dot_stuff_into, is_wire_ready};

@@ -65,6 +65,15 @@ fn stuff_any(content: &[u8], dst: &mut BytesMut, at_line_start: &mut bool) {
     }
 }
 
+/// Whether `content` can go on the wire as it is: canonical CRLF lines (see
+/// [`dot_stuff_into`]) with no line that starts with `.`. Then [`dot_stuff_into`] would copy it
+/// unchanged, and a large chunk can be written without that copy.
+pub fn is_wire_ready(content: &[u8], at_line_start: bool) -> bool {
+    is_canonical(content)
+        && !(at_line_start && content[0] == b'.')
+        && memchr::memmem::find(content, b"\n.").is_none()
+}
+
 /// Whole CRLF lines and nothing else: ends in CRLF, no NUL, every LF after a CR and as many CRs
 /// as LFs (so no bare CR).
 fn is_canonical(content: &[u8]) -> bool {
@@ -115,6 +124,26 @@ mod tests {
             stuff_any(input, &mut slow, &mut slow_start);
             assert_eq!(fast, slow, "{input:?}");
             assert_eq!(start, slow_start);
+        }
+    }
+
+    #[test]
+    fn wire_ready_is_what_stuffing_leaves_alone() {
+        for (input, ready) in [
+            (&b"a\r\nb\r\n"[..], true),
+            (b".a\r\n", false),
+            (b"a\r\n.b\r\n", false),
+            (b"a\nb\r\n", false),
+            (b"a\r\nb", false),
+            (b"a\0\r\n", false),
+        ] {
+            assert_eq!(is_wire_ready(input, true), ready, "{input:?}");
+            if ready {
+                let mut start = true;
+                let mut out = BytesMut::new();
+                dot_stuff_into(input, &mut out, &mut start);
+                assert_eq!(&out[..], input);
+            }
         }
     }
 
