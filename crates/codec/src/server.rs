@@ -246,6 +246,23 @@ impl ServerCodec {
                 self.prev_crlf = self.discard_last == b'\r';
                 continue;
             }
+            // Fast path: a run of plain lines (CRLF, no NUL, no bare CR, no leading dot, not
+            // too long) is copied in one piece. Anything else, the end of data included (it
+            // starts with a dot), goes line by line below.
+            let room = self.config.data_chunk.saturating_sub(self.out.len()).max(1);
+            let region = &src[..src.len().min(room + limit)];
+            let plain = plain_lines(region, limit, room);
+            if plain > 0 {
+                if self.data_error.is_none() {
+                    self.out.put_slice(&src[..plain]);
+                }
+                src.advance(plain);
+                self.prev_crlf = true;
+                if self.out.len() >= self.config.data_chunk {
+                    return self.take_chunk();
+                }
+                continue;
+            }
             let window = &src[..src.len().min(limit)];
             let Some(i) = memchr::memchr(b'\n', window) else {
                 if src.len() >= limit {
@@ -314,6 +331,34 @@ impl ServerCodec {
             }
         }
     }
+}
+
+/// The length of the longest run of whole lines at the start of `region` that need no work:
+/// each ends in CRLF, is at most `limit` octets, does not start with `.`, and holds no NUL and
+/// no bare CR. The run ends with the line that reaches `room` octets (a chunk's bound).
+fn plain_lines(region: &[u8], limit: usize, room: usize) -> usize {
+    let nul = memchr::memchr(b'\0', region).unwrap_or(region.len());
+    let bare_cr = memchr::memchr_iter(b'\r', region)
+        .find(|&at| region.get(at + 1) != Some(&b'\n'))
+        .unwrap_or(region.len());
+    let stop = nul.min(bare_cr);
+    let mut start = 0;
+    for lf in memchr::memchr_iter(b'\n', region) {
+        let line = &region[start..=lf];
+        if lf >= stop
+            || line.len() > limit
+            || line.len() < 2
+            || line[line.len() - 2] != b'\r'
+            || line[0] == b'.'
+        {
+            break;
+        }
+        start = lf + 1;
+        if start >= room {
+            break;
+        }
+    }
+    start
 }
 
 impl Decoder for ServerCodec {
