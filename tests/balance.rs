@@ -567,3 +567,75 @@ fn a_sender_the_backend_refuses_for_good_is_refused_at_each_recipient() {
     assert!(c.cmd("RCPT TO:<one@example.com>").starts_with("5"));
     assert_eq!(refuses.count(), 0);
 }
+
+#[test]
+fn connections_per_backend_are_capped_and_a_full_pool_answers_451_in_time() {
+    // smtp-sink -w 1: every transaction holds the one connection allowed for a second.
+    let slow = SmtpSink::start(&["-w", "1"]);
+    let attitude = Attitude::start(
+        &backends_config(
+            &[slow.addr],
+            "max_connections = 1\nqueue_timeout = \"300ms\"\n",
+        ),
+        &[],
+    );
+    let first = std::thread::spawn({
+        let smtp = attitude.smtp;
+        move || send(smtp, IpAddr::V4(Ipv4Addr::LOCALHOST), &["first".into()])
+    });
+    // Once the first transaction holds the slot, the second waits 300 ms and is turned away.
+    assert!(wait_for(Duration::from_secs(5), || {
+        attitude.metric(&format!(
+            "attitude_backend_in_flight{{backend=\"{}\"}}",
+            slow.addr
+        )) == Some(1.0)
+    }));
+    let mut c = Client::connect(attitude.smtp);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    let waited = Instant::now();
+    let r = c.cmd("MAIL FROM:<a@example.org>");
+    assert!(r.starts_with("451 4.4.5"), "{r}");
+    assert!(
+        waited.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        waited.elapsed()
+    );
+    let outcomes = first.join().unwrap();
+    assert!(matches!(outcomes[..], [Outcome::Accepted]), "{outcomes:?}");
+    assert_eq!(
+        attitude.metric(&format!(
+            "attitude_backend_connections_open{{backend=\"{}\"}}",
+            slow.addr
+        )),
+        Some(1.0),
+        "one connection, kept in the pool"
+    );
+    assert_eq!(
+        attitude.metric("attitude_backend_unavailable_total{reason=\"busy\"}"),
+        Some(1.0)
+    );
+    // The slot is free again: served.
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.com>").starts_with("250"));
+}
+
+#[test]
+fn weights_share_transactions() {
+    let light = SmtpSink::start(&[]);
+    let heavy = SmtpSink::start(&[]);
+    let attitude = Attitude::start(
+        &format!(
+            "[backend]\nservers = [\"{}\", {{ address = \"{}\", weight = 3 }}]\n",
+            light.addr, heavy.addr
+        ),
+        &[],
+    );
+    let out = smtp_source(attitude.smtp, 10, 800);
+    assert!(out.status.success(), "{out:?}");
+    assert!(wait_for(Duration::from_secs(10), || {
+        light.count() + heavy.count() == 800
+    }));
+    let (l, h) = (light.count(), heavy.count());
+    eprintln!("weight 1: {l} messages, weight 3: {h}");
+    assert!(h > l * 2, "weight 3 got {h}, weight 1 got {l}");
+}

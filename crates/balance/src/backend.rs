@@ -197,6 +197,8 @@ pub struct Backend {
     in_flight: AtomicUsize,
     open: AtomicUsize,
     idle: Mutex<Vec<Idle>>,
+    /// Balancer endpoints waiting at the connection limit: an idle connection may serve them.
+    idle_waiters: Mutex<Vec<std::task::Waker>>,
     pub(crate) slots: Option<Arc<Semaphore>>,
     pub(crate) metrics: BackendMetrics,
 }
@@ -217,6 +219,7 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
             idle: Mutex::default(),
+            idle_waiters: Mutex::default(),
             slots: (config.max_connections > 0)
                 .then(|| Arc::new(Semaphore::new(config.max_connections))),
             metrics,
@@ -306,6 +309,28 @@ impl Backend {
         found
     }
 
+    /// Closes the oldest idle connection (of any thread), freeing its slot under the connection
+    /// limit for a thread that has none idle. `false` when none is idle.
+    pub(crate) fn evict_idle(&self) -> bool {
+        let mut idle = self.idle.lock().expect("idle lock");
+        if idle.is_empty() {
+            return false;
+        }
+        let oldest = idle.remove(0);
+        self.metrics.idle.set(idle.len() as f64);
+        drop(idle);
+        drop(oldest);
+        true
+    }
+
+    /// Wakes `waker` when a connection next goes idle (an endpoint at the connection limit).
+    pub(crate) fn wake_on_idle(&self, waker: &std::task::Waker) {
+        let mut waiters = self.idle_waiters.lock().expect("waiters lock");
+        if !waiters.iter().any(|w| w.will_wake(waker)) {
+            waiters.push(waker.clone());
+        }
+    }
+
     /// Whether this thread has an idle connection (a hint for readiness).
     pub(crate) fn has_idle_here(&self) -> bool {
         let me = std::thread::current().id();
@@ -338,6 +363,10 @@ impl Backend {
             since: Instant::now(),
         });
         self.metrics.idle.set(idle.len() as f64);
+        drop(idle);
+        for waker in std::mem::take(&mut *self.idle_waiters.lock().expect("waiters lock")) {
+            waker.wake();
+        }
     }
 
     /// Closes every idle connection (the backend went down, was ejected or removed).

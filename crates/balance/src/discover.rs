@@ -148,16 +148,27 @@ impl Service<Checkout> for Endpoint {
         if self.permit.is_some() || self.backend.has_idle_here() {
             return Poll::Ready(Ok(()));
         }
-        match &mut self.slots {
-            None => Poll::Ready(Ok(())),
-            Some(slots) => match slots.poll_acquire(cx) {
+        let Some(slots) = &mut self.slots else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            match slots.poll_acquire(cx) {
                 Poll::Ready(Some(permit)) => {
                     self.permit = Some(permit);
-                    Poll::Ready(Ok(()))
+                    return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(None) => Poll::Ready(Err("backend connection limit closed".into())),
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err("backend connection limit closed".into()));
+                }
+                // At the limit, with idle connections on other threads: close one for its slot.
+                Poll::Pending if self.backend.evict_idle() => continue,
+                Poll::Pending => {
+                    // A transaction that ends gives its connection to the pool, not its slot:
+                    // ask to be polled again then.
+                    self.backend.wake_on_idle(cx.waker());
+                    return Poll::Pending;
+                }
+            }
         }
     }
 

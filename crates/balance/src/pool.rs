@@ -379,6 +379,9 @@ impl Inner {
         let permit = match (permit, &backend.slots) {
             (Some(p), _) => Some(p),
             (None, Some(slots)) => {
+                if slots.available_permits() == 0 {
+                    backend.evict_idle();
+                }
                 match timeout(config.queue_timeout, slots.clone().acquire_owned()).await {
                     Ok(Ok(p)) => Some(p),
                     _ => return Err(CheckoutError::Busy),
