@@ -159,7 +159,7 @@ impl Drop for Slot {
 /// An idle connection in the pool, with the thread whose runtime owns its socket.
 #[derive(Debug)]
 struct Idle {
-    conn: BackendConn,
+    conn: Box<BackendConn>,
     thread: ThreadId,
     since: Instant,
 }
@@ -288,7 +288,7 @@ impl Backend {
     }
 
     /// A connection of this thread from the idle pool, if one is fresh and still open.
-    pub(crate) fn take_idle(&self, config: &PoolConfig) -> Option<BackendConn> {
+    pub(crate) fn take_idle(&self, config: &PoolConfig) -> Option<Box<BackendConn>> {
         let me = std::thread::current().id();
         let mut idle = self.idle.lock().expect("idle lock");
         let now = Instant::now();
@@ -343,7 +343,7 @@ impl Backend {
 
     /// Returns a connection in a clean state (no transaction open) to the pool, or closes it
     /// when the pool is full, the connection is too old or has served enough transactions.
-    pub(crate) fn put_idle(&self, conn: BackendConn, config: &PoolConfig) {
+    pub(crate) fn put_idle(&self, conn: Box<BackendConn>, config: &PoolConfig) {
         let keep = config.reuse
             && self.is_usable()
             && conn.transactions < config.max_transactions
@@ -396,10 +396,10 @@ impl Backend {
     }
 
     /// Says QUIT in the background (a polite close the backend does not log as lost).
-    pub(crate) fn retire(&self, conn: BackendConn, config: &PoolConfig) {
+    pub(crate) fn retire(&self, conn: Box<BackendConn>, config: &PoolConfig) {
         let limit = config.quit_timeout;
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(conn.quit(limit));
+            tokio::spawn((*conn).quit(limit));
         }
     }
 

@@ -15,7 +15,8 @@ use crate::pool::Inner;
 pub struct Lease {
     pool: Arc<Inner>,
     backend: Arc<Backend>,
-    conn: Option<BackendConn>,
+    /// Boxed: a session keeps a lease between transactions, and idle sessions should be small.
+    conn: Option<Box<BackendConn>>,
     reused: bool,
     pinned: bool,
     busy: bool,
@@ -26,7 +27,7 @@ impl Lease {
     pub(crate) fn new(
         pool: Arc<Inner>,
         backend: Arc<Backend>,
-        conn: BackendConn,
+        conn: Box<BackendConn>,
         reused: bool,
     ) -> Self {
         backend.begin();

@@ -415,7 +415,7 @@ impl Inner {
         match opened {
             Ok(mut conn) => {
                 conn.slot = Some(Slot::new(backend.clone(), permit));
-                Ok(Lease::new(self.clone(), backend, conn, false))
+                Ok(Lease::new(self.clone(), backend, Box::new(conn), false))
             }
             Err(error) => {
                 if let BackendError::Refused(reply) = &error

@@ -114,7 +114,8 @@ struct RelayState {
     /// between transactions (pinned: authenticated, or PROXY identity).
     lease: Option<Lease>,
     phase: Phase,
-    txn: Option<Txn>,
+    /// Boxed: most of a session's life is between transactions.
+    txn: Option<Box<Txn>>,
     /// The session authenticated on its backend connection; if that connection is lost, the
     /// session cannot go on elsewhere.
     authenticated: bool,
@@ -466,11 +467,11 @@ impl RelayState {
         if let Some(lease) = self.lease.as_mut() {
             lease.resume();
         }
-        self.txn = Some(Txn {
+        self.txn = Some(Box::new(Txn {
             mail,
             rcpts: Vec::new(),
             tried,
-        });
+        }));
         self.phase = Phase::MailLocal;
         Reply::new(250, EnhancedStatus::new(2, 1, 0), "Sender OK")
     }
