@@ -183,19 +183,24 @@ impl Reply {
             dst.put_slice(&digits);
             dst.put_u8(sep);
             if let Some(status) = self.status {
-                dst.put_slice(status.to_string().as_bytes());
+                put_number(dst, u16::from(status.class));
+                dst.put_u8(b'.');
+                put_number(dst, status.subject);
+                dst.put_u8(b'.');
+                put_number(dst, status.detail);
                 if !line.is_empty() {
                     dst.put_u8(b' ');
                 }
             }
-            for &b in line.as_bytes() {
-                // Only printable text and tabs; anything else would let a peer's reply text
-                // inject protocol lines.
-                dst.put_u8(if b == b'\t' || (0x20..0x7f).contains(&b) {
-                    b
-                } else {
-                    b'?'
-                });
+            // Only printable text and tabs; anything else would let a peer's reply text inject
+            // protocol lines.
+            let printable = |b: u8| b == b'\t' || (0x20..0x7f).contains(&b);
+            if line.bytes().all(printable) {
+                dst.put_slice(line.as_bytes());
+            } else {
+                for b in line.bytes() {
+                    dst.put_u8(if printable(b) { b } else { b'?' });
+                }
             }
             dst.put_slice(b"\r\n");
         }
@@ -207,6 +212,22 @@ impl Reply {
         self.encode(&mut buf);
         String::from_utf8_lossy(&buf).into_owned()
     }
+}
+
+/// Appends `n` in decimal (no formatting machinery: this runs for every reply).
+fn put_number(dst: &mut BytesMut, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&digits[at..]);
 }
 
 impl fmt::Display for Reply {
