@@ -639,3 +639,84 @@ fn weights_share_transactions() {
     eprintln!("weight 1: {l} messages, weight 3: {h}");
     assert!(h > l * 2, "weight 3 got {h}, weight 1 got {l}");
 }
+
+/// Sends one message at a time for `run`; every one must be accepted. Calls `watch` between.
+fn steady_traffic(attitude: &Attitude, run: Duration, mut watch: impl FnMut()) -> usize {
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < run {
+        let outcomes = send(
+            attitude.smtp,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            &[format!("steady-{sent}")],
+        );
+        assert!(matches!(outcomes[..], [Outcome::Accepted]), "{outcomes:?}");
+        sent += 1;
+        watch();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sent
+}
+
+const OUTLIERS: &str = "[backend.outlier]\nconsecutive_failures = 2\nbase_ejection = \"1s\"\n\
+                        max_ejection = \"10s\"\nmax_ejected_percent = 50\n";
+
+#[test]
+fn a_backend_that_keeps_failing_is_ejected_for_longer_each_time() {
+    let good = Recorder::start();
+    // 4xx to every MAIL, yet it passes health checks: only outlier detection can tell.
+    let bad = SmtpSink::start(&["-r", "mail"]);
+    let attitude = Attitude::start(&backends_config(&[good.addr, bad.addr], OUTLIERS), &[]);
+    let sent = steady_traffic(&attitude, Duration::from_millis(2500), || {});
+    assert_eq!(
+        good.messages().len(),
+        sent,
+        "every message failed over to the good one"
+    );
+    // Back after 1 s, failing again: ejected again, for twice as long.
+    let log = attitude.peer.stderr().join("\n");
+    assert!(log.contains("backoff=1s"), "{log}");
+    assert!(
+        log.contains("backoff=2s"),
+        "the second ejection doubles:\n{log}"
+    );
+    assert!(
+        attitude
+            .metric(&format!(
+                "attitude_backend_ejections_total{{backend=\"{}\"}}",
+                bad.addr
+            ))
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+}
+
+#[test]
+fn never_more_than_the_allowed_share_of_backends_is_ejected() {
+    let good = Recorder::start();
+    let bad_one = SmtpSink::start(&["-r", "mail"]);
+    let bad_two = SmtpSink::start(&["-r", "mail"]);
+    let attitude = Attitude::start(
+        &backends_config(&[good.addr, bad_one.addr, bad_two.addr], OUTLIERS),
+        &[],
+    );
+    let mut most_ejected: f64 = 0.0;
+    steady_traffic(&attitude, Duration::from_millis(1500), || {
+        let ejected: f64 = [bad_one.addr, bad_two.addr]
+            .iter()
+            .map(|b| {
+                attitude
+                    .metric(&format!("attitude_backend_ejected{{backend=\"{b}\"}}"))
+                    .unwrap_or(0.0)
+            })
+            .sum();
+        most_ejected = most_ejected.max(ejected);
+    });
+    // Three up, at most half of them ejected: one at a time.
+    assert_eq!(most_ejected, 1.0, "ejected at once: {most_ejected}");
+    let log = attitude.peer.stderr().join("\n");
+    assert!(
+        log.contains("not ejected: too many are ejected already"),
+        "{log}"
+    );
+}

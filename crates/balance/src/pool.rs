@@ -287,25 +287,32 @@ impl Inner {
 
     /// The controller: ejections that end, idle connections that expire, usable-set updates.
     async fn control(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut next_ejection_end: Option<std::time::Instant> = None;
         loop {
+            // Idle connections are looked at every second; an ejection ends on time.
+            let mut wake = std::time::Instant::now() + Duration::from_secs(1);
+            if let Some(end) = next_ejection_end {
+                wake = wake.min(end);
+            }
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = self.changed.notified() => {}
-                _ = tick.tick() => {
-                    let now = std::time::Instant::now();
-                    let members: Vec<Arc<Backend>> = self
-                        .members
-                        .lock()
-                        .expect("members lock")
-                        .values()
-                        .map(|m| m.backend.clone())
-                        .collect();
-                    for b in &members {
-                        b.ejection_over(now);
-                        b.expire_idle(&self.config);
-                    }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = std::time::Instant::now();
+            let members: Vec<Arc<Backend>> = self
+                .members
+                .lock()
+                .expect("members lock")
+                .values()
+                .map(|m| m.backend.clone())
+                .collect();
+            next_ejection_end = None;
+            for b in &members {
+                if let Some(end) = b.ejection_over(now) {
+                    next_ejection_end = Some(next_ejection_end.map_or(end, |n| n.min(end)));
                 }
+                b.expire_idle(&self.config);
             }
             self.publish();
         }
