@@ -191,6 +191,9 @@ impl Load for Endpoint {
     }
 }
 
+/// At most this many backends from one DNS name (an answer is trusted no further).
+pub const MAX_DISCOVERED: usize = 256;
+
 /// A DNS name whose addresses are backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsSource {
@@ -219,7 +222,13 @@ impl Pool {
         tokio::spawn(async move {
             loop {
                 match resolve(&resolver, &source).await {
-                    Ok(specs) => pool.set_source(&format!("dns:{}", source.name), specs),
+                    Ok(mut specs) => {
+                        if specs.len() > MAX_DISCOVERED {
+                            tracing::warn!(name = %source.name, found = specs.len(), kept = MAX_DISCOVERED, "backend discovery: too many addresses; keeping the first");
+                            specs.truncate(MAX_DISCOVERED);
+                        }
+                        pool.set_source(&format!("dns:{}", source.name), specs)
+                    }
                     Err(error) => {
                         errors.increment(1);
                         tracing::warn!(name = %source.name, %error, "backend discovery lookup failed; keeping the last answer");
