@@ -413,15 +413,14 @@ impl Backend {
     }
 
     /// A second XCLIENT was refused: connections serve one session each from now on.
-    pub(crate) fn set_xclient_once(&self) {
+    pub(crate) fn set_xclient_once(&self, config: &PoolConfig) {
         if !self.xclient_once.swap(true, Ordering::Relaxed) {
             tracing::info!(
                 backend = %self.addr(),
                 "backend accepts XCLIENT once per connection; its connections now serve one session each"
             );
             // Idle connections carry someone else's identity.
-            self.idle.lock().expect("idle lock").clear();
-            self.metrics.idle.set(0.0);
+            self.clear_idle(config);
         }
     }
 

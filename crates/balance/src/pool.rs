@@ -372,7 +372,7 @@ impl Inner {
                         .await
                 {
                     if matches!(&error, BackendError::Refused(r) if r.is_permanent()) {
-                        backend.set_xclient_once();
+                        backend.set_xclient_once(config);
                         break;
                     }
                     tracing::debug!(backend = %addr, %error, "pooled connection refused XCLIENT; closing it");

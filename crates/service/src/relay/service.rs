@@ -175,6 +175,42 @@ fn unavailable(error: &CheckoutError) -> Reply {
     }
 }
 
+fn auth_lost() -> Reply {
+    Reply::new(
+        451,
+        EnhancedStatus::new(4, 7, 0),
+        "Authenticated backend session lost; reconnect and authenticate again",
+    )
+}
+
+/// A lease from the pool, trying other backends while one cannot open a session, until `tried`
+/// holds `1 + failover_attempts` of them. `Err` is the reply for the client.
+async fn checkout(
+    shared: &RelayShared,
+    identity: &ClientIdentity,
+    tried: &mut Vec<SocketAddr>,
+) -> Result<Lease, Reply> {
+    let attempts = 1 + shared.pool.config().failover_attempts as usize;
+    loop {
+        if tried.len() >= attempts {
+            shared.metrics.unavailable.increment(1);
+            return Err(unavailable(&CheckoutError::NoBackend));
+        }
+        match shared.pool.checkout(identity, tried).await {
+            Ok(lease) => return Ok(lease),
+            Err(CheckoutError::Backend { addr, error }) => {
+                tracing::warn!(backend = %addr, %error, "backend unavailable; trying another");
+                tried.push(addr);
+                shared.metrics.failovers.increment(1);
+            }
+            Err(error) => {
+                shared.metrics.unavailable.increment(1);
+                return Err(unavailable(&error));
+            }
+        }
+    }
+}
+
 fn temporary_auth_failure() -> Reply {
     Reply::new(
         454,
@@ -329,25 +365,10 @@ impl RelayState {
                     held.resume();
                     held
                 }
-                None if self.authenticated => {
-                    return Err(Reply::new(
-                        451,
-                        EnhancedStatus::new(4, 7, 0),
-                        "Authenticated backend session lost; reconnect and authenticate again",
-                    ));
-                }
-                None => match shared.pool.checkout(identity, &txn.tried).await {
+                None if self.authenticated => return Err(auth_lost()),
+                None => match checkout(shared, identity, &mut txn.tried).await {
                     Ok(lease) => lease,
-                    Err(CheckoutError::Backend { addr, error }) => {
-                        tracing::warn!(backend = %addr, %error, "backend unavailable; trying another");
-                        txn.tried.push(addr);
-                        shared.metrics.failovers.increment(1);
-                        continue;
-                    }
-                    Err(error) => {
-                        shared.metrics.unavailable.increment(1);
-                        return Err(unavailable(&error));
-                    }
+                    Err(reply) => return Err(last_refusal.map(soften_421).unwrap_or(reply)),
                 },
             };
             let caps = lease.conn().caps();
@@ -438,30 +459,13 @@ impl RelayState {
         mail: MailFrom,
     ) -> Reply {
         if self.auth_lost {
-            return Reply::new(
-                451,
-                EnhancedStatus::new(4, 7, 0),
-                "Authenticated backend session lost; reconnect and authenticate again",
-            );
+            return auth_lost();
         }
         let mut tried = Vec::new();
-        let attempts = 1 + shared.pool.config().failover_attempts as usize;
-        while self.lease.is_none() {
-            if tried.len() >= attempts {
-                shared.metrics.unavailable.increment(1);
-                return unavailable(&CheckoutError::NoBackend);
-            }
-            match shared.pool.checkout(identity, &tried).await {
+        if self.lease.is_none() {
+            match checkout(shared, identity, &mut tried).await {
                 Ok(lease) => self.lease = Some(lease),
-                Err(CheckoutError::Backend { addr, error }) => {
-                    tracing::warn!(backend = %addr, %error, "backend unavailable; trying another");
-                    tried.push(addr);
-                    shared.metrics.failovers.increment(1);
-                }
-                Err(error) => {
-                    shared.metrics.unavailable.increment(1);
-                    return unavailable(&error);
-                }
+                Err(reply) => return reply,
             }
         }
         if let Some(lease) = self.lease.as_mut() {
