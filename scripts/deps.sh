@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages attitude's tests need (idempotent, non-interactive):
 #   postfix        -> smtp-source / smtp-sink (real SMTP load generator and sink)
-#   swaks          -> a real SMTP client
+#   swaks          -> a real SMTP client (libnet-ssleay-perl, libio-socket-ssl-perl: its --tls)
 #   python3-aiosmtpd -> a recording SMTP backend (Python, /usr/bin/python3)
 # Postfix's own daemon is never started: a policy-rc.d denies service starts during the
 # install (created only if the machine has none, removed again afterwards).
@@ -10,10 +10,11 @@ set -euo pipefail
 need=()
 command -v /usr/sbin/smtp-sink >/dev/null 2>&1 || need+=(postfix)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
+perl -MNet::SSLeay -MIO::Socket::SSL -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "deps: all present (smtp-sink, smtp-source, swaks, aiosmtpd)"
+    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd)"
     exit 0
 fi
 

@@ -19,12 +19,16 @@ source address the header gave in NNNNNN.proxy (`ADDR PORT`, or `LOCAL` for a LO
 With --auth USER:PASSWORD (repeatable) it offers AUTH PLAIN and LOGIN (without TLS: the tests
 run on loopback), checks the credentials, and stores the login of an authenticated session in
 NNNNNN.auth next to the message.
+
+With --tls-cert FILE --tls-key FILE it offers STARTTLS, and stores the TLS version and cipher
+of a session that used it in NNNNNN.tls.
 """
 
 import argparse
 import asyncio
 import os
 import re
+import ssl
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
@@ -69,6 +73,10 @@ class Recorder:
                     f.write("LOCAL\n")
                 else:
                     f.write(f"{proxy.src_addr} {proxy.src_port}\n")
+        tls = server.transport.get_extra_info("ssl_object") if server.transport else None
+        if tls is not None:
+            with open(base + ".tls", "w", encoding="utf-8") as f:
+                f.write(f"{tls.version()} {tls.cipher()[0]}\n")
         login = getattr(session, "auth_data", None)
         if session.authenticated and login:
             with open(base + ".auth", "wb") as f:
@@ -97,6 +105,8 @@ def main():
     parser.add_argument("--auth", action="append", default=[])
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--proxy", action="store_true")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
     accounts = dict(a.split(":", 1) for a in args.auth)
     options = {}
@@ -104,6 +114,10 @@ def main():
         options.update(authenticator=authenticator(accounts), auth_require_tls=False)
     if args.proxy:
         options["proxy_protocol_timeout"] = 5
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        options["tls_context"] = context
     host, port = args.listen.rsplit(":", 1)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

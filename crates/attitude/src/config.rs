@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use attitude_balance::{
     BackendSpec, DnsSource, HealthConfig, IdentityMode, OutlierConfig, PoolConfig,
 };
+use attitude_edge::tls::{ClientTls, Verify};
 use ipnet::IpNet;
+
+/// The CA bundle of Debian and its children (package ca-certificates).
+const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -16,8 +20,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// SMTP listen address.
+    /// SMTP listen address of the one listener used when `[[listeners]]` is empty.
     pub listen: SocketAddr,
+    /// Several listeners (`[[listeners]]`), each with its own TLS mode and policy overrides.
+    pub listeners: Vec<ListenerConfig>,
+    /// The server certificate (STARTTLS and implicit TLS).
+    pub tls: Tls,
     /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`); none to turn it off.
     pub admin: Option<SocketAddr>,
     /// Name in the greeting and EHLO reply.
@@ -68,6 +76,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:2525".parse().expect("valid address"),
+            listeners: Vec::new(),
+            tls: Tls::default(),
             admin: Some("127.0.0.1:9325".parse().expect("valid address")),
             hostname: "attitude.localdomain".into(),
             workers: 0,
@@ -92,6 +102,94 @@ impl Default for Config {
             log: Log::default(),
         }
     }
+}
+
+/// `[tls]`: the certificate and key (PEM) for STARTTLS and implicit TLS; reloaded when the
+/// files change. Without them, STARTTLS is not offered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Limit for a TLS handshake.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Reload the pair when something changes in their directories.
+    pub watch: bool,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            handshake_timeout: Duration::from_secs(10),
+            watch: true,
+        }
+    }
+}
+
+/// TLS on a listener.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerTls {
+    /// Never (STARTTLS is not offered).
+    None,
+    /// STARTTLS offered (port 25, 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// `[[listeners]]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name in logs and errors (`mx`, `submission`, `submissions`).
+    pub name: String,
+    /// Listen address.
+    pub address: SocketAddr,
+    /// `"none"`, `"starttls"` or `"implicit"` (default: `"starttls"` when `[tls]` has a
+    /// certificate, else `"none"`).
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Expect a PROXY header on every connection (default: `[proxy_protocol] enabled`).
+    #[serde(default)]
+    pub proxy_protocol: Option<bool>,
+    /// Sections merged over the top-level ones for this listener's sessions, e.g.
+    /// `policy.auth = { require = true }`.
+    #[serde(default)]
+    pub policy: toml::Table,
+}
+
+/// Top-level keys a listener's `policy` may not override: they belong to the process.
+const PROCESS_KEYS: &[&str] = &[
+    "listen",
+    "listeners",
+    "tls",
+    "admin",
+    "workers",
+    "backend",
+    "dns",
+    "log",
+    "proxy_protocol",
+];
+
+/// One listener as it runs: its address, TLS, PROXY, and its whole effective configuration.
+#[derive(Debug, Clone)]
+pub struct EffectiveListener {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: SocketAddr,
+    /// TLS mode.
+    pub tls: ListenerTls,
+    /// PROXY protocol in.
+    pub proxy_protocol: bool,
+    /// The configuration with the listener's `policy` merged in.
+    pub config: Config,
 }
 
 /// `[limits]`
@@ -830,6 +928,8 @@ pub enum BareLineEndings {
 pub struct Smtp {
     /// Bare CR/LF and NUL in DATA: `"reject"` (default) or `"normalize"`.
     pub bare_line_endings: BareLineEndings,
+    /// MAIL needs TLS first (530 5.7.0): for a submission listener.
+    pub require_tls: bool,
 }
 
 /// `[backend]`: the pool of backend mail servers (see docs/operations.md, "Backends").
@@ -857,6 +957,8 @@ pub struct Backend {
     pub health: BackendHealth,
     /// `[backend.outlier]`: ejection of a backend that keeps failing.
     pub outlier: BackendOutlier,
+    /// `[backend.tls]`: TLS to the backends.
+    pub tls: BackendTls,
 }
 
 impl Default for Backend {
@@ -873,6 +975,7 @@ impl Default for Backend {
             pool: BackendPool::default(),
             health: BackendHealth::default(),
             outlier: BackendOutlier::default(),
+            tls: BackendTls::default(),
         }
     }
 }
@@ -974,6 +1077,34 @@ pub enum DnsRecord {
     Srv,
 }
 
+/// How attitude speaks TLS to backends.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    /// In the clear.
+    #[default]
+    None,
+    /// STARTTLS after EHLO; a backend that does not offer it is a failure.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// `[backend.tls]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendTls {
+    /// `"none"`, `"starttls"` or `"implicit"`.
+    pub mode: BackendTlsMode,
+    /// CA certificates (PEM) that sign the backends' certificates (default: the system's
+    /// `/etc/ssl/certs/ca-certificates.crt`).
+    pub ca_file: Option<PathBuf>,
+    /// The name the backends' certificates carry (default: each backend's IP address).
+    pub server_name: Option<String>,
+    /// Take any certificate (lab use only: the mail is encrypted, but to whom is not checked).
+    pub insecure_skip_verify: bool,
+}
+
 /// `[backend.pool]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1067,11 +1198,25 @@ impl Default for BackendOutlier {
 }
 
 impl Config {
-    /// The pool's settings.
-    pub fn pool_config(&self) -> PoolConfig {
+    /// The pool's settings; fails when the backend TLS settings do not load.
+    pub fn pool_config(&self) -> Result<PoolConfig, String> {
         let b = &self.backend;
         let t = &self.timeouts;
-        PoolConfig {
+        let tls = match b.tls.mode {
+            BackendTlsMode::None => None,
+            mode => {
+                let verify = match (&b.tls.ca_file, b.tls.insecure_skip_verify) {
+                    (_, true) => Verify::InsecureSkipVerify,
+                    (Some(file), false) => Verify::CaFile(file.clone()),
+                    (None, false) => Verify::CaFile(SYSTEM_CA_FILE.into()),
+                };
+                Some(attitude_balance::BackendTls {
+                    implicit: mode == BackendTlsMode::Implicit,
+                    client: ClientTls::new(&verify, b.tls.server_name.as_deref())?,
+                })
+            }
+        };
+        Ok(PoolConfig {
             helo_name: b.helo_name.clone().unwrap_or_else(|| self.hostname.clone()),
             connect_timeout: t.backend_connect,
             greeting_timeout: t.backend_greeting,
@@ -1097,7 +1242,8 @@ impl Config {
                 max_ejection: b.outlier.max_ejection,
                 max_ejected_percent: b.outlier.max_ejected_percent,
             },
-        }
+            tls,
+        })
     }
 
     /// The static backends.
@@ -1225,8 +1371,142 @@ impl Config {
         })
     }
 
-    /// Checks what the types cannot; call after command-line overrides.
+    /// The listeners as they run: `[[listeners]]`, or one from `listen`. Each carries the
+    /// configuration its sessions use, validated, with its `policy` merged in.
+    pub fn effective_listeners(&self) -> Result<Vec<EffectiveListener>, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let default_tls = if self.tls.cert.is_some() {
+            ListenerTls::Starttls
+        } else {
+            ListenerTls::None
+        };
+        if self.listeners.is_empty() {
+            if self.smtp.require_tls && default_tls != ListenerTls::Starttls {
+                return Err(invalid(
+                    "[smtp] require_tls needs STARTTLS: set [tls] cert and key".into(),
+                ));
+            }
+            return Ok(vec![EffectiveListener {
+                name: "smtp".into(),
+                address: self.listen,
+                tls: default_tls,
+                proxy_protocol: self.proxy_protocol.enabled,
+                config: self.clone(),
+            }]);
+        }
+        let mut base = toml::Table::try_from(self)
+            .map_err(|e| invalid(format!("cannot merge listener policies: {e}")))?;
+        base.remove("listeners");
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            let name = &l.name;
+            if name.is_empty() || !seen.insert(name.as_str()) {
+                return Err(invalid(format!(
+                    "[[listeners]] name {name:?} must be non-empty and unique"
+                )));
+            }
+            if let Some(key) = l.policy.keys().find(|k| PROCESS_KEYS.contains(&k.as_str())) {
+                return Err(invalid(format!(
+                    "[[listeners]] {name}: policy.{key} cannot differ per listener (it belongs to                      the whole process); set it at the top level"
+                )));
+            }
+            if let Some(toml::Value::Table(g)) = l.policy.get("greylist")
+                && let Some(key) = g.keys().find(|k| k.as_str() != "enabled")
+            {
+                return Err(invalid(format!(
+                    "[[listeners]] {name}: policy.greylist.{key}: the greylist store is shared,                      so a listener may only set `enabled`; set {key} in [greylist]"
+                )));
+            }
+            let mut merged = base.clone();
+            merge(&mut merged, &l.policy);
+            let config: Config = merged.try_into().map_err(|e: toml::de::Error| {
+                invalid(format!(
+                    "[[listeners]] {name}: policy: {}",
+                    e.message().trim()
+                ))
+            })?;
+            config
+                .validate_one()
+                .map_err(|e| invalid(format!("[[listeners]] {name}: {e}")))?;
+            let tls = l.tls.unwrap_or(default_tls);
+            if tls != ListenerTls::None && self.tls.cert.is_none() {
+                return Err(invalid(format!(
+                    "[[listeners]] {name}: tls = \"{}\" needs a certificate: set [tls] cert and \
+                     key (or --tls-cert and --tls-key)",
+                    if tls == ListenerTls::Implicit {
+                        "implicit"
+                    } else {
+                        "starttls"
+                    }
+                )));
+            }
+            if config.smtp.require_tls && tls != ListenerTls::Starttls {
+                return Err(invalid(format!(
+                    "[[listeners]] {name}: smtp.require_tls needs tls = \"starttls\" (an \
+                     implicit-TLS listener is always encrypted; a plain one never)"
+                )));
+            }
+            out.push(EffectiveListener {
+                name: name.clone(),
+                address: l.address,
+                tls,
+                proxy_protocol: l.proxy_protocol.unwrap_or(self.proxy_protocol.enabled),
+                config,
+            });
+        }
+        for (i, a) in out.iter().enumerate() {
+            // Port 0 (tests) picks a free port for each.
+            if let Some(b) = out[..i]
+                .iter()
+                .find(|b| b.address == a.address && a.address.port() != 0)
+            {
+                return Err(invalid(format!(
+                    "[[listeners]] {} and {} both listen on {}",
+                    b.name, a.name, a.address
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks everything: the process-wide settings and each listener's effective
+    /// configuration. Call after command-line overrides.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_one()?;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid(
+                "[tls] cert and key go together: set both (or --tls-cert and --tls-key)".into(),
+            );
+        }
+        let t = &self.backend.tls;
+        if t.insecure_skip_verify && t.ca_file.is_some() {
+            return invalid(
+                "[backend.tls] ca_file and insecure_skip_verify = true contradict each other;                  keep one"
+                    .into(),
+            );
+        }
+        let listeners = self.effective_listeners()?;
+        for l in &listeners {
+            if let Some(s) = self
+                .backend
+                .servers
+                .iter()
+                .find(|s| s.address() == l.address)
+            {
+                return invalid(format!(
+                    "[backend] servers contains attitude's own listen address {} (listener {}):                      that would relay to itself",
+                    s.address(),
+                    l.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one configuration's values (the top level, or a listener's merged one).
+    fn validate_one(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.backend.servers.is_empty() && self.backend.dns.is_empty() {
             return invalid(
@@ -1260,17 +1540,6 @@ impl Config {
                     d.name
                 ));
             }
-        }
-        if self
-            .backend
-            .servers
-            .iter()
-            .any(|s| s.address() == self.listen)
-        {
-            return invalid(format!(
-                "[backend] servers contains attitude's own listen address {}: that would relay to itself",
-                self.listen
-            ));
         }
         if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
             return invalid(format!(
@@ -1495,6 +1764,18 @@ impl Config {
     /// The configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+}
+
+/// Merges `over` into `base`: tables key by key, anything else replaced.
+fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
     }
 }
 

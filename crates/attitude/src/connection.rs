@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use attitude_codec::{EnhancedStatus, Reply};
+use attitude_edge::Stream;
 use attitude_layers::keyed_concurrency::KeyedConcurrencyLayer;
 use attitude_layers::rate_limit::RateLimitLayer;
 use attitude_layers::tarpit::{Tarpit, TarpitLayer, TarpitMetrics};
@@ -78,10 +79,30 @@ impl Service<Connection> for SessionService {
         session.marks = conn.marks;
         let service = self.stack.command_service();
         let config = self.stack.driver.clone();
+        session.starttls = config.tls.is_some();
         let metrics = self.stack.driver_metrics.clone();
         let shutdown = self.shutdown.clone();
+        let implicit = self.stack.implicit_tls.clone();
         Box::pin(async move {
-            Ok(driver::drive(conn.io, session, service, config, shutdown, metrics).await)
+            let io = match implicit {
+                // Implicit TLS (port 465): the handshake comes before the greeting.
+                Some(tls) => match tls.accept(conn.io).await {
+                    Ok(stream) => {
+                        session.tls = stream.tls_info();
+                        if let Some(info) = &session.tls {
+                            metrics.record_tls(info);
+                        }
+                        stream
+                    }
+                    Err(error) => {
+                        tracing::debug!(target: "attitude::session", session = conn.id, client = %conn.client, %error, "TLS handshake failed");
+                        metrics.record_refused();
+                        return Ok(SessionSummary::unstarted(SessionResult::IoError, 0));
+                    }
+                },
+                None => Stream::Plain(conn.io),
+            };
+            Ok(driver::drive(io, session, service, config, shutdown, metrics).await)
         })
     }
 }
@@ -241,7 +262,8 @@ fn dnsbl_layer(config: &Config, stack: &Stack) -> Result<Option<DnsblLayer>, Str
 /// `[pregreet]`, innermost: the pause holds the session's slot, as the session would.
 fn pregreet_layer(config: &Config, stack: &Stack) -> Option<PregreetLayer> {
     let p = &config.pregreet;
-    p.enabled.then(|| {
+    // On an implicit-TLS listener the client speaks first (its ClientHello): no pregreet.
+    (p.enabled && stack.implicit_tls.is_none()).then(|| {
         PregreetLayer::new(PregreetConfig {
             pause: p.pause,
             multiline: p.multiline,
@@ -272,6 +294,7 @@ pub fn build(
     let refuse = Refuse::new(stack.driver_metrics.clone(), &full.tarpit);
     let pregreet = pregreet_layer(full, &stack);
     let dnsbl = dnsbl_layer(full, &stack)?;
+    let stop = stack.housekeeping.clone();
     let client = ClientKey::new(
         config.client_prefix_v4,
         config.client_prefix_v6,
@@ -346,7 +369,7 @@ pub fn build(
             "client",
         ));
         let housekeeping = layer.clone();
-        every_minute(move || housekeeping.housekeeping());
+        every_minute(&stop, move || housekeeping.housekeeping());
         layer
     });
 

@@ -10,7 +10,6 @@ mod admin;
 mod config;
 mod connection;
 mod keys;
-mod proxy;
 mod rates;
 mod server;
 mod sink;
@@ -44,7 +43,7 @@ enum Cmd {
     Sink(SinkArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "ATTITUDE_CONFIG")]
@@ -67,6 +66,12 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "ATTITUDE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// TLS certificate chain (PEM) for STARTTLS and implicit TLS; with --tls-key.
+    #[arg(long, env = "ATTITUDE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); with --tls-cert.
+    #[arg(long, env = "ATTITUDE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -110,7 +115,18 @@ fn effective_config(args: &ServeArgs) -> Result<Config, String> {
         None => Config::default(),
     };
     if let Some(listen) = args.listen {
+        if !config.listeners.is_empty() {
+            return Err(
+                "--listen sets the address of the one listener used without [[listeners]]; \
+                 with [[listeners]] in the file, set each listener's address there"
+                    .into(),
+            );
+        }
         config.listen = listen;
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls.cert = Some(cert.clone());
+        config.tls.key = Some(key.clone());
     }
     if !args.backend.is_empty() {
         config.backend.servers = args
@@ -167,7 +183,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let config = effective_config(&args)?;
     init_logs(config.log.format, &config.log.level)?;
     let metrics = admin::install_recorder()?;
-    server::serve(config, metrics)
+    let watch = args.config.clone();
+    // A reload reads the file again and applies the same flags and environment over it.
+    let load = Box::new(move || effective_config(&args));
+    server::serve(config, metrics, load, watch)
 }
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {

@@ -48,7 +48,11 @@ fn key_label(key: RateKey) -> &'static str {
 }
 
 /// One layer per rule.
-pub fn layers(rules: &[RateRule], client: &ClientKey) -> Vec<CommandLayer> {
+pub fn layers(
+    rules: &[RateRule],
+    client: &ClientKey,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<CommandLayer> {
     rules
         .iter()
         .map(|rule| {
@@ -91,7 +95,7 @@ pub fn layers(rules: &[RateRule], client: &ClientKey) -> Vec<CommandLayer> {
                 key_label(rule.key),
             ));
             let housekeeping = layer.clone();
-            every_minute(move || housekeeping.housekeeping());
+            every_minute(stop, move || housekeeping.housekeeping());
             let apply: CommandLayer =
                 Arc::new(move |inner: BoxCommand| BoxCommand::new(layer.layer(inner)));
             apply

@@ -20,9 +20,13 @@ use attitude_balance::Pool;
 
 use crate::admin;
 use crate::config::Config;
+use crate::config::EffectiveListener;
 use crate::connection::{self, Connection, ConnectionService};
-use crate::proxy;
-use crate::stack::Stack;
+use crate::stack::{Shared, Stack};
+use arc_swap::ArcSwap;
+use attitude_edge::proxy;
+use metrics::Gauge;
+use std::path::{Path, PathBuf};
 
 /// How long sessions get to write their 421 after the drain grace has run out.
 const HARD_CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -44,7 +48,11 @@ pub fn announce(parts: &[(&str, std::net::SocketAddr)]) {
 
 /// Binds `workers` listening sockets on `addr` with SO_REUSEPORT (the kernel spreads new
 /// connections over them); the first fixes the port when `addr` asks for port 0.
-fn bind_reuseport(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, String> {
+fn bind_reuseport(
+    addr: SocketAddr,
+    workers: usize,
+    name: &str,
+) -> Result<Vec<std::net::TcpListener>, String> {
     let mut addr = addr;
     let mut listeners = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -59,7 +67,8 @@ fn bind_reuseport(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpL
             })
             .map_err(|e| {
                 format!(
-                    "cannot listen on {addr} (SMTP): {e}; pick another address or stop what uses it"
+                    "cannot listen on {addr} (listener {name}): {e}; pick another address or stop \
+                     what uses it"
                 )
             })?;
         let listener: std::net::TcpListener = socket.into();
@@ -69,19 +78,182 @@ fn bind_reuseport(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpL
     Ok(listeners)
 }
 
-/// Runs `attitude serve` until SIGTERM/SIGINT and the drain that follows.
+/// One listener's stack as the current configuration built it; a reload replaces it, and
+/// sessions already running keep the one they started with.
+struct Live {
+    connections: Box<dyn Fn() -> ConnectionService + Send + Sync>,
+    proxy: ProxyIn,
+    /// Ends the stack's housekeeping tasks once it is replaced.
+    housekeeping: CancellationToken,
+}
+
+/// Every listener's stack, from one configuration.
+struct Generation {
+    id: u64,
+    /// In the order of the bound listeners.
+    listeners: Vec<Arc<Live>>,
+}
+
+/// Builds one listener's stack.
+fn live(
+    listener: &EffectiveListener,
+    top: &Config,
+    shared: &Shared,
+    shutdown: &Shutdown,
+) -> Result<Arc<Live>, String> {
+    let housekeeping = CancellationToken::new();
+    let stack = Stack::new(listener, shared, housekeeping.clone());
+    let connections = connection::build(&listener.config, stack, shutdown.clone())?;
+    Ok(Arc::new(Live {
+        connections: Box::new(connections),
+        proxy: ProxyIn::new(&top.proxy_protocol, listener.proxy_protocol),
+        housekeeping,
+    }))
+}
+
+/// What the running process keeps of its configuration, to apply a reload.
+struct Running {
+    config: Config,
+    /// The bound listeners (name, address), in order.
+    bound: Vec<(String, SocketAddr)>,
+    shared: Shared,
+    shutdown: Shutdown,
+    live: Arc<ArcSwap<Generation>>,
+    reloads: [Counter; 2],
+    last_reload: Gauge,
+}
+
+impl Running {
+    /// Applies a new, validated configuration: every listener that is still bound gets a stack
+    /// built from it; new sessions use it, running ones keep theirs. What needs a restart is
+    /// logged and stays as it was.
+    fn apply(&mut self, new: Config) -> Result<(), String> {
+        let listeners = new.effective_listeners().map_err(|e| e.to_string())?;
+        let mut restart = restart_needed(&self.config, &new);
+        let current = self.live.load_full();
+        let mut next = Vec::with_capacity(self.bound.len());
+        for (i, (name, addr)) in self.bound.iter().enumerate() {
+            match listeners.iter().find(|l| &l.name == name) {
+                Some(l) => {
+                    if l.address != *addr {
+                        restart.push(format!("listener {name} address {addr} -> {}", l.address));
+                    }
+                    next.push(live(l, &new, &self.shared, &self.shutdown)?);
+                }
+                None => {
+                    restart.push(format!("listener {name} removed"));
+                    next.push(current.listeners[i].clone());
+                }
+            }
+        }
+        for l in &listeners {
+            if !self.bound.iter().any(|(name, _)| name == &l.name) {
+                restart.push(format!("listener {} added", l.name));
+            }
+        }
+        self.shared.pool.set_source("static", new.static_backends());
+        let old = self.live.swap(Arc::new(Generation {
+            id: current.id + 1,
+            listeners: next,
+        }));
+        for l in &old.listeners {
+            if !self.live.load().listeners.iter().any(|n| Arc::ptr_eq(n, l)) {
+                l.housekeeping.cancel();
+            }
+        }
+        self.config = new;
+        if restart.is_empty() {
+            tracing::info!("configuration reloaded");
+        } else {
+            tracing::warn!(needs_restart = ?restart, "configuration reloaded; these changes need a restart and are not applied");
+        }
+        Ok(())
+    }
+
+    /// Loads and applies; counts and logs the outcome. `false` when the configuration is
+    /// unchanged (nothing counted).
+    fn reload(&mut self, load: &(dyn Fn() -> Result<Config, String> + Send + Sync)) {
+        let result = load().and_then(|new| {
+            if new.to_toml() == self.config.to_toml() {
+                tracing::debug!("configuration unchanged");
+                return Ok(false);
+            }
+            self.apply(new).map(|()| true)
+        });
+        match result {
+            Ok(false) => {}
+            Ok(true) => {
+                self.reloads[0].increment(1);
+                self.last_reload.set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                );
+            }
+            Err(error) => {
+                self.reloads[1].increment(1);
+                tracing::error!(%error, "configuration reload refused; the running configuration stays");
+            }
+        }
+    }
+}
+
+/// The process-wide settings that differ between `old` and `new` (they need a restart).
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let section = |c: &Config, name: &str| -> Option<String> {
+        toml::Table::try_from(c)
+            .ok()
+            .and_then(|t| t.get(name).map(|v| v.to_string()))
+    };
+    for name in ["tls", "admin", "workers", "dns", "log", "listen"] {
+        if section(old, name) != section(new, name) {
+            out.push(format!("[{name}]"));
+        }
+    }
+    // The greylist store and the pool's settings; the static servers are applied.
+    let mut old_backend = old.backend.clone();
+    old_backend.servers = new.backend.servers.clone();
+    if toml::Value::try_from(&old_backend).ok() != toml::Value::try_from(&new.backend).ok() {
+        out.push("[backend] (other than servers)".into());
+    }
+    let mut old_greylist = old.greylist.clone();
+    old_greylist.enabled = new.greylist.enabled;
+    if toml::Value::try_from(&old_greylist).ok() != toml::Value::try_from(&new.greylist).ok() {
+        out.push("[greylist] store settings".into());
+    }
+    out
+}
+
+/// Runs `attitude serve` until SIGTERM/SIGINT and the drain that follows. `load` reads the
+/// configuration again (file, flags, environment) for a reload on SIGHUP or when
+/// `watch` (the configuration file) changes.
 ///
 /// Thread per core: each worker thread runs its own single-threaded runtime with its own
-/// listening socket, and a session lives on the thread that accepted it, so an accepted
-/// connection never has to wake another thread. The limits' state is shared by all. The main
-/// thread runs the admin server, the signals, housekeeping and the drain.
-pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
+/// listening socket per listener, and a session lives on the thread that accepted it, so an
+/// accepted connection never has to wake another thread. The limits' state is shared by all.
+/// The main thread runs the admin server, the signals, reloads, housekeeping and the drain.
+pub fn serve(
+    config: Config,
+    metrics: PrometheusHandle,
+    load: Box<dyn Fn() -> Result<Config, String> + Send + Sync>,
+    watch: Option<PathBuf>,
+) -> Result<(), String> {
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let listeners = bind_reuseport(config.listen, workers)?;
-    let smtp_addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let listeners = config.effective_listeners().map_err(|e| e.to_string())?;
+    let mut sockets = Vec::with_capacity(listeners.len());
+    let mut bound = Vec::with_capacity(listeners.len());
+    for l in &listeners {
+        let socks = bind_reuseport(l.address, workers, &l.name)?;
+        bound.push((
+            l.name.clone(),
+            socks[0].local_addr().map_err(|e| e.to_string())?,
+        ));
+        sockets.push(socks);
+    }
     let main = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -90,12 +262,22 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
         let ready = Arc::new(AtomicBool::new(true));
         let admin_stop = CancellationToken::new();
         let shutdown = Shutdown::default();
-        let stack = Stack::new(&config)?;
-        let mut announced = vec![("smtp", smtp_addr)];
+        let shared = Shared::new(&config, &listeners)?;
+        let mut announced: Vec<(String, SocketAddr)> = bound
+            .iter()
+            .enumerate()
+            .map(|(i, (name, addr))| {
+                // The first listener is also announced as "smtp" (scripts and tests read it).
+                (if i == 0 { "smtp".to_string() } else { name.clone() }, *addr)
+            })
+            .collect();
+        if listeners.len() > 1 || listeners[0].name != "smtp" {
+            announced.extend(bound.iter().take(1).cloned());
+        }
         if let Some(addr) = config.admin {
             let admin_listener = bind(addr, "admin HTTP").await?;
             announced.push((
-                "admin",
+                "admin".into(),
                 admin_listener.local_addr().map_err(|e| e.to_string())?,
             ));
             tokio::spawn(admin::serve(
@@ -103,31 +285,33 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
                 metrics,
                 admin::Readiness {
                     serving: ready.clone(),
-                    pool: stack.pool().clone(),
+                    pool: shared.pool.clone(),
                 },
                 admin_stop.clone(),
             ));
         }
-
-        let connections = Arc::new(connection::build(
-            &config,
-            stack.clone(),
-            shutdown.clone(),
-        )?);
+        let first = Generation {
+            id: 0,
+            listeners: listeners
+                .iter()
+                .map(|l| live(l, &config, &shared, &shutdown))
+                .collect::<Result<_, _>>()?,
+        };
+        let live_stacks = Arc::new(ArcSwap::from_pointee(first));
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
         let draining = Arc::new(AtomicBool::new(false));
-        let proxy_in = ProxyIn::new(&config.proxy_protocol);
         let ids = Arc::new(AtomicU64::new(1));
-        for (n, listener) in listeners.into_iter().enumerate() {
-            let connections = connections.clone();
+        for n in 0..workers {
+            let mine: Vec<std::net::TcpListener> =
+                sockets.iter_mut().map(|socks| socks.remove(0)).collect();
+            let live_stacks = live_stacks.clone();
             let tracker = tracker.clone();
             let stop = stop_accepting.clone();
             let ids = ids.clone();
             let draining = draining.clone();
-            let metrics = stack.driver_metrics.clone();
-            let proxy = proxy_in.clone();
-            let pool = stack.pool().clone();
+            let metrics = shared.driver_metrics.clone();
+            let pool = shared.pool.clone();
             std::thread::Builder::new()
                 .name(format!("attitude-{n}"))
                 .spawn(move || {
@@ -136,29 +320,74 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
                         .build()
                         .expect("worker runtime");
                     runtime.block_on(async move {
-                        let listener = TcpListener::from_std(listener).expect("tokio listener");
-                        let mut service = connections();
                         let accept = Accept {
                             tracker: &tracker,
                             stop: &stop,
                             ids: &ids,
                             draining: &draining,
                             metrics: &metrics,
-                            proxy: &proxy,
                             pool: &pool,
+                            live: &live_stacks,
                         };
-                        accept.run(&listener, &mut service).await;
-                        drop(listener);
+                        let loops = mine.into_iter().enumerate().map(|(i, listener)| {
+                            let accept = &accept;
+                            async move {
+                                let listener =
+                                    TcpListener::from_std(listener).expect("tokio listener");
+                                accept.run(&listener, i).await;
+                            }
+                        });
+                        futures::future::join_all(loops).await;
                         // Keep this thread's sessions running until the drain is over.
                         tracker.wait().await;
                     });
                 })
                 .map_err(|e| format!("cannot start a worker thread: {e}"))?;
         }
-        announce(&announced);
-        tracing::info!(smtp = %smtp_addr, workers, backends = ?config.backend.servers, "attitude serving");
+        let parts: Vec<(&str, SocketAddr)> =
+            announced.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        announce(&parts);
+        tracing::info!(listeners = ?bound, workers, backends = ?config.backend.servers, "attitude serving");
 
-        shutdown_signal().await;
+        let mut running = Running {
+            config,
+            bound,
+            shared,
+            shutdown: shutdown.clone(),
+            live: live_stacks,
+            reloads: [
+                metrics::counter!("attitude_config_reload_total", "result" => "ok"),
+                metrics::counter!("attitude_config_reload_total", "result" => "error"),
+            ],
+            last_reload: metrics::gauge!("attitude_config_last_reload_success_timestamp_seconds"),
+        };
+        let mut changed = match &watch {
+            Some(path) => watch_file(path)?,
+            None => tokio::sync::mpsc::unbounded_channel().1,
+        };
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+        let stopping = shutdown_signal();
+        tokio::pin!(stopping);
+        loop {
+            tokio::select! {
+                _ = &mut stopping => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    if let Some(tls) = &running.shared.tls {
+                        let _ = tls.reload();
+                    }
+                    running.reload(load.as_ref());
+                }
+                Some(()) = changed.recv() => {
+                    // Let a burst of events (an editor's save, a ConfigMap swap) settle.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    while changed.try_recv().is_ok() {}
+                    running.reload(load.as_ref());
+                }
+            }
+        }
+        let config = &running.config;
         // Draining: not ready; for `drain_delay` the listener still accepts and answers new
         // clients 421 (the load balancer is still sending a few), then closes; idle sessions
         // get 421 now, sessions in a transaction may finish it within the grace period.
@@ -179,11 +408,39 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), String> {
             shutdown.hard.cancel();
             let _ = tokio::time::timeout(HARD_CLOSE_WAIT, tracker.wait()).await;
         }
-        stack.save_state();
+        running.shared.save_state();
         admin_stop.cancel();
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Events in the directory of the configuration file (a Kubernetes ConfigMap is updated by
+/// swapping a symlink in that directory, so the file itself is not what changes).
+fn watch_file(path: &Path) -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, String> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| format!("cannot watch the configuration file: {e}"))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| {
+            format!(
+                "cannot watch {} for configuration changes: {e}",
+                dir.display()
+            )
+        })?;
+    // The watcher lives as long as the process.
+    std::mem::forget(watcher);
+    Ok(rx)
 }
 
 /// What an accept loop shares with the rest of the process.
@@ -194,26 +451,31 @@ struct Accept<'a> {
     /// Set on SIGTERM: new clients get 421 until the listener closes.
     draining: &'a AtomicBool,
     metrics: &'a DriverMetrics,
-    /// PROXY protocol in.
-    proxy: &'a ProxyIn,
     /// The backend pool: with no backend up, new clients get 421 at the greeting.
     pool: &'a Pool,
+    /// Every listener's current stack.
+    live: &'a ArcSwap<Generation>,
 }
 
 /// Connections whose PROXY header is read wait for the accept loop in a queue this long.
 const PROXIED_QUEUE: usize = 1024;
 
 impl Accept<'_> {
-    async fn run(&self, listener: &TcpListener, connections: &mut ConnectionService) {
+    /// Accepts on `listener`, the `index`th listener, until the drain closes it.
+    async fn run(&self, listener: &TcpListener, index: usize) {
         let Accept {
             tracker,
             stop,
             ids,
             draining,
             metrics,
-            proxy,
             pool,
+            live,
         } = self;
+        // This listener's stack, replaced when a reload makes a new generation.
+        let mut generation = live.load().id;
+        let mut current = live.load().listeners[index].clone();
+        let mut connections = (current.connections)();
         // PROXY headers are read off the accept loop (a slow sender must not hold it up); the
         // connections come back here, with the address their header carries.
         let (proxied_tx, mut proxied) =
@@ -223,8 +485,8 @@ impl Accept<'_> {
                 _ = stop.cancelled() => return,
                 Some(pair) = proxied.recv() => pair,
                 accepted = listener.accept() => match accepted {
-                    Ok((io, peer)) if proxy.enabled => {
-                        proxy.start(io, peer, &proxied_tx);
+                    Ok((io, peer)) if current.proxy.enabled => {
+                        current.proxy.start(io, peer, &proxied_tx);
                         continue;
                     }
                     Ok(pair) => pair,
@@ -248,6 +510,12 @@ impl Accept<'_> {
                 let _ = io.try_write(b"421 4.3.2 No mail server available; try again later\r\n");
                 metrics.record_refused();
                 continue;
+            }
+            let now = live.load();
+            if now.id != generation {
+                generation = now.id;
+                current = now.listeners[index].clone();
+                connections = (current.connections)();
             }
             let conn = Connection {
                 io,
@@ -283,11 +551,11 @@ pub struct ProxyIn {
 }
 
 impl ProxyIn {
-    fn new(config: &crate::config::ProxyProtocol) -> Self {
+    fn new(config: &crate::config::ProxyProtocol, enabled: bool) -> Self {
         let result =
             |r: &'static str| metrics::counter!("attitude_proxy_protocol_total", "result" => r);
         Self {
-            enabled: config.enabled,
+            enabled,
             sources: config.sources.clone().into(),
             timeout: config.header_timeout,
             results: [

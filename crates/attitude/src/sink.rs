@@ -181,7 +181,7 @@ pub async fn run(options: SinkOptions) -> Result<(), String> {
             message: Arc::default(),
         });
         tracker.spawn(driver::drive(
-            stream,
+            attitude_edge::Stream::Plain(stream),
             session,
             service,
             driver_config.clone(),

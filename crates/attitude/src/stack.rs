@@ -37,20 +37,113 @@ use attitude_service::{BoxCommand, BoxError, Event, Request};
 use hickory_resolver::TokioResolver;
 use tower::Layer;
 
-use crate::config::{self, Config};
+use attitude_edge::tls::ServerTls;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, EffectiveListener, ListenerTls};
 use crate::keys::ClientKey;
 use crate::rates;
 
-/// Runs `housekeeping` once a minute for as long as the process runs: keyed limiters forget the
-/// keys that are back at full budget. Call it from within the main runtime.
-pub fn every_minute(housekeeping: impl Fn() + Send + 'static) {
+/// Runs `housekeeping` once a minute until `stop` (a configuration replaced by a reload):
+/// keyed limiters forget the keys that are back at full budget. Call it from within the main
+/// runtime.
+pub fn every_minute(stop: &CancellationToken, housekeeping: impl Fn() + Send + 'static) {
+    let stop = stop.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
-            tick.tick().await;
-            housekeeping();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => housekeeping(),
+            }
         }
     });
+}
+
+/// What every listener's stack shares, built once per process and kept across reloads: the
+/// backend pool, the DNS resolver, the greylist store, the server certificate, and what the
+/// backends offer for AUTH.
+#[derive(Clone)]
+pub struct Shared {
+    /// The backend pool.
+    pub pool: Pool,
+    /// The `[dns]` resolver, when a DNS policy or DNS discovery is on anywhere.
+    pub resolver: Option<TokioResolver>,
+    /// The greylist store, when any listener greylists.
+    pub greylist: Option<Arc<Greylist>>,
+    /// The server certificate (`[tls]`).
+    pub tls: Option<Arc<ServerTls>>,
+    /// The AUTH mechanisms the backends offer (learnt from every new backend connection).
+    backend_auth: Arc<AuthOffer>,
+    /// Session metric handles.
+    pub driver_metrics: Arc<DriverMetrics>,
+}
+
+impl Shared {
+    /// Builds the shared parts from the process configuration and its listeners.
+    pub fn new(config: &Config, listeners: &[EffectiveListener]) -> Result<Self, String> {
+        let any = |f: fn(&Config) -> bool| listeners.iter().any(|l| f(&l.config));
+        // One resolver, with one cache, for every DNS policy (DNSBL and SPF).
+        let resolver = (any(|c| c.dnsbl.enabled || c.spf.enabled)
+            || !config.backend.dns.is_empty())
+        .then(|| {
+            let nameservers = &config.dns.nameservers;
+            attitude_policy::dns::resolver(
+                (!nameservers.is_empty()).then_some(nameservers.as_slice()),
+                config.dns.timeout,
+            )
+        })
+        .transpose()?;
+        let greylist = if any(|c| c.greylist.enabled) {
+            greylist(config)?
+        } else {
+            None
+        };
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => {
+                let tls = Arc::new(ServerTls::load(cert, key, config.tls.handshake_timeout)?);
+                if config.tls.watch {
+                    tls.watch(Duration::from_millis(500))?;
+                }
+                Some(tls)
+            }
+            _ => None,
+        };
+        let backend_auth = Arc::new(AuthOffer::new(
+            attitude_service::auth::MECHANISMS
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
+            true,
+        ));
+        let on_caps: CapsHook = {
+            let auth = backend_auth.clone();
+            Arc::new(move |caps: &BackendCaps| auth.set_backend(caps.auth_mechanisms()))
+        };
+        let pool = Pool::new(config.pool_config()?, Some(on_caps));
+        pool.set_source("static", config.static_backends());
+        if let Some(resolver) = &resolver {
+            for source in config.dns_backends() {
+                pool.discover_dns(resolver.clone(), source);
+            }
+        }
+        pool.start();
+        Ok(Self {
+            pool,
+            resolver,
+            greylist,
+            tls,
+            backend_auth,
+            driver_metrics: DriverMetrics::register(),
+        })
+    }
+
+    /// Saves what should survive a restart (the greylist). Call once sessions have ended.
+    pub fn save_state(&self) {
+        if let Some(greylist) = &self.greylist {
+            greylist.save();
+        }
+    }
 }
 
 /// Wraps a command service in one policy's layer; the policies' state is shared by all sessions.
@@ -73,17 +166,24 @@ pub struct Stack {
     policies: Vec<CommandLayer>,
     /// The tarpit, outside the protocol layer so it also holds replies to bad commands.
     tarpit: Option<CommandLayer>,
-    /// The greylist, saved at shutdown.
-    greylist: Option<Arc<Greylist>>,
     /// The `[dns]` resolver, when a DNS policy is on (the connection stack's DNSBL uses it too).
     pub resolver: Option<TokioResolver>,
+    /// The certificate for implicit TLS, on such a listener.
+    pub implicit_tls: Option<Arc<ServerTls>>,
+    /// Cancelled when a reload replaces this stack: its housekeeping tasks end.
+    pub housekeeping: CancellationToken,
     relay: Arc<RelayShared>,
 }
 
 impl Stack {
-    /// Builds the stack from a validated configuration. Registers metric handles with the
-    /// installed recorder. Fails only when a state file (the greylist's) cannot be read.
-    pub fn new(config: &Config) -> Result<Self, String> {
+    /// Builds one listener's stack from its validated configuration, over the shared parts.
+    /// Registers metric handles with the installed recorder.
+    pub fn new(
+        listener: &EffectiveListener,
+        shared: &Shared,
+        housekeeping: CancellationToken,
+    ) -> Self {
+        let config = &listener.config;
         let codec = CodecConfig {
             max_command_line: config.limits.max_command_line,
             max_text_line: config.limits.max_text_line,
@@ -100,17 +200,23 @@ impl Stack {
             data_timeout: config.timeouts.data,
             min_data_rate: config.limits.min_data_rate,
             max_errors: config.limits.max_errors,
+            tls: shared
+                .tls
+                .clone()
+                .filter(|_| listener.tls == ListenerTls::Starttls),
         };
         let auth = config.auth.enabled.then(|| {
-            Arc::new(AuthOffer::new(
-                config
-                    .auth
-                    .mechanisms
-                    .iter()
-                    .map(|m| m.to_ascii_uppercase())
-                    .collect(),
-                config.auth.allow_plaintext,
-            ))
+            Arc::new(
+                shared.backend_auth.sharing_backend(
+                    config
+                        .auth
+                        .mechanisms
+                        .iter()
+                        .map(|m| m.to_ascii_uppercase())
+                        .collect(),
+                    config.auth.allow_plaintext,
+                ),
+            )
         });
         let protocol = ProtocolConfig {
             hostname: config.hostname.clone(),
@@ -118,6 +224,7 @@ impl Stack {
             max_recipients: config.limits.max_recipients,
             auth: auth.clone(),
             require_auth: config.auth.require,
+            require_tls: config.smtp.require_tls,
         };
         let t = &config.timeouts;
         let relay = RelayConfig {
@@ -127,35 +234,13 @@ impl Stack {
         };
         let c = &config.connections;
         let client = ClientKey::new(c.client_prefix_v4, c.client_prefix_v6, &c.exempt_networks);
-        let greylist = greylist(config)?;
-        // One resolver, with one cache, for every DNS policy (DNSBL and SPF).
-        let resolver =
-            (config.dnsbl.enabled || config.spf.enabled || !config.backend.dns.is_empty())
-                .then(|| {
-                    let nameservers = &config.dns.nameservers;
-                    attitude_policy::dns::resolver(
-                        (!nameservers.is_empty()).then_some(nameservers.as_slice()),
-                        config.dns.timeout,
-                    )
-                })
-                .transpose()?;
-        // What the backends offer (AUTH) is learnt from every new backend connection and
-        // health check.
-        let on_caps: Option<CapsHook> = auth.clone().map(|auth| {
-            Arc::new(move |caps: &BackendCaps| auth.set_backend(caps.auth_mechanisms())) as CapsHook
-        });
-        let pool = Pool::new(config.pool_config(), on_caps);
-        pool.set_source("static", config.static_backends());
-        if let Some(resolver) = &resolver {
-            for source in config.dns_backends() {
-                pool.discover_dns(resolver.clone(), source);
-            }
-        }
-        pool.start();
-        let relay = RelayShared::new(relay, pool, RelayMetrics::register());
-        Ok(Self {
+        let greylist = shared.greylist.clone().filter(|_| config.greylist.enabled);
+        let resolver = shared.resolver.clone();
+        let relay = RelayShared::new(relay, shared.pool.clone(), RelayMetrics::register());
+        let stop = &housekeeping;
+        Self {
             driver: Arc::new(driver),
-            driver_metrics: DriverMetrics::register(),
+            driver_metrics: shared.driver_metrics.clone(),
             protocol: ProtocolLayer::new(protocol),
             metrics: SmtpMetricsLayer::new(SmtpMetrics::register()),
             tarpit: tarpit_layer(config),
@@ -169,25 +254,17 @@ impl Stack {
                     Arc::new(move |inner: BoxCommand| BoxCommand::new(layer.layer(inner)))
                         as CommandLayer
                 }))
-                .chain(throttle_layer(config, &client))
-                .chain(rates::layers(&config.rates, &client))
+                .chain(throttle_layer(config, &client, stop))
+                .chain(rates::layers(&config.rates, &client, stop))
                 .chain(content_layer(config))
                 .collect(),
             relay,
-            greylist,
             resolver,
-        })
-    }
-
-    /// The backend pool.
-    pub fn pool(&self) -> &Pool {
-        self.relay.pool()
-    }
-
-    /// Saves what should survive a restart (the greylist). Call once sessions have ended.
-    pub fn save_state(&self) {
-        if let Some(greylist) = &self.greylist {
-            greylist.save();
+            implicit_tls: shared
+                .tls
+                .clone()
+                .filter(|_| listener.tls == ListenerTls::Implicit),
+            housekeeping,
         }
     }
 
@@ -206,7 +283,11 @@ impl Stack {
 }
 
 /// `[throttle]` as a command layer: DATA chunks cost their length.
-fn throttle_layer(config: &Config, client: &ClientKey) -> Option<CommandLayer> {
+fn throttle_layer(
+    config: &Config,
+    client: &ClientKey,
+    stop: &CancellationToken,
+) -> Option<CommandLayer> {
     let t = &config.throttle;
     if t.session_bytes_per_second == 0 && t.client_bytes_per_second == 0 {
         return None;
@@ -227,7 +308,7 @@ fn throttle_layer(config: &Config, client: &ClientKey) -> Option<CommandLayer> {
         delay_seconds: metrics::histogram!("attitude_throttle_delay_seconds"),
     });
     let housekeeping = layer.clone();
-    every_minute(move || housekeeping.housekeeping());
+    every_minute(stop, move || housekeeping.housekeeping());
     Some(Arc::new(move |inner: BoxCommand| {
         BoxCommand::new(layer.layer(inner))
     }))

@@ -75,7 +75,7 @@ impl From<&BackendError> for FailureKind {
             BackendError::Connect { .. } => FailureKind::Connect,
             BackendError::Timeout(_) => FailureKind::Timeout,
             BackendError::Io(_) | BackendError::Closed => FailureKind::Closed,
-            BackendError::Protocol(_) => FailureKind::Protocol,
+            BackendError::Protocol(_) | BackendError::Tls(_) => FailureKind::Protocol,
             BackendError::Refused(r) if r.code() == 421 => FailureKind::ServiceUnavailable,
             BackendError::Refused(_) => FailureKind::Refused,
         }

@@ -33,6 +33,17 @@ pub struct PoolConfig {
     pub health: HealthConfig,
     /// Passive outlier detection.
     pub outlier: OutlierConfig,
+    /// TLS to the backends (`None`: in the clear).
+    pub tls: Option<BackendTls>,
+}
+
+/// TLS towards backends.
+#[derive(Debug, Clone)]
+pub struct BackendTls {
+    /// TLS from the first byte (else STARTTLS after EHLO).
+    pub implicit: bool,
+    /// Verification settings.
+    pub client: attitude_edge::tls::ClientTls,
 }
 
 impl Default for PoolConfig {
@@ -52,6 +63,7 @@ impl Default for PoolConfig {
             failover_attempts: 2,
             health: HealthConfig::default(),
             outlier: OutlierConfig::default(),
+            tls: None,
         }
     }
 }

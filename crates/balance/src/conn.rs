@@ -9,6 +9,10 @@ use attitude_codec::{
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use attitude_edge::{Stream, TlsInfo};
+
+use crate::config::BackendTls;
 use tokio::time::timeout;
 use tokio_util::codec::Decoder;
 
@@ -34,6 +38,8 @@ pub struct BackendCaps {
     pub auth_plain: bool,
     /// `AUTH ... LOGIN ...`
     pub auth_login: bool,
+    /// `STARTTLS`
+    pub starttls: bool,
 }
 
 impl BackendCaps {
@@ -73,6 +79,7 @@ impl BackendCaps {
                 "SIZE" => caps.size = true,
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "PIPELINING" => caps.pipelining = true,
+                "STARTTLS" => caps.starttls = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
                 _ => {}
             }
@@ -101,6 +108,9 @@ pub enum BackendError {
     /// The backend closed the connection.
     #[error("backend closed the connection")]
     Closed,
+    /// The TLS handshake failed (certificate not trusted, no common version...).
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
     /// The backend sent something that is not an SMTP reply.
     #[error("protocol: {0}")]
     Protocol(&'static str),
@@ -121,7 +131,7 @@ impl From<ClientCodecError> for BackendError {
 /// An open SMTP session with a backend.
 #[derive(Debug)]
 pub struct BackendConn {
-    stream: TcpStream,
+    stream: Stream<TcpStream>,
     addr: SocketAddr,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -143,14 +153,16 @@ pub struct BackendConn {
 }
 
 impl BackendConn {
-    /// Connects, sends `preamble` (a PROXY header) if any, reads the greeting and says EHLO
-    /// (HELO if EHLO is refused).
+    /// Connects, sends `preamble` (a PROXY header) if any, starts TLS if `tls` says so
+    /// (implicit, or STARTTLS after EHLO), reads the greeting and says EHLO (HELO if EHLO is
+    /// refused).
     pub async fn open(
         addr: SocketAddr,
         helo_name: &str,
         connect_timeout: Duration,
         reply_timeout: Duration,
         preamble: Option<&[u8]>,
+        tls: Option<&BackendTls>,
     ) -> Result<Self, BackendError> {
         let stream = timeout(connect_timeout, TcpStream::connect(addr))
             .await
@@ -159,7 +171,7 @@ impl BackendConn {
         // Small writes (commands, the final dot) must not wait for Nagle + delayed ACK.
         stream.set_nodelay(true)?;
         let mut conn = Self {
-            stream,
+            stream: Stream::Plain(stream),
             addr,
             rbuf: BytesMut::with_capacity(512),
             wbuf: BytesMut::with_capacity(512),
@@ -176,13 +188,49 @@ impl BackendConn {
             conn.wbuf.extend_from_slice(preamble);
             conn.flush(reply_timeout, "PROXY header").await?;
         }
+        if let Some(tls) = tls.filter(|t| t.implicit) {
+            conn.handshake(tls, reply_timeout).await?;
+        }
         let greeting = conn.read_reply(reply_timeout, "greeting").await?;
         if greeting.code() != 220 {
             return Err(BackendError::Refused(greeting));
         }
         conn.hello(helo_name, reply_timeout).await?;
+        if let Some(tls) = tls.filter(|t| !t.implicit) {
+            if !conn.caps.starttls {
+                return Err(BackendError::Protocol(
+                    "[backend.tls] mode = starttls but the backend does not offer STARTTLS",
+                ));
+            }
+            let reply = conn
+                .command(&Command::StartTls, reply_timeout, "STARTTLS")
+                .await?;
+            if reply.code() != 220 {
+                return Err(BackendError::Refused(reply));
+            }
+            conn.handshake(tls, reply_timeout).await?;
+            conn.hello(helo_name, reply_timeout).await?;
+        }
         conn.xclient = conn.caps.xclient;
         Ok(conn)
+    }
+
+    /// The TLS handshake as the client (nothing unread may be left in the clear).
+    async fn handshake(&mut self, tls: &BackendTls, limit: Duration) -> Result<(), BackendError> {
+        if !self.rbuf.is_empty() {
+            return Err(BackendError::Protocol("data after the STARTTLS reply"));
+        }
+        let plain = self.stream.take_plain().ok_or(BackendError::Closed)?;
+        self.stream = timeout(limit, tls.client.connect(plain, self.addr.ip()))
+            .await
+            .map_err(|_| BackendError::Timeout("TLS handshake"))?
+            .map_err(BackendError::Tls)?;
+        Ok(())
+    }
+
+    /// What TLS negotiated with the backend, if it is TLS.
+    pub fn tls(&self) -> Option<TlsInfo> {
+        self.stream.tls_info()
     }
 
     /// EHLO (HELO if EHLO is refused); learns the backend's capabilities.
@@ -238,9 +286,14 @@ impl BackendConn {
     /// Still open as far as the socket knows: not closed by the backend, and nothing
     /// unsolicited (such as a 421 before an idle timeout close) waiting to be read.
     pub fn is_open(&self) -> bool {
+        let Some(socket) = self.stream.get_ref() else {
+            return false;
+        };
+        // A peek: under TLS the bytes (a close_notify, say) are the TLS layer's to read.
         let mut byte = [0u8; 1];
-        self.rbuf.is_empty()
-            && matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        self.rbuf.is_empty() && socket.poll_peek(&mut cx, &mut buf).is_pending()
     }
 
     /// The backend's address.
@@ -336,7 +389,7 @@ impl BackendConn {
             && is_wire_ready(content, *at_line_start)
         {
             // A large chunk that needs no stuffing goes out as it is, without a copy.
-            timeout(limit, self.stream.write_all(content))
+            timeout(limit, write_flush(&mut self.stream, content))
                 .await
                 .map_err(|_| BackendError::Timeout("DATA content"))??;
             *at_line_start = true;
@@ -369,7 +422,7 @@ impl BackendConn {
     }
 
     async fn flush(&mut self, limit: Duration, what: &'static str) -> Result<(), BackendError> {
-        timeout(limit, self.stream.write_all(&self.wbuf))
+        timeout(limit, write_flush(&mut self.stream, &self.wbuf))
             .await
             .map_err(|_| BackendError::Timeout(what))??;
         self.wbuf.clear();
@@ -414,4 +467,10 @@ impl BackendConn {
             _ = timer.as_mut() => Err(BackendError::Timeout(what)),
         }
     }
+}
+
+/// Writes all of `bytes` and flushes (TLS keeps records until flushed; a socket does not).
+async fn write_flush(stream: &mut Stream<TcpStream>, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }

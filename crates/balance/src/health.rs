@@ -48,6 +48,7 @@ async fn check(pool: &Inner, backend: &Backend) -> Result<(), BackendError> {
         limit,
         limit,
         preamble.as_deref(),
+        pool.config.tls.as_ref(),
     )
     .await?;
     if let Some(hook) = &pool.on_caps {

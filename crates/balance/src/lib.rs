@@ -29,7 +29,7 @@ mod lease;
 mod pool;
 
 pub use backend::{Backend, BackendSpec, FailureKind};
-pub use config::{HealthConfig, OutlierConfig, PoolConfig};
+pub use config::{BackendTls, HealthConfig, OutlierConfig, PoolConfig};
 pub use conn::{BackendCaps, BackendConn, BackendError};
 pub use discover::DnsSource;
 pub use identity::{ClientIdentity, IdentityMode, XclientAttrs, proxy_local_header};

@@ -404,6 +404,7 @@ impl Inner {
                 config.connect_timeout,
                 config.greeting_timeout,
                 preamble.as_deref(),
+                config.tls.as_ref(),
             )
             .await?;
             if let Some(hook) = &self.on_caps {

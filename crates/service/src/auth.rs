@@ -1,7 +1,7 @@
 //! SMTP AUTH (RFC 4954) as attitude relays it: which mechanisms to offer, and who the client
 //! authenticated as.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -16,7 +16,7 @@ pub const MECHANISMS: &[&str] = &["PLAIN", "LOGIN"];
 pub struct AuthOffer {
     configured: Vec<String>,
     allow_plaintext: bool,
-    backend: RwLock<Vec<String>>,
+    backend: Arc<RwLock<Vec<String>>>,
 }
 
 impl AuthOffer {
@@ -25,7 +25,17 @@ impl AuthOffer {
         Self {
             configured,
             allow_plaintext,
-            backend: RwLock::new(Vec::new()),
+            backend: Arc::default(),
+        }
+    }
+
+    /// Another offer (another listener's, or a reloaded configuration's) that follows the same
+    /// backends.
+    pub fn sharing_backend(&self, configured: Vec<String>, allow_plaintext: bool) -> Self {
+        Self {
+            configured,
+            allow_plaintext,
+            backend: self.backend.clone(),
         }
     }
 

@@ -18,6 +18,9 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
+use attitude_edge::tls::ServerTls;
+use attitude_edge::{Stream, TlsInfo};
+
 use crate::BoxError;
 use crate::auth::Exchange;
 use crate::errors::error_reply;
@@ -40,6 +43,8 @@ pub struct DriverConfig {
     pub min_data_rate: u64,
     /// Error replies after which the session is closed with 421.
     pub max_errors: u32,
+    /// The certificate for STARTTLS (`None`: STARTTLS is not offered).
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Default for DriverConfig {
@@ -51,6 +56,7 @@ impl Default for DriverConfig {
             data_timeout: Duration::from_secs(180),
             min_data_rate: 500,
             max_errors: 20,
+            tls: None,
         }
     }
 }
@@ -63,6 +69,7 @@ pub struct DriverMetrics {
     bytes_in: Counter,
     bytes_out: Counter,
     ended: [Counter; 8],
+    starttls_injection: Counter,
 }
 
 impl DriverMetrics {
@@ -76,7 +83,14 @@ impl DriverMetrics {
             ended: SessionResult::ALL.map(
                 |r| metrics::counter!("attitude_sessions_ended_total", "result" => r.as_str()),
             ),
+            starttls_injection: metrics::counter!("attitude_starttls_injection_total"),
         })
+    }
+
+    /// Counts a session that is now encrypted, by what it negotiated.
+    pub fn record_tls(&self, tls: &TlsInfo) {
+        metrics::counter!("attitude_tls_sessions_total", "version" => tls.version, "cipher" => tls.cipher)
+            .increment(1);
     }
 }
 
@@ -205,6 +219,7 @@ enum Pending {
     DataEnd,
     Rset,
     Quit,
+    StartTls,
     Auth,
     AuthLine,
     Other,
@@ -216,7 +231,7 @@ enum Step {
 }
 
 struct Driver<IO, S> {
-    io: IO,
+    io: Stream<IO>,
     service: S,
     config: Arc<DriverConfig>,
     metrics: Arc<DriverMetrics>,
@@ -237,7 +252,7 @@ struct Driver<IO, S> {
 
 /// Runs one SMTP session on `io` until it ends, calling `service` once per frame.
 pub async fn drive<IO, S>(
-    io: IO,
+    io: Stream<IO>,
     session: Session,
     service: S,
     config: Arc<DriverConfig>,
@@ -291,6 +306,8 @@ where
         session = driver.session.id,
         client = %driver.session.client,
         helo = summary.helo.as_deref().unwrap_or("-"),
+        tls = %driver.session.tls.map_or("-", |t| t.version),
+        cipher = %driver.session.tls.map_or("-", |t| t.cipher),
         messages = summary.messages,
         bytes_in = summary.bytes_in,
         bytes_out = summary.bytes_out,
@@ -459,6 +476,24 @@ where
                     Command::Data => Pending::Data,
                     Command::Rset => Pending::Rset,
                     Command::Quit => Pending::Quit,
+                    Command::StartTls
+                        if self.session.starttls
+                            && self.session.tls.is_none()
+                            && !self.rbuf.is_empty() =>
+                    {
+                        // Bytes after STARTTLS in the same read were sent in the clear and
+                        // would run inside TLS (CVE-2011-0411): no upgrade, none of them run.
+                        self.metrics.starttls_injection.increment(1);
+                        self.rbuf.clear();
+                        tracing::warn!(target: "attitude::session", session = self.session.id, client = %self.session.client, "commands pipelined after STARTTLS; closing");
+                        self.push(&Reply::new(
+                            554,
+                            EnhancedStatus::new(5, 5, 1),
+                            "Commands pipelined after STARTTLS; closing connection",
+                        ));
+                        return Step::Close(SessionResult::Policy);
+                    }
+                    Command::StartTls => Pending::StartTls,
                     Command::Auth { mechanism, initial } => {
                         self.auth = Some(Exchange::new(mechanism, initial.as_deref()));
                         Pending::Auth
@@ -496,6 +531,7 @@ where
         };
         let reply = self.call(event).await;
         let quit = matches!(pending, Pending::Quit);
+        let starttls = matches!(pending, Pending::StartTls);
         let session = Arc::make_mut(&mut self.session);
         match pending {
             Pending::Chunk => {
@@ -561,6 +597,9 @@ where
         if quit {
             return Step::Close(SessionResult::Quit);
         }
+        if starttls && reply.code() == 220 {
+            return self.start_tls().await;
+        }
         if reply.code() == 421 {
             // 421 means "closing the transmission channel" (RFC 5321 §3.8).
             return Step::Close(SessionResult::Policy);
@@ -578,6 +617,46 @@ where
             }
         }
         Step::Continue
+    }
+}
+
+impl<IO, S> Driver<IO, S>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request, Response = Reply, Error = BoxError>,
+{
+    /// After `220 Ready to start TLS`: the handshake, then the session starts over (RFC 3207
+    /// §4.2: the client must say EHLO again, and nothing learnt in the clear is kept).
+    async fn start_tls(&mut self) -> Step {
+        let Some(tls) = self.config.tls.clone() else {
+            return Step::Close(SessionResult::Policy);
+        };
+        if self.flush().await.is_err() {
+            return Step::Close(SessionResult::IoError);
+        }
+        let Some(plain) = self.io.take_plain() else {
+            return Step::Close(SessionResult::IoError);
+        };
+        match tls.accept(plain).await {
+            Ok(stream) => {
+                let info = stream.tls_info();
+                self.io = stream;
+                let session = Arc::make_mut(&mut self.session);
+                session.tls = info;
+                session.helo = None;
+                session.transaction = None;
+                session.auth = None;
+                if let Some(info) = &info {
+                    self.metrics.record_tls(info);
+                }
+                self.command_deadline = Instant::now() + self.config.command_timeout;
+                Step::Continue
+            }
+            Err(error) => {
+                tracing::info!(target: "attitude::session", session = self.session.id, client = %self.session.client, %error, "TLS handshake failed");
+                Step::Close(SessionResult::IoError)
+            }
+        }
     }
 }
 

@@ -42,6 +42,10 @@ pub struct Session {
     pub helo: Option<Helo>,
     /// Authenticated identity, once authenticated.
     pub auth: Option<String>,
+    /// TLS, once the session is encrypted (implicit TLS, or after STARTTLS).
+    pub tls: Option<attitude_edge::TlsInfo>,
+    /// Whether STARTTLS may be offered (a certificate is configured for this listener).
+    pub starttls: bool,
     /// Transaction in progress.
     pub transaction: Option<Transaction>,
     /// Messages accepted in this session.
@@ -94,6 +98,8 @@ impl Session {
             local,
             helo: None,
             auth: None,
+            tls: None,
+            starttls: false,
             transaction: None,
             messages: 0,
             errors: 0,

@@ -7,17 +7,21 @@
 //! - [`Sink`] (the project's sink, restartable on a fixed port) and [`Postfix`] (a real Postfix
 //!   instance with its own configuration directory) as backends.
 //!
+//! - [`TestCa`]: certificates signed by a CA of the test's own.
+//!
 //! Everything binds loopback only, on ports the test chose (port 0 where the peer allows it).
 
 mod backends;
 mod client;
 mod dns;
 mod peer;
+mod tls;
 
 pub use backends::{Postfix, Sink};
 pub use client::Client;
 pub use dns::{DnsServer, Rr, silent_nameserver};
 pub use peer::{
     Attitude, Peer, Recorded, Recorder, SmtpSink, attitude_bin, config_error, free_port,
-    require_tool, scratch_dir, smtplib, wait_for,
+    require_tool, scratch_dir, smtplib, tls_client, wait_for,
 };
+pub use tls::TestCa;

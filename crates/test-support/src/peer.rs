@@ -236,6 +236,8 @@ pub struct Attitude {
     pub admin: SocketAddr,
     /// The configuration file used.
     pub config_path: PathBuf,
+    /// Every address it announced (`smtp`, `admin`, and each listener by name).
+    pub announced: Vec<(String, String)>,
 }
 
 impl Attitude {
@@ -267,7 +269,13 @@ impl Attitude {
             admin: addr_of(&pairs, "admin").expect("admin address"),
             peer,
             config_path: path,
+            announced: pairs,
         }
+    }
+
+    /// The address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        addr_of(&self.announced, name).unwrap_or_else(|| panic!("no listener {name} announced"))
     }
 
     /// GET `path` on the admin server: (status, body).
@@ -353,6 +361,37 @@ pub fn smtplib(
     (out.status.success(), text)
 }
 
+/// Runs `tests/peers/tls_client.py MODE` (Python's smtplib and ssl, trusting `ca_file`):
+/// `starttls` or `ssl` (implicit TLS) sends `file`; `cert` only prints the certificate's
+/// common name. Returns whether it succeeded, and what it printed.
+pub fn tls_client(
+    mode: &str,
+    addr: SocketAddr,
+    ca_file: &Path,
+    from: &str,
+    to: &str,
+    file: &Path,
+) -> (bool, String) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/peers/tls_client.py"
+    );
+    let out = Command::new(require_tool("/usr/bin/python3"))
+        .arg(script)
+        .args([mode, &addr.ip().to_string(), &addr.port().to_string()])
+        .arg(ca_file)
+        .args([from, to])
+        .arg(file)
+        .output()
+        .expect("run tls_client.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Postfix's `smtp-sink`, dumping every transaction to a file.
 pub struct SmtpSink {
     /// The process.
@@ -419,6 +458,8 @@ pub struct Recorded {
     pub login: Option<String>,
     /// With `--proxy`: the source the PROXY header gave (`ADDR PORT`, or `LOCAL`).
     pub proxy: Option<String>,
+    /// With `--tls-cert`: the TLS version and cipher of the session, if it used STARTTLS.
+    pub tls: Option<String>,
 }
 
 /// The aiosmtpd recording backend (`tests/peers/recorder.py`, run with `/usr/bin/python3`).
@@ -496,6 +537,9 @@ impl Recorder {
                     content,
                     login: std::fs::read_to_string(env.with_extension("auth")).ok(),
                     proxy: std::fs::read_to_string(env.with_extension("proxy"))
+                        .ok()
+                        .map(|p| p.trim().to_owned()),
+                    tls: std::fs::read_to_string(env.with_extension("tls"))
                         .ok()
                         .map(|p| p.trim().to_owned()),
                 }

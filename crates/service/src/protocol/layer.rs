@@ -19,6 +19,8 @@ pub struct ProtocolConfig {
     pub auth: Option<Arc<AuthOffer>>,
     /// MAIL needs a successful AUTH first (530 5.7.0), as on a submission port.
     pub require_auth: bool,
+    /// MAIL needs TLS first (530 5.7.0), as on a submission port.
+    pub require_tls: bool,
 }
 
 impl Default for ProtocolConfig {
@@ -29,6 +31,7 @@ impl Default for ProtocolConfig {
             max_recipients: 1000,
             auth: None,
             require_auth: false,
+            require_tls: false,
         }
     }
 }

@@ -6,7 +6,7 @@ use tower_service::Service;
 
 use super::{ProtocolConfig, ResponseFuture};
 use crate::BoxError;
-use crate::request::{DataOutcome, Event, Request};
+use crate::request::{DataOutcome, Event, Request, Session};
 
 /// RFC 5321 sequencing and local replies; see the module docs.
 #[derive(Debug, Clone)]
@@ -25,13 +25,16 @@ impl<S> Protocol<S> {
         Self { inner, config }
     }
 
-    fn ehlo_reply(&self) -> Reply {
-        let reply = Reply::plain(250, self.config.hostname.clone())
+    fn ehlo_reply(&self, session: &Session) -> Reply {
+        let mut reply = Reply::plain(250, self.config.hostname.clone())
             .with_line("PIPELINING")
             .with_line(format!("SIZE {}", self.config.max_message_size))
             .with_line("8BITMIME")
             .with_line("ENHANCEDSTATUSCODES");
-        let offered = self.offered();
+        if session.starttls && session.tls.is_none() {
+            reply = reply.with_line("STARTTLS");
+        }
+        let offered = self.offered(session);
         if offered.is_empty() {
             reply
         } else {
@@ -39,12 +42,12 @@ impl<S> Protocol<S> {
         }
     }
 
-    /// AUTH mechanisms offered now (no TLS yet: only where plaintext is allowed).
-    fn offered(&self) -> Vec<String> {
+    /// AUTH mechanisms offered now (without TLS: only where plaintext is allowed).
+    fn offered(&self, session: &Session) -> Vec<String> {
         self.config
             .auth
             .as_ref()
-            .map_or_else(Vec::new, |auth| auth.offered(false))
+            .map_or_else(Vec::new, |auth| auth.offered(session.tls.is_some()))
     }
 
     /// The reply for a request that does not go inward, or `None` to forward it.
@@ -61,6 +64,13 @@ impl<S> Protocol<S> {
                     }
                     if session.transaction.is_some() {
                         return bad_sequence("Nested MAIL command");
+                    }
+                    if self.config.require_tls && session.tls.is_none() {
+                        return Some(Reply::new(
+                            530,
+                            status(5, 7, 0),
+                            "Must issue a STARTTLS command first",
+                        ));
                     }
                     if self.config.require_auth && session.auth.is_none() {
                         return Some(Reply::new(530, status(5, 7, 0), "Authentication required"));
@@ -116,9 +126,21 @@ impl<S> Protocol<S> {
                     "See RFC 5321; commands: HELO EHLO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
                 )),
                 Command::Expn(_) => not_offered("EXPN is not offered"),
-                Command::StartTls => not_offered("STARTTLS is not offered"),
+                Command::StartTls => {
+                    if session.tls.is_some() {
+                        return bad_sequence("Already in TLS");
+                    }
+                    if !session.starttls {
+                        return not_offered("STARTTLS is not offered");
+                    }
+                    if session.transaction.is_some() || session.auth.is_some() {
+                        return bad_sequence("STARTTLS must come before MAIL and AUTH");
+                    }
+                    // The driver switches to TLS once this reply is out.
+                    Some(Reply::new(220, status(2, 0, 0), "Ready to start TLS"))
+                }
                 Command::Auth { mechanism, .. } => {
-                    let offered = self.offered();
+                    let offered = self.offered(session);
                     if offered.is_empty() {
                         return not_offered("AUTH is not offered");
                     }
@@ -186,7 +208,7 @@ where
             return ResponseFuture::local(reply);
         }
         let on_success = match &req.event {
-            Event::Command(Command::Ehlo(_)) => Some(self.ehlo_reply()),
+            Event::Command(Command::Ehlo(_)) => Some(self.ehlo_reply(&req.session)),
             Event::Command(Command::Helo(_)) => Some(Reply::new(
                 250,
                 status(2, 0, 0),

@@ -1,0 +1,392 @@
+//! TLS with rustls (ring only): the server side with a certificate that is reloaded when its
+//! files change, and the client side towards backends.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::stream::Stream;
+
+/// The one crypto provider (two compiled in would make rustls panic at run time).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS 1.2 and 1.3: nothing older is offered or accepted.
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// A certificate chain and its key, as loaded from PEM files.
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// The files' bytes, to tell a real change from an unrelated event in the directory.
+    raw: (Vec<u8>, Vec<u8>),
+    /// The leaf certificate's notAfter (Unix seconds).
+    not_after: i64,
+}
+
+fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Loaded, String> {
+    let cert_pem = std::fs::read(cert)
+        .map_err(|e| format!("TLS certificate {}: cannot read: {e}", cert.display()))?;
+    let key_pem =
+        std::fs::read(key).map_err(|e| format!("TLS key {}: cannot read: {e}", key.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("TLS certificate {}: not PEM: {e}", cert.display()))?;
+    let Some(leaf) = chain.first() else {
+        return Err(format!(
+            "TLS certificate {}: no CERTIFICATE block; give the PEM certificate chain, leaf first",
+            cert.display()
+        ));
+    };
+    let not_after = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("TLS certificate {}: not X.509: {e}", cert.display()))?
+        .1
+        .validity()
+        .not_after
+        .timestamp();
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        format!(
+            "TLS key {}: no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}",
+            key.display()
+        )
+    })?;
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("TLS key {}: unusable: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "TLS key {} does not belong to certificate {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(Loaded {
+        key: Arc::new(certified),
+        raw: (cert_pem, key_pem),
+        not_after,
+    })
+}
+
+/// The certificate every handshake gets: the last pair that loaded.
+#[derive(Debug)]
+struct Current(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The server side: an acceptor whose certificate can be replaced while it serves.
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    current: Arc<Current>,
+    raw: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    handshake_timeout: Duration,
+    metrics: TlsMetrics,
+}
+
+struct TlsMetrics {
+    reload_ok: Counter,
+    reload_error: Counter,
+    expiry: Gauge,
+    handshake_failed: Counter,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Loads `cert` (PEM chain, leaf first) and `key` (PEM); the error names the file and the
+    /// problem.
+    pub fn load(cert: &Path, key: &Path, handshake_timeout: Duration) -> Result<Self, String> {
+        let provider = provider();
+        let loaded = load_pair(cert, key, &provider)?;
+        let current = Arc::new(Current(ArcSwap::new(loaded.key)));
+        let config = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(VERSIONS)
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(current.clone());
+        let metrics = TlsMetrics {
+            reload_ok: metrics::counter!("attitude_tls_certificate_reload_total", "result" => "ok"),
+            reload_error: metrics::counter!("attitude_tls_certificate_reload_total", "result" => "error"),
+            expiry: metrics::gauge!("attitude_tls_certificate_expiry_timestamp_seconds"),
+            handshake_failed: metrics::counter!("attitude_tls_handshake_failures_total"),
+        };
+        metrics.expiry.set(loaded.not_after as f64);
+        Ok(Self {
+            config: Arc::new(config),
+            current,
+            raw: std::sync::Mutex::new(loaded.raw),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            provider,
+            handshake_timeout,
+            metrics,
+        })
+    }
+
+    /// The files this serves.
+    pub fn files(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+
+    /// Loads the files again. `Ok(true)`: a new pair is in use for new handshakes; `Ok(false)`:
+    /// the files did not change; `Err`: they do not load, and the old pair stays. Logged and
+    /// counted either way (`attitude_tls_certificate_reload_total{result}`).
+    pub fn reload(&self) -> Result<bool, String> {
+        match load_pair(&self.cert, &self.key, &self.provider) {
+            Ok(loaded) => {
+                let mut raw = self.raw.lock().expect("tls raw lock");
+                if *raw == loaded.raw {
+                    return Ok(false);
+                }
+                *raw = loaded.raw;
+                self.current.0.store(loaded.key);
+                self.metrics.expiry.set(loaded.not_after as f64);
+                self.metrics.reload_ok.increment(1);
+                tracing::info!(cert = %self.cert.display(), not_after = loaded.not_after, "TLS certificate reloaded");
+                Ok(true)
+            }
+            Err(error) => {
+                self.metrics.reload_error.increment(1);
+                tracing::warn!(%error, "TLS certificate reload failed; keeping the previous certificate");
+                Err(error)
+            }
+        }
+    }
+
+    /// Reloads whenever something changes in the directories of the certificate and the key
+    /// (Kubernetes replaces a mounted Secret by swapping a symlink, so the files themselves
+    /// are not what changes). Events are gathered for `settle` before one reload. The watch
+    /// runs on a thread of its own for the life of the process.
+    pub fn watch(self: &Arc<Self>, settle: Duration) -> Result<(), String> {
+        use notify::{RecursiveMode, Watcher};
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(|e| format!("cannot watch the TLS certificate: {e}"))?;
+        let mut dirs: Vec<PathBuf> = [&self.cert, &self.key]
+            .iter()
+            .map(|p| directory_of(p))
+            .collect();
+        dirs.dedup();
+        for dir in &dirs {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map_err(|e| {
+                    format!(
+                        "cannot watch {} for TLS certificate changes: {e}",
+                        dir.display()
+                    )
+                })?;
+        }
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("attitude-tls-watch".into())
+            .spawn(move || {
+                let _watcher = watcher;
+                while rx.recv().is_ok() {
+                    // Let a burst of events (a Secret update is several) settle first.
+                    while rx.recv_timeout(settle).is_ok() {}
+                    let _ = this.reload();
+                }
+            })
+            .map_err(|e| format!("cannot start the TLS watch thread: {e}"))?;
+        Ok(())
+    }
+
+    /// The TLS handshake as the server, within the handshake timeout.
+    pub async fn accept<IO>(&self, io: IO) -> io::Result<Stream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.clone());
+        let result = tokio::time::timeout(self.handshake_timeout, acceptor.accept(io)).await;
+        match result {
+            Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)))),
+            Ok(Err(e)) => {
+                self.metrics.handshake_failed.increment(1);
+                Err(e)
+            }
+            Err(_) => {
+                self.metrics.handshake_failed.increment(1);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ))
+            }
+        }
+    }
+}
+
+fn directory_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// How to verify a backend's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verify {
+    /// Against the CA certificates in this PEM file.
+    CaFile(PathBuf),
+    /// Not at all (lab use only: anyone on the path can read the mail).
+    InsecureSkipVerify,
+}
+
+/// The client side, towards backends.
+#[derive(Clone)]
+pub struct ClientTls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// A client that verifies as told; `server_name` is the name the backends' certificates
+    /// carry (`None`: each backend's IP address).
+    pub fn new(verify: &Verify, server_name: Option<&str>) -> Result<Self, String> {
+        let provider = provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(VERSIONS)
+            .map_err(|e| format!("TLS: {e}"))?;
+        let config = match verify {
+            Verify::CaFile(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!("backend TLS CA file {}: cannot read: {e}", path.display())
+                })?;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| {
+                        format!("backend TLS CA file {}: not PEM: {e}", path.display())
+                    })?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("backend TLS CA file {}: {e}", path.display()))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!(
+                        "backend TLS CA file {}: no CA certificate in it",
+                        path.display()
+                    ));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            Verify::InsecureSkipVerify => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                .with_no_client_auth(),
+        };
+        let server_name = server_name
+            .map(|name| {
+                ServerName::try_from(name.to_owned())
+                    .map_err(|e| format!("backend TLS server_name {name:?}: {e}"))
+            })
+            .transpose()?;
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+
+    /// The TLS handshake as the client, to the backend at `addr`.
+    pub async fn connect<IO>(&self, io: IO, addr: std::net::IpAddr) -> io::Result<Stream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.into()));
+        let tls = self.connector.connect(name, io).await?;
+        Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
+    }
+}
+
+/// `insecure_skip_verify`: any certificate is taken (the handshake's signatures are still
+/// checked, so the session is encrypted, but with whom is unknown).
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
