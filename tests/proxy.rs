@@ -1,9 +1,10 @@
 //! PROXY protocol in: a header from the load balancer sets the client address every policy sees;
-//! the same header from anyone else is refused; the trust-boundary guard refuses to start.
+//! the same header from anyone else is refused; the trust-boundary guard refuses to start; the
+//! backend is told the address from the header (PROXY v2 or XCLIENT out).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use attitude_test_support::{Attitude, Client, Recorder, config_error};
+use attitude_test_support::{Attitude, Client, Postfix, Recorder, config_error};
 
 const BALANCER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const STRANGER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -104,4 +105,65 @@ fn trusting_the_balancer_without_proxy_protocol_refuses_to_start() {
         err.contains("open relay") && err.contains("enabled = true"),
         "{err}"
     );
+    // Per listener: a listener that opts out of PROXY while the balancer's network is trusted.
+    let err = config_error(
+        "[relay]\ntrusted_networks = [\"10.0.0.0/8\"]\n\
+         [proxy_protocol]\nenabled = true\nsources = [\"10.1.2.0/24\"]\n\
+         [[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"internal\"\naddress = \"127.0.0.1:0\"\nproxy_protocol = false\n",
+    );
+    assert!(
+        err.contains("listener internal") && err.contains("open relay"),
+        "{err}"
+    );
+}
+
+/// `[proxy_protocol]` in from the balancer at 127.0.0.1, and the backend settings after it.
+fn proxied_config(backend: SocketAddr, identity: &str) -> String {
+    format!(
+        "[relay]\nlocal_domains = [\"example.com\"]\n\
+         [proxy_protocol]\nenabled = true\nsources = [\"127.0.0.1/32\"]\n\
+         [backend]\nservers = [\"{backend}\"]\nidentity = \"{identity}\"\n"
+    )
+}
+
+/// One message through a PROXY v1 or v2 header carrying `source`.
+fn send_proxied(attitude: &Attitude, header: &[u8], subject: &str) -> String {
+    let mut c = Client::connect_raw_from(attitude.smtp, BALANCER);
+    c.send(header);
+    assert!(c.reply().starts_with("220"));
+    c.start_data("a@sender.example", &["b@example.com"]);
+    c.send(format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n").as_bytes());
+    let r = c.reply();
+    c.cmd("QUIT");
+    r
+}
+
+#[test]
+fn the_address_from_the_header_is_what_the_backend_is_told() {
+    // PROXY in, PROXY v2 out (aiosmtpd records the source of the header it got).
+    let recorder = Recorder::start_args(&["--proxy"]);
+    let attitude = Attitude::start(&proxied_config(recorder.addr, "proxy"), &[]);
+    let r = send_proxied(
+        &attitude,
+        b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n",
+        "v1",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let r = send_proxied(&attitude, &v2([198, 51, 100, 9], 40001), "v2");
+    assert!(r.starts_with("250"), "{r}");
+    let m = recorder.messages();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].proxy.as_deref(), Some("192.0.2.7 40000"));
+    assert_eq!(m[1].proxy.as_deref(), Some("198.51.100.9 40001"));
+
+    // PROXY in, XCLIENT out (a real Postfix logs the client it was told about).
+    let postfix = Postfix::start();
+    let attitude = Attitude::start(&proxied_config(postfix.reidentify, "xclient"), &[]);
+    let r = send_proxied(&attitude, &v2([203, 0, 113, 5], 40002), "xclient");
+    assert!(r.contains("queued as"), "Postfix's own 250: {r}");
+    let id = r.trim().rsplit(' ').next().unwrap().to_owned();
+    let line = postfix.wait_log(&[&format!("{id}: client=")]);
+    let line = line.unwrap_or_else(|| panic!("no {id} in:\n{}", postfix.log()));
+    assert!(line.ends_with("client=unknown[203.0.113.5]"), "{line}");
 }

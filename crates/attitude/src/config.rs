@@ -192,6 +192,33 @@ pub struct EffectiveListener {
     pub config: Config,
 }
 
+impl EffectiveListener {
+    /// The Mailu open relay: behind a load balancer that hides the client, every client comes
+    /// from the balancer, and a trusted balancer network trusts everyone. Refused unless the
+    /// listener requires PROXY headers.
+    fn trust_boundary(&self) -> Result<(), ConfigError> {
+        if self.proxy_protocol {
+            return Ok(());
+        }
+        let overlap = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
+        let c = &self.config;
+        for lb in &c.proxy_protocol.sources {
+            if let Some(trusted) = c.relay.trusted_networks.iter().find(|t| overlap(t, lb)) {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {}: [relay] trusted_networks has {trusted}, which holds the load \
+                     balancer's {lb} ([proxy_protocol] sources), but this listener does not \
+                     require PROXY protocol: every client would come from the balancer and relay \
+                     anywhere (an open relay). Set [proxy_protocol] enabled = true (or the \
+                     listener's proxy_protocol = true), or take the balancer's network out of \
+                     trusted_networks",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `[limits]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1371,9 +1398,18 @@ impl Config {
         })
     }
 
+    /// The listeners as they run, each checked against the trust boundary.
+    pub fn effective_listeners(&self) -> Result<Vec<EffectiveListener>, ConfigError> {
+        let listeners = self.listeners_unchecked()?;
+        for l in &listeners {
+            l.trust_boundary()?;
+        }
+        Ok(listeners)
+    }
+
     /// The listeners as they run: `[[listeners]]`, or one from `listen`. Each carries the
     /// configuration its sessions use, validated, with its `policy` merged in.
-    pub fn effective_listeners(&self) -> Result<Vec<EffectiveListener>, ConfigError> {
+    fn listeners_unchecked(&self) -> Result<Vec<EffectiveListener>, ConfigError> {
         let invalid = |m: String| ConfigError::Invalid(m);
         let default_tls = if self.tls.cert.is_some() {
             ListenerTls::Starttls
@@ -1645,23 +1681,6 @@ impl Config {
                  balancer connects from"
                     .into(),
             );
-        }
-        if !p.enabled {
-            // The Mailu open relay: behind a load balancer that hides the client, every client
-            // comes from the balancer, and a trusted balancer network trusts everyone.
-            let overlap =
-                |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
-            for lb in &p.sources {
-                if let Some(trusted) = self.relay.trusted_networks.iter().find(|t| overlap(t, lb)) {
-                    return invalid(format!(
-                        "[relay] trusted_networks has {trusted}, which holds the load balancer's \
-                         {lb} ([proxy_protocol] sources), but PROXY protocol is off: every client \
-                         would come from the balancer and relay anywhere (an open relay). Set \
-                         [proxy_protocol] enabled = true, or take the balancer's network out of \
-                         trusted_networks"
-                    ));
-                }
-            }
         }
         if self.timeouts.drain_delay > self.timeouts.drain_grace {
             return invalid(format!(

@@ -114,7 +114,7 @@ fn live(
 /// What the running process keeps of its configuration, to apply a reload.
 struct Running {
     config: Config,
-    /// The bound listeners (name, address), in order.
+    /// The bound listeners (name, configured address), in order.
     bound: Vec<(String, SocketAddr)>,
     shared: Shared,
     shutdown: Shutdown,
@@ -346,12 +346,19 @@ pub fn serve(
         }
         let parts: Vec<(&str, SocketAddr)> =
             announced.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        // Signals are handled from before the announcement (a script may send one at once).
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+        let stopping = shutdown_signal();
         announce(&parts);
         tracing::info!(listeners = ?bound, workers, backends = ?config.backend.servers, "attitude serving");
 
         let mut running = Running {
+            bound: listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.address))
+                .collect(),
             config,
-            bound,
             shared,
             shutdown: shutdown.clone(),
             live: live_stacks,
@@ -361,14 +368,11 @@ pub fn serve(
             ],
             last_reload: metrics::gauge!("attitude_config_last_reload_success_timestamp_seconds"),
         };
+        let mut stopping = stopping;
         let mut changed = match &watch {
             Some(path) => watch_file(path)?,
             None => tokio::sync::mpsc::unbounded_channel().1,
         };
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
-        let stopping = shutdown_signal();
-        tokio::pin!(stopping);
         loop {
             tokio::select! {
                 _ = &mut stopping => break,
@@ -600,12 +604,16 @@ impl ProxyIn {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-    }
+/// Resolves on SIGTERM or SIGINT; the handlers are installed when this is called, not when
+/// the future is first polled.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    Box::pin(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+    })
 }

@@ -390,3 +390,63 @@ impl ServerCertVerifier for NoVerification {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["attitude.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("attitude-edge-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn load_errors_name_the_file_and_the_problem() {
+        let dir = scratch("load");
+        let (cert, key) = pair(&dir, "a");
+        let (_, other_key) = pair(&dir, "b");
+        let limit = Duration::from_secs(1);
+        assert!(ServerTls::load(&cert, &key, limit).is_ok());
+        let err = ServerTls::load(&cert, &other_key, limit).unwrap_err();
+        assert!(err.contains("does not belong to certificate"), "{err}");
+        let err = ServerTls::load(&key, &key, limit).unwrap_err();
+        assert!(err.contains("no CERTIFICATE block"), "{err}");
+        let err = ServerTls::load(&cert, &cert, limit).unwrap_err();
+        assert!(err.contains("no PEM private key"), "{err}");
+        let err = ServerTls::load(&dir.join("missing.crt"), &key, limit).unwrap_err();
+        assert!(err.contains("missing.crt: cannot read"), "{err}");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_old_pair_when_the_new_one_is_broken() {
+        let dir = scratch("reload");
+        let (cert, key) = pair(&dir, "a");
+        let tls = ServerTls::load(&cert, &key, Duration::from_secs(1)).unwrap();
+        let first = tls.current.0.load_full();
+        assert_eq!(tls.reload(), Ok(false), "unchanged files are not a reload");
+        std::fs::write(&key, "garbage").unwrap();
+        assert!(tls.reload().is_err());
+        assert!(Arc::ptr_eq(&first, &tls.current.0.load_full()));
+        let (cert2, key2) = pair(&dir, "b");
+        std::fs::rename(cert2, &cert).unwrap();
+        std::fs::rename(key2, &key).unwrap();
+        assert_eq!(tls.reload(), Ok(true));
+        assert!(!Arc::ptr_eq(&first, &tls.current.0.load_full()));
+    }
+}
