@@ -352,3 +352,37 @@ fn tls_configuration_errors_say_what_to_fix() {
     );
     assert!(err.contains("cannot differ per listener"), "{err}");
 }
+
+#[test]
+fn tls_cert_and_key_flags_turn_starttls_on() {
+    let c = certs("flags");
+    let recorder = Recorder::start();
+    let mut cmd = Command::new(attitude_test_support::attitude_bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin", "off"])
+        .arg("--backend")
+        .arg(recorder.addr.to_string())
+        .arg("--tls-cert")
+        .arg(&c.cert)
+        .arg("--tls-key")
+        .arg(&c.key);
+    let (_peer, pairs) = attitude_test_support::Peer::spawn_announced("attitude", cmd);
+    let smtp: std::net::SocketAddr = pairs
+        .iter()
+        .find(|(k, _)| k == "smtp")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let file = write_message(&c.dir);
+    let (ok, out) = tls_client(
+        "starttls",
+        smtp,
+        &c.ca.ca_file,
+        "alice@example.org",
+        "bob@example.com",
+        &file,
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("cn first"), "{out}");
+    assert_eq!(recorder.messages().len(), 1);
+}
