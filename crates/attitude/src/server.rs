@@ -26,7 +26,7 @@ use crate::stack::{Shared, Stack};
 use arc_swap::ArcSwap;
 use attitude_edge::proxy;
 use metrics::Gauge;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// How long sessions get to write their 421 after the drain grace has run out.
 const HARD_CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -121,6 +121,8 @@ struct Running {
     live: Arc<ArcSwap<Generation>>,
     reloads: [Counter; 2],
     last_reload: Gauge,
+    /// 1 when the last reload was applied (or none was tried), 0 when it was refused.
+    last_reload_ok: Gauge,
 }
 
 impl Running {
@@ -184,6 +186,7 @@ impl Running {
             Ok(false) => {}
             Ok(true) => {
                 self.reloads[0].increment(1);
+                self.last_reload_ok.set(1.0);
                 self.last_reload.set(
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -192,6 +195,7 @@ impl Running {
             }
             Err(error) => {
                 self.reloads[1].increment(1);
+                self.last_reload_ok.set(0.0);
                 tracing::error!(%error, "configuration reload refused; the running configuration stays");
             }
         }
@@ -237,7 +241,7 @@ pub fn serve(
     config: Config,
     metrics: PrometheusHandle,
     load: Box<dyn Fn() -> Result<Config, String> + Send + Sync>,
-    watch: Option<PathBuf>,
+    watch: Vec<PathBuf>,
 ) -> Result<(), String> {
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -367,12 +371,12 @@ pub fn serve(
                 metrics::counter!("attitude_config_reload_total", "result" => "error"),
             ],
             last_reload: metrics::gauge!("attitude_config_last_reload_success_timestamp_seconds"),
+            last_reload_ok: metrics::gauge!("attitude_config_last_reload_successful"),
         };
+        running.last_reload_ok.set(1.0);
+        running.reloads.iter().for_each(|c| c.increment(0));
         let mut stopping = stopping;
-        let mut changed = match &watch {
-            Some(path) => watch_file(path)?,
-            None => tokio::sync::mpsc::unbounded_channel().1,
-        };
+        let mut changed = watch_files(&watch)?;
         loop {
             tokio::select! {
                 _ = &mut stopping => break,
@@ -419,9 +423,9 @@ pub fn serve(
     })
 }
 
-/// Events in the directory of the configuration file (a Kubernetes ConfigMap is updated by
+/// Events in the directories of the configuration files (a Kubernetes ConfigMap is updated by
 /// swapping a symlink in that directory, so the file itself is not what changes).
-fn watch_file(path: &Path) -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, String> {
+fn watch_files(paths: &[PathBuf]) -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, String> {
     use notify::{RecursiveMode, Watcher};
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -430,18 +434,25 @@ fn watch_file(path: &Path) -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, S
         }
     })
     .map_err(|e| format!("cannot watch the configuration file: {e}"))?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
+    let mut dirs: Vec<PathBuf> = paths
+        .iter()
+        .map(|path| match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in &dirs {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
         .map_err(|e| {
             format!(
                 "cannot watch {} for configuration changes: {e}",
                 dir.display()
             )
         })?;
+    }
     // The watcher lives as long as the process.
     std::mem::forget(watcher);
     Ok(rx)

@@ -107,6 +107,7 @@ pub struct ServerTls {
 struct TlsMetrics {
     reload_ok: Counter,
     reload_error: Counter,
+    last_reload_ok: Gauge,
     expiry: Gauge,
     handshake_failed: Counter,
 }
@@ -135,10 +136,12 @@ impl ServerTls {
         let metrics = TlsMetrics {
             reload_ok: metrics::counter!("attitude_tls_certificate_reload_total", "result" => "ok"),
             reload_error: metrics::counter!("attitude_tls_certificate_reload_total", "result" => "error"),
+            last_reload_ok: metrics::gauge!("attitude_tls_certificate_last_reload_successful"),
             expiry: metrics::gauge!("attitude_tls_certificate_expiry_timestamp_seconds"),
             handshake_failed: metrics::counter!("attitude_tls_handshake_failures_total"),
         };
         metrics.expiry.set(loaded.not_after as f64);
+        metrics.last_reload_ok.set(1.0);
         Ok(Self {
             config: Arc::new(config),
             current,
@@ -163,6 +166,7 @@ impl ServerTls {
         match load_pair(&self.cert, &self.key, &self.provider) {
             Ok(loaded) => {
                 let mut raw = self.raw.lock().expect("tls raw lock");
+                self.metrics.last_reload_ok.set(1.0);
                 if *raw == loaded.raw {
                     return Ok(false);
                 }
@@ -175,6 +179,7 @@ impl ServerTls {
             }
             Err(error) => {
                 self.metrics.reload_error.increment(1);
+                self.metrics.last_reload_ok.set(0.0);
                 tracing::warn!(%error, "TLS certificate reload failed; keeping the previous certificate");
                 Err(error)
             }
