@@ -4,15 +4,14 @@
 //! and unit tests; and a real Prometheus, scraping a real attitude that carried real traffic,
 //! evaluates every PromQL expression of the dashboard (each must return data) and of the rules.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use attitude_test_support::{
-    Attitude, Client, DnsServer, Peer, Rr, Sink, TestCa, attitude_bin, free_port, require_tool,
-    scratch_dir, tls_client, wait_for,
+    Attitude, Client, DnsServer, Peer, Rr, Sink, TestCa, attitude_bin, free_port, http_get,
+    require_tool, scratch_dir, tls_client, wait_for,
 };
 use serde_json::Value;
 
@@ -172,29 +171,6 @@ fn the_alert_rules_pass_promtool() {
             "no test for {alert}"
         );
     }
-}
-
-/// GET on a loopback HTTP server; the body.
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: prometheus\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn url_encode(text: &str) -> String {

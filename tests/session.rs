@@ -330,13 +330,7 @@ fn flags_and_environment_override_the_file() {
         ])
         .env("ATTITUDE_BACKEND", recorder.addr.to_string());
     let (_peer, pairs) = attitude_test_support::Peer::spawn_announced("attitude", cmd);
-    let smtp: std::net::SocketAddr = pairs
-        .iter()
-        .find(|(k, _)| k == "smtp")
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
+    let smtp = attitude_test_support::addr_of(&pairs, "smtp").unwrap();
     let mut c = Client::connect_raw(smtp);
     let greeting = c.reply();
     assert!(greeting.contains("flags.test"), "{greeting}");

@@ -366,13 +366,7 @@ fn tls_cert_and_key_flags_turn_starttls_on() {
         .arg("--tls-key")
         .arg(&c.key);
     let (_peer, pairs) = attitude_test_support::Peer::spawn_announced("attitude", cmd);
-    let smtp: std::net::SocketAddr = pairs
-        .iter()
-        .find(|(k, _)| k == "smtp")
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
+    let smtp = attitude_test_support::addr_of(&pairs, "smtp").unwrap();
     let file = write_message(&c.dir);
     let (ok, out) = tls_client(
         "starttls",

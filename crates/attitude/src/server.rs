@@ -423,36 +423,13 @@ pub fn serve(
     })
 }
 
-/// Events in the directories of the configuration files (a Kubernetes ConfigMap is updated by
-/// swapping a symlink in that directory, so the file itself is not what changes).
+/// Events in the directories of the configuration files (see `attitude_edge::watch`).
 fn watch_files(paths: &[PathBuf]) -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, String> {
-    use notify::{RecursiveMode, Watcher};
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = tx.send(());
-        }
-    })
-    .map_err(|e| format!("cannot watch the configuration file: {e}"))?;
-    let mut dirs: Vec<PathBuf> = paths
-        .iter()
-        .map(|path| match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
-        })
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in &dirs {
-        watcher
-            .watch(dir, RecursiveMode::NonRecursive)
-            .map_err(|e| {
-                format!(
-                    "cannot watch {} for configuration changes: {e}",
-                    dir.display()
-                )
-            })?;
-    }
+    let files: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
+    let watcher = attitude_edge::watch::directories_of(&files, "configuration file", move || {
+        let _ = tx.send(());
+    })?;
     // The watcher lives as long as the process.
     std::mem::forget(watcher);
     Ok(rx)

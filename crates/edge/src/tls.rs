@@ -191,30 +191,11 @@ impl ServerTls {
     /// are not what changes). Events are gathered for `settle` before one reload. The watch
     /// runs on a thread of its own for the life of the process.
     pub fn watch(self: &Arc<Self>, settle: Duration) -> Result<(), String> {
-        use notify::{RecursiveMode, Watcher};
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.send(());
-                }
-            })
-            .map_err(|e| format!("cannot watch the TLS certificate: {e}"))?;
-        let mut dirs: Vec<PathBuf> = [&self.cert, &self.key]
-            .iter()
-            .map(|p| directory_of(p))
-            .collect();
-        dirs.dedup();
-        for dir in &dirs {
-            watcher
-                .watch(dir, RecursiveMode::NonRecursive)
-                .map_err(|e| {
-                    format!(
-                        "cannot watch {} for TLS certificate changes: {e}",
-                        dir.display()
-                    )
-                })?;
-        }
+        let watcher =
+            crate::watch::directories_of(&[&self.cert, &self.key], "TLS certificate", move || {
+                let _ = tx.send(());
+            })?;
         let this = self.clone();
         std::thread::Builder::new()
             .name("attitude-tls-watch".into())
@@ -251,13 +232,6 @@ impl ServerTls {
                 ))
             }
         }
-    }
-}
-
-fn directory_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
     }
 }
 

@@ -21,7 +21,7 @@ pub use backends::{Postfix, Sink};
 pub use client::Client;
 pub use dns::{DnsServer, Rr, silent_nameserver};
 pub use peer::{
-    Attitude, Peer, Recorded, Recorder, SmtpSink, attitude_bin, config_error, free_port,
-    require_tool, scratch_dir, smtplib, tls_client, wait_for,
+    Attitude, Peer, Recorded, Recorder, SmtpSink, addr_of, attitude_bin, config_error, free_port,
+    http_get, require_tool, scratch_dir, smtplib, tls_client, wait_for,
 };
 pub use tls::TestCa;

@@ -219,7 +219,33 @@ impl Drop for Peer {
     }
 }
 
-fn addr_of(pairs: &[(String, String)], key: &str) -> Option<SocketAddr> {
+/// A plain HTTP/1.1 GET on a loopback server (the admin server, Prometheus): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The address announced as `key` (`listening smtp=... admin=...`).
+pub fn addr_of(pairs: &[(String, String)], key: &str) -> Option<SocketAddr> {
     pairs
         .iter()
         .find(|(k, _)| k == key)
@@ -280,27 +306,7 @@ impl Attitude {
 
     /// GET `path` on the admin server: (status, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.admin).expect("connect admin");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: attitude\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read response");
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        http_get(self.admin, path)
     }
 
     /// The value of one sample in `/metrics` (e.g. `attitude_messages_total{outcome="accepted"}`).
