@@ -350,10 +350,12 @@ pub fn serve(
         }
         let parts: Vec<(&str, SocketAddr)> =
             announced.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        // Signals are handled from before the announcement (a script may send one at once).
+        // Signals and file changes are handled from before the announcement (a script may send
+        // one at once).
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
         let stopping = shutdown_signal();
+        let mut changed = watch_files(&watch)?;
         announce(&parts);
         tracing::info!(listeners = ?bound, workers, backends = ?config.backend.servers, "attitude serving");
 
@@ -376,7 +378,6 @@ pub fn serve(
         running.last_reload_ok.set(1.0);
         running.reloads.iter().for_each(|c| c.increment(0));
         let mut stopping = stopping;
-        let mut changed = watch_files(&watch)?;
         loop {
             tokio::select! {
                 _ = &mut stopping => break,

@@ -219,17 +219,14 @@ impl Drop for Peer {
     }
 }
 
-/// A plain HTTP/1.1 GET on a loopback server (the admin server, Prometheus): (status, body).
+/// A plain HTTP/1.0 GET on a loopback server (the admin server, Prometheus): (status, body).
+/// HTTP/1.0, so that no server answers with a chunked body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read response");
     let status = response
