@@ -40,6 +40,30 @@ fn certs(name: &str) -> Certs {
     Certs { ca, cert, key, dir }
 }
 
+/// Writes a certificate with common name `cn` the way the kubelet updates a mounted Secret:
+/// the files go into a new `..VERSION` directory, the `..data` symlink is swapped to it in one
+/// rename, and `tls.crt`/`tls.key` are symlinks through `..data` (so the files attitude was given
+/// never change; only a symlink in their directory does).
+/// `broken` writes a key that does not parse.
+fn kubelet_secret(c: &Certs, dir: &Path, version: &str, cn: &str, broken: bool) {
+    let data = dir.join(format!("..{version}"));
+    std::fs::create_dir_all(&data).unwrap();
+    c.ca.issue(cn, &data.join("tls.crt"), &data.join("tls.key"));
+    if broken {
+        std::fs::write(data.join("tls.key"), "not a key\n").unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for file in ["tls.crt", "tls.key"] {
+        let link = dir.join(file);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{file}"), &link).unwrap();
+        }
+    }
+}
+
 fn tls_config(c: &Certs) -> String {
     format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -277,13 +301,40 @@ fn backend_over_starttls_verified_against_a_ca() {
     };
     assert!(refused.starts_with('4'), "{refused}");
     assert_eq!(recorder.messages().len(), 1);
+
+    // The lab setting takes any certificate (and still encrypts).
+    let lab = Attitude::start(
+        "[backend.tls]\nmode = \"starttls\"\ninsecure_skip_verify = true\n",
+        &[recorder.addr],
+    );
+    let mut client = Client::connect(lab.smtp);
+    client.start_data("alice@example.org", &["bob@example.com"]);
+    client.send(b"Subject: lab\r\n\r\nhello\r\n.\r\n");
+    assert!(client.reply().starts_with("250"));
+    let m = recorder.messages();
+    assert_eq!(m.len(), 2);
+    assert!(
+        m[1].tls
+            .as_deref()
+            .is_some_and(|t| t.starts_with("TLSv1.3"))
+    );
 }
 
 #[test]
 fn a_rotated_certificate_serves_new_sessions_while_old_ones_go_on() {
     let c = certs("rotation");
+    let secret = c.dir.join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    kubelet_secret(&c, &secret, "v1", "first", false);
     let recorder = Recorder::start();
-    let attitude = Attitude::start(&tls_config(&c), &[recorder.addr]);
+    let attitude = Attitude::start(
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            secret.join("tls.crt").display(),
+            secret.join("tls.key").display()
+        ),
+        &[recorder.addr],
+    );
     let file = write_message(&c.dir);
     // A session that is in TLS before the rotation and sends its message after it.
     let mut held = Command::new(require_tool("/usr/bin/python3"))
@@ -304,7 +355,7 @@ fn a_rotated_certificate_serves_new_sessions_while_old_ones_go_on() {
     }
     assert_eq!(line.trim(), "cn first");
 
-    c.ca.issue("second", &c.cert, &c.key);
+    kubelet_secret(&c, &secret, "v2", "second", false);
     assert!(
         wait_for(Duration::from_secs(10), || attitude
             .metric("attitude_tls_certificate_reload_total{result=\"ok\"}")
@@ -315,7 +366,7 @@ fn a_rotated_certificate_serves_new_sessions_while_old_ones_go_on() {
     assert!(ok && text.contains("cn second"), "{text}");
 
     // A broken pair is refused and the last good one stays.
-    std::fs::write(&c.key, "not a key\n").unwrap();
+    kubelet_secret(&c, &secret, "v3", "third", true);
     assert!(wait_for(Duration::from_secs(10), || attitude
         .metric("attitude_tls_certificate_reload_total{result=\"error\"}")
         .is_some_and(|n| n >= 1.0)));
