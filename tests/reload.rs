@@ -163,3 +163,29 @@ fn a_changed_listen_address_needs_a_restart_and_says_so() {
     let mut c = Client::connect(attitude.smtp);
     assert!(c.cmd("EHLO client.test").starts_with("250"));
 }
+
+#[test]
+fn a_policy_turned_on_by_a_reload_gets_what_it_needs() {
+    // Greylisting was off at start, so there was no greylist store: the reload creates it.
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n",
+        &[recorder.addr],
+    );
+    let mut c = Client::connect(attitude.smtp);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.com>").starts_with("250"));
+    rewrite(&attitude, |t| t + "\n[greylist]\nenabled = true\n");
+    assert!(wait_for(Duration::from_secs(10), || reloads(
+        &attitude, "ok"
+    ) == 1.0));
+    let mut fresh = Client::connect(attitude.smtp);
+    fresh.cmd("EHLO client.test");
+    assert!(fresh.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+    let r = fresh.cmd("RCPT TO:<b@example.com>");
+    assert!(
+        r.starts_with("451 4.7.1"),
+        "greylisted after the reload: {r}"
+    );
+}

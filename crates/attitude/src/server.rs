@@ -132,6 +132,8 @@ impl Running {
     fn apply(&mut self, new: Config) -> Result<(), String> {
         let listeners = new.effective_listeners().map_err(|e| e.to_string())?;
         let mut restart = restart_needed(&self.config, &new);
+        // A policy turned on by this reload may need the resolver or the greylist store.
+        self.shared.provide(&new, &listeners)?;
         let current = self.live.load_full();
         let mut next = Vec::with_capacity(self.bound.len());
         for (i, (name, addr)) in self.bound.iter().enumerate() {
@@ -140,7 +142,18 @@ impl Running {
                     if l.address != *addr {
                         restart.push(format!("listener {name} address {addr} -> {}", l.address));
                     }
-                    next.push(live(l, &new, &self.shared, &self.shutdown)?);
+                    match live(l, &new, &self.shared, &self.shutdown) {
+                        Ok(stack) => next.push(stack),
+                        Err(error) => {
+                            // Nothing is swapped in: end what was built for nothing.
+                            for built in &next {
+                                if !current.listeners.iter().any(|c| Arc::ptr_eq(c, built)) {
+                                    built.housekeeping.cancel();
+                                }
+                            }
+                            return Err(error);
+                        }
+                    }
                 }
                 None => {
                     restart.push(format!("listener {name} removed"));

@@ -82,23 +82,6 @@ pub struct Shared {
 impl Shared {
     /// Builds the shared parts from the process configuration and its listeners.
     pub fn new(config: &Config, listeners: &[EffectiveListener]) -> Result<Self, String> {
-        let any = |f: fn(&Config) -> bool| listeners.iter().any(|l| f(&l.config));
-        // One resolver, with one cache, for every DNS policy (DNSBL and SPF).
-        let resolver = (any(|c| c.dnsbl.enabled || c.spf.enabled)
-            || !config.backend.dns.is_empty())
-        .then(|| {
-            let nameservers = &config.dns.nameservers;
-            attitude_policy::dns::resolver(
-                (!nameservers.is_empty()).then_some(nameservers.as_slice()),
-                config.dns.timeout,
-            )
-        })
-        .transpose()?;
-        let greylist = if any(|c| c.greylist.enabled) {
-            greylist(config)?
-        } else {
-            None
-        };
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => {
                 let tls = Arc::new(ServerTls::load(cert, key, config.tls.handshake_timeout)?);
@@ -122,20 +105,46 @@ impl Shared {
         };
         let pool = Pool::new(config.pool_config()?, Some(on_caps));
         pool.set_source("static", config.static_backends());
-        if let Some(resolver) = &resolver {
-            for source in config.dns_backends() {
-                pool.discover_dns(resolver.clone(), source);
-            }
-        }
-        pool.start();
-        Ok(Self {
+        let mut shared = Self {
             pool,
-            resolver,
-            greylist,
+            resolver: None,
+            greylist: None,
             tls,
             backend_auth,
             driver_metrics: DriverMetrics::register(),
-        })
+        };
+        shared.provide(config, listeners)?;
+        if let Some(resolver) = &shared.resolver {
+            for source in config.dns_backends() {
+                shared.pool.discover_dns(resolver.clone(), source);
+            }
+        }
+        shared.pool.start();
+        Ok(shared)
+    }
+
+    /// Creates the resolver and the greylist store once some listener needs them (at start,
+    /// or when a reload turns on a DNS policy or greylisting).
+    pub fn provide(
+        &mut self,
+        config: &Config,
+        listeners: &[EffectiveListener],
+    ) -> Result<(), String> {
+        let any = |f: fn(&Config) -> bool| listeners.iter().any(|l| f(&l.config));
+        // One resolver, with one cache, for every DNS policy (DNSBL and SPF).
+        if self.resolver.is_none()
+            && (any(|c| c.dnsbl.enabled || c.spf.enabled) || !config.backend.dns.is_empty())
+        {
+            let nameservers = &config.dns.nameservers;
+            self.resolver = Some(attitude_policy::dns::resolver(
+                (!nameservers.is_empty()).then_some(nameservers.as_slice()),
+                config.dns.timeout,
+            )?);
+        }
+        if self.greylist.is_none() && any(|c| c.greylist.enabled) {
+            self.greylist = greylist(config)?;
+        }
+        Ok(())
     }
 
     /// Saves what should survive a restart (the greylist). Call once sessions have ended.
