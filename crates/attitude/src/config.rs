@@ -1953,6 +1953,52 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_policy_overrides_only_that_listener() {
+        let config = Config::parse(
+            "[backend]\nservers = [\"127.0.0.1:25\"]\n\
+             [limits]\nmax_recipients = 50\n\
+             [[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n\
+             [[listeners]]\nname = \"submission\"\naddress = \"127.0.0.1:2587\"\n\
+             policy.limits.max_recipients = 5\npolicy.auth = { enabled = true, require = true }\n",
+            "test",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let l = config.effective_listeners().unwrap();
+        assert_eq!(l[0].config.limits.max_recipients, 50);
+        assert!(!l[0].config.auth.require);
+        assert_eq!(l[1].config.limits.max_recipients, 5);
+        assert!(l[1].config.auth.enabled && l[1].config.auth.require);
+        // Untouched keys of an overridden section keep the top level's values.
+        assert_eq!(
+            l[1].config.limits.max_message_size,
+            config.limits.max_message_size
+        );
+        assert_eq!(l[0].tls, ListenerTls::None, "no certificate: no STARTTLS");
+    }
+
+    #[test]
+    fn later_files_merge_over_earlier_ones() {
+        let dir = std::env::temp_dir().join(format!("attitude-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.toml"), dir.join("b.toml"));
+        std::fs::write(
+            &a,
+            "hostname = \"a.test\"\n[limits]\nmax_recipients = 7\nmax_errors = 3\n\
+             [backend]\nservers = [\"127.0.0.1:25\"]\n",
+        )
+        .unwrap();
+        std::fs::write(&b, "[limits]\nmax_recipients = 9\n").unwrap();
+        let config = Config::load_files(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(config.hostname, "a.test");
+        assert_eq!(config.limits.max_recipients, 9);
+        assert_eq!(config.limits.max_errors, 3);
+        std::fs::write(&b, "[limits]\nmax_recipients = \"nine\"\n").unwrap();
+        let err = Config::load_files(&[a, b]).unwrap_err().to_string();
+        assert!(err.contains("a.toml + ") && err.contains("b.toml"), "{err}");
+    }
+
+    #[test]
     fn validation_says_what_to_fix() {
         let err = Config::default().validate().unwrap_err().to_string();
         assert!(err.contains("--backend"), "{err}");
