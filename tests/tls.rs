@@ -431,3 +431,53 @@ fn tls_cert_and_key_flags_turn_starttls_on() {
     assert!(out.contains("cn first"), "{out}");
     assert_eq!(recorder.messages().len(), 1);
 }
+
+#[test]
+fn auth_is_offered_only_inside_tls_and_works_there() {
+    let c = certs("auth-tls");
+    let recorder = Recorder::start_with_accounts(&[("alice", "secret")]);
+    let attitude = Attitude::start(
+        &(tls_config(&c) + "[auth]\nenabled = true\nrequire = true\n"),
+        &[recorder.addr],
+    );
+    let mut plain = Client::connect(attitude.smtp);
+    let ehlo = plain.cmd("EHLO client.test");
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert!(
+        plain
+            .cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==")
+            .starts_with("502")
+    );
+    assert!(
+        plain
+            .cmd("MAIL FROM:<alice@example.org>")
+            .starts_with("530")
+    );
+
+    let file = write_message(&c.dir);
+    let out = Command::new(require_tool("/usr/bin/python3"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/peers/tls_client.py"))
+        .args(["starttls", "127.0.0.1", &attitude.smtp.port().to_string()])
+        .arg(&c.ca.ca_file)
+        .args(["alice@example.org", "someone@elsewhere.example"])
+        .arg(&file)
+        .env("LOGIN", "alice:secret")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("auth before: -"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("auth after:") && l.contains("PLAIN LOGIN")),
+        "{text}"
+    );
+    assert!(text.contains("authenticated as alice"), "{text}");
+    let m = recorder.messages();
+    assert_eq!(m.len(), 1, "an authenticated client relays anywhere");
+    assert_eq!(m[0].login.as_deref(), Some("alice"));
+}

@@ -8,9 +8,12 @@
                                                                  line on stdin, then sendmail
 
 The certificate is verified against CAFILE for the name attitude.test. Prints what happened
-(`tls VERSION CIPHER`, `cn NAME`, `250 accepted`) and exits 0 on success.
+(`tls VERSION CIPHER`, `cn NAME`, `auth before: ...`, `auth after: ...`, `250 accepted`) and
+exits 0 on success. With LOGIN=user:password in the environment it authenticates (AUTH PLAIN,
+inside TLS) before sending.
 """
 
+import os
 import smtplib
 import ssl
 import sys
@@ -42,6 +45,7 @@ def main():
         s._host = "attitude.test"
     with s:
         s.ehlo("smtplib.test")
+        print("auth before:", s.esmtp_features.get("auth", "-"))
         if mode != "ssl":
             if not s.has_extn("starttls"):
                 print("no STARTTLS advertised")
@@ -52,6 +56,7 @@ def main():
             if s.has_extn("starttls"):
                 print("STARTTLS still advertised after the upgrade")
                 return 1
+        print("auth after:", s.esmtp_features.get("auth", "-"))
         print("tls", s.sock.version(), s.sock.cipher()[0])
         print("cn", common_name(s.sock))
         sys.stdout.flush()
@@ -60,6 +65,11 @@ def main():
             return 0
         if mode == "hold":
             sys.stdin.readline()
+        login = os.environ.get("LOGIN")
+        if login:
+            user, password = login.split(":", 1)
+            s.login(user, password)
+            print("authenticated as", user)
         with open(path, "rb") as f:
             data = f.read()
         refused = s.sendmail(sender, rcpts.split(","), data)

@@ -753,7 +753,7 @@ impl Default for ProxyProtocol {
 
 /// `[auth]`: AUTH PLAIN/LOGIN relayed to the backend, which checks the credentials; an
 /// authenticated client may relay anywhere. Offered only when the backend offers it, and only
-/// over TLS unless `allow_plaintext` (attitude has no TLS yet, so today AUTH needs it).
+/// over TLS (STARTTLS or implicit TLS) unless `allow_plaintext`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
