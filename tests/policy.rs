@@ -392,3 +392,25 @@ fn greylisting_dry_run_counts_and_lets_through() {
         Some(1.0)
     );
 }
+
+#[test]
+fn a_listener_can_greylist_while_the_others_do_not() {
+    // Greylisting off at the top level, on for the MX listener only: the store is made for it.
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\npolicy.greylist.enabled = true\n\
+         [[listeners]]\nname = \"internal\"\naddress = \"127.0.0.1:0\"\n",
+        &[recorder.addr],
+    );
+    let rcpt = |name: &str| {
+        let mut c = Client::connect(attitude.listener(name));
+        c.cmd("EHLO client.test");
+        assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+        c.cmd("RCPT TO:<b@example.com>")
+    };
+    let r = rcpt("mx");
+    assert!(r.starts_with("451 4.7.1"), "greylisted on mx: {r}");
+    let r = rcpt("internal");
+    assert!(r.starts_with("250"), "not on internal: {r}");
+}

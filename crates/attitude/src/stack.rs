@@ -142,7 +142,8 @@ impl Shared {
             )?);
         }
         if self.greylist.is_none() && any(|c| c.greylist.enabled) {
-            self.greylist = greylist(config)?;
+            // The store's settings are the top level's, whichever listener turned it on.
+            self.greylist = Some(greylist(config)?);
         }
         Ok(())
     }
@@ -526,12 +527,9 @@ fn spf_layer(config: &Config, resolver: Option<&TokioResolver>) -> Option<Comman
     }))
 }
 
-/// `[greylist]`, loaded from its file.
-fn greylist(config: &Config) -> Result<Option<Arc<Greylist>>, String> {
+/// The greylist store from `[greylist]`, loaded from its file.
+fn greylist(config: &Config) -> Result<Arc<Greylist>, String> {
     let g = &config.greylist;
-    if !g.enabled {
-        return Ok(None);
-    }
     Greylist::open(GreylistConfig {
         timing: Timing {
             delay: g.delay,
@@ -550,7 +548,7 @@ fn greylist(config: &Config) -> Result<Option<Arc<Greylist>>, String> {
         entries: metrics::gauge!("attitude_greylist_entries"),
         clock: system_clock(),
     })
-    .map(|g| Some(Arc::new(g)))
+    .map(Arc::new)
 }
 
 /// `[relay]` as a command layer: RCPT that would relay without permission gets 554 5.7.1.
