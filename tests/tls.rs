@@ -219,6 +219,17 @@ fn listeners_implicit_tls_and_their_own_policies() {
         out.contains("tls TLSv1.3") && out.contains("cn first"),
         "{out}"
     );
+    // A client speaking plain SMTP there fails the handshake and is closed, counted.
+    let mut plain = Client::connect_raw(attitude.listener("submissions"));
+    plain.send(b"EHLO plain.test\r\n");
+    assert!(plain.is_closed());
+    assert!(wait_for(Duration::from_secs(5), || attitude
+        .metric("attitude_tls_handshake_failures_total")
+        == Some(1.0)));
+    assert_eq!(
+        attitude.metric("attitude_sessions_ended_total{result=\"io_error\"}"),
+        Some(1.0)
+    );
 
     // 587 here requires STARTTLS before MAIL and takes one recipient; 25 does neither.
     let mut sub = Client::connect(attitude.listener("submission"));

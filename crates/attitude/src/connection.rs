@@ -96,7 +96,7 @@ impl Service<Connection> for SessionService {
                     }
                     Err(error) => {
                         tracing::debug!(target: "attitude::session", session = conn.id, client = %conn.client, %error, "TLS handshake failed");
-                        metrics.record_refused();
+                        metrics.record_unstarted(SessionResult::IoError);
                         return Ok(SessionSummary::unstarted(SessionResult::IoError, 0));
                     }
                 },

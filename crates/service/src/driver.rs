@@ -97,8 +97,14 @@ impl DriverMetrics {
 impl DriverMetrics {
     /// Counts a session the connection stack refused before it began.
     pub fn record_refused(&self) {
+        self.record_unstarted(SessionResult::Refused);
+    }
+
+    /// Counts a session that ended before its greeting (refused, or a failed implicit-TLS
+    /// handshake).
+    pub fn record_unstarted(&self, result: SessionResult) {
         self.total.increment(1);
-        self.record_end(SessionResult::Refused);
+        self.record_end(result);
     }
 
     fn record_end(&self, result: SessionResult) {
