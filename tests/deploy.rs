@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use attitude_test_support::{
     Attitude, Client, DnsServer, Peer, Rr, Sink, TestCa, attitude_bin, free_port, http_get,
-    require_tool, scratch_dir, tls_client, wait_for,
+    require_tool, run, scratch_dir, tls_client, wait_for,
 };
 use serde_json::Value;
 
@@ -28,16 +28,6 @@ fn venv_tool(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[test]

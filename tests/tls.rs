@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use attitude_test_support::{
-    Attitude, Client, Recorder, TestCa, require_tool, scratch_dir, tls_client, wait_for,
+    Attitude, Client, Recorder, TestCa, require_tool, run, scratch_dir, tls_client,
+    tls_client_command, wait_for,
 };
 
 /// A message with dot-stuffing, 8-bit text and a 998-octet line.
@@ -348,16 +349,18 @@ fn a_rotated_certificate_serves_new_sessions_while_old_ones_go_on() {
     );
     let file = write_message(&c.dir);
     // A session that is in TLS before the rotation and sends its message after it.
-    let mut held = Command::new(require_tool("/usr/bin/python3"))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/peers/tls_client.py"))
-        .args(["hold", "127.0.0.1", &attitude.smtp.port().to_string()])
-        .arg(&c.ca.ca_file)
-        .args(["held@example.org", "bob@example.com"])
-        .arg(&file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut held = tls_client_command(
+        "hold",
+        attitude.smtp,
+        &c.ca.ca_file,
+        "held@example.org",
+        "bob@example.com",
+        &file,
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut out = BufReader::new(held.stdout.take().unwrap());
     let mut line = String::new();
     while !line.starts_with("cn ") {
@@ -469,18 +472,16 @@ fn auth_is_offered_only_inside_tls_and_works_there() {
     );
 
     let file = write_message(&c.dir);
-    let out = Command::new(require_tool("/usr/bin/python3"))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/peers/tls_client.py"))
-        .args(["starttls", "127.0.0.1", &attitude.smtp.port().to_string()])
-        .arg(&c.ca.ca_file)
-        .args(["alice@example.org", "someone@elsewhere.example"])
-        .arg(&file)
-        .env("LOGIN", "alice:secret")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = run(tls_client_command(
+        "starttls",
+        attitude.smtp,
+        &c.ca.ca_file,
+        "alice@example.org",
+        "someone@elsewhere.example",
+        &file,
+    )
+    .env("LOGIN", "alice:secret"));
+    assert!(ok, "{text}");
     assert!(text.contains("auth before: -"), "{text}");
     assert!(
         text.lines()

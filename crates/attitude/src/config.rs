@@ -1375,11 +1375,7 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&read(path)?, &path.display().to_string())
     }
 
     /// Reads several files, each merged over the ones before it table by table (a base file
@@ -1390,23 +1386,10 @@ impl Config {
         }
         let mut merged = toml::Table::new();
         for path in paths {
-            let origin = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: origin.clone(),
-                source,
-            })?;
-            let table = text.parse::<toml::Table>().map_err(|e| {
-                let (line, column) = e
-                    .span()
-                    .map(|span| line_column(&text, span.start))
-                    .unwrap_or((1, 1));
-                ConfigError::Parse {
-                    path: origin.clone(),
-                    line,
-                    column,
-                    message: e.message().trim().to_owned(),
-                }
-            })?;
+            let text = read(path)?;
+            let table = text
+                .parse::<toml::Table>()
+                .map_err(|e| parse_error(&e, &text, &path.display().to_string()))?;
             merge(&mut merged, &table);
         }
         merged.try_into().map_err(|e: toml::de::Error| {
@@ -1417,18 +1400,7 @@ impl Config {
 
     /// Parses configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        toml::from_str::<Config>(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_column(text, span.start))
-                .unwrap_or((1, 1));
-            ConfigError::Parse {
-                path: origin.to_owned(),
-                line,
-                column,
-                message: e.message().trim().to_owned(),
-            }
-        })
+        toml::from_str::<Config>(text).map_err(|e| parse_error(&e, text, origin))
     }
 
     /// The listeners as they run, each checked against the trust boundary.
@@ -1828,6 +1800,28 @@ fn merge(base: &mut toml::Table, over: &toml::Table) {
                 base.insert(key.clone(), value.clone());
             }
         }
+    }
+}
+
+/// A file's text, or an error that names the file.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// A TOML error in `text` (from `origin`), with the line and column it points at.
+fn parse_error(e: &toml::de::Error, text: &str, origin: &str) -> ConfigError {
+    let (line, column) = e
+        .span()
+        .map(|span| line_column(text, span.start))
+        .unwrap_or((1, 1));
+    ConfigError::Parse {
+        path: origin.to_owned(),
+        line,
+        column,
+        message: e.message().trim().to_owned(),
     }
 }
 

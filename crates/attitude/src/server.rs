@@ -218,13 +218,14 @@ impl Running {
 /// The process-wide settings that differ between `old` and `new` (they need a restart).
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    let section = |c: &Config, name: &str| -> Option<String> {
-        toml::Table::try_from(c)
-            .ok()
-            .and_then(|t| t.get(name).map(|v| v.to_string()))
-    };
+    let (old_table, new_table) = (
+        toml::Table::try_from(old).ok(),
+        toml::Table::try_from(new).ok(),
+    );
+    let section =
+        |t: &Option<toml::Table>, name: &str| t.as_ref().and_then(|t| t.get(name).cloned());
     for name in ["tls", "admin", "workers", "dns", "log", "listen"] {
-        if section(old, name) != section(new, name) {
+        if section(&old_table, name) != section(&new_table, name) {
             out.push(format!("[{name}]"));
         }
     }

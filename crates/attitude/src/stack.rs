@@ -63,7 +63,6 @@ pub fn every_minute(stop: &CancellationToken, housekeeping: impl Fn() + Send + '
 /// What every listener's stack shares, built once per process and kept across reloads: the
 /// backend pool, the DNS resolver, the greylist store, the server certificate, and what the
 /// backends offer for AUTH.
-#[derive(Clone)]
 pub struct Shared {
     /// The backend pool.
     pub pool: Pool,

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use attitude_edge::{Stream, TlsInfo};
+use attitude_edge::Stream;
 
 use crate::config::BackendTls;
 use tokio::time::timeout;
@@ -226,11 +226,6 @@ impl BackendConn {
             .map_err(|_| BackendError::Timeout("TLS handshake"))?
             .map_err(BackendError::Tls)?;
         Ok(())
-    }
-
-    /// What TLS negotiated with the backend, if it is TLS.
-    pub fn tls(&self) -> Option<TlsInfo> {
-        self.stream.tls_info()
     }
 
     /// EHLO (HELO if EHLO is refused); learns the backend's capabilities.

@@ -154,11 +154,6 @@ impl ServerTls {
         })
     }
 
-    /// The files this serves.
-    pub fn files(&self) -> (&Path, &Path) {
-        (&self.cert, &self.key)
-    }
-
     /// Loads the files again. `Ok(true)`: a new pair is in use for new handshakes; `Ok(false)`:
     /// the files did not change; `Err`: they do not load, and the old pair stays. Logged and
     /// counted either way (`attitude_tls_certificate_reload_total{result}`).

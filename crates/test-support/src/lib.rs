@@ -22,6 +22,7 @@ pub use client::Client;
 pub use dns::{DnsServer, Rr, silent_nameserver};
 pub use peer::{
     Attitude, Peer, Recorded, Recorder, SmtpSink, addr_of, attitude_bin, config_error, free_port,
-    http_get, require_tool, scratch_dir, smtplib, tls_client, wait_for,
+    http_get, python_peer, require_tool, run, scratch_dir, smtplib, tls_client, tls_client_command,
+    wait_for,
 };
 pub use tls::TestCa;

@@ -334,6 +334,28 @@ pub fn config_error(config: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `/usr/bin/python3 tests/peers/SCRIPT`, to add arguments to and run.
+pub fn python_peer(script: &str) -> Command {
+    let mut cmd = Command::new(require_tool("/usr/bin/python3"));
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/peers")
+            .join(script),
+    );
+    cmd
+}
+
+/// Runs `cmd` to its end: whether it succeeded, and what it printed (stdout, then stderr).
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Runs `tests/peers/client.py MODE` (Python's smtplib) to send `file` from `from` to `to`
 /// (comma-separated); returns whether the message was accepted, and what the client printed.
 pub fn smtplib(
@@ -343,9 +365,7 @@ pub fn smtplib(
     to: &str,
     file: &std::path::Path,
 ) -> (bool, String) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers/client.py");
-    let out = Command::new(require_tool("/usr/bin/python3"))
-        .arg(script)
+    run(python_peer("client.py")
         .args([
             mode,
             &addr.ip().to_string(),
@@ -353,15 +373,7 @@ pub fn smtplib(
             from,
             to,
         ])
-        .arg(file)
-        .output()
-        .expect("run client.py");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+        .arg(file))
 }
 
 /// Runs `tests/peers/tls_client.py MODE` (Python's smtplib and ssl, trusting `ca_file`):
@@ -375,24 +387,25 @@ pub fn tls_client(
     to: &str,
     file: &Path,
 ) -> (bool, String) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/peers/tls_client.py"
-    );
-    let out = Command::new(require_tool("/usr/bin/python3"))
-        .arg(script)
-        .args([mode, &addr.ip().to_string(), &addr.port().to_string()])
+    run(&mut tls_client_command(mode, addr, ca_file, from, to, file))
+}
+
+/// The `tls_client.py` command line of [`tls_client`], to run with other settings (environment,
+/// pipes).
+pub fn tls_client_command(
+    mode: &str,
+    addr: SocketAddr,
+    ca_file: &Path,
+    from: &str,
+    to: &str,
+    file: &Path,
+) -> Command {
+    let mut cmd = python_peer("tls_client.py");
+    cmd.args([mode, &addr.ip().to_string(), &addr.port().to_string()])
         .arg(ca_file)
         .args([from, to])
-        .arg(file)
-        .output()
-        .expect("run tls_client.py");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+        .arg(file);
+    cmd
 }
 
 /// Postfix's `smtp-sink`, dumping every transaction to a file.

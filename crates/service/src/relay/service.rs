@@ -69,11 +69,6 @@ impl RelayShared {
             metrics,
         })
     }
-
-    /// The backend pool.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
