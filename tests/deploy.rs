@@ -391,6 +391,12 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
         .metric("attitude_config_reload_total{result=\"ok\"}")
         == Some(1.0)));
 
+    // The metric names this traffic shows are pinned (tests/pins/metric-names.txt).
+    let (_, text) = attitude.http_get("/metrics");
+    if let Some(diff) = pin("metric-names.txt", &metric_names(&text)) {
+        panic!("{diff}");
+    }
+
     // Scrapes, then every query. A query that fails to parse fails at once; one that returns
     // nothing gets a few more scrapes before it counts as broken.
     let mut broken = Vec::new();
@@ -441,4 +447,76 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
     let down = down["result"].as_array().unwrap();
     assert_eq!(down.len(), 1, "{down:?}");
     assert_eq!(down[0]["metric"]["backend"], dead.to_string());
+}
+
+/// The shipped configurations (deploy/ and the benchmark files), each as `check-config`
+/// prints its effective configuration: pinned in `tests/pins/effective/`, so that moving code
+/// around never changes what a configuration means. `PIN_UPDATE=1` rewrites the pins (then read
+/// the diff: every change in them is a change of behaviour).
+#[test]
+fn the_effective_configurations_are_pinned() {
+    let base = repo().join("deploy/kubernetes/base/attitude.toml");
+    let proxy = repo().join("deploy/kubernetes/overlays/aws-nlb-proxy/proxy-protocol.toml");
+    let mut sets = vec![
+        ("kubernetes-base", vec![base.clone()]),
+        ("kubernetes-aws-nlb-proxy", vec![base, proxy]),
+    ];
+    let mut bench: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/bench"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    bench.sort();
+    let names: Vec<String> = bench
+        .iter()
+        .map(|p| format!("bench-{}", p.file_stem().unwrap().to_string_lossy()))
+        .collect();
+    for (name, path) in names.iter().zip(bench) {
+        sets.push((name.as_str(), vec![path]));
+    }
+    let mut changed = Vec::new();
+    for (name, files) in sets {
+        let (ok, out) = run(Command::new(attitude_bin())
+            .arg("check-config")
+            .args(&files));
+        assert!(ok, "{files:?}:\n{out}");
+        if let Some(diff) = pin(&format!("effective/{name}.toml"), &out) {
+            changed.push(diff);
+        }
+    }
+    assert!(changed.is_empty(), "{}", changed.join("\n\n"));
+}
+
+/// Compares `actual` with the pin file `tests/pins/NAME`; `Some` says what differs.
+/// `PIN_UPDATE=1` writes the pin instead.
+fn pin(name: &str, actual: &str) -> Option<String> {
+    let path = repo().join("tests/pins").join(name);
+    if std::env::var_os("PIN_UPDATE").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return None;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    if expected == actual {
+        return None;
+    }
+    let (old, new): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    let gone: Vec<&&str> = old.iter().filter(|l| !new.contains(l)).collect();
+    let added: Vec<&&str> = new.iter().filter(|l| !old.contains(l)).collect();
+    Some(format!(
+        "{} differs (PIN_UPDATE=1 rewrites it, if the change is meant):\n- {gone:?}\n+ {added:?}",
+        path.display()
+    ))
+}
+
+/// The metric names `/metrics` shows, without labels or the histogram series' suffixes.
+fn metric_names(text: &str) -> String {
+    let mut names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.iter().map(|n| format!("{n}\n")).collect()
 }

@@ -8,9 +8,7 @@
 
 mod admin;
 mod config;
-mod connection;
 mod keys;
-mod rates;
 mod server;
 mod sink;
 mod stack;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use attitude_service::driver::{DriverMetrics, Shutdown};
+use attitude_service::replies;
 use ipnet::IpNet;
 use metrics::Counter;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -21,7 +22,7 @@ use attitude_balance::Pool;
 use crate::admin;
 use crate::config::Config;
 use crate::config::EffectiveListener;
-use crate::connection::{self, Connection, ConnectionService};
+use crate::stack::connection::{self, Connection, ConnectionService};
 use crate::stack::{Shared, Stack};
 use arc_swap::ArcSwap;
 use attitude_edge::proxy;
@@ -507,14 +508,14 @@ impl Accept<'_> {
             };
             if draining.load(Ordering::Relaxed) {
                 // One small write to a fresh socket does not block; then close.
-                let _ = io.try_write(b"421 4.3.2 Service shutting down; try another server\r\n");
+                let _ = io.try_write(replies::shutting_down().to_wire().as_bytes());
                 metrics.record_refused();
                 continue;
             }
             if !pool.available() {
                 // Every backend is down: say so now rather than take a session that can only
                 // end in 451s. The client retries later or tries the next MX.
-                let _ = io.try_write(b"421 4.3.2 No mail server available; try again later\r\n");
+                let _ = io.try_write(replies::no_mail_server().to_wire().as_bytes());
                 metrics.record_refused();
                 continue;
             }

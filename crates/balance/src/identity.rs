@@ -7,6 +7,11 @@ use ppp::v2::{Builder, Command, Protocol, Version};
 
 /// How a backend learns the real client's identity.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum IdentityMode {
     /// Not at all: the backend sees attitude's address.
     #[default]

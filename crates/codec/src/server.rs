@@ -8,6 +8,11 @@ use crate::reply::{EnhancedStatus, Reply};
 
 /// What to do with bare CR, bare LF and NUL inside DATA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum BareLineEndings {
     /// Fail the whole message at end of data (the default; RFC 5321 §2.3.8).
     #[default]

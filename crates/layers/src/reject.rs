@@ -46,6 +46,11 @@ where
 
 /// Enforce a limit, or only count what it would have refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum Mode {
     /// Refuse over the limit.
     #[default]

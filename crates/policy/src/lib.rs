@@ -2,6 +2,8 @@
 //! `dry-run` modes and a decision counter `attitude_policy_decisions_total{policy,action}`:
 //!
 //! - [`auth_guard`]: failed AUTH counted per client network and per login; bans.
+//! - [`relay_control`]: never an open relay: RCPT for a remote domain needs a trusted network
+//!   or AUTH.
 //! - [`access`]: allow/deny/skip rules on the client, HELO name, sender and recipient.
 //! - [`dnsbl`]: DNSBL/DNSWL scoring of the client at connect (connection stack).
 //! - [`content`]: header checks and attachment (worm) blocking on the message itself.
@@ -19,6 +21,7 @@ pub mod dns;
 pub mod dnsbl;
 pub mod greylist;
 pub mod pregreet;
+pub mod relay_control;
 pub mod spf;
 
 pub use decisions::Decisions;

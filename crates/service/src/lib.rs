@@ -17,7 +17,7 @@ pub mod errors;
 pub mod metrics;
 pub mod protocol;
 pub mod relay;
-pub mod relay_control;
+pub mod replies;
 mod request;
 
 pub use attitude_codec::{Command, EnhancedStatus, Reply};

@@ -31,7 +31,7 @@ pub struct AuthGuardConfig {
     pub max_entries: usize,
     /// Enforce, or dry-run: failures are counted and delayed, bans are only counted (as
     /// `would_reject` decisions) and nothing is refused.
-    pub enforce: bool,
+    pub mode: attitude_layers::Mode,
     /// `policy="auth"` decisions: `allow` (235), `reject` (a failed exchange).
     pub decisions: Decisions,
     /// Bans of client networks.
@@ -106,7 +106,7 @@ impl Shared {
             entry.0 += 1;
             if entry.0 >= limit {
                 tally.failures.remove(&key);
-                if !config.enforce {
+                if config.mode == attitude_layers::Mode::DryRun {
                     config.decisions.would_reject.increment(1);
                     tracing::info!(would_ban = %key, "too many failed AUTH attempts (dry-run)");
                     continue;

@@ -5,6 +5,11 @@ use regex::bytes::Regex;
 
 /// What a matching header check does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum HeaderAction {
     /// `554 5.7.1`: refused for good.
     Reject,

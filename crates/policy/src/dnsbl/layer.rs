@@ -29,8 +29,8 @@ pub struct DnsblConfig {
     pub cache_ttl: Duration,
     /// Most scores cached.
     pub max_cache: usize,
-    /// Enforce or dry-run.
-    pub enforce: bool,
+    /// Enforce or dry-run (a listed client is counted and logged, then served).
+    pub mode: attitude_layers::Mode,
     /// `policy="dnsbl"` decisions.
     pub decisions: Decisions,
     /// Refusals count as refused sessions.

@@ -1,3 +1,4 @@
+use attitude_layers::Mode;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,7 +48,7 @@ where
             let score = dnsbl.score(client).await;
             if score.total >= config.threshold {
                 let listed = score.listed_by.join(", ");
-                if !config.enforce {
+                if config.mode == Mode::DryRun {
                     config.decisions.would_reject.increment(1);
                     tracing::info!(%client, score = score.total, %listed, "DNSBL would refuse (dry-run)");
                     return inner.call(conn).await;

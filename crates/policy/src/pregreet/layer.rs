@@ -11,6 +11,11 @@ use crate::Decisions;
 
 /// What happens to an early talker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum PregreetAction {
     /// Greet it, answer its first command with `554 5.5.1`, close.
     Reject,
@@ -37,7 +42,7 @@ pub struct PregreetConfig {
     /// Clients never tested (trusted networks).
     pub skip_networks: Vec<ipnet::IpNet>,
     /// Enforce or dry-run (early talkers counted and logged, then served).
-    pub enforce: bool,
+    pub mode: attitude_layers::Mode,
     /// `policy="pregreet"` decisions.
     pub decisions: Decisions,
     /// Refusals count as refused sessions.

@@ -1,3 +1,4 @@
+use attitude_layers::Mode;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -68,7 +69,7 @@ where
         let shared = self.shared.clone();
         Box::pin(async move {
             let config = &shared.config;
-            if memory == Some(Memory::Failed) && config.enforce {
+            if memory == Some(Memory::Failed) && config.mode == Mode::Enforce {
                 config.decisions.reject.increment(1);
                 let text =
                     "554 5.5.1 Protocol error: you talked before my greeting; try again later\r\n";
@@ -105,7 +106,7 @@ where
                     config.decisions.allow.increment(1);
                     inner.call(conn).await
                 }
-                Test::TalkedEarly if !config.enforce => {
+                Test::TalkedEarly if config.mode == Mode::DryRun => {
                     config.decisions.would_reject.increment(1);
                     tracing::info!(%client, "early talker (dry-run): served");
                     inner.call(conn).await

@@ -18,8 +18,8 @@ pub struct SpfConfig {
     pub resolver: TokioResolver,
     /// attitude's own host name (the SPF `%{r}` macro).
     pub hostname: String,
-    /// Refuse `fail` (otherwise only count it).
-    pub reject_fail: bool,
+    /// Enforce refuses `fail` with 550 5.7.23; dry-run only counts and logs it.
+    pub mode: attitude_layers::Mode,
     /// How long one check may take (then it counts as `temperror` and passes).
     pub timeout: Duration,
     /// Clients never checked.

@@ -1,3 +1,4 @@
+use attitude_layers::Mode;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -90,9 +91,10 @@ where
                 config.decisions.allow.increment(1);
                 return Ok(reply);
             }
-            config.decisions.refused(550, config.reject_fail);
-            tracing::info!(session = id, %client, sender = %sender, enforced = config.reject_fail, "SPF fail");
-            if !config.reject_fail {
+            let enforce = config.mode == Mode::Enforce;
+            config.decisions.refused(550, enforce);
+            tracing::info!(session = id, %client, sender = %sender, enforced = enforce, "SPF fail");
+            if !enforce {
                 return Ok(reply);
             }
             Ok(Reply::new(

@@ -13,7 +13,218 @@
 //! - an authenticated backend connection (AUTH relayed) and a PROXY-identified one belong to
 //!   the session and are never pooled.
 
-mod service;
+//!
+//! - this file: the service, its shared state, and the dispatch of each event by phase;
+//! - `state`: the phase, the transaction to replay, reset and failure;
+//! - `open`: checkout with failover, MAIL and the first RCPT, replay on another backend;
+//! - `auth`: the AUTH exchange;
+//! - `data`: the backend's 354, content, end of data.
+
+mod auth;
+mod data;
+mod open;
+mod state;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use attitude_balance::{ClientIdentity, Pool};
+use attitude_codec::{Command, Reply};
+use metrics::Counter;
+use tokio::sync::Mutex;
+use tower_service::Service;
 
 pub use attitude_balance::{BackendCaps, BackendError};
-pub use service::{Relay, RelayConfig, RelayMetrics, RelayShared};
+
+use crate::replies;
+use crate::request::{DataOutcome, Event, Request, Session};
+use crate::{BoxError, BoxFuture};
+use state::{Phase, RelayState};
+
+/// Time limits of the relay's commands (connection limits live in the pool's config).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Limit for replies to MAIL, RCPT, DATA, RSET and AUTH.
+    pub command_timeout: Duration,
+    /// Limit for writing one DATA chunk.
+    pub data_block_timeout: Duration,
+    /// Limit for the reply to end of data (RFC 5321 §4.5.3.2.6 says 10 minutes).
+    pub data_end_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            command_timeout: Duration::from_secs(120),
+            data_block_timeout: Duration::from_secs(180),
+            data_end_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Metric handles of the relay.
+#[derive(Debug)]
+pub struct RelayMetrics {
+    pub(crate) failures: Counter,
+    pub(crate) failovers: Counter,
+    pub(crate) unavailable: Counter,
+}
+
+impl RelayMetrics {
+    /// Registers the handles.
+    pub fn register() -> Self {
+        Self {
+            failures: metrics::counter!("attitude_backend_transaction_failures_total"),
+            failovers: metrics::counter!("attitude_relay_failovers_total"),
+            unavailable: metrics::counter!("attitude_relay_no_backend_total"),
+        }
+    }
+}
+
+/// State shared by every session's relay: time limits, the backend pool, metrics.
+#[derive(Debug)]
+pub struct RelayShared {
+    pub(crate) config: RelayConfig,
+    pub(crate) pool: Pool,
+    pub(crate) metrics: RelayMetrics,
+}
+
+impl RelayShared {
+    /// Shared relay state over `pool`.
+    pub fn new(config: RelayConfig, pool: Pool, metrics: RelayMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            pool,
+            metrics,
+        })
+    }
+}
+
+/// The per-session relay service; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    shared: Arc<RelayShared>,
+    state: Arc<Mutex<RelayState>>,
+}
+
+impl Relay {
+    /// A relay for one session.
+    pub fn new(shared: Arc<RelayShared>) -> Self {
+        Self {
+            shared,
+            state: Arc::new(Mutex::new(RelayState::new())),
+        }
+    }
+}
+
+/// Who the client is, for XCLIENT or PROXY.
+fn identity(session: &Session) -> ClientIdentity {
+    ClientIdentity {
+        addr: session.client,
+        local: session.local,
+        helo: session.helo.as_ref().map(|h| h.name.clone()),
+        esmtp: session.helo.as_ref().is_some_and(|h| h.extended),
+        login: session.auth.clone(),
+    }
+}
+
+impl RelayState {
+    async fn handle(&mut self, shared: &RelayShared, session: &Session, event: Event) -> Reply {
+        if self.phase == Phase::DataPending
+            && matches!(
+                event,
+                Event::DataChunk(_) | Event::DataEnd(DataOutcome::Complete)
+            )
+        {
+            self.confirm_data(shared, &identity(session)).await;
+        }
+        match (event, self.phase) {
+            (event @ Event::Command(Command::Auth { .. }), _)
+            | (event @ Event::AuthLine(_), Phase::Auth) => {
+                self.auth(shared, &identity(session), event).await
+            }
+            (Event::Command(Command::Ehlo(_) | Command::Helo(_) | Command::Rset), _) => {
+                self.reset(shared).await;
+                replies::ok()
+            }
+            (Event::Command(Command::Mail(mail)), _) => {
+                self.reset(shared).await;
+                self.mail(shared, &identity(session), mail).await
+            }
+            (Event::Command(Command::Rcpt(rcpt)), Phase::MailLocal) => {
+                self.first_rcpt(shared, &identity(session), rcpt).await
+            }
+            (Event::Command(Command::Rcpt(_)), Phase::SenderRefused) => self
+                .refusal
+                .clone()
+                .expect("kept with the SenderRefused phase"),
+            (Event::Command(cmd @ (Command::Rcpt(_) | Command::Data)), Phase::Mail) => {
+                self.in_transaction(shared, &identity(session), cmd).await
+            }
+            (Event::DataChunk(chunk), Phase::Data { at_line_start }) => {
+                self.chunk(shared, &chunk, at_line_start).await
+            }
+            (Event::DataEnd(DataOutcome::Complete), Phase::Data { at_line_start }) => {
+                self.end_of_data(shared, at_line_start).await
+            }
+            (Event::DataChunk(_), Phase::Refused) => replies::ok(),
+            (Event::DataEnd(DataOutcome::Complete), Phase::Refused) => {
+                let refusal = self.refusal.take().expect("kept with the Refused phase");
+                self.reset(shared).await;
+                refusal
+            }
+            (Event::DataEnd(DataOutcome::Failed(reply)), phase) => {
+                if matches!(phase, Phase::Data { .. } | Phase::DataPending) {
+                    // Closing the connection before the final dot is the only way to abort
+                    // DATA: the backend discards the partial message.
+                    self.lease = None;
+                }
+                // A backend that refused DATA is still in the transaction: RSET.
+                self.reset(shared).await;
+                reply
+            }
+            (Event::DataEnd(DataOutcome::Complete), Phase::Broken) => {
+                self.txn = None;
+                self.phase = Phase::Idle;
+                replies::backend_lost("during DATA")
+            }
+            (
+                Event::Command(Command::Rcpt(_) | Command::Data) | Event::DataChunk(_),
+                Phase::Broken,
+            ) => replies::backend_lost("earlier in this transaction"),
+            (Event::Command(Command::Quit) | Event::Close, _) => {
+                // A shareable idle connection goes back to the pool (that is the point of the
+                // pool); a pinned one is closed with QUIT; one mid-DATA is dropped.
+                self.reset(shared).await;
+                if let Some(lease) = self.lease.take() {
+                    lease.quit();
+                }
+                replies::bye()
+            }
+            (event, phase) => {
+                tracing::debug!(event = event.label(), ?phase, "relay: out of sequence");
+                replies::bad_sequence()
+            }
+        }
+    }
+}
+
+impl Service<Request> for Relay {
+    type Response = Reply;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Reply, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let shared = self.shared.clone();
+        let state = self.state.clone();
+        Box::pin(async move {
+            let mut state = state.lock_owned().await;
+            Ok(state.handle(&shared, &req.session, req.event).await)
+        })
+    }
+}

@@ -9,4 +9,4 @@ pub use layer::{RelayControlConfig, RelayControlLayer, RelayControlMetrics};
 pub use service::RelayControl;
 
 /// The response future of [`RelayControl`].
-pub type ResponseFuture<F> = crate::ReplyOr<F>;
+pub type ResponseFuture<F> = attitude_service::ReplyOr<F>;

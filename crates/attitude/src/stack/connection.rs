@@ -16,27 +16,26 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use attitude_codec::{EnhancedStatus, Reply};
+use attitude_codec::Reply;
 use attitude_edge::Stream;
 use attitude_layers::keyed_concurrency::KeyedConcurrencyLayer;
 use attitude_layers::rate_limit::RateLimitLayer;
 use attitude_layers::tarpit::{Tarpit, TarpitLayer, TarpitMetrics};
 use attitude_layers::{LimitMetrics, Reject, Rejection};
 use attitude_policy::dnsbl::{Dnsbl, DnsblConfig, DnsblLayer, Zone};
-use attitude_policy::pregreet::{PregreetAction, PregreetConfig, PregreetLayer};
+use attitude_policy::pregreet::{PregreetConfig, PregreetLayer};
 use attitude_policy::{Accepted, Decisions};
 use attitude_service::driver::{self, DriverMetrics, SessionResult, SessionSummary, Shutdown};
-use attitude_service::errors::retry_hint;
-use attitude_service::{BoxFuture, Marks, Session};
+use attitude_service::{BoxFuture, Marks, Session, replies};
 use governor::Quota;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tower::util::BoxService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
+use super::{Stack, every_minute};
 use crate::config::{self, Config};
 use crate::keys::ClientKey;
-use crate::stack::{Stack, every_minute};
 
 /// An accepted client connection.
 #[derive(Debug)]
@@ -194,17 +193,15 @@ impl Refuse {
         }
     }
 
-    /// A rejection that answers `421 status text`, at once (`held` false) or after the
-    /// refusal delay.
-    fn with_421(
+    /// A rejection that answers `reply`, at once (`held` false) or after the refusal delay.
+    fn with(
         &self,
-        status: EnhancedStatus,
-        text: &'static str,
+        reply: fn() -> Reply,
         held: bool,
     ) -> impl Fn(Connection, Rejection) -> BoxFuture<Result<SessionSummary, Infallible>> + Clone + use<>
     {
         let refuse = self.clone();
-        move |conn, _| refuse.answer(conn, Reply::new(421, status, text), held)
+        move |conn, _| refuse.answer(conn, reply(), held)
     }
 
     fn answer(
@@ -243,7 +240,8 @@ fn dnsbl_layer(config: &Config, stack: &Stack) -> Result<Option<DnsblLayer>, Str
         .zones
         .iter()
         .map(|z| Zone::parse(z))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let dnsbl = Dnsbl::new(DnsblConfig {
         zones,
         threshold: d.threshold,
@@ -252,7 +250,7 @@ fn dnsbl_layer(config: &Config, stack: &Stack) -> Result<Option<DnsblLayer>, Str
         timeout: config.dns.timeout,
         cache_ttl: d.cache_ttl,
         max_cache: d.max_cache,
-        enforce: d.mode == config::RuleMode::Enforce,
+        mode: d.mode,
         decisions: Decisions::register("dnsbl"),
         sessions: stack.driver_metrics.clone(),
     });
@@ -268,15 +266,12 @@ fn pregreet_layer(config: &Config, stack: &Stack) -> Option<PregreetLayer> {
             pause: p.pause,
             multiline: p.multiline,
             hostname: config.hostname.clone(),
-            action: match p.action {
-                config::PregreetActionConfig::Reject => PregreetAction::Reject,
-                config::PregreetActionConfig::Drop => PregreetAction::Drop,
-            },
+            action: p.action,
             pass_ttl: p.pass_ttl,
             fail_ttl: p.fail_ttl,
             max_entries: p.max_entries,
             skip_networks: config.relay.trusted_networks.clone(),
-            enforce: p.mode == config::RuleMode::Enforce,
+            mode: p.mode,
             decisions: Decisions::register("pregreet"),
             sessions: stack.driver_metrics.clone(),
         })
@@ -306,11 +301,7 @@ pub fn build(
         "max_sessions",
         config.max_sessions,
         |_: &Connection| Some(()),
-        refuse.with_421(
-            EnhancedStatus::new(4, 3, 2),
-            "Too many connections; try again later",
-            false,
-        ),
+        refuse.with(replies::too_many_connections, false),
     )
     .metrics(LimitMetrics::register(
         "attitude_limit",
@@ -324,13 +315,9 @@ pub fn build(
             "per_client",
             config.per_client.limit,
             move |conn: &Connection| key.key(conn.client.ip()),
-            refuse.with_421(
-                EnhancedStatus::new(4, 7, 0),
-                "Too many connections from your network; try again later",
-                true,
-            ),
+            refuse.with(replies::too_many_connections_from_network, true),
         )
-        .mode(config.per_client.mode.into())
+        .mode(config.per_client.mode)
         .metrics(LimitMetrics::register(
             "attitude_limit",
             "concurrency",
@@ -350,18 +337,11 @@ pub fn build(
             config.max_tracked_clients,
             move |conn: &Connection| key.key(conn.client.ip()),
             move |conn: Connection, rejection: Rejection| {
-                let text = format!(
-                    "Connection rate limit exceeded; try again in {}",
-                    retry_hint(rejection.retry_after)
-                );
-                refuse.answer(
-                    conn,
-                    Reply::new(421, EnhancedStatus::new(4, 7, 0), text),
-                    true,
-                )
+                let reply = replies::connection_rate_exceeded(rejection.retry_after);
+                refuse.answer(conn, reply, true)
             },
         )
-        .mode(config.rate.mode.into())
+        .mode(config.rate.mode)
         .metrics(LimitMetrics::register(
             "attitude_limit",
             "rate",

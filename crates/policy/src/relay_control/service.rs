@@ -6,8 +6,7 @@ use attitude_layers::{Either, Mode};
 use tower_service::Service;
 
 use super::{RelayControlConfig, ResponseFuture};
-use crate::request::{Event, Request};
-use crate::{BoxError, answer};
+use attitude_service::{BoxError, Event, Request, answer};
 
 /// Refuses RCPT that would relay; see the module docs.
 #[derive(Debug, Clone)]

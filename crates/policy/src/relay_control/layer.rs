@@ -7,7 +7,7 @@ use metrics::Counter;
 use tower_layer::Layer;
 
 use super::RelayControl;
-use crate::address::{canonical_ip, domain_of};
+use attitude_service::address::{canonical_ip, domain_of};
 
 /// `attitude_policy_decisions_total{policy="relay",action}` handles.
 #[derive(Debug, Clone)]

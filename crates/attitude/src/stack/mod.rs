@@ -1,0 +1,136 @@
+//! The one place that knows every layer. Each file builds one stack, top to bottom in the order
+//! a connection flows through it (the drawing of each is in `docs/design.md`):
+//!
+//! - [`connection`]: once per accepted client: connection rate, sessions per client, the global
+//!   cap, DNSBL, pregreet, then the session (the driver);
+//! - [`command`]: once per session: metrics, tarpit, protocol, the policies, then the relay;
+//! - [`backend`]: once per process: the backend pool (static and DNS discovery, health) and the
+//!   relay's shared state.
+//!
+//! [`Shared`] is what every listener's stacks share, built once and kept across reloads.
+
+pub mod backend;
+pub mod command;
+pub mod connection;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use attitude_balance::Pool;
+use attitude_edge::tls::ServerTls;
+use attitude_policy::greylist::Greylist;
+use attitude_service::auth::AuthOffer;
+use attitude_service::driver::DriverMetrics;
+use hickory_resolver::TokioResolver;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, EffectiveListener};
+
+pub use command::Stack;
+
+/// What every listener's stack shares, built once per process and kept across reloads: the
+/// backend pool, the DNS resolver, the greylist store, the server certificate, and what the
+/// backends offer for AUTH.
+pub struct Shared {
+    /// The backend pool.
+    pub pool: Pool,
+    /// The `[dns]` resolver, when a DNS policy or DNS discovery is on anywhere.
+    pub resolver: Option<TokioResolver>,
+    /// The greylist store, when any listener greylists.
+    pub greylist: Option<Arc<Greylist>>,
+    /// The server certificate (`[tls]`).
+    pub tls: Option<Arc<ServerTls>>,
+    /// The AUTH mechanisms the backends offer (learnt from every new backend connection).
+    backend_auth: Arc<AuthOffer>,
+    /// Session metric handles.
+    pub driver_metrics: Arc<DriverMetrics>,
+}
+
+impl Shared {
+    /// Builds the shared parts from the process configuration and its listeners.
+    pub fn new(config: &Config, listeners: &[EffectiveListener]) -> Result<Self, String> {
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => {
+                let tls = Arc::new(
+                    ServerTls::load(cert, key, config.tls.handshake_timeout)
+                        .map_err(|e| e.to_string())?,
+                );
+                if config.tls.watch {
+                    tls.watch(Duration::from_millis(500))
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(tls)
+            }
+            _ => None,
+        };
+        let backend_auth = backend::auth_offer();
+        let pool = backend::pool(config, &backend_auth)?;
+        let mut shared = Self {
+            pool,
+            resolver: None,
+            greylist: None,
+            tls,
+            backend_auth,
+            driver_metrics: DriverMetrics::register(),
+        };
+        shared.provide(config, listeners)?;
+        if let Some(resolver) = &shared.resolver {
+            for source in config.dns_backends() {
+                shared.pool.discover_dns(resolver.clone(), source);
+            }
+        }
+        shared.pool.start();
+        Ok(shared)
+    }
+
+    /// Creates the resolver and the greylist store once some listener needs them (at start,
+    /// or when a reload turns on a DNS policy or greylisting).
+    pub fn provide(
+        &mut self,
+        config: &Config,
+        listeners: &[EffectiveListener],
+    ) -> Result<(), String> {
+        let any = |f: fn(&Config) -> bool| listeners.iter().any(|l| f(&l.config));
+        // One resolver, with one cache, for every DNS policy (DNSBL and SPF).
+        if self.resolver.is_none()
+            && (any(|c| c.dnsbl.enabled || c.spf.enabled) || !config.backend.dns.is_empty())
+        {
+            let nameservers = &config.dns.nameservers;
+            self.resolver = Some(
+                attitude_policy::dns::resolver(
+                    (!nameservers.is_empty()).then_some(nameservers.as_slice()),
+                    config.dns.timeout,
+                )
+                .map_err(|e| e.to_string())?,
+            );
+        }
+        if self.greylist.is_none() && any(|c| c.greylist.enabled) {
+            // The store's settings are the top level's, whichever listener turned it on.
+            self.greylist = Some(command::greylist_store(config).map_err(|e| e.to_string())?);
+        }
+        Ok(())
+    }
+
+    /// Saves what should survive a restart (the greylist). Call once sessions have ended.
+    pub fn save_state(&self) {
+        if let Some(greylist) = &self.greylist {
+            greylist.save();
+        }
+    }
+}
+
+/// Runs `housekeeping` once a minute until `stop` (a configuration replaced by a reload):
+/// keyed limiters forget the keys that are back at full budget. Call it from within the main
+/// runtime.
+pub fn every_minute(stop: &CancellationToken, housekeeping: impl Fn() + Send + 'static) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => housekeeping(),
+            }
+        }
+    });
+}

@@ -1,0 +1,347 @@
+//! The session driver: owns the client's socket, turns each decoded frame into one
+//! `Service::call`, writes replies strictly in order, switches the codec's mode, and enforces
+//! the session's timeouts, minimum data rate and error limit.
+//!
+//! Pipelining (RFC 2920): commands are handled one at a time in arrival order; replies are
+//! buffered and flushed whenever the driver is about to wait for more input, so a pipelined
+//! group gets its replies in order and in as few writes as possible.
+//!
+//! - this file: the settings and the run loop (read, decode, flush, deadlines, shutdown);
+//! - `frames`: each decoded frame to the event for the command stack (and the STARTTLS
+//!   injection guard);
+//! - `update`: what the reply changes in the session, and the STARTTLS upgrade;
+//! - `outcome`: how a session ended, its summary and metrics, the shutdown stages.
+
+mod frames;
+mod outcome;
+mod update;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attitude_codec::{CodecConfig, Frame, Mode, Reply, ServerCodec};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout_at;
+use tokio_util::codec::Decoder;
+use tower::{Service, ServiceExt};
+
+use attitude_edge::Stream;
+use attitude_edge::tls::ServerTls;
+
+use crate::BoxError;
+use crate::auth::Exchange;
+use crate::errors::error_reply;
+use crate::replies;
+use crate::request::{Event, Helo, Request, Session};
+
+pub use outcome::{DriverMetrics, SessionResult, SessionSummary, Shutdown};
+
+/// Settings of the session driver.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Name in the greeting.
+    pub hostname: String,
+    /// Decoder limits and DATA policy.
+    pub codec: CodecConfig,
+    /// A complete command must arrive within this time after the previous reply (RFC 5321
+    /// §4.5.3.2.7 suggests 5 minutes). Bytes that trickle in do not extend it.
+    pub command_timeout: Duration,
+    /// Longest silence inside DATA (RFC 5321 §4.5.3.2.8: 3 minutes for a data block).
+    pub data_timeout: Duration,
+    /// Minimum average DATA rate in octets per second after the first `data_timeout`
+    /// (like Postfix's `smtpd_min_data_rate`); 0 turns the check off.
+    pub min_data_rate: u64,
+    /// Error replies after which the session is closed with 421.
+    pub max_errors: u32,
+    /// The certificate for STARTTLS (`None`: STARTTLS is not offered).
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            codec: CodecConfig::default(),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            min_data_rate: 500,
+            max_errors: 20,
+            tls: None,
+        }
+    }
+}
+
+/// Initial read buffer; it grows only while a long line or DATA needs it.
+const COMMAND_READ: usize = 256;
+const DATA_READ: usize = 16 * 1024;
+/// Buffers above this size are released when empty.
+const KEEP_BUFFER: usize = 4 * 1024;
+
+struct DataState {
+    started: Instant,
+    last_read: Instant,
+    bytes: u64,
+    failed: Option<Reply>,
+}
+
+/// What the driver remembers of a request to update the session after the reply.
+enum Pending {
+    Helo(Helo),
+    Mail(attitude_codec::MailFrom),
+    Rcpt(String),
+    Data,
+    Chunk,
+    DataEnd,
+    Rset,
+    Quit,
+    StartTls,
+    Auth,
+    AuthLine,
+    Other,
+}
+
+enum Step {
+    Continue,
+    Close(SessionResult),
+}
+
+struct Driver<IO, S> {
+    io: Stream<IO>,
+    service: S,
+    config: Arc<DriverConfig>,
+    metrics: Arc<DriverMetrics>,
+    codec: ServerCodec,
+    session: Arc<Session>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    data: Option<DataState>,
+    /// The AUTH exchange in progress, for the login once the backend says 235.
+    auth: Option<Exchange>,
+    command_deadline: Instant,
+    /// The read deadline, one timer for the session (moving it later is cheap; a new timer
+    /// per read would wake the runtime's driver each time).
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Runs one SMTP session on `io` until it ends, calling `service` once per frame.
+pub async fn drive<IO, S>(
+    io: Stream<IO>,
+    session: Session,
+    service: S,
+    config: Arc<DriverConfig>,
+    shutdown: Shutdown,
+    metrics: Arc<DriverMetrics>,
+) -> SessionSummary
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request, Response = Reply, Error = BoxError>,
+{
+    metrics.total.increment(1);
+    metrics.active.increment(1.0);
+    let started = session.started;
+    let mut driver = Driver {
+        codec: ServerCodec::new(config.codec.clone()),
+        command_deadline: Instant::now() + config.command_timeout,
+        timer: Box::pin(tokio::time::sleep(config.command_timeout)),
+        io,
+        service,
+        config,
+        metrics: metrics.clone(),
+        session: Arc::new(session),
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        data: None,
+        auth: None,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    let result = driver.run(&shutdown).await;
+    // Let the stack release what it holds for this session (the relay QUITs its backend).
+    let close = Request {
+        session: driver.session.clone(),
+        event: Event::Close,
+    };
+    if let Ok(service) = driver.service.ready().await {
+        let _ = service.call(close).await;
+    }
+    metrics.active.decrement(1.0);
+    metrics.record_end(result);
+    let summary = SessionSummary {
+        result,
+        messages: driver.session.messages,
+        bytes_in: driver.bytes_in,
+        bytes_out: driver.bytes_out,
+        helo: driver.session.helo.as_ref().map(|h| h.name.clone()),
+        duration: started.elapsed(),
+    };
+    tracing::info!(
+        target: "attitude::session",
+        session = driver.session.id,
+        client = %driver.session.client,
+        helo = summary.helo.as_deref().unwrap_or("-"),
+        tls = %driver.session.tls.map_or("-", |t| t.version),
+        cipher = %driver.session.tls.map_or("-", |t| t.cipher),
+        messages = summary.messages,
+        bytes_in = summary.bytes_in,
+        bytes_out = summary.bytes_out,
+        result = result.as_str(),
+        duration_ms = summary.duration.as_millis() as u64,
+        "session end"
+    );
+    summary
+}
+
+impl<IO, S> Driver<IO, S>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request, Response = Reply, Error = BoxError>,
+{
+    async fn run(&mut self, shutdown: &Shutdown) -> SessionResult {
+        if shutdown.drain.is_cancelled() {
+            self.push(&replies::shutting_down());
+            let _ = self.flush().await;
+            return SessionResult::Shutdown;
+        }
+        let greeting = Reply::plain(220, format!("{} ESMTP attitude", self.config.hostname));
+        self.push(&greeting);
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => {
+                    if let Step::Close(result) = self.handle(frame).await {
+                        let _ = self.flush().await;
+                        return result;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(_) => return SessionResult::IoError,
+            }
+            if self.flush().await.is_err() {
+                return SessionResult::IoError;
+            }
+            let idle = self.codec.mode() == Mode::Command
+                && self.session.transaction.is_none()
+                && self.rbuf.is_empty();
+            if idle && shutdown.drain.is_cancelled() {
+                self.push(&replies::shutting_down());
+                let _ = self.flush().await;
+                return SessionResult::Shutdown;
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+                self.rbuf = BytesMut::new();
+            }
+            if idle {
+                // A session waiting for its next command holds no write buffer: idle sessions
+                // are what a flood is made of.
+                self.wbuf = BytesMut::new();
+            }
+            let (want, deadline) = match self.codec.mode() {
+                Mode::Data => (DATA_READ, self.data_deadline()),
+                _ => (COMMAND_READ, self.command_deadline),
+            };
+            self.rbuf.reserve(want);
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            let read = tokio::select! {
+                biased;
+                _ = shutdown.hard.cancelled() => None,
+                _ = shutdown.drain.cancelled(), if idle => None,
+                read = self.io.read_buf(&mut self.rbuf) => Some(Ok(read)),
+                _ = self.timer.as_mut() => Some(Err(())),
+            };
+            match read {
+                None => {
+                    self.push(&replies::shutting_down());
+                    let _ = self.flush().await;
+                    return SessionResult::Shutdown;
+                }
+                Some(Err(_elapsed)) => {
+                    self.push(&if self.codec.mode() == Mode::Data {
+                        replies::data_timeout()
+                    } else {
+                        replies::command_timeout()
+                    });
+                    let _ = self.flush().await;
+                    return SessionResult::Timeout;
+                }
+                Some(Ok(Ok(0))) => {
+                    // The client is gone: an unfinished message is never passed on as complete.
+                    return SessionResult::ClientClosed;
+                }
+                Some(Ok(Ok(n))) => {
+                    self.bytes_in += n as u64;
+                    self.metrics.bytes_in.increment(n as u64);
+                    if let Some(data) = self.data.as_mut() {
+                        data.bytes += n as u64;
+                        data.last_read = Instant::now();
+                    }
+                }
+                Some(Ok(Err(_))) => return SessionResult::IoError,
+            }
+        }
+    }
+
+    fn data_deadline(&self) -> Instant {
+        let Some(data) = &self.data else {
+            return self.command_deadline;
+        };
+        let idle = data.last_read + self.config.data_timeout;
+        if self.config.min_data_rate == 0 {
+            return idle;
+        }
+        let earned = Duration::from_secs_f64(data.bytes as f64 / self.config.min_data_rate as f64);
+        idle.min(data.started + self.config.data_timeout + earned)
+    }
+
+    fn push(&mut self, reply: &Reply) {
+        reply.encode(&mut self.wbuf);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.config.data_timeout;
+        let n = self.wbuf.len();
+        match timeout_at(deadline.into(), self.io.write_all(&self.wbuf)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+        self.io.flush().await?;
+        self.bytes_out += n as u64;
+        self.metrics.bytes_out.increment(n as u64);
+        self.wbuf.clear();
+        if self.wbuf.capacity() > KEEP_BUFFER {
+            self.wbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    async fn call(&mut self, event: Event) -> Reply {
+        let req = Request {
+            session: self.session.clone(),
+            event,
+        };
+        let result = match self.service.ready().await {
+            Ok(service) => service.call(req).await,
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(|e| error_reply(&e))
+    }
+
+    /// One frame: its event through the command stack, then the session updated from the
+    /// reply.
+    async fn handle(&mut self, frame: Frame) -> Step {
+        let (event, pending) = match self.event(frame) {
+            Ok(pair) => pair,
+            Err(step) => return step,
+        };
+        let reply = self.call(event).await;
+        self.update(pending, reply).await
+    }
+}

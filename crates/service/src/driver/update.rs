@@ -1,0 +1,142 @@
+//! Session updates: what a reply changes in the session (HELO, transaction, recipients, DATA
+//! state, AUTH, codec mode), when the session closes, and the STARTTLS upgrade.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use attitude_codec::{Mode, Reply};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::Service;
+
+use super::{DataState, Driver, Pending, SessionResult, Step};
+use crate::BoxError;
+use crate::replies;
+use crate::request::{Request, Transaction};
+
+impl<IO, S> Driver<IO, S>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request, Response = Reply, Error = BoxError>,
+{
+    /// Applies `reply` (to the request `pending` remembers) to the session, queues it for the
+    /// client, and says whether the session goes on.
+    pub(super) async fn update(&mut self, pending: Pending, reply: Reply) -> Step {
+        let quit = matches!(pending, Pending::Quit);
+        let starttls = matches!(pending, Pending::StartTls);
+        let session = Arc::make_mut(&mut self.session);
+        match pending {
+            Pending::Chunk => {
+                if reply.is_error()
+                    && let Some(data) = self.data.as_mut()
+                {
+                    data.failed = Some(reply);
+                }
+                return Step::Continue;
+            }
+            Pending::Helo(helo) if reply.is_positive() => {
+                session.helo = Some(helo);
+                session.transaction = None;
+            }
+            Pending::Mail(mail) if reply.is_positive() => {
+                session.transaction = Some(Transaction {
+                    mail,
+                    rcpts: Vec::new(),
+                    started: Instant::now(),
+                    data_bytes: 0,
+                });
+            }
+            Pending::Rcpt(rcpt) if reply.is_positive() => {
+                if let Some(txn) = session.transaction.as_mut() {
+                    txn.rcpts.push(rcpt);
+                }
+            }
+            Pending::Data if reply.code() == 354 => {
+                let now = Instant::now();
+                self.data = Some(DataState {
+                    started: now,
+                    last_read: now,
+                    bytes: 0,
+                    failed: None,
+                });
+                self.codec.set_mode(Mode::Data);
+            }
+            Pending::DataEnd => {
+                if reply.is_positive() {
+                    session.messages += 1;
+                }
+                session.transaction = None;
+            }
+            Pending::Rset if reply.is_positive() => session.transaction = None,
+            Pending::Auth | Pending::AuthLine => {
+                if reply.code() == 334 {
+                    self.codec.set_mode(Mode::Auth);
+                } else {
+                    self.codec.set_mode(Mode::Command);
+                    let exchange = self.auth.take();
+                    if reply.code() == 235 {
+                        let login = exchange.and_then(|e| e.login());
+                        session.auth = Some(login.unwrap_or_else(|| "(unknown)".into()));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.codec.mode() == Mode::Command {
+            self.command_deadline = Instant::now() + self.config.command_timeout;
+        }
+        self.push(&reply);
+        if quit {
+            return Step::Close(SessionResult::Quit);
+        }
+        if starttls && reply.code() == 220 {
+            return self.start_tls().await;
+        }
+        if reply.code() == 421 {
+            // 421 means "closing the transmission channel" (RFC 5321 §3.8).
+            return Step::Close(SessionResult::Policy);
+        }
+        if reply.is_error() {
+            let session = Arc::make_mut(&mut self.session);
+            session.errors += 1;
+            if session.errors >= self.config.max_errors {
+                self.push(&replies::too_many_errors());
+                return Step::Close(SessionResult::TooManyErrors);
+            }
+        }
+        Step::Continue
+    }
+
+    /// After `220 Ready to start TLS`: the handshake, then the session starts over (RFC 3207
+    /// §4.2: the client must say EHLO again, and nothing learnt in the clear is kept).
+    async fn start_tls(&mut self) -> Step {
+        let Some(tls) = self.config.tls.clone() else {
+            return Step::Close(SessionResult::Policy);
+        };
+        if self.flush().await.is_err() {
+            return Step::Close(SessionResult::IoError);
+        }
+        let Some(plain) = self.io.take_plain() else {
+            return Step::Close(SessionResult::IoError);
+        };
+        match tls.accept(plain).await {
+            Ok(stream) => {
+                let info = stream.tls_info();
+                self.io = stream;
+                let session = Arc::make_mut(&mut self.session);
+                session.tls = info;
+                session.helo = None;
+                session.transaction = None;
+                session.auth = None;
+                if let Some(info) = &info {
+                    self.metrics.record_tls(info);
+                }
+                self.command_deadline = Instant::now() + self.config.command_timeout;
+                Step::Continue
+            }
+            Err(error) => {
+                tracing::info!(target: "attitude::session", session = self.session.id, client = %self.session.client, %error, "TLS handshake failed");
+                Step::Close(SessionResult::IoError)
+            }
+        }
+    }
+}

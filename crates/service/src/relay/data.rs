@@ -1,0 +1,126 @@
+//! DATA: the backend's 354 read before content goes out, content streamed chunk by chunk
+//! (re-dot-stuffed), and the backend's own reply to end of data.
+
+use attitude_balance::{ClientIdentity, FailureKind};
+use attitude_codec::{Command, Reply};
+use bytes::Bytes;
+
+use super::RelayShared;
+use super::open::Opened;
+use super::state::{Phase, RelayState, soften_421};
+use crate::replies;
+
+impl RelayState {
+    /// Reads the backend's answer to DATA (sent early, see `in_transaction`): 354 moves on to
+    /// content; a failure fails over (no content was sent yet); any other reply refuses the
+    /// message at end of data.
+    pub(super) async fn confirm_data(&mut self, shared: &RelayShared, identity: &ClientIdentity) {
+        let mut lease = self.lease.take().expect("a lease in the DataPending phase");
+        let answer = match lease
+            .conn()
+            .reply(shared.config.command_timeout, "DATA")
+            .await
+        {
+            Ok(reply) if reply.code() == 421 => {
+                lease.failure(FailureKind::ServiceUnavailable);
+                None
+            }
+            Ok(reply) => Some(reply),
+            Err(error) => {
+                lease.failure(FailureKind::from(&error));
+                tracing::warn!(backend = %lease.addr(), %error, during = "DATA", "backend failed");
+                None
+            }
+        };
+        let answer = match answer {
+            Some(reply) => {
+                self.lease = Some(lease);
+                Ok(reply)
+            }
+            None if self.authenticated => {
+                self.auth_lost = true;
+                Err(())
+            }
+            None => {
+                let txn = self
+                    .txn
+                    .as_mut()
+                    .expect("a transaction in the DataPending phase");
+                Self::failed_over(shared, txn, &lease);
+                drop(lease);
+                match self.open(shared, identity, &Command::Data).await {
+                    Ok(Opened::Reply(reply)) => Ok(reply),
+                    Ok(Opened::SenderRefused(_)) | Err(_) => Err(()),
+                }
+            }
+        };
+        match answer {
+            Ok(reply) if reply.code() == 354 => {
+                self.phase = Phase::Data {
+                    at_line_start: true,
+                }
+            }
+            Ok(reply) => {
+                self.phase = Phase::Refused;
+                self.refusal = Some(reply);
+            }
+            Err(()) => {
+                shared.metrics.failures.increment(1);
+                self.phase = Phase::Broken;
+            }
+        }
+    }
+
+    /// A chunk of content, written to the backend (dot-stuffed, canonical line endings).
+    pub(super) async fn chunk(
+        &mut self,
+        shared: &RelayShared,
+        chunk: &Bytes,
+        mut at_line_start: bool,
+    ) -> Reply {
+        let lease = self.lease.as_mut().expect("connected in Data phase");
+        match lease
+            .conn()
+            .send_content(chunk, &mut at_line_start, shared.config.data_block_timeout)
+            .await
+        {
+            Ok(()) => {
+                self.phase = Phase::Data { at_line_start };
+                replies::ok()
+            }
+            Err(error) => self.fail(shared, &error, "during DATA"),
+        }
+    }
+
+    /// The final dot: the backend's own reply is the client's (attitude never says 250 for a
+    /// message itself); a 421 becomes a 451, a lost backend a 451.
+    pub(super) async fn end_of_data(&mut self, shared: &RelayShared, at_line_start: bool) -> Reply {
+        let mut lease = self.lease.take().expect("connected in Data phase");
+        self.txn = None;
+        self.phase = Phase::Idle;
+        match lease
+            .conn()
+            .finish_data(at_line_start, shared.config.data_end_timeout)
+            .await
+        {
+            Ok(reply) if reply.code() == 421 => {
+                lease.failure(FailureKind::ServiceUnavailable);
+                soften_421(reply)
+            }
+            Ok(reply) => {
+                if reply.is_transient() {
+                    lease.failure(FailureKind::Transient);
+                }
+                lease.transaction_done();
+                self.put_back(lease);
+                reply
+            }
+            Err(error) => {
+                self.lease = Some(lease);
+                let reply = self.fail(shared, &error, "at end of data");
+                self.phase = Phase::Idle;
+                reply
+            }
+        }
+    }
+}
