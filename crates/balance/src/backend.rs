@@ -133,13 +133,13 @@ impl BackendMetrics {
 /// A connection's place in its backend's count of open connections and, with a limit, its
 /// permit; given back when the connection is dropped.
 #[derive(Debug)]
-pub(crate) struct Slot {
+struct Slot {
     backend: Arc<Backend>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Slot {
-    pub(crate) fn new(backend: Arc<Backend>, permit: Option<OwnedSemaphorePermit>) -> Self {
+    fn new(backend: Arc<Backend>, permit: Option<OwnedSemaphorePermit>) -> Self {
         let n = backend.open.fetch_add(1, Ordering::Relaxed) + 1;
         backend.metrics.open.set(n as f64);
         Self {
@@ -156,10 +156,35 @@ impl Drop for Slot {
     }
 }
 
+/// A backend connection as the pool keeps it: the connection, the transactions it served, and
+/// its place in its backend's count of open connections (and connection limit).
+#[derive(Debug)]
+pub(crate) struct PooledConn {
+    pub(crate) conn: BackendConn,
+    /// Transactions completed on this connection.
+    pub(crate) transactions: u32,
+    _slot: Slot,
+}
+
+impl PooledConn {
+    /// `conn`, counted in `backend`'s open connections, holding `permit` under its limit.
+    pub(crate) fn new(
+        conn: BackendConn,
+        backend: Arc<Backend>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Self {
+            conn,
+            transactions: 0,
+            _slot: Slot::new(backend, permit),
+        }
+    }
+}
+
 /// An idle connection in the pool, with the thread whose runtime owns its socket.
 #[derive(Debug)]
 struct Idle {
-    conn: Box<BackendConn>,
+    conn: Box<PooledConn>,
     thread: ThreadId,
     since: Instant,
 }
@@ -288,7 +313,7 @@ impl Backend {
     }
 
     /// A connection of this thread from the idle pool, if one is fresh and still open.
-    pub(crate) fn take_idle(&self, config: &PoolConfig) -> Option<Box<BackendConn>> {
+    pub(crate) fn take_idle(&self, config: &PoolConfig) -> Option<Box<PooledConn>> {
         let me = std::thread::current().id();
         let mut idle = self.idle.lock().expect("idle lock");
         let now = Instant::now();
@@ -297,8 +322,8 @@ impl Backend {
         while let Some(pos) = idle.iter().rposition(|i| i.thread == me) {
             let entry = idle.remove(pos);
             let fresh = now.duration_since(entry.since) < config.idle_timeout
-                && now.duration_since(entry.conn.opened) < config.max_age
-                && entry.conn.is_open();
+                && now.duration_since(entry.conn.conn.opened) < config.max_age
+                && entry.conn.conn.is_open();
             if fresh {
                 found = Some(entry.conn);
                 break;
@@ -343,11 +368,11 @@ impl Backend {
 
     /// Returns a connection in a clean state (no transaction open) to the pool, or closes it
     /// when the pool is full, the connection is too old or has served enough transactions.
-    pub(crate) fn put_idle(&self, conn: Box<BackendConn>, config: &PoolConfig) {
+    pub(crate) fn put_idle(&self, conn: Box<PooledConn>, config: &PoolConfig) {
         let keep = config.reuse
             && self.is_usable()
             && conn.transactions < config.max_transactions
-            && conn.opened.elapsed() < config.max_age;
+            && conn.conn.opened.elapsed() < config.max_age;
         if !keep {
             return self.retire(conn, config);
         }
@@ -385,7 +410,7 @@ impl Backend {
         let (stale, kept): (Vec<Idle>, Vec<Idle>) =
             std::mem::take(&mut *idle).into_iter().partition(|i| {
                 now.duration_since(i.since) >= config.idle_timeout
-                    || now.duration_since(i.conn.opened) >= config.max_age
+                    || now.duration_since(i.conn.conn.opened) >= config.max_age
             });
         *idle = kept;
         self.metrics.idle.set(idle.len() as f64);
@@ -396,10 +421,14 @@ impl Backend {
     }
 
     /// Says QUIT in the background (a polite close the backend does not log as lost).
-    pub(crate) fn retire(&self, conn: Box<BackendConn>, config: &PoolConfig) {
+    pub(crate) fn retire(&self, conn: Box<PooledConn>, config: &PoolConfig) {
         let limit = config.quit_timeout;
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn((*conn).quit(limit));
+            tokio::spawn(async move {
+                let PooledConn { conn, _slot, .. } = *conn;
+                conn.quit(limit).await;
+                drop(_slot);
+            });
         }
     }
 

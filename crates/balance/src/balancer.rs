@@ -17,15 +17,20 @@ use futures::future::BoxFuture;
 use tower::balance::p2c::Balance;
 use tower::{BoxError, Service};
 
-use crate::discover::ThreadDiscover;
+use crate::discover::{Checkout, ThreadDiscover};
 use crate::lease::Lease;
-use crate::pool::Checkout;
 
 type Choice = BoxFuture<'static, Result<Lease, BoxError>>;
 
 pub(crate) struct ThreadBalancer {
     balance: Mutex<Balance<ThreadDiscover, Checkout>>,
     waiters: Mutex<Vec<Waker>>,
+}
+
+impl std::fmt::Debug for ThreadBalancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadBalancer").finish_non_exhaustive()
+    }
 }
 
 impl ThreadBalancer {

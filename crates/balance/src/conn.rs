@@ -128,7 +128,11 @@ impl From<ClientCodecError> for BackendError {
     }
 }
 
-/// An open SMTP session with a backend.
+/// Called with what a backend offered, on every new connection and health check (AUTH offer).
+pub type CapsHook = std::sync::Arc<dyn Fn(&BackendCaps) + Send + Sync>;
+
+/// An open SMTP session with a backend: a plain SMTP client connection, with no pool
+/// bookkeeping (the pool wraps it with that).
 #[derive(Debug)]
 pub struct BackendConn {
     stream: Stream<TcpStream>,
@@ -137,8 +141,6 @@ pub struct BackendConn {
     wbuf: BytesMut,
     codec: ClientCodec,
     caps: BackendCaps,
-    /// Transactions completed on this connection.
-    pub transactions: u32,
     /// When the connection was opened.
     pub opened: Instant,
     /// The identity last given by XCLIENT or PROXY ([`ClientIdentity::key`]).
@@ -148,8 +150,6 @@ pub struct BackendConn {
     xclient: Option<XclientAttrs>,
     /// The reply deadline (see `read_reply`).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// Its place in its backend's count of open connections (and in its connection limit).
-    pub(crate) slot: Option<crate::backend::Slot>,
 }
 
 impl BackendConn {
@@ -177,12 +177,10 @@ impl BackendConn {
             wbuf: BytesMut::with_capacity(512),
             codec: ClientCodec::new(),
             caps: BackendCaps::default(),
-            transactions: 0,
             opened: Instant::now(),
             identity: None,
             xclient: None,
             timer: Box::pin(tokio::time::sleep(reply_timeout)),
-            slot: None,
         };
         if let Some(preamble) = preamble {
             conn.wbuf.extend_from_slice(preamble);

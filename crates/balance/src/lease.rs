@@ -4,19 +4,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::{Backend, FailureKind};
+use crate::backend::{Backend, FailureKind, PooledConn};
+use crate::config::PoolConfig;
 use crate::conn::BackendConn;
-use crate::pool::Inner;
+use crate::registry::Registry;
 
 /// A backend connection lent to a session. While busy it counts as a transaction in flight on
 /// its backend (the p2c load). [`Lease::release`] gives it back to the pool; dropping it closes
 /// the connection (the way to abort a transaction the backend must not keep).
 #[derive(Debug)]
 pub struct Lease {
-    pool: Arc<Inner>,
+    config: Arc<PoolConfig>,
+    /// Failures count toward the backend's ejection.
+    registry: Arc<Registry>,
     backend: Arc<Backend>,
     /// Boxed: a session keeps a lease between transactions, and idle sessions should be small.
-    conn: Option<Box<BackendConn>>,
+    conn: Option<Box<PooledConn>>,
     reused: bool,
     pinned: bool,
     busy: bool,
@@ -25,14 +28,16 @@ pub struct Lease {
 
 impl Lease {
     pub(crate) fn new(
-        pool: Arc<Inner>,
+        config: Arc<PoolConfig>,
+        registry: Arc<Registry>,
         backend: Arc<Backend>,
-        conn: Box<BackendConn>,
+        conn: Box<PooledConn>,
         reused: bool,
     ) -> Self {
         backend.begin();
         Self {
-            pool,
+            config,
+            registry,
             backend,
             conn: Some(conn),
             reused,
@@ -44,9 +49,11 @@ impl Lease {
 
     /// The connection.
     pub fn conn(&mut self) -> &mut BackendConn {
-        self.conn
+        &mut self
+            .conn
             .as_mut()
             .expect("a lease holds its connection until released")
+            .conn
     }
 
     /// The backend's address.
@@ -68,7 +75,7 @@ impl Lease {
     /// its next transaction (PROXY identity, XCLIENT once per connection, authenticated) and
     /// closes it at its end.
     pub fn poolable(&self) -> bool {
-        !self.pinned && self.backend.shareable() && self.pool.config.reuse
+        !self.pinned && self.backend.shareable() && self.config.reuse
     }
 
     /// The backend answered as a healthy server does.
@@ -78,7 +85,7 @@ impl Lease {
 
     /// The backend failed (counts toward its ejection).
     pub fn failure(&self, kind: FailureKind) {
-        self.pool.report_failure(&self.backend, kind);
+        self.registry.report_failure(&self.backend, kind);
     }
 
     /// A failover away from this backend.
@@ -117,16 +124,16 @@ impl Lease {
     pub fn release(mut self) {
         let conn = self.conn.take().expect("held");
         if self.poolable() {
-            self.backend.put_idle(conn, &self.pool.config);
+            self.backend.put_idle(conn, &self.config);
         } else {
-            self.backend.retire(conn, &self.pool.config);
+            self.backend.retire(conn, &self.config);
         }
     }
 
     /// Closes the connection with QUIT (the session ended; the connection is not shared).
     pub fn quit(mut self) {
         let conn = self.conn.take().expect("held");
-        self.backend.retire(conn, &self.pool.config);
+        self.backend.retire(conn, &self.config);
     }
 }
 

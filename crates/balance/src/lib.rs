@@ -18,20 +18,31 @@
 //! What a transaction does with its [`Lease`] (failover, replay) is the relay's business, in
 //! attitude-service.
 
+//!
+//! The modules, each importing only those listed before it:
+//! `config`, `identity` → `conn` (a plain SMTP client connection) → `backend` (one server's
+//! state and idle connections) → `health` → `registry` (members, usable set, ejection) →
+//! `lease` → `connector` (opens and pools connections) → `discover` (balancer endpoints) →
+//! `balancer` (p2c per thread), `dns` (discovery) → `pool` (the facade).
+
 mod backend;
 mod balancer;
 mod config;
 mod conn;
+mod connector;
 mod discover;
+mod dns;
 mod health;
 mod identity;
 mod lease;
 mod pool;
+mod registry;
 
 pub use backend::{Backend, BackendSpec, FailureKind};
 pub use config::{BackendTls, HealthConfig, OutlierConfig, PoolConfig};
-pub use conn::{BackendCaps, BackendConn, BackendError};
-pub use discover::DnsSource;
+pub use conn::{BackendCaps, BackendConn, BackendError, CapsHook};
+pub use connector::CheckoutError;
+pub use dns::DnsSource;
 pub use identity::{ClientIdentity, IdentityMode, XclientAttrs, proxy_local_header};
 pub use lease::Lease;
-pub use pool::{CapsHook, CheckoutError, Pool};
+pub use pool::Pool;
