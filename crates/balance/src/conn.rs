@@ -1,18 +1,20 @@
 //! One SMTP client connection to a backend.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use attitude_codec::{
     ClientCodec, ClientCodecError, Command, Reply, dot_stuff_into, is_wire_ready,
 };
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use attitude_edge::Stream;
 
 use crate::config::BackendTls;
+use crate::transport::{Dial, Transport};
 use tokio::time::timeout;
 use tokio_util::codec::Decoder;
 
@@ -135,7 +137,7 @@ pub type CapsHook = std::sync::Arc<dyn Fn(&BackendCaps) + Send + Sync>;
 /// bookkeeping (the pool wraps it with that).
 #[derive(Debug)]
 pub struct BackendConn {
-    stream: Stream<TcpStream>,
+    stream: Stream<Box<dyn Transport>>,
     addr: SocketAddr,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -157,6 +159,7 @@ impl BackendConn {
     /// (implicit, or STARTTLS after EHLO), reads the greeting and says EHLO (HELO if EHLO is
     /// refused).
     pub async fn open(
+        dial: &dyn Dial,
         addr: SocketAddr,
         helo_name: &str,
         connect_timeout: Duration,
@@ -164,12 +167,10 @@ impl BackendConn {
         preamble: Option<&[u8]>,
         tls: Option<&BackendTls>,
     ) -> Result<Self, BackendError> {
-        let stream = timeout(connect_timeout, TcpStream::connect(addr))
+        let stream = timeout(connect_timeout, dial.dial(addr))
             .await
             .map_err(|_| BackendError::Timeout("connect"))?
             .map_err(|source| BackendError::Connect { addr, source })?;
-        // Small writes (commands, the final dot) must not wait for Nagle + delayed ACK.
-        stream.set_nodelay(true)?;
         let mut conn = Self {
             stream: Stream::Plain(stream),
             addr,
@@ -282,11 +283,7 @@ impl BackendConn {
         let Some(socket) = self.stream.get_ref() else {
             return false;
         };
-        // A peek: under TLS the bytes (a close_notify, say) are the TLS layer's to read.
-        let mut byte = [0u8; 1];
-        let mut buf = tokio::io::ReadBuf::new(&mut byte);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        self.rbuf.is_empty() && socket.poll_peek(&mut cx, &mut buf).is_pending()
+        self.rbuf.is_empty() && socket.quiet()
     }
 
     /// The backend's address.
@@ -463,7 +460,10 @@ impl BackendConn {
 }
 
 /// Writes all of `bytes` and flushes (TLS keeps records until flushed; a socket does not).
-async fn write_flush(stream: &mut Stream<TcpStream>, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_flush<IO: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut Stream<IO>,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
 }

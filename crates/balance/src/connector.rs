@@ -14,6 +14,7 @@ use crate::conn::{BackendConn, BackendError, CapsHook};
 use crate::identity::{ClientIdentity, IdentityMode};
 use crate::lease::Lease;
 use crate::registry::Registry;
+use crate::transport::Dial;
 
 /// Why no backend connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,7 @@ pub(crate) struct Connector {
     /// Failures count toward ejection.
     registry: Arc<Registry>,
     on_caps: Option<CapsHook>,
+    dial: Arc<dyn Dial>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -53,11 +55,13 @@ impl Connector {
         config: Arc<PoolConfig>,
         registry: Arc<Registry>,
         on_caps: Option<CapsHook>,
+        dial: Arc<dyn Dial>,
     ) -> Self {
         Self {
             config,
             registry,
             on_caps,
+            dial,
         }
     }
 
@@ -134,6 +138,7 @@ impl Connector {
         let addr = backend.addr();
         let preamble = (backend.identity() == IdentityMode::Proxy).then(|| identity.proxy_header());
         let mut conn = BackendConn::open(
+            self.dial.as_ref(),
             addr,
             &config.helo_name,
             config.connect_timeout,

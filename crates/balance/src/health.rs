@@ -12,6 +12,7 @@ use crate::backend::Backend;
 use crate::config::{BackendTls, HealthConfig};
 use crate::conn::{BackendConn, BackendError, CapsHook};
 use crate::identity::{IdentityMode, proxy_local_header};
+use crate::transport::Dial;
 
 /// What a health check needs: its settings, attitude's EHLO name, TLS, and who wants to hear
 /// what the backend offers.
@@ -20,6 +21,7 @@ pub(crate) struct Checker {
     pub(crate) helo_name: String,
     pub(crate) tls: Option<BackendTls>,
     pub(crate) on_caps: Option<CapsHook>,
+    pub(crate) dial: Arc<dyn Dial>,
 }
 
 impl std::fmt::Debug for Checker {
@@ -67,6 +69,7 @@ impl Checker {
         // A backend that expects PROXY gets a LOCAL header: "this connection is the proxy's own".
         let preamble = (backend.identity() == IdentityMode::Proxy).then(proxy_local_header);
         let mut conn = BackendConn::open(
+            self.dial.as_ref(),
             backend.addr(),
             &self.helo_name,
             limit,

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::backend::{Backend, FailureKind, PooledConn};
 use crate::config::PoolConfig;

@@ -20,7 +20,7 @@
 
 //!
 //! The modules, each importing only those listed before it:
-//! `config`, `identity` → `conn` (a plain SMTP client connection) → `backend` (one server's
+//! `config`, `identity`, `transport` → `conn` (a plain SMTP client connection) → `backend` (one server's
 //! state and idle connections) → `health` → `registry` (members, usable set, ejection) →
 //! `lease` → `connector` (opens and pools connections) → `discover` (balancer endpoints) →
 //! `balancer` (p2c per thread), `dns` (discovery) → `pool` (the facade).
@@ -37,6 +37,7 @@ mod identity;
 mod lease;
 mod pool;
 mod registry;
+mod transport;
 
 pub use backend::{Backend, BackendSpec, FailureKind};
 pub use config::{BackendTls, HealthConfig, OutlierConfig, PoolConfig};
@@ -46,3 +47,4 @@ pub use dns::DnsSource;
 pub use identity::{ClientIdentity, IdentityMode, XclientAttrs, proxy_local_header};
 pub use lease::Lease;
 pub use pool::Pool;
+pub use transport::{Dial, TcpDial, Transport};

@@ -28,6 +28,7 @@ use crate::health::Checker;
 use crate::identity::ClientIdentity;
 use crate::lease::Lease;
 use crate::registry::Registry;
+use crate::transport::{Dial, TcpDial};
 
 /// The backend pool; cheap to clone. See the crate docs.
 #[derive(Debug, Clone)]
@@ -51,6 +52,12 @@ impl Pool {
     /// A pool with no backends yet; call [`Pool::set_source`] (static list) or
     /// [`Pool::discover_dns`], then [`Pool::start`] from within a Tokio runtime.
     pub fn new(config: PoolConfig, on_caps: Option<CapsHook>) -> Self {
+        Self::with_dial(config, on_caps, Arc::new(TcpDial))
+    }
+
+    /// A pool whose connections `dial` opens (in-process backends, for tests); otherwise as
+    /// [`Pool::new`].
+    pub fn with_dial(config: PoolConfig, on_caps: Option<CapsHook>, dial: Arc<dyn Dial>) -> Self {
         let config = Arc::new(config);
         let stop = CancellationToken::new();
         let checker = Arc::new(Checker {
@@ -58,9 +65,15 @@ impl Pool {
             helo_name: config.helo_name.clone(),
             tls: config.tls.clone(),
             on_caps: on_caps.clone(),
+            dial: dial.clone(),
         });
         let registry = Arc::new(Registry::new(config.clone(), checker, stop.clone()));
-        let connector = Arc::new(Connector::new(config.clone(), registry.clone(), on_caps));
+        let connector = Arc::new(Connector::new(
+            config.clone(),
+            registry.clone(),
+            on_caps,
+            dial,
+        ));
         Self {
             inner: Arc::new(Inner {
                 config,

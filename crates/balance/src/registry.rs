@@ -9,6 +9,8 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use metrics::Gauge;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -174,19 +176,19 @@ impl Registry {
     /// The controller, until the pool stops: ejections that end, idle connections that
     /// expire, usable-set updates.
     pub(crate) async fn control(self: Arc<Self>) {
-        let mut next_ejection_end: Option<std::time::Instant> = None;
+        let mut next_ejection_end: Option<Instant> = None;
         loop {
             // Idle connections are looked at every second; an ejection ends on time.
-            let mut wake = std::time::Instant::now() + Duration::from_secs(1);
+            let mut wake = Instant::now() + Duration::from_secs(1);
             if let Some(end) = next_ejection_end {
                 wake = wake.min(end);
             }
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = self.changed.notified() => {}
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             let members = self.backends();
             next_ejection_end = None;
             for b in &members {

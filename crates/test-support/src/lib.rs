@@ -7,7 +7,9 @@
 //! - [`Sink`] (the project's sink, restartable on a fixed port) and [`Postfix`] (a real Postfix
 //!   instance with its own configuration directory) as backends.
 //!
-//! - [`TestCa`]: certificates signed by a CA of the test's own.
+//! - [`TestCa`]: certificates signed by a CA of the test's own;
+//! - [`session`]: the real driver, command stack and pool in process, over `tokio::io::duplex`,
+//!   against scripted backends, for paused-clock tests.
 //!
 //! Everything binds loopback only, on ports the test chose (port 0 where the peer allows it).
 
@@ -15,6 +17,7 @@ mod backends;
 mod client;
 mod dns;
 mod peer;
+pub mod session;
 mod tls;
 
 pub use backends::{Postfix, Sink};

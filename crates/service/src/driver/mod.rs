@@ -17,7 +17,9 @@ mod outcome;
 mod update;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use attitude_codec::{CodecConfig, Frame, Mode, Reply, ServerCodec};
 use bytes::BytesMut;
@@ -243,7 +245,6 @@ where
                 _ => (COMMAND_READ, self.command_deadline),
             };
             self.rbuf.reserve(want);
-            let deadline = tokio::time::Instant::from_std(deadline);
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
             }
@@ -308,7 +309,7 @@ where
         }
         let deadline = Instant::now() + self.config.data_timeout;
         let n = self.wbuf.len();
-        match timeout_at(deadline.into(), self.io.write_all(&self.wbuf)).await {
+        match timeout_at(deadline, self.io.write_all(&self.wbuf)).await {
             Ok(result) => result?,
             Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         }

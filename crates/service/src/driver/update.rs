@@ -2,7 +2,7 @@
 //! state, AUTH, codec mode), when the session closes, and the STARTTLS upgrade.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use attitude_codec::{Mode, Reply};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,7 +41,7 @@ where
                 session.transaction = Some(Transaction {
                     mail,
                     rcpts: Vec::new(),
-                    started: Instant::now(),
+                    started: std::time::Instant::now(),
                     data_bytes: 0,
                 });
             }

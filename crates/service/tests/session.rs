@@ -1,0 +1,231 @@
+//! The session core in process: the real driver, protocol layer, relay and pool over
+//! `tokio::io::duplex`, against scripted backends (attitude-test-support's `session` harness),
+//! with a paused clock: reply order under pipelining, nothing lost (the backend's own reply to
+//! end of data), replay on failover, DATA failures before the dot, timeouts and the error limit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attitude_service::driver::{DriverConfig, SessionResult};
+use attitude_test_support::session::{Backends, Harness, Script, specs};
+use tokio::time::Instant;
+
+const A: &str = "198.51.100.1:25";
+const B: &str = "198.51.100.2:25";
+
+fn addr(a: &str) -> SocketAddr {
+    a.parse().unwrap()
+}
+
+/// A backend connection that takes one message from alice to bob.
+fn one_message(reply: &str) -> Script {
+    Script::smtp(&["PIPELINING", "8BITMIME"])
+        .read("MAIL FROM:<alice@example.org>")
+        .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
+        .message(reply)
+}
+
+#[tokio::test(start_paused = true)]
+async fn pipelined_commands_get_their_replies_in_order_and_the_message_its_backend_reply() {
+    let backends = Backends::new();
+    backends.script(addr(A), one_message("250 2.0.0 queued as 4711"));
+    let harness = Harness::new(&backends, &[addr(A)]);
+    let (mut c, session) = harness.session();
+    assert!(c.reply().await.starts_with("220 attitude.test"));
+    // One write: EHLO, MAIL, RCPT, DATA (RFC 2920).
+    c.send(b"EHLO client.test\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
+        .await;
+    let ehlo = c.reply().await;
+    assert!(ehlo.starts_with("250-attitude.test") && ehlo.contains("PIPELINING"), "{ehlo}");
+    assert!(c.reply().await.starts_with("250 2.1.0"));
+    assert!(c.reply().await.starts_with("250 2.1.5"));
+    assert!(c.reply().await.starts_with("354"));
+    // The client dot-stuffs a line that starts with a dot ...
+    c.send(b"Subject: hi\r\n\r\n..leading dot\r\nbody\r\n.\r\n").await;
+    // The end-of-data reply is the backend's own: attitude never says 250 for a message.
+    assert_eq!(c.reply().await, "250 2.0.0 queued as 4711");
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    let summary = session.await.unwrap();
+    assert_eq!(summary.result, SessionResult::Quit);
+    assert_eq!(summary.messages, 1);
+    // ... and attitude stuffs it again on the way out.
+    assert_eq!(
+        backends.messages(addr(A)),
+        vec![b"Subject: hi\r\n\r\n..leading dot\r\nbody\r\n".to_vec()]
+    );
+    assert!(backends.unexpected().is_empty(), "{:?}", backends.unexpected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_at_end_of_data_reaches_the_client_as_it_is() {
+    let backends = Backends::new();
+    backends.script(addr(A), one_message("554 5.7.1 spam, go away"));
+    let harness = Harness::new(&backends, &[addr(A)]);
+    let (mut c, _session) = harness.session();
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<alice@example.org>").await;
+    c.cmd("RCPT TO:<bob@example.com>").await;
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: x\r\n\r\nspam\r\n.\r\n").await;
+    assert_eq!(c.reply().await, "554 5.7.1 spam, go away");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_fails_before_data_is_replaced_and_the_transaction_replayed() {
+    let backends = Backends::new();
+    // A takes MAIL but answers the first RCPT with 421 (closing); B gets MAIL and RCPT again.
+    backends.script(
+        addr(A),
+        Script::smtp(&["PIPELINING"])
+            .read("MAIL FROM:<alice@example.org>")
+            .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n421 4.3.2 going down")
+            .close(),
+    );
+    backends.script(addr(B), one_message("250 2.0.0 queued on B"));
+    let mut config = attitude_test_support::session::pool_config();
+    config.failover_attempts = 1;
+    let harness = Harness::with_pool(&backends, &[addr(A)], config);
+    let (mut c, _session) = harness.session();
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    // MAIL picks A, the only backend; then B joins before the first RCPT.
+    assert!(c.cmd("MAIL FROM:<alice@example.org>").await.starts_with("250"));
+    harness.pool.set_source("static", specs(&[addr(A), addr(B)]));
+    let rcpt = c.cmd("RCPT TO:<bob@example.com>").await;
+    assert!(rcpt.starts_with("250 2.1.5"), "the client notices nothing: {rcpt}");
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 queued on B");
+    assert_eq!(
+        backends.lines(addr(B))[..3],
+        [
+            "EHLO attitude.test".to_string(),
+            "MAIL FROM:<alice@example.org>".to_string(),
+            "RCPT TO:<bob@example.com>".to_string()
+        ]
+    );
+    assert!(backends.unexpected().is_empty(), "{:?}", backends.unexpected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_lost_inside_data_is_a_451_at_the_final_dot_never_a_250() {
+    let backends = Backends::new();
+    backends.script(
+        addr(A),
+        Script::smtp(&["PIPELINING"])
+            .read("MAIL FROM:<alice@example.org>")
+            .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
+            .expect("DATA", "354 go ahead")
+            .close(),
+    );
+    let harness = Harness::new(&backends, &[addr(A)]);
+    let (mut c, _session) = harness.session();
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<alice@example.org>").await;
+    c.cmd("RCPT TO:<bob@example.com>").await;
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let body = "x".repeat(900) + "\r\n";
+    for _ in 0..200 {
+        c.send(body.as_bytes()).await;
+    }
+    c.send(b".\r\n").await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("451 4.4.2"), "{reply}");
+    // The session goes on.
+    assert!(c.cmd("NOOP").await.starts_with("250"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_backend_at_mail_is_a_451_and_the_session_goes_on() {
+    let backends = Backends::new();
+    // Nothing scripted: every connection is refused.
+    let harness = Harness::new(&backends, &[addr(A)]);
+    let (mut c, _session) = harness.session();
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    let reply = c.cmd("MAIL FROM:<alice@example.org>").await;
+    assert!(reply.starts_with("451 4.4.1"), "{reply}");
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_closed_after_the_command_timeout_without_waiting_for_it() {
+    let backends = Backends::new();
+    let mut harness = Harness::new(&backends, &[addr(A)]);
+    harness.driver = Arc::new(DriverConfig {
+        command_timeout: Duration::from_secs(300),
+        ..(*harness.driver).clone()
+    });
+    let (mut c, session) = harness.session();
+    let started = Instant::now();
+    c.reply().await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("421 4.4.2"), "{reply}");
+    assert!(started.elapsed() >= Duration::from_secs(300));
+    assert_eq!(session.await.unwrap().result, SessionResult::Timeout);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_drips_a_command_is_closed_at_the_deadline() {
+    let backends = Backends::new();
+    let harness = Harness::new(&backends, &[addr(A)]);
+    let (mut c, session) = harness.session();
+    c.reply().await;
+    let started = Instant::now();
+    // A byte every 10 s never completes a command within 300 s.
+    for byte in b"EHLO a-very-slow-client.example.org" {
+        if !c.try_send(&[*byte]).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let reply = c.reply().await;
+    assert!(reply.starts_with("421 4.4.2"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(320));
+    assert_eq!(session.await.unwrap().result, SessionResult::Timeout);
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_many_errors_close_the_session_with_421() {
+    let backends = Backends::new();
+    let mut harness = Harness::new(&backends, &[addr(A)]);
+    harness.driver = Arc::new(DriverConfig {
+        max_errors: 3,
+        ..(*harness.driver).clone()
+    });
+    let (mut c, session) = harness.session();
+    c.reply().await;
+    assert!(c.cmd("BOGUS").await.starts_with("500"));
+    assert!(c.cmd("BOGUS").await.starts_with("500"));
+    assert!(c.cmd("BOGUS").await.starts_with("500"));
+    let last = c.reply().await;
+    assert!(last.starts_with("421 4.7.0"), "{last}");
+    assert!(c.closed(Duration::from_secs(1)).await);
+    assert_eq!(session.await.unwrap().result, SessionResult::TooManyErrors);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_closes_an_idle_session_with_421_and_lets_a_transaction_finish() {
+    let backends = Backends::new();
+    backends.script(addr(A), one_message("250 2.0.0 queued"));
+    let harness = Harness::new(&backends, &[addr(A)]);
+    let (mut idle, idle_session) = harness.session();
+    let (mut busy, _busy_session) = harness.session();
+    idle.reply().await;
+    busy.reply().await;
+    idle.cmd("EHLO idle.test").await;
+    busy.cmd("EHLO busy.test").await;
+    busy.cmd("MAIL FROM:<alice@example.org>").await;
+    harness.shutdown.drain.cancel();
+    let reply = idle.reply().await;
+    assert!(reply.starts_with("421 4.3.2"), "{reply}");
+    assert_eq!(idle_session.await.unwrap().result, SessionResult::Shutdown);
+    // The transaction in flight finishes.
+    assert!(busy.cmd("RCPT TO:<bob@example.com>").await.starts_with("250"));
+    assert!(busy.cmd("DATA").await.starts_with("354"));
+    busy.send(b"Subject: x\r\n\r\nhello\r\n.\r\n").await;
+    assert_eq!(busy.reply().await, "250 2.0.0 queued");
+}

@@ -1,0 +1,443 @@
+//! An SMTP session in process: the real session driver and command stack (protocol layer, any
+//! policy layers, the relay and the backend pool) over `tokio::io::duplex`, against scripted
+//! backends reached through the pool's own [`Dial`] seam. No socket, no child process: run it
+//! under `#[tokio::test(start_paused = true)]` and timeouts pass without waiting.
+//!
+//! ```ignore
+//! let backends = Backends::new();
+//! backends.script(A, Script::smtp(&["PIPELINING"]).expect("MAIL", "250 ok") ...);
+//! let harness = Harness::new(&backends, &[A]);
+//! let mut client = harness.session();
+//! client.expect("220").await;
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attitude_balance::{BackendSpec, Dial, IdentityMode, Pool, PoolConfig, Transport};
+use attitude_edge::Stream;
+use attitude_service::driver::{self, DriverConfig, DriverMetrics, SessionSummary, Shutdown};
+use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
+use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared};
+use attitude_service::{BoxCommand, Session};
+use futures::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::task::JoinHandle;
+use tower::Layer;
+
+/// Buffer of each in-process connection, each way.
+const PIPE: usize = 256 * 1024;
+
+/// One step of a scripted backend connection.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Write this reply (CRLF added per line).
+    Send(String),
+    /// Read a line that starts with this (case-insensitive); anything else is unexpected.
+    Expect(String),
+    /// Read message content up to the final dot.
+    Data,
+    /// Close the connection.
+    Close,
+    /// Read and never answer (a backend that hangs).
+    Hold,
+}
+
+/// What one backend connection does, step by step. After the last step the backend answers
+/// `QUIT` with 221 and `RSET`/`NOOP` with 250; anything else is recorded as unexpected and
+/// answered `500`.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    steps: Vec<Step>,
+}
+
+impl Script {
+    /// A connection that greets (`220`) and answers EHLO with `capabilities`.
+    pub fn smtp(capabilities: &[&str]) -> Self {
+        let mut ehlo = vec!["250-backend.test".to_string()];
+        ehlo.extend(capabilities.iter().map(|c| format!("250-{c}")));
+        let last = ehlo.pop().expect("at least the name");
+        ehlo.push(last.replacen("250-", "250 ", 1));
+        Self::default()
+            .send("220 backend.test ESMTP")
+            .expect("EHLO", &ehlo.join("\r\n"))
+    }
+
+    /// Writes `reply` (lines joined with CRLF).
+    pub fn send(mut self, reply: &str) -> Self {
+        self.steps.push(Step::Send(reply.to_string()));
+        self
+    }
+
+    /// Reads a line starting with `prefix`, then answers `reply`.
+    pub fn expect(mut self, prefix: &str, reply: &str) -> Self {
+        self.steps.push(Step::Expect(prefix.to_string()));
+        self.steps.push(Step::Send(reply.to_string()));
+        self
+    }
+
+    /// Reads a line starting with `prefix` and answers nothing (pipelined commands whose
+    /// replies come later).
+    pub fn read(mut self, prefix: &str) -> Self {
+        self.steps.push(Step::Expect(prefix.to_string()));
+        self
+    }
+
+    /// A whole message: `DATA` answered `354`, the content read up to the final dot (and
+    /// recorded), then `reply`.
+    pub fn message(self, reply: &str) -> Self {
+        let mut s = self.expect("DATA", "354 go ahead");
+        s.steps.push(Step::Data);
+        s.send(reply)
+    }
+
+    /// Reads the content up to the final dot (after a `354` sent earlier), then `reply`.
+    pub fn content(mut self, reply: &str) -> Self {
+        self.steps.push(Step::Data);
+        self.send(reply)
+    }
+
+    /// Closes the connection.
+    pub fn close(mut self) -> Self {
+        self.steps.push(Step::Close);
+        self
+    }
+
+    /// Reads on and never answers.
+    pub fn hold(mut self) -> Self {
+        self.steps.push(Step::Hold);
+        self
+    }
+}
+
+#[derive(Debug, Default)]
+struct Net {
+    scripts: HashMap<SocketAddr, VecDeque<Script>>,
+    /// Every line each backend read, in order, as `addr> line`.
+    log: Vec<String>,
+    unexpected: Vec<String>,
+    messages: Vec<(SocketAddr, Vec<u8>)>,
+    dials: HashMap<SocketAddr, usize>,
+}
+
+/// Scripted backends: each connection to an address runs the next script queued for it; an
+/// address with none left refuses the connection.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    net: Arc<Mutex<Net>>,
+}
+
+impl Backends {
+    /// No backends yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues `script` for the next connection to `addr`.
+    pub fn script(&self, addr: SocketAddr, script: Script) {
+        let mut net = self.net.lock().expect("net lock");
+        net.scripts.entry(addr).or_default().push_back(script);
+    }
+
+    /// Every line the backends read, in order, as `addr> line`.
+    pub fn log(&self) -> Vec<String> {
+        self.net.lock().expect("net lock").log.clone()
+    }
+
+    /// The lines `addr` read.
+    pub fn lines(&self, addr: SocketAddr) -> Vec<String> {
+        let prefix = format!("{addr}> ");
+        self.log()
+            .iter()
+            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    /// Lines that did not match the script.
+    pub fn unexpected(&self) -> Vec<String> {
+        self.net.lock().expect("net lock").unexpected.clone()
+    }
+
+    /// The messages `addr` received (content as read, dot-stuffed, without the final dot).
+    pub fn messages(&self, addr: SocketAddr) -> Vec<Vec<u8>> {
+        let net = self.net.lock().expect("net lock");
+        net.messages
+            .iter()
+            .filter(|(a, _)| *a == addr)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// How many connections were made to `addr`.
+    pub fn dials(&self, addr: SocketAddr) -> usize {
+        *self.net.lock().expect("net lock").dials.get(&addr).unwrap_or(&0)
+    }
+}
+
+impl Dial for Backends {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Transport>>> {
+        let script = {
+            let mut net = self.net.lock().expect("net lock");
+            *net.dials.entry(addr).or_default() += 1;
+            net.scripts.get_mut(&addr).and_then(VecDeque::pop_front)
+        };
+        let net = self.net.clone();
+        Box::pin(async move {
+            let Some(script) = script else {
+                return Err(io::ErrorKind::ConnectionRefused.into());
+            };
+            let (ours, theirs) = tokio::io::duplex(PIPE);
+            tokio::spawn(run(script, addr, theirs, net));
+            Ok(Box::new(ours) as Box<dyn Transport>)
+        })
+    }
+}
+
+/// Plays `script` on one connection.
+async fn run(script: Script, addr: SocketAddr, io: DuplexStream, net: Arc<Mutex<Net>>) {
+    let (read, mut write) = tokio::io::split(io);
+    let mut read = BufReader::new(read);
+    let record = |line: &str| {
+        net.lock()
+            .expect("net lock")
+            .log
+            .push(format!("{addr}> {line}"))
+    };
+    let unexpected = |what: String| net.lock().expect("net lock").unexpected.push(what);
+    let mut line = String::new();
+    for step in script.steps {
+        match step {
+            Step::Send(reply) => {
+                let wire = format!("{}\r\n", reply.replace("\r\n", "\n").replace('\n', "\r\n"));
+                if write.write_all(wire.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Step::Expect(prefix) => {
+                line.clear();
+                if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    unexpected(format!("{addr}: closed while expecting {prefix}"));
+                    return;
+                }
+                let got = line.trim_end_matches(['\r', '\n']).to_string();
+                record(&got);
+                if !got.to_ascii_uppercase().starts_with(&prefix.to_ascii_uppercase()) {
+                    unexpected(format!("{addr}: expected {prefix}, got {got}"));
+                    return;
+                }
+            }
+            Step::Data => {
+                let mut content = Vec::new();
+                loop {
+                    line.clear();
+                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        unexpected(format!("{addr}: closed inside DATA"));
+                        return;
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    content.extend_from_slice(line.as_bytes());
+                }
+                record(".");
+                net.lock().expect("net lock").messages.push((addr, content));
+            }
+            Step::Close => return,
+            Step::Hold => {
+                let mut sink = Vec::new();
+                let _ = read.read_to_end(&mut sink).await;
+                return;
+            }
+        }
+    }
+    // The script is done: a polite tail.
+    loop {
+        line.clear();
+        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let got = line.trim_end_matches(['\r', '\n']).to_string();
+        record(&got);
+        let verb = got.to_ascii_uppercase();
+        let reply: &[u8] = if verb.starts_with("QUIT") {
+            b"221 2.0.0 bye\r\n"
+        } else if verb.starts_with("RSET") || verb.starts_with("NOOP") {
+            b"250 2.0.0 ok\r\n"
+        } else {
+            unexpected(format!("{addr}: unscripted {got}"));
+            b"500 5.5.1 not in the script\r\n"
+        };
+        if write.write_all(reply).await.is_err() {
+            return;
+        }
+        if verb.starts_with("QUIT") {
+            return;
+        }
+    }
+}
+
+/// The real stack of one listener, in process: driver settings, protocol layer, an optional
+/// policy layer, the relay, and a pool over [`Backends`].
+pub struct Harness {
+    /// The pool (started, health checks off unless the configuration turns them on).
+    pub pool: Pool,
+    /// Session driver settings.
+    pub driver: Arc<DriverConfig>,
+    /// The protocol layer's settings.
+    pub protocol: ProtocolConfig,
+    /// The relay's time limits.
+    pub relay: RelayConfig,
+    /// Wraps the relay in policy layers (innermost first), if set.
+    pub policies: Option<Arc<dyn Fn(BoxCommand) -> BoxCommand + Send + Sync>>,
+    /// The shutdown stages every session of this harness watches.
+    pub shutdown: Shutdown,
+    ids: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness").finish_non_exhaustive()
+    }
+}
+
+/// The pool settings of a harness: health checks off, one failover.
+pub fn pool_config() -> PoolConfig {
+    let mut config = PoolConfig {
+        helo_name: "attitude.test".into(),
+        ..PoolConfig::default()
+    };
+    config.health.enabled = false;
+    config
+}
+
+/// `addrs` as static backends of weight 1, no identity forwarding.
+pub fn specs(addrs: &[SocketAddr]) -> Vec<BackendSpec> {
+    addrs
+        .iter()
+        .map(|addr| BackendSpec {
+            addr: *addr,
+            weight: 1,
+            identity: IdentityMode::None,
+        })
+        .collect()
+}
+
+impl Harness {
+    /// The defaults over `backends` reached at `addrs`. Call within a Tokio runtime.
+    pub fn new(backends: &Backends, addrs: &[SocketAddr]) -> Self {
+        Self::with_pool(backends, addrs, pool_config())
+    }
+
+    /// As [`Harness::new`], with these pool settings.
+    pub fn with_pool(backends: &Backends, addrs: &[SocketAddr], config: PoolConfig) -> Self {
+        let pool = Pool::with_dial(config, None, Arc::new(backends.clone()));
+        pool.set_source("static", specs(addrs));
+        pool.start();
+        Self {
+            pool,
+            driver: Arc::new(DriverConfig {
+                hostname: "attitude.test".into(),
+                ..DriverConfig::default()
+            }),
+            protocol: ProtocolConfig {
+                hostname: "attitude.test".into(),
+                ..ProtocolConfig::default()
+            },
+            relay: RelayConfig::default(),
+            policies: None,
+            shutdown: Shutdown::default(),
+            ids: 1.into(),
+        }
+    }
+
+    /// Starts one client session; the handle gives its summary once it ended.
+    pub fn session(&self) -> (Client, JoinHandle<SessionSummary>) {
+        let id = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let client_addr: SocketAddr = format!("192.0.2.{}:{}", id % 250 + 1, 40000 + id % 20000)
+            .parse()
+            .expect("address");
+        let local: SocketAddr = "192.0.2.254:25".parse().expect("address");
+        let (ours, theirs) = tokio::io::duplex(PIPE);
+        let mut session = Session::new(id, client_addr, local);
+        session.starttls = self.driver.tls.is_some();
+        let relay = RelayShared::new(self.relay.clone(), self.pool.clone(), RelayMetrics::register());
+        let mut inner = BoxCommand::new(Relay::new(relay));
+        if let Some(policies) = &self.policies {
+            inner = policies(inner);
+        }
+        let service = ProtocolLayer::new(self.protocol.clone()).layer(inner);
+        let task = tokio::spawn(driver::drive(
+            Stream::Plain(theirs),
+            session,
+            service,
+            self.driver.clone(),
+            self.shutdown.clone(),
+            DriverMetrics::register(),
+        ));
+        (Client::new(ours), task)
+    }
+}
+
+/// The client end of an in-process session.
+#[derive(Debug)]
+pub struct Client {
+    io: BufReader<DuplexStream>,
+}
+
+impl Client {
+    fn new(io: DuplexStream) -> Self {
+        Self {
+            io: BufReader::new(io),
+        }
+    }
+
+    /// Writes `bytes` as they are.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.io
+            .get_mut()
+            .write_all(bytes)
+            .await
+            .expect("write to the session");
+    }
+
+    /// Writes `bytes`; `false` when the session has closed.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.io.get_mut().write_all(bytes).await.is_ok()
+    }
+
+    /// The next whole reply, lines joined with `\n` (without CRLF); empty when the session
+    /// closed.
+    pub async fn reply(&mut self) -> String {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.io.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return lines.join("\n");
+            }
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return lines.join("\n");
+            }
+        }
+    }
+
+    /// Sends `line` with CRLF and returns the reply.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Whether the session closed (reads to the end, within `limit` of virtual time).
+    pub async fn closed(&mut self, limit: Duration) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(limit, self.io.read_to_end(&mut rest)).await,
+            Ok(Ok(_))
+        )
+    }
+}
