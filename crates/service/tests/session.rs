@@ -37,12 +37,16 @@ async fn pipelined_commands_get_their_replies_in_order_and_the_message_its_backe
     c.send(b"EHLO client.test\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
         .await;
     let ehlo = c.reply().await;
-    assert!(ehlo.starts_with("250-attitude.test") && ehlo.contains("PIPELINING"), "{ehlo}");
+    assert!(
+        ehlo.starts_with("250-attitude.test") && ehlo.contains("PIPELINING"),
+        "{ehlo}"
+    );
     assert!(c.reply().await.starts_with("250 2.1.0"));
     assert!(c.reply().await.starts_with("250 2.1.5"));
     assert!(c.reply().await.starts_with("354"));
     // The client dot-stuffs a line that starts with a dot ...
-    c.send(b"Subject: hi\r\n\r\n..leading dot\r\nbody\r\n.\r\n").await;
+    c.send(b"Subject: hi\r\n\r\n..leading dot\r\nbody\r\n.\r\n")
+        .await;
     // The end-of-data reply is the backend's own: attitude never says 250 for a message.
     assert_eq!(c.reply().await, "250 2.0.0 queued as 4711");
     assert!(c.cmd("QUIT").await.starts_with("221"));
@@ -54,7 +58,11 @@ async fn pipelined_commands_get_their_replies_in_order_and_the_message_its_backe
         backends.messages(addr(A)),
         vec![b"Subject: hi\r\n\r\n..leading dot\r\nbody\r\n".to_vec()]
     );
-    assert!(backends.unexpected().is_empty(), "{:?}", backends.unexpected());
+    assert!(
+        backends.unexpected().is_empty(),
+        "{:?}",
+        backends.unexpected()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -80,7 +88,10 @@ async fn a_backend_that_fails_before_data_is_replaced_and_the_transaction_replay
         addr(A),
         Script::smtp(&["PIPELINING"])
             .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n421 4.3.2 going down")
+            .expect(
+                "RCPT TO:<bob@example.com>",
+                "250 2.1.0 ok\r\n421 4.3.2 going down",
+            )
             .close(),
     );
     backends.script(addr(B), one_message("250 2.0.0 queued on B"));
@@ -91,10 +102,19 @@ async fn a_backend_that_fails_before_data_is_replaced_and_the_transaction_replay
     c.reply().await;
     c.cmd("EHLO client.test").await;
     // MAIL picks A, the only backend; then B joins before the first RCPT.
-    assert!(c.cmd("MAIL FROM:<alice@example.org>").await.starts_with("250"));
-    harness.pool.set_source("static", specs(&[addr(A), addr(B)]));
+    assert!(
+        c.cmd("MAIL FROM:<alice@example.org>")
+            .await
+            .starts_with("250")
+    );
+    harness
+        .pool
+        .set_source("static", specs(&[addr(A), addr(B)]));
     let rcpt = c.cmd("RCPT TO:<bob@example.com>").await;
-    assert!(rcpt.starts_with("250 2.1.5"), "the client notices nothing: {rcpt}");
+    assert!(
+        rcpt.starts_with("250 2.1.5"),
+        "the client notices nothing: {rcpt}"
+    );
     assert!(c.cmd("DATA").await.starts_with("354"));
     c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n").await;
     assert_eq!(c.reply().await, "250 2.0.0 queued on B");
@@ -106,7 +126,11 @@ async fn a_backend_that_fails_before_data_is_replaced_and_the_transaction_replay
             "RCPT TO:<bob@example.com>".to_string()
         ]
     );
-    assert!(backends.unexpected().is_empty(), "{:?}", backends.unexpected());
+    assert!(
+        backends.unexpected().is_empty(),
+        "{:?}",
+        backends.unexpected()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -224,7 +248,11 @@ async fn a_drain_closes_an_idle_session_with_421_and_lets_a_transaction_finish()
     assert!(reply.starts_with("421 4.3.2"), "{reply}");
     assert_eq!(idle_session.await.unwrap().result, SessionResult::Shutdown);
     // The transaction in flight finishes.
-    assert!(busy.cmd("RCPT TO:<bob@example.com>").await.starts_with("250"));
+    assert!(
+        busy.cmd("RCPT TO:<bob@example.com>")
+            .await
+            .starts_with("250")
+    );
     assert!(busy.cmd("DATA").await.starts_with("354"));
     busy.send(b"Subject: x\r\n\r\nhello\r\n.\r\n").await;
     assert_eq!(busy.reply().await, "250 2.0.0 queued");

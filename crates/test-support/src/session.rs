@@ -173,7 +173,13 @@ impl Backends {
 
     /// How many connections were made to `addr`.
     pub fn dials(&self, addr: SocketAddr) -> usize {
-        *self.net.lock().expect("net lock").dials.get(&addr).unwrap_or(&0)
+        *self
+            .net
+            .lock()
+            .expect("net lock")
+            .dials
+            .get(&addr)
+            .unwrap_or(&0)
     }
 }
 
@@ -224,7 +230,10 @@ async fn run(script: Script, addr: SocketAddr, io: DuplexStream, net: Arc<Mutex<
                 }
                 let got = line.trim_end_matches(['\r', '\n']).to_string();
                 record(&got);
-                if !got.to_ascii_uppercase().starts_with(&prefix.to_ascii_uppercase()) {
+                if !got
+                    .to_ascii_uppercase()
+                    .starts_with(&prefix.to_ascii_uppercase())
+                {
                     unexpected(format!("{addr}: expected {prefix}, got {got}"));
                     return;
                 }
@@ -363,7 +372,11 @@ impl Harness {
         let (ours, theirs) = tokio::io::duplex(PIPE);
         let mut session = Session::new(id, client_addr, local);
         session.starttls = self.driver.tls.is_some();
-        let relay = RelayShared::new(self.relay.clone(), self.pool.clone(), RelayMetrics::register());
+        let relay = RelayShared::new(
+            self.relay.clone(),
+            self.pool.clone(),
+            RelayMetrics::register(),
+        );
         let mut inner = BoxCommand::new(Relay::new(relay));
         if let Some(policies) = &self.policies {
             inner = policies(inner);
