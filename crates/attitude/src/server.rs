@@ -445,7 +445,8 @@ fn watch_files(paths: &[PathBuf]) -> Result<tokio::sync::mpsc::UnboundedReceiver
     let files: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
     let watcher = attitude_edge::watch::directories_of(&files, "configuration file", move || {
         let _ = tx.send(());
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     // The watcher lives as long as the process.
     std::mem::forget(watcher);
     Ok(rx)

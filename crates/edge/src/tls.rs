@@ -12,6 +12,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use crate::watch::WatchError;
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -28,6 +30,79 @@ pub fn provider() -> Arc<CryptoProvider> {
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// Why a certificate, a key or a CA file cannot be used; the text names the file and the
+/// problem.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("{what} {}: cannot read: {source}", .path.display())]
+    Read {
+        /// Which file: "TLS certificate", "TLS key", "backend TLS CA file".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A file was read, but its content cannot be used.
+    #[error("{what} {}: {problem}", .path.display())]
+    Unusable {
+        /// Which file.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The key is not the certificate's.
+    #[error("TLS key {} does not belong to certificate {}: {source}", .key.display(), .cert.display())]
+    Mismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+        /// Cause.
+        source: rustls::Error,
+    },
+    /// rustls refused the settings.
+    #[error("TLS: {0}")]
+    Config(#[source] rustls::Error),
+    /// `server_name` is neither a DNS name nor an address.
+    #[error("backend TLS server_name {name:?}: {problem}")]
+    ServerName {
+        /// The name given.
+        name: String,
+        /// Why it is not one.
+        problem: String,
+    },
+    /// The files' directories cannot be watched.
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    /// The watch thread did not start.
+    #[error("cannot start the TLS watch thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+const CERT: &str = "TLS certificate";
+const KEY: &str = "TLS key";
+const CA: &str = "backend TLS CA file";
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn unusable(what: &'static str, path: &Path, problem: impl std::fmt::Display) -> TlsError {
+    TlsError::Unusable {
+        what,
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    }
+}
+
 /// A certificate chain and its key, as loaded from PEM files.
 struct Loaded {
     key: Arc<CertifiedKey>,
@@ -37,44 +112,44 @@ struct Loaded {
     not_after: i64,
 }
 
-fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Loaded, String> {
-    let cert_pem = std::fs::read(cert)
-        .map_err(|e| format!("TLS certificate {}: cannot read: {e}", cert.display()))?;
-    let key_pem =
-        std::fs::read(key).map_err(|e| format!("TLS key {}: cannot read: {e}", key.display()))?;
+fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Loaded, TlsError> {
+    let cert_pem = read(CERT, cert)?;
+    let key_pem = read(KEY, key)?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("TLS certificate {}: not PEM: {e}", cert.display()))?;
+        .map_err(|e| unusable(CERT, cert, format!("not PEM: {e}")))?;
     let Some(leaf) = chain.first() else {
-        return Err(format!(
-            "TLS certificate {}: no CERTIFICATE block; give the PEM certificate chain, leaf first",
-            cert.display()
+        return Err(unusable(
+            CERT,
+            cert,
+            "no CERTIFICATE block; give the PEM certificate chain, leaf first",
         ));
     };
     let not_after = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| format!("TLS certificate {}: not X.509: {e}", cert.display()))?
+        .map_err(|e| unusable(CERT, cert, format!("not X.509: {e}")))?
         .1
         .validity()
         .not_after
         .timestamp();
     let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        format!(
-            "TLS key {}: no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}",
-            key.display()
+        unusable(
+            KEY,
+            key,
+            format!("no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
         )
     })?;
     let signing = provider
         .key_provider
         .load_private_key(private)
-        .map_err(|e| format!("TLS key {}: unusable: {e}", key.display()))?;
+        .map_err(|e| unusable(KEY, key, format!("unusable: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        format!(
-            "TLS key {} does not belong to certificate {}: {e}",
-            key.display(),
-            cert.display()
-        )
-    })?;
+    certified
+        .keys_match()
+        .map_err(|source| TlsError::Mismatch {
+            key: key.to_path_buf(),
+            cert: cert.to_path_buf(),
+            source,
+        })?;
     Ok(Loaded {
         key: Arc::new(certified),
         raw: (cert_pem, key_pem),
@@ -124,13 +199,13 @@ impl std::fmt::Debug for ServerTls {
 impl ServerTls {
     /// Loads `cert` (PEM chain, leaf first) and `key` (PEM); the error names the file and the
     /// problem.
-    pub fn load(cert: &Path, key: &Path, handshake_timeout: Duration) -> Result<Self, String> {
+    pub fn load(cert: &Path, key: &Path, handshake_timeout: Duration) -> Result<Self, TlsError> {
         let provider = provider();
         let loaded = load_pair(cert, key, &provider)?;
         let current = Arc::new(Current(ArcSwap::new(loaded.key)));
         let config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(VERSIONS)
-            .map_err(|e| format!("TLS: {e}"))?
+            .map_err(TlsError::Config)?
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
         let metrics = TlsMetrics {
@@ -157,7 +232,7 @@ impl ServerTls {
     /// Loads the files again. `Ok(true)`: a new pair is in use for new handshakes; `Ok(false)`:
     /// the files did not change; `Err`: they do not load, and the old pair stays. Logged and
     /// counted either way (`attitude_tls_certificate_reload_total{result}`).
-    pub fn reload(&self) -> Result<bool, String> {
+    pub fn reload(&self) -> Result<bool, TlsError> {
         match load_pair(&self.cert, &self.key, &self.provider) {
             Ok(loaded) => {
                 let mut raw = self.raw.lock().expect("tls raw lock");
@@ -185,7 +260,7 @@ impl ServerTls {
     /// (Kubernetes replaces a mounted Secret by swapping a symlink, so the files themselves
     /// are not what changes). Events are gathered for `settle` before one reload. The watch
     /// runs on a thread of its own for the life of the process.
-    pub fn watch(self: &Arc<Self>, settle: Duration) -> Result<(), String> {
+    pub fn watch(self: &Arc<Self>, settle: Duration) -> Result<(), TlsError> {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let watcher =
             crate::watch::directories_of(&[&self.cert, &self.key], "TLS certificate", move || {
@@ -202,7 +277,7 @@ impl ServerTls {
                     let _ = this.reload();
                 }
             })
-            .map_err(|e| format!("cannot start the TLS watch thread: {e}"))?;
+            .map_err(TlsError::Thread)?;
         Ok(())
     }
 
@@ -257,30 +332,21 @@ impl std::fmt::Debug for ClientTls {
 impl ClientTls {
     /// A client that verifies as told; `server_name` is the name the backends' certificates
     /// carry (`None`: each backend's IP address).
-    pub fn new(verify: &Verify, server_name: Option<&str>) -> Result<Self, String> {
+    pub fn new(verify: &Verify, server_name: Option<&str>) -> Result<Self, TlsError> {
         let provider = provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(VERSIONS)
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(TlsError::Config)?;
         let config = match verify {
             Verify::CaFile(path) => {
                 let mut roots = rustls::RootCertStore::empty();
-                let pem = std::fs::read(path).map_err(|e| {
-                    format!("backend TLS CA file {}: cannot read: {e}", path.display())
-                })?;
+                let pem = read(CA, path)?;
                 for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.map_err(|e| {
-                        format!("backend TLS CA file {}: not PEM: {e}", path.display())
-                    })?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("backend TLS CA file {}: {e}", path.display()))?;
+                    let cert = cert.map_err(|e| unusable(CA, path, format!("not PEM: {e}")))?;
+                    roots.add(cert).map_err(|e| unusable(CA, path, e))?;
                 }
                 if roots.is_empty() {
-                    return Err(format!(
-                        "backend TLS CA file {}: no CA certificate in it",
-                        path.display()
-                    ));
+                    return Err(unusable(CA, path, "no CA certificate in it"));
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
@@ -291,8 +357,10 @@ impl ClientTls {
         };
         let server_name = server_name
             .map(|name| {
-                ServerName::try_from(name.to_owned())
-                    .map_err(|e| format!("backend TLS server_name {name:?}: {e}"))
+                ServerName::try_from(name.to_owned()).map_err(|e| TlsError::ServerName {
+                    name: name.to_owned(),
+                    problem: e.to_string(),
+                })
             })
             .transpose()?;
         Ok(Self {
@@ -397,13 +465,19 @@ mod tests {
         let (_, other_key) = pair(&dir, "b");
         let limit = Duration::from_secs(1);
         assert!(ServerTls::load(&cert, &key, limit).is_ok());
-        let err = ServerTls::load(&cert, &other_key, limit).unwrap_err();
+        let err = ServerTls::load(&cert, &other_key, limit)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not belong to certificate"), "{err}");
-        let err = ServerTls::load(&key, &key, limit).unwrap_err();
+        let err = ServerTls::load(&key, &key, limit).unwrap_err().to_string();
         assert!(err.contains("no CERTIFICATE block"), "{err}");
-        let err = ServerTls::load(&cert, &cert, limit).unwrap_err();
+        let err = ServerTls::load(&cert, &cert, limit)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no PEM private key"), "{err}");
-        let err = ServerTls::load(&dir.join("missing.crt"), &key, limit).unwrap_err();
+        let err = ServerTls::load(&dir.join("missing.crt"), &key, limit)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing.crt: cannot read"), "{err}");
     }
 
@@ -413,14 +487,17 @@ mod tests {
         let (cert, key) = pair(&dir, "a");
         let tls = ServerTls::load(&cert, &key, Duration::from_secs(1)).unwrap();
         let first = tls.current.0.load_full();
-        assert_eq!(tls.reload(), Ok(false), "unchanged files are not a reload");
+        assert!(
+            matches!(tls.reload(), Ok(false)),
+            "unchanged files are not a reload"
+        );
         std::fs::write(&key, "garbage").unwrap();
         assert!(tls.reload().is_err());
         assert!(Arc::ptr_eq(&first, &tls.current.0.load_full()));
         let (cert2, key2) = pair(&dir, "b");
         std::fs::rename(cert2, &cert).unwrap();
         std::fs::rename(key2, &key).unwrap();
-        assert_eq!(tls.reload(), Ok(true));
+        assert!(matches!(tls.reload(), Ok(true)));
         assert!(!Arc::ptr_eq(&first, &tls.current.0.load_full()));
     }
 }

@@ -8,12 +8,23 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver, TokioResolver};
 
+/// No resolver could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    /// /etc/resolv.conf does not say.
+    #[error("cannot read the system's DNS configuration: {0}; set [dns] nameservers")]
+    System(#[source] hickory_resolver::net::NetError),
+    /// The settings do not make a resolver.
+    #[error("cannot build the DNS resolver: {0}")]
+    Build(#[source] hickory_resolver::net::NetError),
+}
+
 /// A resolver asking `nameservers` (`None`: the ones in /etc/resolv.conf), one attempt of at
 /// most `timeout` per query; an error says what to fix.
 pub fn resolver(
     nameservers: Option<&[SocketAddr]>,
     timeout: Duration,
-) -> Result<TokioResolver, String> {
+) -> Result<TokioResolver, ResolverError> {
     let provider = TokioRuntimeProvider::default();
     let mut builder = match nameservers {
         Some(servers) => {
@@ -29,14 +40,10 @@ pub fn resolver(
                 .collect();
             Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
         }
-        None => Resolver::builder(provider).map_err(|e| {
-            format!("cannot read the system's DNS configuration: {e}; set [dns] nameservers")
-        })?,
+        None => Resolver::builder(provider).map_err(ResolverError::System)?,
     };
     let options = builder.options_mut();
     options.timeout = timeout;
     options.attempts = 1;
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the DNS resolver: {e}"))
+    builder.build().map_err(ResolverError::Build)
 }

@@ -259,7 +259,7 @@ impl Default for BackendOutlier {
 
 impl Config {
     /// The pool's settings; fails when the backend TLS settings do not load.
-    pub fn pool_config(&self) -> Result<PoolConfig, String> {
+    pub fn pool_config(&self) -> Result<PoolConfig, attitude_edge::tls::TlsError> {
         let b = &self.backend;
         let t = &self.timeouts;
         let tls = match b.tls.mode {

@@ -22,6 +22,25 @@ enum Pattern {
     Null,
 }
 
+/// A rule value that is not what its field takes.
+#[derive(Debug, thiserror::Error)]
+pub enum MatcherError {
+    /// A client rule's value is no address or network.
+    #[error("{0:?} is not an address or a network (CIDR)")]
+    NotNetwork(String),
+    /// A `/regex/` that does not compile.
+    #[error("{value:?} is not a valid regular expression: {source}")]
+    Regex {
+        /// The value as written.
+        value: String,
+        /// Cause.
+        source: regex::Error,
+    },
+    /// Empty, or with spaces.
+    #[error("{0:?}: write a name, an address or /regex/")]
+    NotAPattern(String),
+}
+
 /// The values of one rule, matched against one kind of field.
 #[derive(Debug, Clone)]
 pub struct Matcher(Kind);
@@ -38,20 +57,20 @@ enum Kind {
 
 impl Matcher {
     /// Client networks from `values` (`192.0.2.0/24`, `2001:db8::/32`, `192.0.2.7`).
-    pub fn networks<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+    pub fn networks<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Self, MatcherError> {
         values
             .into_iter()
             .map(|v| {
                 v.parse::<IpNet>()
                     .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("{v:?} is not an address or a network (CIDR)"))
+                    .map_err(|_| MatcherError::NotNetwork(v.to_owned()))
             })
             .collect::<Result<_, _>>()
             .map(|n| Matcher(Kind::Networks(n)))
     }
 
     /// HELO names: `mx.example.com` (exact), `.example.com` (subdomains), `/regex/`.
-    pub fn names<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+    pub fn names<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Self, MatcherError> {
         values
             .into_iter()
             .map(|v| parse(v, false))
@@ -61,7 +80,7 @@ impl Matcher {
 
     /// Addresses: `user@example.com` (exact), `example.com` or `@example.com` (the domain),
     /// `.example.com` (subdomains), `/regex/`, `<>` (the null sender).
-    pub fn addresses<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+    pub fn addresses<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Self, MatcherError> {
         values
             .into_iter()
             .map(|v| parse(v, true))
@@ -107,18 +126,20 @@ pub fn normalize(value: &str) -> String {
     value.trim_end_matches('.').to_lowercase()
 }
 
-fn parse(value: &str, address: bool) -> Result<Pattern, String> {
+fn parse(value: &str, address: bool) -> Result<Pattern, MatcherError> {
     let v = value.trim();
     let pattern = if v.len() >= 2 && v.starts_with('/') && v.ends_with('/') {
         let body = &v[1..v.len() - 1];
-        Pattern::Regex(
-            Regex::new(&format!("(?i){body}"))
-                .map_err(|e| format!("{v:?} is not a valid regular expression: {e}"))?,
-        )
+        Pattern::Regex(Regex::new(&format!("(?i){body}")).map_err(|source| {
+            MatcherError::Regex {
+                value: v.to_owned(),
+                source,
+            }
+        })?)
     } else if v == "<>" && address {
         Pattern::Null
     } else if v.is_empty() || v.contains(char::is_whitespace) {
-        return Err(format!("{value:?}: write a name, an address or /regex/"));
+        return Err(MatcherError::NotAPattern(value.to_owned()));
     } else if let Some(suffix) = v.strip_prefix('.') {
         Pattern::Suffix(format!(".{}", suffix.trim_end_matches('.').to_lowercase()))
     } else if let Some(domain) = v.strip_prefix('@') {

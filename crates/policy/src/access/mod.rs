@@ -12,7 +12,7 @@ mod matcher;
 mod service;
 
 pub use layer::{AccessAction, AccessConfig, AccessLayer, AccessRule, Field};
-pub use matcher::Matcher;
+pub use matcher::{Matcher, MatcherError};
 pub use service::Access;
 
 /// The response future of [`Access`].

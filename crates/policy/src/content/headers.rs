@@ -28,11 +28,27 @@ pub struct HeaderCheck {
     pub text: String,
 }
 
+/// A header check whose pattern does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("header check /{pattern}/: {source}")]
+pub struct HeaderCheckError {
+    /// The pattern as written.
+    pub pattern: String,
+    /// Cause.
+    pub source: regex::Error,
+}
+
 impl HeaderCheck {
     /// A rule; `pattern` is case-insensitive unless it says otherwise (`(?-i)`).
-    pub fn new(pattern: &str, action: HeaderAction, text: Option<&str>) -> Result<Self, String> {
-        let pattern = Regex::new(&format!("(?i){pattern}"))
-            .map_err(|e| format!("header check /{pattern}/: {e}"))?;
+    pub fn new(
+        pattern: &str,
+        action: HeaderAction,
+        text: Option<&str>,
+    ) -> Result<Self, HeaderCheckError> {
+        let pattern = Regex::new(&format!("(?i){pattern}")).map_err(|source| HeaderCheckError {
+            pattern: pattern.to_owned(),
+            source,
+        })?;
         let text = text.map_or_else(
             || match action {
                 HeaderAction::Reject => "Message content rejected".to_string(),

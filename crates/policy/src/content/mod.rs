@@ -13,7 +13,7 @@ mod layer;
 mod service;
 
 pub use attachments::{AttachmentRules, Blocked, DEFAULT_BLOCKED};
-pub use headers::{HeaderAction, HeaderCheck, first_match};
+pub use headers::{HeaderAction, HeaderCheck, HeaderCheckError, first_match};
 pub use layer::{ByteBudget, ContentConfig, ContentLayer};
 pub use service::Content;
 

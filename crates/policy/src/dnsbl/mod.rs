@@ -11,4 +11,4 @@ mod zone;
 
 pub use layer::{Dnsbl, DnsblConfig, DnsblLayer, Score};
 pub use service::DnsblService;
-pub use zone::Zone;
+pub use zone::{Zone, ZoneError};

@@ -14,13 +14,22 @@ pub struct Zone {
     pub weight: i32,
 }
 
+/// A DNSBL zone that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("DNSBL zone {zone:?}: {problem} (write e.g. \"zen.spamhaus.org=127.0.0.[2..11]*3\")")]
+pub struct ZoneError {
+    /// The zone as written.
+    pub zone: String,
+    /// What is wrong.
+    pub problem: &'static str,
+}
+
 impl Zone {
     /// Parses `zone[=filter][*weight]`.
-    pub fn parse(text: &str) -> Result<Zone, String> {
-        let bad = |why: &str| {
-            format!(
-                "DNSBL zone {text:?}: {why} (write e.g. \"zen.spamhaus.org=127.0.0.[2..11]*3\")"
-            )
+    pub fn parse(text: &str) -> Result<Zone, ZoneError> {
+        let bad = |problem: &'static str| ZoneError {
+            zone: text.to_owned(),
+            problem,
         };
         let (rest, weight) = match text.rsplit_once('*') {
             Some((rest, w)) => (

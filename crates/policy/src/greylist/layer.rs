@@ -39,14 +39,27 @@ pub struct Greylist {
     pub(super) store: Mutex<Store>,
 }
 
+/// The greylist file cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("greylist file {}: {source}", .path.display())]
+pub struct GreylistError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Cause.
+    pub source: std::io::Error,
+}
+
 impl Greylist {
     /// An empty greylist, or the one saved in `config.file` (a missing file is an empty list;
     /// an unreadable one is an error that names it).
-    pub fn open(config: GreylistConfig) -> Result<Self, String> {
+    pub fn open(config: GreylistConfig) -> Result<Self, GreylistError> {
         let store = match &config.file {
             Some(path) if path.exists() => {
-                let (store, bad) = Store::load(path, &config.timing)
-                    .map_err(|e| format!("greylist file {}: {e}", path.display()))?;
+                let (store, bad) =
+                    Store::load(path, &config.timing).map_err(|source| GreylistError {
+                        path: path.clone(),
+                        source,
+                    })?;
                 tracing::info!(file = %path.display(), triplets = store.len(), skipped = bad, "greylist loaded");
                 store
             }

@@ -12,7 +12,7 @@ mod layer;
 mod service;
 mod store;
 
-pub use layer::{Greylist, GreylistConfig, GreylistLayer};
+pub use layer::{Greylist, GreylistConfig, GreylistError, GreylistLayer};
 pub use service::GreylistService;
 pub use store::{Clock, Store, Timing, Verdict, system_clock};
 
