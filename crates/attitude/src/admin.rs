@@ -23,7 +23,7 @@ const SECONDS_BUCKETS: [f64; 14] = [
 ];
 
 /// Installs the Prometheus recorder (once per process).
-pub fn install_recorder() -> Result<PrometheusHandle, String> {
+pub(crate) fn install_recorder() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
         .and_then(|b| b.install_recorder())
@@ -33,7 +33,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
 /// What `/readyz` reports: not ready while draining, nor while no backend is up (a load
 /// balancer then sends clients to another replica).
 #[derive(Clone)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// Cleared on SIGTERM.
     pub serving: Arc<AtomicBool>,
     /// The backend pool.
@@ -41,7 +41,7 @@ pub struct Readiness {
 }
 
 /// Runs the admin server until `stop`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     ready: Readiness,

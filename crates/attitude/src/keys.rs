@@ -9,7 +9,7 @@ use ipnet::IpNet;
 /// Reduces client addresses to the configured network prefix (IPv4 /32 and IPv6 /64 by
 /// default), except for exempt networks.
 #[derive(Debug, Clone)]
-pub struct ClientKey {
+pub(crate) struct ClientKey {
     v4: u8,
     v6: u8,
     exempt: Arc<[IpNet]>,
@@ -17,7 +17,7 @@ pub struct ClientKey {
 
 impl ClientKey {
     /// Prefix lengths and exempt networks.
-    pub fn new(v4: u8, v6: u8, exempt: &[IpNet]) -> Self {
+    pub(crate) fn new(v4: u8, v6: u8, exempt: &[IpNet]) -> Self {
         Self {
             v4,
             v6,
@@ -26,7 +26,7 @@ impl ClientKey {
     }
 
     /// The client's network, or `None` when it is exempt.
-    pub fn key(&self, ip: IpAddr) -> Option<IpAddr> {
+    pub(crate) fn key(&self, ip: IpAddr) -> Option<IpAddr> {
         let ip = canonical_ip(ip);
         if self.exempt.iter().any(|net| net.contains(&ip)) {
             return None;

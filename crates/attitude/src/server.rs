@@ -33,14 +33,14 @@ use std::path::PathBuf;
 const HARD_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Binds `addr`, with an error that says what to do.
-pub async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, String> {
+pub(crate) async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| {
         format!("cannot listen on {addr} ({what}): {e}; pick another address or stop what uses it")
     })
 }
 
 /// Prints the bound addresses on stdout (one line, for scripts and tests).
-pub fn announce(parts: &[(&str, std::net::SocketAddr)]) {
+pub(crate) fn announce(parts: &[(&str, std::net::SocketAddr)]) {
     let line: Vec<String> = parts.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening {}", line.join(" "));
@@ -252,7 +252,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
 /// listening socket per listener, and a session lives on the thread that accepted it, so an
 /// accepted connection never has to wake another thread. The limits' state is shared by all.
 /// The main thread runs the admin server, the signals, reloads, housekeeping and the drain.
-pub fn serve(
+pub(crate) fn serve(
     config: Config,
     metrics: PrometheusHandle,
     load: Box<dyn Fn() -> Result<Config, String> + Send + Sync>,
@@ -552,7 +552,7 @@ impl Accept<'_> {
 
 /// `[proxy_protocol]` at accept time: who may send a header, and how long it may take.
 #[derive(Clone)]
-pub struct ProxyIn {
+pub(crate) struct ProxyIn {
     enabled: bool,
     sources: Arc<[IpNet]>,
     timeout: Duration,
@@ -611,7 +611,7 @@ impl ProxyIn {
 
 /// Resolves on SIGTERM or SIGINT; the handlers are installed when this is called, not when
 /// the future is first polled.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");

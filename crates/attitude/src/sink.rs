@@ -17,7 +17,7 @@ use crate::server::{announce, bind, shutdown_signal};
 
 /// Settings of `attitude sink`.
 #[derive(Debug, Clone)]
-pub struct SinkOptions {
+pub(crate) struct SinkOptions {
     /// Listen address.
     pub listen: std::net::SocketAddr,
     /// Write each message to `DIR/new/` (Maildir), if set.
@@ -132,7 +132,7 @@ async fn write_maildir(dir: &Path, seq: u64, content: &[u8]) -> std::io::Result<
 }
 
 /// Runs the sink until SIGTERM/SIGINT.
-pub async fn run(options: SinkOptions) -> Result<(), String> {
+pub(crate) async fn run(options: SinkOptions) -> Result<(), String> {
     if let Some(dir) = &options.maildir {
         for sub in ["tmp", "new", "cur"] {
             std::fs::create_dir_all(dir.join(sub))

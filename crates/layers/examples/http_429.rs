@@ -62,7 +62,7 @@ async fn app(req: Request<Incoming>) -> Result<Res, Infallible> {
 }
 
 /// Serves HTTP on `listener` with the limit layers in front of `app`.
-pub async fn serve(listener: TcpListener) {
+pub(crate) async fn serve(listener: TcpListener) {
     let rate = RateLimitLayer::new(
         "per-key-rate",
         Quota::per_minute(NonZeroU32::new(3).expect("non-zero")),

@@ -19,6 +19,12 @@ pub struct Sink {
     pub maildir: PathBuf,
 }
 
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink").finish_non_exhaustive()
+    }
+}
+
 impl Sink {
     /// Starts a sink on a free loopback port.
     pub fn start() -> Sink {
@@ -88,6 +94,12 @@ pub struct Postfix {
     pub proxied: SocketAddr,
     dir: PathBuf,
     master: u32,
+}
+
+impl std::fmt::Debug for Postfix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postfix").finish_non_exhaustive()
+    }
 }
 
 impl Postfix {

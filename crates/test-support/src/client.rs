@@ -10,6 +10,12 @@ pub struct Client {
     writer: TcpStream,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// Connects and reads the greeting (which must be 220).
     pub fn connect(addr: SocketAddr) -> Self {

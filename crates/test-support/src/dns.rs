@@ -31,6 +31,12 @@ pub struct DnsServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsServer").finish_non_exhaustive()
+    }
+}
+
 impl DnsServer {
     /// Serves `zone` (e.g. `"test."`) with these records (`("2.0.0.127.bl.test.", Rr::A(ip))`).
     pub fn start(zone: &str, records: &[(&str, Rr<'_>)]) -> DnsServer {

@@ -88,6 +88,12 @@ pub struct Peer {
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").finish_non_exhaustive()
+    }
+}
+
 impl Peer {
     /// Starts `cmd` with its output captured line by line; lines starting with `listening ` are
     /// also sent on the returned channel.
@@ -263,6 +269,12 @@ pub struct Attitude {
     pub announced: Vec<(String, String)>,
 }
 
+impl std::fmt::Debug for Attitude {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attitude").finish_non_exhaustive()
+    }
+}
+
 impl Attitude {
     /// Starts `attitude serve` with this TOML configuration (listen and admin are set to
     /// loopback port 0 unless `config` sets them) in front of `backends`.
@@ -417,6 +429,12 @@ pub struct SmtpSink {
     dump: PathBuf,
 }
 
+impl std::fmt::Debug for SmtpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSink").finish_non_exhaustive()
+    }
+}
+
 impl SmtpSink {
     /// Starts `smtp-sink` on a free loopback port. `extra` goes before the address
     /// (e.g. `["-R", "..."]`).
@@ -485,6 +503,12 @@ pub struct Recorder {
     /// Its address.
     pub addr: SocketAddr,
     dir: PathBuf,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").finish_non_exhaustive()
+    }
 }
 
 impl Recorder {

@@ -13,6 +13,12 @@ pub struct TestCa {
     key: KeyPair,
 }
 
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
 impl TestCa {
     /// A new CA, its certificate written to `dir/ca.pem`.
     pub fn new(dir: &Path) -> TestCa {

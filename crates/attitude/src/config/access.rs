@@ -12,7 +12,7 @@ use super::ConfigError;
 /// FROM and RCPT TO; the first match decides.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Access {
+pub(crate) struct Access {
     /// The rules (`[[access.rules]]`).
     pub rules: Vec<AccessRuleConfig>,
     /// Enforce or dry-run.
@@ -22,7 +22,7 @@ pub struct Access {
 /// One `[[access.rules]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AccessRuleConfig {
+pub(crate) struct AccessRuleConfig {
     /// What the rule looks at.
     pub check: Field,
     /// Values inline.
@@ -38,7 +38,7 @@ pub struct AccessRuleConfig {
 
 impl Access {
     /// The rules, their files read; an error says which rule and what to fix.
-    pub fn rules(&self) -> Result<Vec<AccessRule>, ConfigError> {
+    pub(crate) fn rules(&self) -> Result<Vec<AccessRule>, ConfigError> {
         self.rules
             .iter()
             .enumerate()

@@ -12,7 +12,7 @@ use super::{ConfigError, duration};
 /// over TLS (STARTTLS or implicit TLS) unless `allow_plaintext`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Auth {
+pub(crate) struct Auth {
     /// Offer and relay AUTH.
     pub enabled: bool,
     /// Offer AUTH on unencrypted connections (passwords in the clear: lab and loopback use).

@@ -18,7 +18,7 @@ const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// `[backend]`: the pool of backend mail servers (see docs/operations.md, "Backends").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Backend {
+pub(crate) struct Backend {
     /// Static backends: `"host:port"` or `{ address = "host:port", weight = 2, identity = "xclient" }`.
     pub servers: Vec<Server>,
     /// DNS names whose addresses are backends (`[[backend.dns]]`), re-resolved on an interval.
@@ -66,7 +66,7 @@ impl Default for Backend {
 /// A static backend.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
-pub enum Server {
+pub(crate) enum Server {
     /// `"host:port"`
     Address(SocketAddr),
     /// `{ address = "host:port", weight = 2, identity = "proxy" }`
@@ -88,7 +88,7 @@ fn one() -> u32 {
 
 impl Server {
     /// The address.
-    pub fn address(&self) -> SocketAddr {
+    pub(crate) fn address(&self) -> SocketAddr {
         match self {
             Server::Address(a) | Server::Table { address: a, .. } => *a,
         }
@@ -98,7 +98,7 @@ impl Server {
 /// `[[backend.dns]]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DnsBackend {
+pub(crate) struct DnsBackend {
     /// The name (a Kubernetes headless Service: `smtp.mail.svc.cluster.local`).
     pub name: String,
     /// `"a"` (A and AAAA records, with `port`) or `"srv"` (SRV records carry port and weight).
@@ -129,7 +129,7 @@ fn ten_seconds() -> Duration {
 /// Which DNS records name the backends.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
-pub enum DnsRecord {
+pub(crate) enum DnsRecord {
     /// A and AAAA.
     #[default]
     A,
@@ -140,7 +140,7 @@ pub enum DnsRecord {
 /// How attitude speaks TLS to backends.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
-pub enum BackendTlsMode {
+pub(crate) enum BackendTlsMode {
     /// In the clear.
     #[default]
     None,
@@ -153,7 +153,7 @@ pub enum BackendTlsMode {
 /// `[backend.tls]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
-pub struct BackendTls {
+pub(crate) struct BackendTls {
     /// `"none"`, `"starttls"` or `"implicit"`.
     pub mode: BackendTlsMode,
     /// CA certificates (PEM) that sign the backends' certificates (default: the system's
@@ -168,7 +168,7 @@ pub struct BackendTls {
 /// `[backend.pool]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct BackendPool {
+pub(crate) struct BackendPool {
     /// Connections go back to a pool after a transaction (with `identity = "proxy"` a
     /// connection still serves only its own client).
     pub reuse: bool,
@@ -200,7 +200,7 @@ impl Default for BackendPool {
 /// `[backend.health]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct BackendHealth {
+pub(crate) struct BackendHealth {
     /// Off: every backend counts as up.
     pub enabled: bool,
     /// Time between checks of one backend.
@@ -231,7 +231,7 @@ impl Default for BackendHealth {
 /// `[backend.outlier]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct BackendOutlier {
+pub(crate) struct BackendOutlier {
     /// Failures in a row (connect errors, timeouts, 421, 4xx to MAIL or end of data) that eject
     /// a backend (0: never).
     pub consecutive_failures: u32,
@@ -259,7 +259,7 @@ impl Default for BackendOutlier {
 
 impl Config {
     /// The pool's settings; fails when the backend TLS settings do not load.
-    pub fn pool_config(&self) -> Result<PoolConfig, attitude_edge::tls::TlsError> {
+    pub(crate) fn pool_config(&self) -> Result<PoolConfig, attitude_edge::tls::TlsError> {
         let b = &self.backend;
         let t = &self.timeouts;
         let tls = match b.tls.mode {
@@ -307,7 +307,7 @@ impl Config {
     }
 
     /// The static backends.
-    pub fn static_backends(&self) -> Vec<BackendSpec> {
+    pub(crate) fn static_backends(&self) -> Vec<BackendSpec> {
         self.backend
             .servers
             .iter()
@@ -331,7 +331,7 @@ impl Config {
     }
 
     /// The DNS-discovered backends.
-    pub fn dns_backends(&self) -> Vec<DnsSource> {
+    pub(crate) fn dns_backends(&self) -> Vec<DnsSource> {
         self.backend
             .dns
             .iter()

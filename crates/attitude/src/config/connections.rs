@@ -8,7 +8,7 @@ use super::ConfigError;
 /// `[connections]`: what one client, and all of them, may hold.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Connections {
+pub(crate) struct Connections {
     /// Sessions open at once, all clients together; over it new clients get `421 4.3.2` at once.
     pub max_sessions: usize,
     /// Clients are counted per network of this many bits (IPv4).
@@ -46,7 +46,7 @@ impl Default for Connections {
 /// `[connections.per_client]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PerClientLimit {
+pub(crate) struct PerClientLimit {
     /// Sessions at once per client; over it `421 4.7.0`. 0 turns the rule off.
     pub limit: usize,
     /// `"enforce"` or `"dry-run"`.
@@ -65,7 +65,7 @@ impl Default for PerClientLimit {
 /// `[connections.rate]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ConnectionRate {
+pub(crate) struct ConnectionRate {
     /// New sessions per minute per client (sustained); over it `421 4.7.0`. 0 turns it off.
     pub per_minute: u32,
     /// Sessions a client may open in a burst above the sustained rate.

@@ -11,7 +11,7 @@ use super::ConfigError;
 /// deferring header check).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Content {
+pub(crate) struct Content {
     /// Refuse messages with an attachment whose name ends in a blocked extension.
     pub block_attachments: bool,
     /// The blocked extensions (any case, with or without the dot).
@@ -43,7 +43,7 @@ impl Default for Content {
 /// One `[[content.header_checks]]` rule.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HeaderCheckRule {
+pub(crate) struct HeaderCheckRule {
     /// Regular expression (case-insensitive) over `Name: value`, unfolded.
     pub pattern: String,
     /// `reject` (554 5.7.1) or `defer` (451 4.7.1).

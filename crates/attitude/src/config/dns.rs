@@ -10,7 +10,7 @@ use super::{ConfigError, duration};
 /// `[dns]`: the resolver attitude's own lookups use.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Dns {
+pub(crate) struct Dns {
     /// Nameservers as IP:PORT (empty: the system's, from /etc/resolv.conf).
     pub nameservers: Vec<SocketAddr>,
     /// How long one client's lookups may take.

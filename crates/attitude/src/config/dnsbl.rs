@@ -10,7 +10,7 @@ use super::{ConfigError, duration};
 /// `[dnsbl]`: DNSBL/DNSWL scoring at connect, postscreen style.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DnsblSection {
+pub(crate) struct DnsblSection {
     /// Score clients at all.
     pub enabled: bool,
     /// `zone[=answer filter][*weight]`, e.g. `"zen.spamhaus.org=127.0.0.[2..11]*3"`.

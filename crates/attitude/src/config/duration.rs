@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserializer, Serializer};
 
 /// Parses a duration.
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -31,7 +31,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 }
 
 /// Formats a duration the way [`parse`] reads it.
-pub fn format(d: &Duration) -> String {
+pub(crate) fn format(d: &Duration) -> String {
     let ms = d.as_millis();
     if !ms.is_multiple_of(1000) {
         format!("{ms}ms")

@@ -13,7 +13,7 @@ use super::{ConfigError, duration};
 /// default (it delays every new correspondent's first message by the sender's retry interval).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Greylist {
+pub(crate) struct Greylist {
     /// Greylist at all.
     pub enabled: bool,
     /// A retry passes once this long after the first attempt.

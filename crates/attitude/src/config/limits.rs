@@ -7,7 +7,7 @@ use super::ConfigError;
 /// `[limits]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest message in octets (advertised as SIZE; checked on MAIL SIZE= and on the body).
     pub max_message_size: u64,
     /// Most recipients per message.

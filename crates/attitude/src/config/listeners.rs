@@ -11,7 +11,7 @@ use super::{Config, ConfigError, file};
 /// TLS on a listener.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-pub enum ListenerTls {
+pub(crate) enum ListenerTls {
     /// Never (STARTTLS is not offered).
     None,
     /// STARTTLS offered (port 25, 587).
@@ -23,7 +23,7 @@ pub enum ListenerTls {
 /// `[[listeners]]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
+pub(crate) struct ListenerConfig {
     /// Name in logs and errors (`mx`, `submission`, `submissions`).
     pub name: String,
     /// Listen address.
@@ -56,7 +56,7 @@ const PROCESS_KEYS: &[&str] = &[
 
 /// One listener as it runs: its address, TLS, PROXY, and its whole effective configuration.
 #[derive(Debug, Clone)]
-pub struct EffectiveListener {
+pub(crate) struct EffectiveListener {
     /// Name.
     pub name: String,
     /// Address.
@@ -98,7 +98,7 @@ impl EffectiveListener {
 
 impl Config {
     /// The listeners as they run, each checked against the trust boundary.
-    pub fn effective_listeners(&self) -> Result<Vec<EffectiveListener>, ConfigError> {
+    pub(crate) fn effective_listeners(&self) -> Result<Vec<EffectiveListener>, ConfigError> {
         let listeners = self.listeners_unchecked()?;
         for l in &listeners {
             l.trust_boundary()?;

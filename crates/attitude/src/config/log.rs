@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Log format.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
@@ -16,7 +16,7 @@ pub enum LogFormat {
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Log {
+pub(crate) struct Log {
     /// `"text"` or `"json"`.
     pub format: LogFormat,
     /// A `tracing` filter, e.g. `"info"` or `"info,attitude_service=debug"`.

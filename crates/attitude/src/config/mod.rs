@@ -17,7 +17,7 @@ mod connections;
 mod content;
 mod dns;
 mod dnsbl;
-pub mod duration;
+pub(crate) mod duration;
 mod file;
 mod greylist;
 mod limits;
@@ -39,32 +39,32 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use access::Access;
-pub use auth::Auth;
-pub use backend::{Backend, Server};
-pub use connections::Connections;
-pub use content::Content;
-pub use dns::Dns;
-pub use dnsbl::DnsblSection;
-pub use greylist::Greylist;
-pub use limits::Limits;
-pub use listeners::{EffectiveListener, ListenerConfig, ListenerTls};
-pub use log::{Log, LogFormat};
-pub use pregreet::Pregreet;
-pub use proxy_protocol::ProxyProtocol;
-pub use rates::{RateCount, RateKey, RateRule};
-pub use relay::Relay;
-pub use smtp::Smtp;
-pub use spf::SpfSection;
-pub use tarpit::Tarpit;
-pub use throttle::Throttle;
-pub use timeouts::Timeouts;
-pub use tls::Tls;
+pub(crate) use access::Access;
+pub(crate) use auth::Auth;
+pub(crate) use backend::{Backend, Server};
+pub(crate) use connections::Connections;
+pub(crate) use content::Content;
+pub(crate) use dns::Dns;
+pub(crate) use dnsbl::DnsblSection;
+pub(crate) use greylist::Greylist;
+pub(crate) use limits::Limits;
+pub(crate) use listeners::{EffectiveListener, ListenerConfig, ListenerTls};
+pub(crate) use log::{Log, LogFormat};
+pub(crate) use pregreet::Pregreet;
+pub(crate) use proxy_protocol::ProxyProtocol;
+pub(crate) use rates::{RateCount, RateKey, RateRule};
+pub(crate) use relay::Relay;
+pub(crate) use smtp::Smtp;
+pub(crate) use spf::SpfSection;
+pub(crate) use tarpit::Tarpit;
+pub(crate) use throttle::Throttle;
+pub(crate) use timeouts::Timeouts;
+pub(crate) use tls::Tls;
 
 /// attitude's whole configuration. Every key is optional; unknown keys are refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub(crate) struct Config {
     /// SMTP listen address of the one listener used when `[[listeners]]` is empty.
     pub listen: SocketAddr,
     /// Several listeners (`[[listeners]]`), each with its own TLS mode and policy overrides.
@@ -151,7 +151,7 @@ impl Default for Config {
 
 /// A configuration that cannot be used, with what to fix.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The file could not be read.
     #[error("{path}: cannot read: {source}")]
     Read {
@@ -179,14 +179,14 @@ pub enum ConfigError {
 
 impl Config {
     /// Reads a configuration file (`validate` checks it).
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::parse(&file::read(path)?, &path.display().to_string())
     }
 
     /// Reads several files, each merged over the ones before it table by table (a base file
     /// and a site's or an overlay's changes), then reads the result as a configuration
     /// (`validate` checks it).
-    pub fn load_files(paths: &[PathBuf]) -> Result<Self, ConfigError> {
+    pub(crate) fn load_files(paths: &[PathBuf]) -> Result<Self, ConfigError> {
         if let [one] = paths {
             return Self::load(one);
         }
@@ -205,13 +205,13 @@ impl Config {
     }
 
     /// Parses configuration text; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         toml::from_str::<Config>(text).map_err(|e| file::parse_error(&e, text, origin))
     }
 
     /// Checks everything: the process-wide settings and each listener's effective
     /// configuration. Call after command-line overrides.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_one()?;
         self.tls.validate()?;
         self.backend.tls.validate()?;
@@ -261,7 +261,7 @@ impl Config {
     }
 
     /// The configuration as TOML.
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
 }

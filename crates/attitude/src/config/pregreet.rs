@@ -14,7 +14,7 @@ use super::{ConfigError, duration};
 /// new client's first session by `pause`). `[relay] trusted_networks` are not tested.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Pregreet {
+pub(crate) struct Pregreet {
     /// Run the test.
     pub enabled: bool,
     /// The pause before the greeting.

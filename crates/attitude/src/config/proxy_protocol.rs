@@ -11,7 +11,7 @@ use super::{ConfigError, duration};
 /// `sources`, carries the real client address every policy, log line and metric then uses.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ProxyProtocol {
+pub(crate) struct ProxyProtocol {
     /// Require a PROXY header on every connection.
     pub enabled: bool,
     /// Where the load balancer connects from: the only peers whose header is believed (others

@@ -10,7 +10,7 @@ use super::{ConfigError, duration};
 /// What a rate rule counts by.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-pub enum RateKey {
+pub(crate) enum RateKey {
     /// The client's network (`connections.client_prefix_v4`/`_v6`; exempt networks skip).
     Client,
     /// The MAIL FROM address.
@@ -26,7 +26,7 @@ pub enum RateKey {
 /// What a rate rule counts.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-pub enum RateCount {
+pub(crate) enum RateCount {
     /// Messages, counted at MAIL.
     Messages,
     /// Recipients, counted at RCPT.
@@ -36,7 +36,7 @@ pub enum RateCount {
 /// One `[[rates]]` rule: at most `limit` per `per` (GCRA), bursts up to `burst`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RateRule {
+pub(crate) struct RateRule {
     /// Name in replies, logs and metrics.
     pub name: String,
     /// What it counts by.

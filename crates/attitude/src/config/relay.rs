@@ -9,7 +9,7 @@ use super::ConfigError;
 /// authenticated; anything else is `554 5.7.1 Relay access denied`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Relay {
+pub(crate) struct Relay {
     /// Domains attitude accepts mail for from anyone; `.example.com` also matches subdomains.
     pub local_domains: Vec<String>,
     /// Clients that may relay anywhere (your own applications and submission hosts).

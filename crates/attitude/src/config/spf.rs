@@ -10,7 +10,7 @@ use super::duration;
 /// `[spf]`: SPF (RFC 7208) at MAIL FROM, through the `[dns]` resolver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SpfSection {
+pub(crate) struct SpfSection {
     /// Check SPF at all.
     pub enabled: bool,
     /// Refuse `fail` with 550 5.7.23 (false: only count it).
@@ -36,7 +36,7 @@ impl Default for SpfSection {
 impl SpfSection {
     /// `reject_fail` in the terms every other policy uses: `true` is `enforce` (a `fail` gets
     /// 550 5.7.23), `false` is `dry-run` (a `fail` is counted as a would-be refusal and logged).
-    pub fn mode(&self) -> Mode {
+    pub(crate) fn mode(&self) -> Mode {
         if self.reject_fail {
             Mode::Enforce
         } else {

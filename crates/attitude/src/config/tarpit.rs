@@ -18,7 +18,7 @@ use super::duration;
 /// beyond that the 421 is immediate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Tarpit {
+pub(crate) struct Tarpit {
     /// Errors before replies are delayed (0: errors alone never delay).
     pub soft_error_limit: u32,
     /// Delay per error over the soft limit.

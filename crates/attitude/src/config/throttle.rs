@@ -7,7 +7,7 @@ use super::ConfigError;
 /// `[throttle]`: how fast message content may arrive. The sender waits; nothing is refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     /// DATA octets per second per session (0 = off).
     pub session_bytes_per_second: u32,
     /// DATA octets per second per client network, all its sessions together (0 = off).

@@ -9,7 +9,7 @@ use super::{ConfigError, duration};
 /// `[timeouts]`, written like `"300s"`, `"5m"`, `"1h"` or `"250ms"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// A complete command must arrive within this time.
     #[serde(with = "duration")]
     pub command: Duration,

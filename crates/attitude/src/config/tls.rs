@@ -11,7 +11,7 @@ use super::{ConfigError, duration};
 /// files change. Without them, STARTTLS is not offered.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Tls {
+pub(crate) struct Tls {
     /// PEM certificate chain, leaf first.
     pub cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).

@@ -16,7 +16,7 @@ use crate::config::Config;
 
 /// What the backends offer for AUTH, learnt from every new backend connection; each listener's
 /// offer is its own configuration's mechanisms within it.
-pub fn auth_offer() -> Arc<AuthOffer> {
+pub(crate) fn auth_offer() -> Arc<AuthOffer> {
     Arc::new(AuthOffer::new(
         MECHANISMS.iter().map(|m| m.to_string()).collect(),
         true,
@@ -25,7 +25,7 @@ pub fn auth_offer() -> Arc<AuthOffer> {
 
 /// The pool from `[backend]` with its static servers (DNS discovery starts once the resolver
 /// exists, see `Shared::new`). Every new connection tells `auth` what the backend offers.
-pub fn pool(config: &Config, auth: &Arc<AuthOffer>) -> Result<Pool, String> {
+pub(crate) fn pool(config: &Config, auth: &Arc<AuthOffer>) -> Result<Pool, String> {
     let on_caps: CapsHook = {
         let auth = auth.clone();
         Arc::new(move |caps: &BackendCaps| auth.set_backend(caps.auth_mechanisms()))
@@ -40,7 +40,7 @@ pub fn pool(config: &Config, auth: &Arc<AuthOffer>) -> Result<Pool, String> {
 
 /// The relay's shared state for one listener: its time limits from `[timeouts]`, over the
 /// process's pool.
-pub fn relay(config: &Config, pool: &Pool) -> Arc<RelayShared> {
+pub(crate) fn relay(config: &Config, pool: &Pool) -> Arc<RelayShared> {
     let t = &config.timeouts;
     let relay = RelayConfig {
         command_timeout: t.backend_command,

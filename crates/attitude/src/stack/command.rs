@@ -46,10 +46,10 @@ use crate::config::{Config, EffectiveListener, ListenerTls, RateCount, RateKey, 
 use crate::keys::ClientKey;
 
 /// Wraps a command service in one policy's layer; the policies' state is shared by all sessions.
-pub type CommandLayer = Arc<dyn Fn(BoxCommand) -> BoxCommand + Send + Sync>;
+pub(crate) type CommandLayer = Arc<dyn Fn(BoxCommand) -> BoxCommand + Send + Sync>;
 
 /// The command stack of one session: metrics, then (boxed) tarpit, protocol, policies, relay.
-pub type CommandService = SmtpMetricsService<BoxCommand>;
+pub(crate) type CommandService = SmtpMetricsService<BoxCommand>;
 
 /// `layer` as a [`CommandLayer`]: each session's service is boxed, so that every stack has one
 /// type whatever the configuration turned on.
@@ -64,7 +64,7 @@ where
 
 /// One listener's stack: what its sessions share, built once per configuration.
 #[derive(Clone)]
-pub struct Stack {
+pub(crate) struct Stack {
     /// Session driver settings.
     pub driver: Arc<DriverConfig>,
     /// Session metric handles.
@@ -87,7 +87,7 @@ pub struct Stack {
 impl Stack {
     /// Builds one listener's stack from its validated configuration, over the shared parts.
     /// Registers metric handles with the installed recorder.
-    pub fn new(
+    pub(crate) fn new(
         listener: &EffectiveListener,
         shared: &Shared,
         housekeeping: CancellationToken,
@@ -126,7 +126,7 @@ impl Stack {
     }
 
     /// The command stack for one session.
-    pub fn command_service(&self) -> CommandService {
+    pub(crate) fn command_service(&self) -> CommandService {
         let mut inner = BoxCommand::new(Relay::new(self.relay.clone()));
         for policy in self.policies.iter().rev() {
             inner = policy(inner);

@@ -39,7 +39,7 @@ use crate::keys::ClientKey;
 
 /// An accepted client connection.
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     /// The socket.
     pub io: TcpStream,
     /// Session id.
@@ -51,7 +51,7 @@ pub struct Connection {
 }
 
 /// The assembled connection stack.
-pub type ConnectionService = BoxService<Connection, SessionSummary, Infallible>;
+pub(crate) type ConnectionService = BoxService<Connection, SessionSummary, Infallible>;
 
 /// The innermost connection service: runs the SMTP session.
 #[derive(Clone)]
@@ -280,7 +280,7 @@ fn pregreet_layer(config: &Config, stack: &Stack) -> Option<PregreetLayer> {
 
 /// Builds the connection stack's layers from `[connections]` once, and returns a factory of
 /// connection services: one per accept thread, all sharing the limits' state.
-pub fn build(
+pub(crate) fn build(
     full: &Config,
     stack: Stack,
     shutdown: Shutdown,

@@ -9,9 +9,9 @@
 //!
 //! [`Shared`] is what every listener's stacks share, built once and kept across reloads.
 
-pub mod backend;
-pub mod command;
-pub mod connection;
+pub(crate) mod backend;
+pub(crate) mod command;
+pub(crate) mod connection;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,12 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EffectiveListener};
 
-pub use command::Stack;
+pub(crate) use command::Stack;
 
 /// What every listener's stack shares, built once per process and kept across reloads: the
 /// backend pool, the DNS resolver, the greylist store, the server certificate, and what the
 /// backends offer for AUTH.
-pub struct Shared {
+pub(crate) struct Shared {
     /// The backend pool.
     pub pool: Pool,
     /// The `[dns]` resolver, when a DNS policy or DNS discovery is on anywhere.
@@ -48,7 +48,7 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the shared parts from the process configuration and its listeners.
-    pub fn new(config: &Config, listeners: &[EffectiveListener]) -> Result<Self, String> {
+    pub(crate) fn new(config: &Config, listeners: &[EffectiveListener]) -> Result<Self, String> {
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => {
                 let tls = Arc::new(
@@ -85,7 +85,7 @@ impl Shared {
 
     /// Creates the resolver and the greylist store once some listener needs them (at start,
     /// or when a reload turns on a DNS policy or greylisting).
-    pub fn provide(
+    pub(crate) fn provide(
         &mut self,
         config: &Config,
         listeners: &[EffectiveListener],
@@ -112,7 +112,7 @@ impl Shared {
     }
 
     /// Saves what should survive a restart (the greylist). Call once sessions have ended.
-    pub fn save_state(&self) {
+    pub(crate) fn save_state(&self) {
         if let Some(greylist) = &self.greylist {
             greylist.save();
         }
@@ -122,7 +122,7 @@ impl Shared {
 /// Runs `housekeeping` once a minute until `stop` (a configuration replaced by a reload):
 /// keyed limiters forget the keys that are back at full budget. Call it from within the main
 /// runtime.
-pub fn every_minute(stop: &CancellationToken, housekeeping: impl Fn() + Send + 'static) {
+pub(crate) fn every_minute(stop: &CancellationToken, housekeeping: impl Fn() + Send + 'static) {
     let stop = stop.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -63,7 +63,7 @@ impl Budget {
 
 /// One held request's share of the budget.
 #[derive(Debug)]
-pub struct BudgetPermit(Arc<Budget>);
+pub(super) struct BudgetPermit(Arc<Budget>);
 
 impl Drop for BudgetPermit {
     fn drop(&mut self) {

@@ -122,7 +122,7 @@ impl Matcher {
 }
 
 /// A HELO name or an address as rules compare it: lower case, without a trailing dot.
-pub fn normalize(value: &str) -> String {
+pub(super) fn normalize(value: &str) -> String {
     value.trim_end_matches('.').to_lowercase()
 }
 

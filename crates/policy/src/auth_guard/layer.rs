@@ -40,6 +40,12 @@ pub struct AuthGuardConfig {
     pub login_bans: Counter,
 }
 
+impl std::fmt::Debug for AuthGuardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthGuardConfig").finish_non_exhaustive()
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     /// Failures in the current window, and when it started.
@@ -49,7 +55,7 @@ struct Tally {
 }
 
 /// The counts and bans shared by every session.
-pub struct Shared {
+pub(super) struct Shared {
     pub(super) config: AuthGuardConfig,
     tally: Mutex<Tally>,
 }
@@ -129,6 +135,12 @@ impl Shared {
 #[derive(Clone)]
 pub struct AuthGuardLayer {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AuthGuardLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthGuardLayer").finish_non_exhaustive()
+    }
 }
 
 impl AuthGuardLayer {

@@ -25,6 +25,12 @@ pub struct AuthGuard<S> {
     exchange: Option<Exchange>,
 }
 
+impl<S> std::fmt::Debug for AuthGuard<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthGuard").finish_non_exhaustive()
+    }
+}
+
 impl<S> AuthGuard<S> {
     pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self {

@@ -34,7 +34,7 @@ fn may_name_a_part(raw: &[u8]) -> bool {
 /// Whether a message with this top-level header section can have named parts (then it must be
 /// parsed whole); otherwise its body only needs [`AttachmentRules::scan_uuencoded`], chunk by
 /// chunk, with no copy kept.
-pub fn header_may_name_a_part(head: &[u8]) -> bool {
+pub(super) fn header_may_name_a_part(head: &[u8]) -> bool {
     HEADER_MAY_NAME_A_PART.is_match(head)
 }
 

@@ -38,6 +38,12 @@ pub struct Content<S> {
     copy: Option<Copy>,
 }
 
+impl<S> std::fmt::Debug for Content<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Content").finish_non_exhaustive()
+    }
+}
+
 impl<S> Content<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, config: Arc<ContentConfig>) -> Self {

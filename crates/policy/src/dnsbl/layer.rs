@@ -37,6 +37,12 @@ pub struct DnsblConfig {
     pub sessions: Arc<DriverMetrics>,
 }
 
+impl std::fmt::Debug for DnsblConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsblConfig").finish_non_exhaustive()
+    }
+}
+
 /// A client's score and who listed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Score {
@@ -61,6 +67,12 @@ pub struct Dnsbl {
     cache: Mutex<HashMap<IpAddr, (Score, Instant)>>,
     zone_metrics: Vec<ZoneMetrics>,
     cache_hits: Counter,
+}
+
+impl std::fmt::Debug for Dnsbl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dnsbl").finish_non_exhaustive()
+    }
 }
 
 impl Dnsbl {
@@ -157,6 +169,12 @@ impl Dnsbl {
 #[derive(Clone)]
 pub struct DnsblLayer {
     dnsbl: Arc<Dnsbl>,
+}
+
+impl std::fmt::Debug for DnsblLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsblLayer").finish_non_exhaustive()
+    }
 }
 
 impl DnsblLayer {

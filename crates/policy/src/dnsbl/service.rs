@@ -18,6 +18,12 @@ pub struct DnsblService<S> {
     dnsbl: Arc<Dnsbl>,
 }
 
+impl<S> std::fmt::Debug for DnsblService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsblService").finish_non_exhaustive()
+    }
+}
+
 impl<S> DnsblService<S> {
     pub(super) fn new(inner: S, dnsbl: Arc<Dnsbl>) -> Self {
         Self { inner, dnsbl }

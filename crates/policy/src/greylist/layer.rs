@@ -33,10 +33,22 @@ pub struct GreylistConfig {
     pub clock: Clock,
 }
 
+impl std::fmt::Debug for GreylistConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GreylistConfig").finish_non_exhaustive()
+    }
+}
+
 /// The greylist shared by every session: its settings and its store.
 pub struct Greylist {
     pub(super) config: GreylistConfig,
     pub(super) store: Mutex<Store>,
+}
+
+impl std::fmt::Debug for Greylist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Greylist").finish_non_exhaustive()
+    }
 }
 
 /// The greylist file cannot be read.
@@ -115,6 +127,12 @@ impl Greylist {
 #[derive(Clone)]
 pub struct GreylistLayer {
     greylist: Arc<Greylist>,
+}
+
+impl std::fmt::Debug for GreylistLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GreylistLayer").finish_non_exhaustive()
+    }
 }
 
 impl GreylistLayer {

@@ -15,6 +15,12 @@ pub struct GreylistService<S> {
     greylist: Arc<Greylist>,
 }
 
+impl<S> std::fmt::Debug for GreylistService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GreylistService").finish_non_exhaustive()
+    }
+}
+
 impl<S> GreylistService<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, greylist: Arc<Greylist>) -> Self {

@@ -49,6 +49,12 @@ pub struct PregreetConfig {
     pub sessions: Arc<DriverMetrics>,
 }
 
+impl std::fmt::Debug for PregreetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PregreetConfig").finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Memory {
     Passed,
@@ -92,6 +98,12 @@ impl Shared {
 #[derive(Clone)]
 pub struct PregreetLayer {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PregreetLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PregreetLayer").finish_non_exhaustive()
+    }
 }
 
 impl PregreetLayer {

@@ -22,6 +22,12 @@ pub struct Pregreet<S> {
     shared: Arc<Shared>,
 }
 
+impl<S> std::fmt::Debug for Pregreet<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pregreet").finish_non_exhaustive()
+    }
+}
+
 impl<S> Pregreet<S> {
     pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self { inner, shared }

@@ -32,6 +32,12 @@ pub struct SpfConfig {
     pub decisions: Decisions,
 }
 
+impl std::fmt::Debug for SpfConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpfConfig").finish_non_exhaustive()
+    }
+}
+
 /// A check's inputs: client address, sender (lower case), HELO name.
 pub(super) type Key = (IpAddr, String, String);
 
@@ -86,6 +92,12 @@ impl Shared {
 #[derive(Clone)]
 pub struct SpfLayer {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SpfLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpfLayer").finish_non_exhaustive()
+    }
 }
 
 impl SpfLayer {

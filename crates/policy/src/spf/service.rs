@@ -18,6 +18,12 @@ pub struct Spf<S> {
     shared: Arc<Shared>,
 }
 
+impl<S> std::fmt::Debug for Spf<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spf").finish_non_exhaustive()
+    }
+}
+
 impl<S> Spf<S> {
     pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self { inner, shared }
