@@ -40,6 +40,9 @@ release:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	python3 scripts/module-cycles.py
+	@long=$$(find crates -path '*/src/*.rs' -exec wc -l {} + | awk '$$2 != "total" && $$1 > 600 {print $$2 " (" $$1 " lines)"}'); \
+	if [ -n "$$long" ]; then echo "files over 600 lines, split them: $$long"; exit 1; fi
 
 unit: build
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
