@@ -6,6 +6,7 @@
 #   make bench-flood  the DoS scenario (../shared/bench/flood.sh) in hold and slow modes
 #   make bench-limits what the limit stack costs: limits on vs off, same build, same run
 #   make bench-policies what the filtering policies cost: policies on vs off (local DNS server)
+#   make bench-ab BASE=BIN  this tree against another build (scripts/ab-build.sh): 1 KB and 100 KB, new and reuse, idle memory
 #   make fuzz   the decoder's fuzz target for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
 
 SHELL := /bin/bash
@@ -14,7 +15,7 @@ LISTEN ?= 127.0.0.1:2525
 SINK ?= 127.0.0.1:2526
 ADMIN ?= 127.0.0.1:9325
 
-.PHONY: run deps test lint unit build release bench bench-flood bench-limits bench-policies fuzz clean
+.PHONY: run deps test lint unit build release bench bench-ab bench-flood bench-limits bench-policies fuzz clean
 
 run:
 	$(CARGO) build --release -p attitude
@@ -55,6 +56,9 @@ test: deps lint unit
 
 bench:
 	bash scripts/bench.sh
+
+bench-ab:
+	bash scripts/ab-build.sh $(BASE)
 
 bench-flood:
 	bash scripts/flood.sh

@@ -257,3 +257,74 @@ async fn a_drain_closes_an_idle_session_with_421_and_lets_a_transaction_finish()
     busy.send(b"Subject: x\r\n\r\nhello\r\n.\r\n").await;
     assert_eq!(busy.reply().await, "250 2.0.0 queued");
 }
+
+/// A driver that offers STARTTLS, with a certificate of a test CA.
+fn with_starttls(harness: &mut Harness, name: &str) {
+    let dir = attitude_test_support::scratch_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = attitude_test_support::TestCa::new(&dir);
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    ca.issue("attitude.test", &cert, &key);
+    let tls = attitude_edge::tls::ServerTls::load(&cert, &key, Duration::from_secs(10)).unwrap();
+    harness.driver = Arc::new(DriverConfig {
+        tls: Some(Arc::new(tls)),
+        ..(*harness.driver).clone()
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn commands_pipelined_behind_starttls_are_never_run() {
+    let backends = Backends::new();
+    let mut harness = Harness::new(&backends, &[addr(A)]);
+    with_starttls(&mut harness, "session-starttls-injection");
+    let (mut c, session) = harness.session();
+    c.reply().await;
+    assert!(c.cmd("EHLO client.test").await.contains("STARTTLS"));
+    // CVE-2011-0411: bytes in the same read as STARTTLS would run inside TLS.
+    c.send(b"STARTTLS\r\nMAIL FROM:<alice@example.org>\r\n")
+        .await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("554 5.5.1"), "{reply}");
+    assert!(c.closed(Duration::from_secs(1)).await);
+    assert_eq!(session.await.unwrap().result, SessionResult::Policy);
+    assert_eq!(backends.dials(addr(A)), 0, "MAIL never reached a backend");
+}
+
+#[tokio::test(start_paused = true)]
+async fn data_below_the_minimum_rate_is_closed_and_never_delivered() {
+    let backends = Backends::new();
+    backends.script(
+        addr(A),
+        Script::smtp(&["PIPELINING"])
+            .read("MAIL FROM:<alice@example.org>")
+            .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
+            .expect("DATA", "354 go ahead")
+            .hold(),
+    );
+    let harness = Harness::new(&backends, &[addr(A)]);
+    let (data_timeout, rate) = (harness.driver.data_timeout, harness.driver.min_data_rate);
+    assert!(rate > 0);
+    let (mut c, session) = harness.session();
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<alice@example.org>").await;
+    c.cmd("RCPT TO:<bob@example.com>").await;
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let started = Instant::now();
+    // A byte every 10 s: far below the rate, yet never silent for `data_timeout`.
+    while c.try_send(b"x").await {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if started.elapsed() > data_timeout * 2 {
+            break;
+        }
+    }
+    let reply = c.reply().await;
+    assert!(reply.starts_with("421 4.4.2"), "{reply}");
+    let took = started.elapsed();
+    assert!(
+        took >= data_timeout && took < data_timeout + Duration::from_secs(20),
+        "{took:?}"
+    );
+    assert_eq!(session.await.unwrap().result, SessionResult::Timeout);
+    assert!(backends.messages(addr(A)).is_empty());
+}

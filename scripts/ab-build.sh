@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Two builds of attitude side by side: BASE_BIN (an older release binary, e.g. built from another
+# commit with `git worktree add` and its own CARGO_TARGET_DIR) and this tree's release build,
+# both with deploy/bench/bench.toml and one worker, in front of the same two smtp-sinks
+# (../shared/bench/backends.sh). ../shared/bench/throughput.sh alternates between them, REPS
+# times (default 3): 10 sessions, 1 KB (20,000 messages; 60,000 when reused) and 100 KB (2,000;
+# 6,000), one message per session (new) and many (reuse). Then the idle memory of each, freshly
+# started (../shared/bench/idle_conns.sh, 5000 sessions after EHLO).
+#   scripts/ab-build.sh /tmp/base-target/release/attitude
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BASE_BIN=${1:?BASE_BIN (the release binary to compare with)}
+BENCH=${BENCH_DIR:-$(cd .. && pwd)/shared/bench}
+STATE=${BENCH_STATE:-/tmp/smtp-bench}
+REPS=${REPS:-3}
+mkdir -p "$STATE"
+cargo build --release --locked -p attitude
+NEW_BIN=target/release/attitude
+bash "$BENCH/setup.sh" >/dev/null
+bash "$BENCH/backends.sh" start 2 12525 >/dev/null
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    bash "$BENCH/backends.sh" stop 2 12525 >/dev/null
+}
+trap cleanup EXIT
+config=$(mktemp "$STATE/ab-XXXX.toml")
+sed 's/^listen = .*/workers = 1/; /^admin = /d' deploy/bench/bench.toml >"$config"
+startc() { # BIN PORT -> PID
+    ATTITUDE_ADMIN=off "$1" serve --config "$config" --listen "127.0.0.1:$2" \
+        >"$STATE/ab-$2.out" 2>"$STATE/ab-$2.log" &
+    echo $!
+}
+BASE=$(startc "$BASE_BIN" 12811); pids+=("$BASE")
+NEW=$(startc "$NEW_BIN" 12812); pids+=("$NEW")
+sleep 1
+for target in 127.0.0.1:12811 127.0.0.1:12812; do
+    bash "$BENCH/throughput.sh" --mode=new --label=warmup "$target" 2 200 1024 1 >/dev/null
+done
+: >"$STATE/ab-build.txt"
+for rep in $(seq "$REPS"); do
+    for size in 1024 102400; do
+        for mode in new reuse; do
+            for target in base=127.0.0.1:12811=$BASE new=127.0.0.1:12812=$NEW; do
+                IFS== read -r name addr pid <<<"$target"
+                msgs=$((size == 1024 ? 20000 : 2000)); [ $mode = reuse ] && msgs=$((msgs * 3))
+                bash "$BENCH/throughput.sh" --mode=$mode --pids="p=$pid" \
+                    --label="$name-$((size / 1024))k-$mode-$rep" "$addr" 10 $msgs $size 1 |
+                    grep '^RESULT' | tee -a "$STATE/ab-build.txt"
+            done
+        done
+    done
+done
+# Medians per row: base, new, new/base (msgs/s), and the CPU of each.
+awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+       split(v["label"], l, "-"); row = l[2] "-" l[3]; n[l[1], row]++
+       x[l[1], row, n[l[1], row]] = v["msgs_per_s"]; c[l[1], row, n[l[1], row]] = v["cpu_p_pct"]; rows[row] = 1 }
+     function median(a, side, row,   k, i, j, t, b) { k = n[side, row]; for (i = 1; i <= k; i++) b[i] = a[side, row, i]
+       for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (b[j] < b[i]) { t = b[i]; b[i] = b[j]; b[j] = t }
+       return b[int((k + 1) / 2)] }
+     END { for (row in rows) printf "MEDIAN %s base=%.0f new=%.0f ratio=%.2f cpu_base=%s%% cpu_new=%s%%\n", row,
+       median(x, "base", row), median(x, "new", row), median(x, "new", row) / median(x, "base", row),
+       median(c, "base", row), median(c, "new", row) }' "$STATE/ab-build.txt" | sort
+# Idle memory: each build freshly started, alone.
+cleanup; pids=()
+bash "$BENCH/backends.sh" start 2 12525 >/dev/null
+for side in base new; do
+    bin=$BASE_BIN; [ $side = new ] && bin=$NEW_BIN
+    pid=$(startc "$bin" 12813); pids+=("$pid")
+    sleep 1
+    bash "$BENCH/idle_conns.sh" 127.0.0.1 12813 5000 "$pid" --label="$side" | grep -E "^(IDLE|RESULT)"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+done
