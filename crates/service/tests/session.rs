@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attitude_service::driver::{DriverConfig, SessionResult};
-use attitude_test_support::session::{Backends, Harness, Script, specs};
+use attitude_test_support::session::{Backends, Client, Harness, Script, specs};
 use tokio::time::Instant;
 
 const A: &str = "198.51.100.1:25";
@@ -18,12 +18,30 @@ fn addr(a: &str) -> SocketAddr {
     a.parse().unwrap()
 }
 
-/// A backend connection that takes one message from alice to bob.
-fn one_message(reply: &str) -> Script {
+/// A backend connection that takes alice's transaction for bob, up to its 354.
+fn up_to_data() -> Script {
     Script::smtp(&["PIPELINING", "8BITMIME"])
         .read("MAIL FROM:<alice@example.org>")
         .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-        .message(reply)
+        .expect("DATA", "354 go ahead")
+}
+
+/// A backend connection that takes one message from alice to bob.
+fn one_message(reply: &str) -> Script {
+    up_to_data().content(reply)
+}
+
+/// The client side up to the 354 of alice's transaction for bob.
+async fn start_data(c: &mut Client) {
+    assert!(c.reply().await.starts_with("220"));
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@example.org>")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<bob@example.com>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -71,11 +89,7 @@ async fn a_refusal_at_end_of_data_reaches_the_client_as_it_is() {
     backends.script(addr(A), one_message("554 5.7.1 spam, go away"));
     let harness = Harness::new(&backends, &[addr(A)]);
     let (mut c, _session) = harness.session();
-    c.reply().await;
-    c.cmd("EHLO client.test").await;
-    c.cmd("MAIL FROM:<alice@example.org>").await;
-    c.cmd("RCPT TO:<bob@example.com>").await;
-    assert!(c.cmd("DATA").await.starts_with("354"));
+    start_data(&mut c).await;
     c.send(b"Subject: x\r\n\r\nspam\r\n.\r\n").await;
     assert_eq!(c.reply().await, "554 5.7.1 spam, go away");
 }
@@ -136,21 +150,10 @@ async fn a_backend_that_fails_before_data_is_replaced_and_the_transaction_replay
 #[tokio::test(start_paused = true)]
 async fn a_backend_lost_inside_data_is_a_451_at_the_final_dot_never_a_250() {
     let backends = Backends::new();
-    backends.script(
-        addr(A),
-        Script::smtp(&["PIPELINING"])
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-            .expect("DATA", "354 go ahead")
-            .close(),
-    );
+    backends.script(addr(A), up_to_data().close());
     let harness = Harness::new(&backends, &[addr(A)]);
     let (mut c, _session) = harness.session();
-    c.reply().await;
-    c.cmd("EHLO client.test").await;
-    c.cmd("MAIL FROM:<alice@example.org>").await;
-    c.cmd("RCPT TO:<bob@example.com>").await;
-    assert!(c.cmd("DATA").await.starts_with("354"));
+    start_data(&mut c).await;
     let body = "x".repeat(900) + "\r\n";
     for _ in 0..200 {
         c.send(body.as_bytes()).await;
@@ -293,23 +296,12 @@ async fn commands_pipelined_behind_starttls_are_never_run() {
 #[tokio::test(start_paused = true)]
 async fn data_below_the_minimum_rate_is_closed_and_never_delivered() {
     let backends = Backends::new();
-    backends.script(
-        addr(A),
-        Script::smtp(&["PIPELINING"])
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-            .expect("DATA", "354 go ahead")
-            .hold(),
-    );
+    backends.script(addr(A), up_to_data().hold());
     let harness = Harness::new(&backends, &[addr(A)]);
     let (data_timeout, rate) = (harness.driver.data_timeout, harness.driver.min_data_rate);
     assert!(rate > 0);
     let (mut c, session) = harness.session();
-    c.reply().await;
-    c.cmd("EHLO client.test").await;
-    c.cmd("MAIL FROM:<alice@example.org>").await;
-    c.cmd("RCPT TO:<bob@example.com>").await;
-    assert!(c.cmd("DATA").await.starts_with("354"));
+    start_data(&mut c).await;
     let started = Instant::now();
     // A byte every 10 s: far below the rate, yet never silent for `data_timeout`.
     while c.try_send(b"x").await {
