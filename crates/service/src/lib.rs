@@ -4,8 +4,10 @@
 //!
 //! A session runs as:
 //! ```text
-//! socket ─► driver (ServerCodec) ─► MetricsLayer ─► ProtocolLayer ─► [policy layers] ─► Relay ─► backend
+//! socket ─► driver (ServerCodec) ─► MetricsLayer ─► [tarpit] ─► ProtocolLayer ─► [policy layers] ─► Relay ─► backend
 //! ```
+//! (the binary assembles it, in `crates/attitude/src/stack/command.rs`; `docs/design.md` draws
+//! every layer). Fixed replies come from [`replies`].
 //! Every decoded frame becomes one [`Request`]; every request gets one [`Reply`] (replies to DATA
 //! chunks are not written: an error reply to a chunk fails the message, answered at end of data).
 

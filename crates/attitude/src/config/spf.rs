@@ -13,7 +13,9 @@ use super::duration;
 pub(crate) struct SpfSection {
     /// Check SPF at all.
     pub enabled: bool,
-    /// Refuse `fail` with 550 5.7.23 (false: only count it).
+    /// Refuse `fail` with 550 5.7.23. This is `[spf]`'s `mode`, kept under its first name so that
+    /// existing files keep working: `true` is `mode = "enforce"`, `false` is `mode = "dry-run"`
+    /// (a `fail` is counted as a would-be refusal and logged, and the mail goes on).
     pub reject_fail: bool,
     /// How long a result for the same client address, sender and HELO is reused.
     #[serde(with = "duration")]

@@ -12,7 +12,6 @@
 //!   closes the backend connection before the final dot, so the backend keeps nothing of it;
 //! - an authenticated backend connection (AUTH relayed) and a PROXY-identified one belong to
 //!   the session and are never pooled.
-
 //!
 //! - this file: the service, its shared state, and the dispatch of each event by phase;
 //! - `state`: the phase, the transaction to replay, reset and failure;
