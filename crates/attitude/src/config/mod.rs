@@ -375,4 +375,33 @@ mod tests {
         let err = Config::default().validate().unwrap_err().to_string();
         assert!(err.contains("--backend"), "{err}");
     }
+
+    #[test]
+    fn error_texts_read_as_one_line_without_runs_of_spaces() {
+        let listener = "[[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n";
+        for (text, says) in [
+            (
+                format!("{listener}policy.workers = 2\n"),
+                "cannot differ per listener",
+            ),
+            (
+                format!("{listener}policy.greylist.delay = \"1m\"\n"),
+                "the greylist store is shared",
+            ),
+            (
+                "[backend.tls]\nca_file = \"/x.pem\"\ninsecure_skip_verify = true\n".to_string(),
+                "contradict each other",
+            ),
+            (
+                "listen = \"127.0.0.1:2525\"\n".to_string(),
+                "would relay to itself",
+            ),
+        ] {
+            let text = format!("{text}[backend]\nservers = [\"127.0.0.1:2525\"]\n");
+            let config = Config::parse(&text, "t").unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+            assert!(!err.contains("  "), "{err}");
+        }
+    }
 }
