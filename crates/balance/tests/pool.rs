@@ -192,3 +192,34 @@ async fn a_backend_that_keeps_failing_is_ejected_then_let_back() {
     );
     assert!(pool.available());
 }
+
+#[tokio::test(start_paused = true)]
+async fn at_the_connection_limit_a_checkout_waits_for_a_released_connection_or_gives_up() {
+    let backends = Backends::new();
+    backends.script(addr(A), serves(2));
+    let mut config = pool_config();
+    config.max_connections = 1;
+    config.queue_timeout = Duration::from_secs(30);
+    let pool = Pool::with_dial(config, None, Arc::new(backends.clone()));
+    pool.set_source("static", specs(&[addr(A)]));
+    pool.start();
+    let mut first = pool.checkout(&client(), &[]).await.unwrap();
+    noop(&mut first).await;
+    // Nobody gives the slot back: Busy once the queue timeout is over.
+    let started = tokio::time::Instant::now();
+    let busy = pool.checkout(&client(), &[]).await;
+    assert!(matches!(busy, Err(CheckoutError::Busy)), "{busy:?}");
+    assert!(started.elapsed() >= Duration::from_secs(30));
+    // A waiter gets the connection the moment it is released.
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.checkout(&client(), &[]).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    first.transaction_done();
+    first.release();
+    let mut second = waiter.await.unwrap().unwrap();
+    assert!(second.reused());
+    noop(&mut second).await;
+    assert_eq!(backends.dials(addr(A)), 1);
+}
