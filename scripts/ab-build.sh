@@ -19,20 +19,27 @@ NEW_BIN=target/release/attitude
 bash "$BENCH/setup.sh" >/dev/null
 bash "$BENCH/backends.sh" start 2 12525 >/dev/null
 pids=()
+stop() { # PID: SIGTERM, then wait until it is gone (its drain answers 421 meanwhile)
+    kill "$1" 2>/dev/null || return 0
+    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done
+    kill -9 "$1" 2>/dev/null || true
+}
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do stop "$pid"; done
+    pids=()
     bash "$BENCH/backends.sh" stop 2 12525 >/dev/null
 }
 trap cleanup EXIT
 config=$(mktemp "$STATE/ab-XXXX.toml")
 sed 's/^listen = .*/workers = 1/; /^admin = /d' deploy/bench/bench.toml >"$config"
-startc() { # BIN PORT -> PID
-    ATTITUDE_ADMIN=off "$1" serve --config "$config" --listen "127.0.0.1:$2" \
-        >"$STATE/ab-$2.out" 2>"$STATE/ab-$2.log" &
-    echo $!
+start() { # BIN CONFIG PORT: starts it in this shell; its PID is then in $started
+    ATTITUDE_ADMIN=off "$1" serve --config "$2" --listen "127.0.0.1:$3" \
+        >"$STATE/ab-$3.out" 2>"$STATE/ab-$3.log" &
+    started=$!
+    pids+=("$started")
 }
-BASE=$(startc "$BASE_BIN" 12811); pids+=("$BASE")
-NEW=$(startc "$NEW_BIN" 12812); pids+=("$NEW")
+start "$BASE_BIN" "$config" 12811; BASE=$started
+start "$NEW_BIN" "$config" 12812; NEW=$started
 sleep 1
 for target in 127.0.0.1:12811 127.0.0.1:12812; do
     bash "$BENCH/throughput.sh" --mode=new --label=warmup "$target" 2 200 1024 1 >/dev/null
@@ -61,13 +68,14 @@ awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2
      END { for (row in rows) printf "MEDIAN %s base=%.0f new=%.0f ratio=%.2f cpu_base=%s%% cpu_new=%s%%\n", row,
        median(x, "base", row), median(x, "new", row), median(x, "new", row) / median(x, "base", row),
        median(c, "base", row), median(c, "new", row) }' "$STATE/ab-build.txt" | sort
-# Idle memory: each build freshly started, alone.
-cleanup; pids=()
+# Idle memory: each build freshly started, alone, as `make bench` runs it (bench.toml, one
+# worker per CPU).
+cleanup
 bash "$BENCH/backends.sh" start 2 12525 >/dev/null
-for side in base new; do
+for side in base new base new; do
     bin=$BASE_BIN; [ $side = new ] && bin=$NEW_BIN
-    pid=$(startc "$bin" 12813); pids+=("$pid")
+    start "$bin" deploy/bench/bench.toml 12813
     sleep 1
-    bash "$BENCH/idle_conns.sh" 127.0.0.1 12813 5000 "$pid" --label="$side" | grep -E "^(IDLE|RESULT)"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    bash "$BENCH/idle_conns.sh" 127.0.0.1 12813 5000 "$started" --label="$side" | grep -E "^RESULT"
+    stop "$started"
 done
