@@ -230,7 +230,9 @@ fn message_and_recipient_rates_defer_with_450_and_recover() {
 }
 
 #[test]
-fn throttle_stretches_a_1_mib_upload_to_the_configured_rate() {
+fn throttle_from_the_configuration_slows_an_upload_and_refuses_nothing() {
+    // The rate itself is pinned on a paused clock (crates/service/tests/session.rs); this is
+    // `[throttle]` reaching the stack of a real process, and its metric.
     let recorder = Recorder::start();
     let attitude = Attitude::start(
         "[throttle]\nsession_bytes_per_second = 524288\nburst_bytes = 65536\n",
@@ -249,34 +251,14 @@ fn throttle_stretches_a_1_mib_upload_to_the_configured_rate() {
     let r = c.reply();
     let took = started.elapsed();
     assert!(r.starts_with("250"), "{r}");
-    // 1 MiB at 512 KiB/s after a 64 KiB burst: about 1.9 s.
-    assert!(
-        took >= Duration::from_millis(1500) && took <= Duration::from_secs(4),
-        "1 MiB took {took:?}"
-    );
+    // 1 MiB at 512 KiB/s after a 64 KiB burst cannot take less than about 1.9 s.
+    assert!(took >= Duration::from_millis(1500), "1 MiB took {took:?}");
     assert_eq!(recorder.messages().len(), 1);
     assert!(
         attitude
             .metric("attitude_throttled_bytes_total")
             .unwrap_or(0.0)
             > 500_000.0
-    );
-
-    // Unthrottled, the same upload is much faster.
-    let fast = Attitude::start("", &[recorder.addr]);
-    let mut c = Client::connect(fast.smtp);
-    c.start_data("a@example.org", &["b@example.com"]);
-    let started = Instant::now();
-    for _ in 0..1049 {
-        c.send(&line);
-        c.send(b"\r\n");
-    }
-    c.send(b".\r\n");
-    assert!(c.reply().starts_with("250"));
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
     );
 }
 

@@ -13,6 +13,7 @@
 //! - [`throttle`]: delays requests by their cost (bytes) against a rate per service instance and
 //!   per key; refuses nothing.
 
+mod clock;
 mod either;
 pub mod keyed_concurrency;
 pub mod rate_limit;
@@ -20,6 +21,7 @@ mod reject;
 pub mod tarpit;
 pub mod throttle;
 
+pub use clock::TokioClock;
 pub use either::Either;
 
 pub use reject::{LimitMetrics, Mode, Reject, Rejection};

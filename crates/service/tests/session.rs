@@ -320,3 +320,43 @@ async fn data_below_the_minimum_rate_is_closed_and_never_delivered() {
     assert_eq!(session.await.unwrap().result, SessionResult::Timeout);
     assert!(backends.messages(addr(A)).is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_upload_takes_its_size_over_the_rate_and_nothing_is_refused() {
+    use attitude_layers::throttle::ThrottleLayer;
+    use attitude_service::{BoxCommand, Event, Request};
+    use tower::Layer;
+
+    let backends = Backends::new();
+    backends.script(addr(A), one_message("250 2.0.0 queued"));
+    let mut harness = Harness::new(&backends, &[addr(A)]);
+    // 512 KiB/s per session after a 64 KiB burst, as `[throttle]` builds it.
+    let layer = ThrottleLayer::new(
+        512 * 1024,
+        0,
+        64 * 1024,
+        |_: &Request| None::<()>,
+        |req: &Request| match &req.event {
+            Event::DataChunk(chunk) => chunk.len() as u32,
+            _ => 0,
+        },
+    );
+    harness.policies = Some(Arc::new(move |inner| BoxCommand::new(layer.layer(inner))));
+    let (mut c, _session) = harness.session();
+    start_data(&mut c).await;
+    let started = Instant::now();
+    let line = [b'q'; 510];
+    for _ in 0..2048 {
+        c.send(&line).await;
+        c.send(b"\r\n").await;
+    }
+    c.send(b".\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 queued");
+    // 1 MiB at 512 KiB/s after a 64 KiB burst: 1.875 s, on the paused clock.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800) && took <= Duration::from_millis(1950),
+        "1 MiB took {took:?}"
+    );
+    assert_eq!(backends.messages(addr(A))[0].len(), 1024 * 1024);
+}

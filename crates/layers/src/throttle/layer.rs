@@ -2,16 +2,18 @@ use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use governor::clock::DefaultClock;
+use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use metrics::{Counter, Histogram};
 use tower_layer::Layer;
 
 use super::Throttle;
+use crate::TokioClock;
 use crate::rate_limit::KeyedLimiter;
 
-pub(super) type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+pub(super) type DirectLimiter =
+    RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
 
 /// Metric handles of a throttle.
 #[derive(Debug, Clone)]
@@ -37,12 +39,12 @@ impl ThrottleMetrics {
 #[derive(Clone)]
 pub struct ThrottleLayer<K: Hash + Eq + Clone, F, G> {
     pub(super) per_instance: Option<Quota>,
-    pub(super) keyed: Option<Arc<KeyedLimiter<K, DefaultClock>>>,
+    pub(super) keyed: Option<Arc<KeyedLimiter<K, TokioClock>>>,
     pub(super) key: F,
     pub(super) cost: G,
     pub(super) metrics: ThrottleMetrics,
-    /// Made once: a quanta clock is costly to make (it reads CPUID) and cheap to clone.
-    pub(super) clock: DefaultClock,
+    /// Tokio's time (a paused clock moves it too).
+    pub(super) clock: TokioClock,
 }
 
 impl<K: Hash + Eq + Clone, F, G> std::fmt::Debug for ThrottleLayer<K, F, G> {
@@ -65,7 +67,7 @@ impl<K: Hash + Eq + Clone, F, G> ThrottleLayer<K, F, G> {
     /// `burst` units; `key` extracts the key (`None`: no keyed throttle), `cost` what a request
     /// costs (0: free).
     pub fn new(per_instance: u32, per_key: u32, burst: u32, key: F, cost: G) -> Self {
-        let clock = DefaultClock::default();
+        let clock = TokioClock;
         Self {
             per_instance: quota(per_instance, burst),
             keyed: quota(per_key, burst)

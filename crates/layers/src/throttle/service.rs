@@ -2,13 +2,14 @@ use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use tower_service::Service;
 
 use super::ResponseFuture;
 use super::layer::{DirectLimiter, ThrottleMetrics};
+use crate::TokioClock;
 use crate::rate_limit::KeyedLimiter;
 
 /// Delays requests by their cost; see the module docs.
@@ -16,11 +17,11 @@ use crate::rate_limit::KeyedLimiter;
 pub struct Throttle<S, K: Hash + Eq + Clone, F, G> {
     inner: S,
     direct: Option<Arc<DirectLimiter>>,
-    keyed: Option<Arc<KeyedLimiter<K, DefaultClock>>>,
+    keyed: Option<Arc<KeyedLimiter<K, TokioClock>>>,
     key: F,
     cost: G,
     metrics: ThrottleMetrics,
-    clock: DefaultClock,
+    clock: TokioClock,
 }
 
 impl<S: std::fmt::Debug, K: Hash + Eq + Clone, F, G> std::fmt::Debug for Throttle<S, K, F, G> {
@@ -35,11 +36,11 @@ impl<S, K: Hash + Eq + Clone, F, G> Throttle<S, K, F, G> {
     pub(super) fn new(
         inner: S,
         direct: Option<Arc<DirectLimiter>>,
-        keyed: Option<Arc<KeyedLimiter<K, DefaultClock>>>,
+        keyed: Option<Arc<KeyedLimiter<K, TokioClock>>>,
         key: F,
         cost: G,
         metrics: ThrottleMetrics,
-        clock: DefaultClock,
+        clock: TokioClock,
     ) -> Self {
         Self {
             inner,
@@ -105,7 +106,7 @@ where
         let metrics = self.metrics.clone();
         let clock = self.clock.clone();
         let wait = Box::pin(async move {
-            let started = Instant::now();
+            let started = tokio::time::Instant::now();
             if let Some(direct) = direct {
                 take(units, |n| match direct.check_n(n) {
                     Ok(Ok(())) => Ok(Ok(())),
