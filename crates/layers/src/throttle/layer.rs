@@ -71,7 +71,7 @@ impl<K: Hash + Eq + Clone, F, G> ThrottleLayer<K, F, G> {
         Self {
             per_instance: quota(per_instance, burst),
             keyed: quota(per_key, burst)
-                .map(|q| Arc::new(RateLimiter::new(q, Default::default(), clock.clone()))),
+                .map(|q| Arc::new(RateLimiter::new(q, Default::default(), clock))),
             key,
             cost,
             metrics: ThrottleMetrics::noop(),
@@ -102,12 +102,12 @@ impl<S, K: Hash + Eq + Clone, F: Clone, G: Clone> Layer<S> for ThrottleLayer<K, 
         Throttle::new(
             inner,
             self.per_instance
-                .map(|q| Arc::new(RateLimiter::direct_with_clock(q, self.clock.clone()))),
+                .map(|q| Arc::new(RateLimiter::direct_with_clock(q, self.clock))),
             self.keyed.clone(),
             self.key.clone(),
             self.cost.clone(),
             self.metrics.clone(),
-            self.clock.clone(),
+            self.clock,
         )
     }
 }

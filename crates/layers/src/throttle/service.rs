@@ -104,7 +104,7 @@ where
             return ResponseFuture::new(self.inner.call(req), None);
         }
         let metrics = self.metrics.clone();
-        let clock = self.clock.clone();
+        let clock = self.clock;
         let wait = Box::pin(async move {
             let started = tokio::time::Instant::now();
             if let Some(direct) = direct {
