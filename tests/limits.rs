@@ -230,6 +230,36 @@ fn message_and_recipient_rates_defer_with_450_and_recover() {
 }
 
 #[test]
+fn the_null_sender_and_a_domainless_sender_do_not_escape_sender_rates() {
+    let recorder = Recorder::start();
+    for key in ["sender", "sender-domain"] {
+        let attitude = Attitude::start(
+            &format!(
+                "[[rates]]\nname = \"by-{key}\"\nkey = \"{key}\"\ncount = \"messages\"\n\
+                 limit = 2\nper = \"1h\"\n"
+            ),
+            &[recorder.addr],
+        );
+        let mut c = Client::connect(attitude.smtp);
+        assert!(c.cmd("EHLO bounces.test").starts_with("250"));
+        // `<>` has its own budget (under `<>`), and `<postmaster>` its own (its address, or
+        // `<no-domain>` for a domain rule): each passes twice, whatever the spelling.
+        for (first, second, third) in [("", "", ""), ("postmaster", "PostMaster", "POSTMASTER")] {
+            for sender in [first, second] {
+                let r = c.cmd(&format!("MAIL FROM:<{sender}>"));
+                assert!(r.starts_with("250"), "{key} <{sender}>: {r}");
+                assert!(c.cmd("RSET").starts_with("250"));
+            }
+            let r = c.cmd(&format!("MAIL FROM:<{third}>"));
+            assert!(
+                r.starts_with("450 4.7.1") && r.contains(&format!("by-{key}")),
+                "{key} <{third}>: {r}"
+            );
+        }
+    }
+}
+
+#[test]
 fn throttle_from_the_configuration_slows_an_upload_and_refuses_nothing() {
     // The rate itself is pinned on a paused clock (crates/service/tests/session.rs); this is
     // `[throttle]` reaching the stack of a real process, and its metric.

@@ -360,3 +360,42 @@ async fn a_throttled_upload_takes_its_size_over_the_rate_and_nothing_is_refused(
     );
     assert_eq!(backends.messages(addr(A))[0].len(), 1024 * 1024);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_reverse_path_reaches_the_backend_as_the_client_wrote_it() {
+    let backends = Backends::new();
+    for sender in ["postmaster", ""] {
+        backends.script(
+            addr(A),
+            Script::smtp(&["PIPELINING"])
+                .read(&format!("MAIL FROM:<{sender}>"))
+                .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok"),
+        );
+    }
+    let mut config = attitude_test_support::session::pool_config();
+    config.reuse = false;
+    let harness = Harness::with_pool(&backends, &[addr(A)], config);
+    for sender in ["postmaster", ""] {
+        let (mut c, _session) = harness.session();
+        c.reply().await;
+        c.cmd("EHLO client.test").await;
+        assert!(
+            c.cmd(&format!("MAIL FROM:<{sender}>"))
+                .await
+                .starts_with("250")
+        );
+        assert!(c.cmd("RCPT TO:<bob@example.com>").await.starts_with("250"));
+        c.cmd("QUIT").await;
+    }
+    let mails: Vec<String> = backends
+        .lines(addr(A))
+        .into_iter()
+        .filter(|l| l.starts_with("MAIL"))
+        .collect();
+    assert_eq!(mails, ["MAIL FROM:<postmaster>", "MAIL FROM:<>"]);
+    assert!(
+        backends.unexpected().is_empty(),
+        "{:?}",
+        backends.unexpected()
+    );
+}

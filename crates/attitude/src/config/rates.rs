@@ -13,9 +13,10 @@ use super::{ConfigError, duration};
 pub(crate) enum RateKey {
     /// The client's network (`connections.client_prefix_v4`/`_v6`; exempt networks skip).
     Client,
-    /// The MAIL FROM address.
+    /// The MAIL FROM address (the null sender counts as `<>`).
     Sender,
-    /// The MAIL FROM domain.
+    /// The MAIL FROM domain (the null sender counts as `<>`, a sender without a domain as
+    /// `<no-domain>`).
     SenderDomain,
     /// The authenticated user (clients that did not authenticate are not counted).
     AuthUser,

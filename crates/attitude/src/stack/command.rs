@@ -378,6 +378,11 @@ fn rate(rule: &RateRule, client: &ClientKey, stop: &CancellationToken) -> Comman
     boxed(layer)
 }
 
+/// The key of the null sender in `sender` and `sender-domain` rules.
+const NULL_SENDER: &str = "<>";
+/// The key of senders without a domain in `sender-domain` rules.
+const NO_DOMAIN: &str = "<no-domain>";
+
 /// What a rate rule counts this request by; `None`: not counted.
 fn rate_key(rule: &RateRule, client: &ClientKey, req: &Request) -> Option<String> {
     let (mail, rcpt) = match (&req.event, rule.count) {
@@ -390,8 +395,13 @@ fn rate_key(rule: &RateRule, client: &ClientKey, req: &Request) -> Option<String
     };
     match rule.key {
         RateKey::Client => client.key(req.session.client.ip()).map(|ip| ip.to_string()),
-        RateKey::Sender => Some(mail.to_ascii_lowercase()).filter(|s| !s.is_empty()),
-        RateKey::SenderDomain => domain_of(mail),
+        // The null sender (bounces, and what passes for them) is counted under `<>`, and
+        // `sender-domain` counts senders without a domain (`<postmaster>`) under `<no-domain>`:
+        // no sender escapes a sender rule.
+        RateKey::Sender if mail.is_empty() => Some(NULL_SENDER.to_owned()),
+        RateKey::Sender => Some(mail.to_ascii_lowercase()),
+        RateKey::SenderDomain if mail.is_empty() => Some(NULL_SENDER.to_owned()),
+        RateKey::SenderDomain => domain_of(mail).or_else(|| Some(NO_DOMAIN.to_owned())),
         RateKey::AuthUser => req.session.auth.clone(),
         RateKey::RcptDomain => rcpt.and_then(|r| domain_of(r)),
     }

@@ -203,7 +203,15 @@ impl Command {
             Request::Ehlo { host } => Command::Ehlo(host),
             Request::Helo { host } => Command::Helo(host),
             Request::Lhlo { .. } => Command::Unsupported("LHLO"),
-            Request::Mail { from } => Command::Mail(mail_from(from, quoted)?),
+            Request::Mail { mut from } => {
+                // smtp-proto hands over a domain-less path (`<postmaster>`) as empty, like the
+                // null sender: keep what the client wrote (the backend decides, as it would if
+                // the client spoke to it), never invent a `<>`.
+                if from.address.is_empty() {
+                    from.address = path_of(text).to_owned();
+                }
+                Command::Mail(mail_from(from, quoted)?)
+            }
             Request::Rcpt { to } => {
                 if to.orcpt.is_some() || to.flags != 0 || to.rrvs != 0 {
                     return Err(CommandError::UnsupportedParameter);
@@ -211,10 +219,7 @@ impl Command {
                 // smtp-proto hands over a domain-less path as empty; RFC 5321 §4.5.1 allows
                 // exactly <postmaster> (any case), and an empty forward path is never valid.
                 let address = if to.address.is_empty() {
-                    let path = text
-                        .split_once('<')
-                        .and_then(|(_, rest)| rest.split_once('>'))
-                        .map_or("", |(path, _)| path);
+                    let path = path_of(text);
                     if !path.eq_ignore_ascii_case("postmaster") {
                         return Err(CommandError::BadAddress);
                     }
@@ -286,6 +291,13 @@ fn is_dot_string(local: &str) -> bool {
         && local
             .split('.')
             .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
+/// The text between the first `<` and the next `>`: the path as the client wrote it.
+fn path_of(text: &str) -> &str {
+    text.split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .map_or("", |(path, _)| path)
 }
 
 fn strip_line_ending(line: &[u8]) -> &[u8] {
@@ -437,6 +449,25 @@ mod tests {
             parse("MAIL FROM:<>\r\n"),
             Ok(Command::Mail(MailFrom::default()))
         );
+        // A domain-less reverse-path is kept as the client wrote it, never turned into `<>`:
+        // `<postmaster>` goes on, any other is refused as it would be at RCPT.
+        assert_eq!(parse("MAIL FROM:<bob>\r\n"), Err(CommandError::BadAddress));
+        for path in ["postmaster", "PostMaster"] {
+            assert_eq!(
+                parse(&format!("MAIL FROM:<{path}>\r\n")),
+                Ok(Command::Mail(MailFrom {
+                    address: path.into(),
+                    ..MailFrom::default()
+                }))
+            );
+        }
+        let mut wire = BytesMut::new();
+        Command::Mail(MailFrom {
+            address: "postmaster".into(),
+            ..MailFrom::default()
+        })
+        .encode(&mut wire);
+        assert_eq!(&wire[..], b"MAIL FROM:<postmaster>\r\n");
         assert_eq!(
             parse("MAIL FROM:<a@b> RET=FULL\r\n"),
             Err(CommandError::UnsupportedParameter)
