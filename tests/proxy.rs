@@ -20,6 +20,13 @@ fn v2(src: [u8; 4], port: u16) -> Vec<u8> {
     h
 }
 
+/// A PROXY v2 LOCAL header (the balancer's own connection) that still carries an address block.
+fn v2_local(src: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = v2(src, port);
+    h[12] = 0x20;
+    h
+}
+
 fn start(recorder: &Recorder) -> Attitude {
     Attitude::start(
         "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
@@ -65,6 +72,35 @@ fn the_header_from_the_balancer_sets_the_client_address() {
     assert_eq!(
         attitude.metric("attitude_proxy_protocol_total{result=\"ok\"}"),
         Some(2.0)
+    );
+}
+
+#[test]
+fn a_local_header_keeps_the_balancers_address_whatever_block_it_carries() {
+    let recorder = Recorder::start();
+    let attitude = start(&recorder);
+    // A LOCAL header whose address block names a denied network: the session is the
+    // balancer's own, so the access rule does not apply and the mail goes through.
+    for block in [[192, 0, 2, 7], [0, 0, 0, 0]] {
+        let mut c = Client::connect_raw_from(attitude.smtp, BALANCER);
+        c.send(&v2_local(block, 40000));
+        assert!(c.reply().starts_with("220"));
+        c.start_data("a@sender.example", &["b@example.com"]);
+        c.send(b"Subject: local\r\n\r\nhello\r\n.\r\n");
+        let r = c.reply();
+        assert!(r.starts_with("250"), "LOCAL with {block:?}: {r}");
+        c.cmd("QUIT");
+    }
+    assert_eq!(recorder.messages().len(), 2);
+    assert_eq!(
+        attitude.metric("attitude_proxy_protocol_total{result=\"local\"}"),
+        Some(2.0)
+    );
+    let log = attitude.peer.stderr();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("192.0.2.7") || l.contains("client=0.0.0.0")),
+        "the address block is never the client: {log:?}"
     );
 }
 

@@ -55,6 +55,11 @@ async fn read(io: &mut TcpStream) -> Result<Option<SocketAddr>, ProxyError> {
         io.read_exact(&mut buf[16..]).await?;
         let header = ppp::v2::Header::try_from(buf.as_slice())
             .map_err(|e| ProxyError::Invalid(e.to_string()))?;
+        if header.command == ppp::v2::Command::Local {
+            // LOCAL: the balancer's own connection (a health check); whatever address block it
+            // carries says nothing about a client, and the session keeps the balancer's address.
+            return Ok(None);
+        }
         return Ok(match header.addresses {
             ppp::v2::Addresses::IPv4(a) => {
                 Some(SocketAddr::new(a.source_address.into(), a.source_port))
@@ -134,6 +139,22 @@ mod tests {
         let (r, rest) = through(v2).await;
         assert_eq!(r.unwrap(), Some("[2001:db8::7]:40001".parse().unwrap()));
         assert_eq!(rest, b"EHLO after\r\n");
+        // LOCAL keeps the balancer's address, whatever address block it carries.
+        for block in ["10.9.9.9:1234", "0.0.0.0:0"] {
+            let local = ppp::v2::Builder::with_addresses(
+                ppp::v2::Version::Two | ppp::v2::Command::Local,
+                ppp::v2::Protocol::Stream,
+                (
+                    block.parse::<SocketAddr>().unwrap(),
+                    "10.0.0.1:25".parse::<SocketAddr>().unwrap(),
+                ),
+            )
+            .build()
+            .unwrap();
+            let (r, rest) = through(local).await;
+            assert_eq!(r.unwrap(), None, "LOCAL with {block}");
+            assert_eq!(rest, b"EHLO after\r\n");
+        }
         let (r, _) = through(b"EHLO no-header.example\r\n".to_vec()).await;
         assert!(matches!(r, Err(ProxyError::Invalid(_))), "{r:?}");
     }
