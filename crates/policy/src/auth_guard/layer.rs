@@ -84,7 +84,8 @@ impl Shared {
         let tally = self.tally.lock().expect("auth guard lock");
         let now = Instant::now();
         let live = |key: &str| tally.bans.get(key).is_some_and(|until| *until > now);
-        live(&format!("net:{network}")) || login.is_some_and(|l| live(&format!("login:{l}")))
+        live(&format!("net:{network}"))
+            || login.is_some_and(|l| live(&format!("login:{}", login_key(l))))
     }
 
     /// Counts a failed exchange.
@@ -103,7 +104,12 @@ impl Shared {
         }
         let mut after = After::Counted;
         let keys = std::iter::once((format!("net:{network}"), config.max_failures_per_client))
-            .chain(login.map(|l| (format!("login:{l}"), config.max_failures_per_login)));
+            .chain(login.map(|l| {
+                (
+                    format!("login:{}", login_key(l)),
+                    config.max_failures_per_login,
+                )
+            }));
         for (key, limit) in keys {
             let entry = tally.failures.entry(key.clone()).or_insert((0, now));
             if now.duration_since(entry.1) >= config.window {
@@ -160,5 +166,36 @@ impl<S> Layer<S> for AuthGuardLayer {
 
     fn layer(&self, inner: S) -> AuthGuard<S> {
         AuthGuard::new(inner, self.shared.clone())
+    }
+}
+
+/// A login as the guard counts it: the spellings a backend that ignores case (most do) takes
+/// as one login are one key (`Alice`, ` ALICE `, `alice@Example.COM.` and `alice@example.com`),
+/// so no spelling earns a fresh allowance.
+pub(super) fn login_key(login: &str) -> String {
+    let login = login.trim().to_lowercase();
+    match login.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.trim_end_matches('.')),
+        None => login,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::login_key;
+
+    #[test]
+    fn spellings_of_one_login_are_one_key() {
+        for spelling in ["alice", "Alice", " ALICE "] {
+            assert_eq!(login_key(spelling), "alice");
+        }
+        for spelling in [
+            "alice@example.com",
+            "Alice@Example.COM",
+            "alice@example.com.",
+        ] {
+            assert_eq!(login_key(spelling), "alice@example.com");
+        }
+        assert_ne!(login_key("alice"), login_key("alicia"));
     }
 }
