@@ -167,6 +167,24 @@ fn failures_are_delayed_then_the_client_and_the_login_are_banned() {
 }
 
 #[test]
+fn an_over_long_answer_cancels_the_exchange_and_the_next_command_is_a_command() {
+    let recorder = Recorder::start_with_accounts(&[("alice", "secret")]);
+    let attitude = start(CONFIG, &recorder);
+    let (mut c, _) = Client::connect_from(attitude.smtp, ip(2));
+    assert!(c.cmd("EHLO long.test").starts_with("250"));
+    assert!(c.cmd("AUTH LOGIN").starts_with("334"));
+    let r = c.cmd(&"A".repeat(20_000));
+    assert!(r.starts_with("501 5.5.2"), "{r}");
+    // Not an answer in the exchange (it would be the password): a command, relayed as one.
+    assert!(c.cmd("MAIL FROM:<a@sender.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.com>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: after a cancelled AUTH\r\n\r\nhello\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert_eq!(recorder.messages().len(), 1);
+}
+
+#[test]
 fn not_offered_over_plaintext_unless_allowed_and_required_when_asked() {
     let recorder = Recorder::start_with_accounts(&[("alice", "secret")]);
     let attitude = Attitude::start("[auth]\nenabled = true\n", &[recorder.addr]);

@@ -169,6 +169,15 @@ pub fn auth_lost() -> Reply {
     )
 }
 
+/// `501 5.5.2`: an AUTH answer over the line limit; the exchange is cancelled (RFC 4954 §4).
+pub fn auth_line_too_long() -> Reply {
+    Reply::new(
+        501,
+        status(5, 5, 2),
+        "Authentication line too long; exchange cancelled",
+    )
+}
+
 /// `454 4.7.0`: AUTH could not be relayed.
 pub fn temporary_auth_failure() -> Reply {
     Reply::new(

@@ -399,3 +399,37 @@ async fn the_reverse_path_reaches_the_backend_as_the_client_wrote_it() {
         backends.unexpected()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_over_long_auth_answer_cancels_the_exchange_at_the_backend_too() {
+    use attitude_service::auth::AuthOffer;
+
+    let backends = Backends::new();
+    backends.script(
+        addr(A),
+        Script::smtp(&["PIPELINING", "AUTH PLAIN LOGIN"])
+            .expect("AUTH LOGIN", "334 VXNlcm5hbWU6")
+            .expect("*", "501 5.7.0 exchange cancelled"),
+    );
+    let mut harness = Harness::new(&backends, &[addr(A)]);
+    let offer = AuthOffer::new(vec!["PLAIN".into(), "LOGIN".into()], true);
+    offer.set_backend(vec!["PLAIN".into(), "LOGIN".into()]);
+    harness.protocol.auth = Some(Arc::new(offer));
+    let (mut c, _session) = harness.session();
+    c.reply().await;
+    assert!(c.cmd("EHLO client.test").await.contains("AUTH PLAIN LOGIN"));
+    assert!(c.cmd("AUTH LOGIN").await.starts_with("334"));
+    let reply = c.cmd(&"A".repeat(20_000)).await;
+    assert!(reply.starts_with("501 5.5.2"), "{reply}");
+    // The next line is a command again, answered by attitude's protocol layer.
+    assert!(c.cmd("NOOP").await.starts_with("250"));
+    assert_eq!(
+        backends.lines(addr(A)),
+        ["EHLO attitude.test", "AUTH LOGIN", "*"]
+    );
+    assert!(
+        backends.unexpected().is_empty(),
+        "{:?}",
+        backends.unexpected()
+    );
+}

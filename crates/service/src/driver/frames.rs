@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use attitude_codec::{Command, Frame, Reply};
+use attitude_codec::{Command, Frame, Mode, Reply};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
@@ -59,6 +60,15 @@ where
                     _ => Pending::Other,
                 };
                 (Event::Command(cmd), pending)
+            }
+            Frame::Invalid(_) if self.codec.mode() == Mode::Auth => {
+                // A line the exchange cannot take (over-long): the exchange is cancelled as the
+                // client's own `*` would cancel it (RFC 4954 §4), the backend is told so, and
+                // nothing the client sends next is read as an answer.
+                (
+                    Event::AuthLine(Bytes::from_static(b"*")),
+                    Pending::AuthCancel,
+                )
             }
             Frame::Invalid(error) => (Event::Invalid(error), Pending::Other),
             Frame::AuthLine(line) => {

@@ -100,6 +100,8 @@ enum Pending {
     StartTls,
     Auth,
     AuthLine,
+    /// An AUTH exchange cancelled by attitude (a line it cannot take).
+    AuthCancel,
     Other,
 }
 

@@ -21,6 +21,12 @@ where
     /// Applies `reply` (to the request `pending` remembers) to the session, queues it for the
     /// client, and says whether the session goes on.
     pub(super) async fn update(&mut self, pending: Pending, reply: Reply) -> Step {
+        // Whatever the backend made of the `*`, the client hears why its exchange ended.
+        let reply = match pending {
+            // (A 421, the guard's ban, still closes the session.)
+            Pending::AuthCancel if reply.code() != 421 => replies::auth_line_too_long(),
+            _ => reply,
+        };
         let quit = matches!(pending, Pending::Quit);
         let starttls = matches!(pending, Pending::StartTls);
         let session = Arc::make_mut(&mut self.session);
@@ -67,6 +73,10 @@ where
                 session.transaction = None;
             }
             Pending::Rset if reply.is_positive() => session.transaction = None,
+            Pending::AuthCancel => {
+                self.codec.set_mode(Mode::Command);
+                self.auth = None;
+            }
             Pending::Auth | Pending::AuthLine => {
                 if reply.code() == 334 {
                     self.codec.set_mode(Mode::Auth);
