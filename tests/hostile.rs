@@ -97,6 +97,8 @@ fn smuggling_variants_normalized_never_make_a_second_transaction() {
         assert_eq!(m.rcpt_tos, ["victim@example.com"]);
         assert_clean(&m.content, variant);
         let text = String::from_utf8_lossy(&m.content);
+        // The lone dot of the variant is content, as it stands (not turned into an empty line).
+        assert!(text.contains("\r\n.\r\n"), "{variant:?}: {text}");
         // The would-be second transaction is plain text inside the first message.
         assert!(text.contains("smuggled message"), "{variant:?}: {text}");
         assert!(

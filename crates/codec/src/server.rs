@@ -304,9 +304,18 @@ impl ServerCodec {
                 }
             }
             if self.data_error.is_none() {
-                // Undo dot-stuffing: a line that starts with '.' carries one extra.
+                // Undo dot-stuffing: a line that starts with '.' carries one extra. A lone '.'
+                // (once normalised: NUL dropped, a bare CR ending it) that did not end the data
+                // is content as it stands: it arrives as '.' (sent on as '..'), as one after a
+                // bare CR does.
                 let plain = crlf && !bare_cr && !nul && content.first() != Some(&b'.');
-                let content = content.strip_prefix(b".").unwrap_or(content);
+                let first = &content[..memchr::memchr(b'\r', content).unwrap_or(content.len())];
+                let lone_dot = first.iter().filter(|&&b| b != 0).eq(b".".iter());
+                let content = if lone_dot {
+                    content
+                } else {
+                    content.strip_prefix(b".").unwrap_or(content)
+                };
                 if plain {
                     // The usual line: copied as it is, CRLF included.
                     self.out.put_slice(line);
@@ -468,13 +477,46 @@ mod tests {
     }
 
     #[test]
+    fn a_normalised_lone_dot_stays_a_dot() {
+        for input in [
+            &b"a\n.\nb\r\n.\r\n"[..],
+            b"a\n.\r\nb\r\n.\r\n",
+            b"a\r.\rb\r\n.\r\n",
+            b"a\r\n.\rb\r\n.\r\n",
+            b"a\r\n.\0\r\nb\r\n.\r\n",
+            b"a\r\n\0.\r\nb\r\n.\r\n",
+        ] {
+            let mut codec = data_codec(BareLineEndings::Normalize);
+            let got = frames(&mut codec, input);
+            assert_eq!(
+                got,
+                vec![
+                    Frame::DataChunk(Bytes::from_static(b"a\r\n.\r\nb\r\n")),
+                    Frame::DataEnd(Ok(())),
+                ],
+                "{input:?}"
+            );
+        }
+        // A stuffed dot line is still unstuffed.
+        let mut codec = data_codec(BareLineEndings::Normalize);
+        let got = frames(&mut codec, b"..\n..x\r\n.\r\n");
+        assert_eq!(
+            got,
+            vec![
+                Frame::DataChunk(Bytes::from_static(b".\r\n.x\r\n")),
+                Frame::DataEnd(Ok(())),
+            ]
+        );
+    }
+
+    #[test]
     fn normalize_turns_bare_endings_into_content() {
         let mut codec = data_codec(BareLineEndings::Normalize);
         let got = frames(&mut codec, b"a\n.\nb\rc\0d\r\n.\r\n");
         assert_eq!(
             got,
             vec![
-                Frame::DataChunk(Bytes::from_static(b"a\r\n\r\nb\r\ncd\r\n")),
+                Frame::DataChunk(Bytes::from_static(b"a\r\n.\r\nb\r\ncd\r\n")),
                 Frame::DataEnd(Ok(())),
             ]
         );
