@@ -433,3 +433,59 @@ async fn an_over_long_auth_answer_cancels_the_exchange_at_the_backend_too() {
         backends.unexpected()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_before_the_final_dot_is_never_the_verdict_nor_anyone_elses_answer() {
+    let backends = Backends::new();
+    // The backend answers 250 right after its 354, before the message, and would answer 451
+    // after the final dot: the early 250 must not become the client's verdict, and the 451
+    // must not stay on a pooled connection for the next session.
+    backends.script(
+        addr(A),
+        up_to_data()
+            .send("250 2.0.0 early, before the message")
+            .content("451 4.3.0 the real verdict"),
+    );
+    backends.script(
+        addr(A),
+        one_message("250 2.0.0 queued on a fresh connection"),
+    );
+    let harness = Harness::new(&backends, &[addr(A)]);
+    let (mut c, _session) = harness.session();
+    start_data(&mut c).await;
+    c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n").await;
+    let reply = c.reply().await;
+    assert!(
+        reply.starts_with("451 4.4."),
+        "never the early 250: {reply}"
+    );
+    // The next session gets a connection of its own and its own replies.
+    let (mut next, _session) = harness.session();
+    start_data(&mut next).await;
+    next.send(b"Subject: y\r\n\r\nhello\r\n.\r\n").await;
+    assert_eq!(next.reply().await, "250 2.0.0 queued on a fresh connection");
+    assert_eq!(backends.dials(addr(A)), 2);
+    assert_eq!(
+        backends.messages(addr(A)).len(),
+        1,
+        "the first never got its dot"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_split_across_writes_is_read_whole() {
+    let backends = Backends::new();
+    backends.script(
+        addr(A),
+        up_to_data()
+            .content("250-2.0.0 queued")
+            .pause(Duration::from_secs(1))
+            .send("250 2.0.0 as 4711"),
+    );
+    let harness = Harness::new(&backends, &[addr(A)]);
+    let (mut c, _session) = harness.session();
+    start_data(&mut c).await;
+    c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n").await;
+    assert_eq!(c.reply().await, "250-2.0.0 queued\n250 2.0.0 as 4711");
+    assert!(c.cmd("NOOP").await.starts_with("250"));
+}

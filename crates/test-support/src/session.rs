@@ -44,6 +44,8 @@ enum Step {
     Close,
     /// Read and never answer (a backend that hangs).
     Hold,
+    /// Wait this long (on tokio's clock) before the next step.
+    Pause(Duration),
 }
 
 /// What one backend connection does, step by step. After the last step the backend answers
@@ -103,6 +105,13 @@ impl Script {
     /// Closes the connection.
     pub fn close(mut self) -> Self {
         self.steps.push(Step::Close);
+        self
+    }
+
+    /// Waits `wait` (tokio's clock: paused in tests) before the next step: a reply split
+    /// across writes, a slow backend.
+    pub fn pause(mut self, wait: Duration) -> Self {
+        self.steps.push(Step::Pause(wait));
         self
     }
 
@@ -255,6 +264,7 @@ async fn run(script: Script, addr: SocketAddr, io: DuplexStream, net: Arc<Mutex<
                 net.lock().expect("net lock").messages.push((addr, content));
             }
             Step::Close => return,
+            Step::Pause(wait) => tokio::time::sleep(wait).await,
             Step::Hold => {
                 let mut sink = Vec::new();
                 let _ = read.read_to_end(&mut sink).await;
