@@ -7,7 +7,7 @@
 #   make bench-limits what the limit stack costs: limits on vs off, same build, same run
 #   make bench-policies what the filtering policies cost: policies on vs off (local DNS server)
 #   make bench-ab BASE=BIN  this tree against another build (scripts/ab-build.sh): 1 KB and 100 KB, new and reuse, idle memory
-#   make fuzz   the decoder's fuzz target for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
+#   make fuzz   a fuzz target (FUZZ_TARGET=decode|reply) for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -71,10 +71,13 @@ bench-policies:
 
 # New inputs go to a scratch corpus; the committed seeds in corpus/decode are only read.
 # A crash lands in crates/codec/fuzz/artifacts/: copy it into corpus/decode as a regression test.
+# FUZZ_TARGET: decode (what a client sends, the session's decoder) or reply (what a backend
+# sends, the backend connections' reply reader).
 FUZZ_CORPUS ?= /tmp/attitude-fuzz-corpus
+FUZZ_TARGET ?= decode
 fuzz:
-	mkdir -p $(FUZZ_CORPUS)
-	cd crates/codec/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none decode $(FUZZ_CORPUS) corpus/decode -- -max_total_time=$${FUZZ_SECONDS:-60}
+	mkdir -p $(FUZZ_CORPUS)/$(FUZZ_TARGET)
+	cd crates/codec/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none $(FUZZ_TARGET) $(FUZZ_CORPUS)/$(FUZZ_TARGET) corpus/$(FUZZ_TARGET) -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 clean:
 	$(CARGO) clean

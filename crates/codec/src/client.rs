@@ -10,7 +10,7 @@ use crate::command::Command;
 use crate::reply::{EnhancedStatus, Reply};
 
 /// Longest reply line accepted from a peer (RFC 5321 says 512; real servers go further).
-const MAX_REPLY_LINE: usize = 4096;
+pub(crate) const MAX_REPLY_LINE: usize = 4096;
 /// Most lines in one reply.
 const MAX_REPLY_LINES: usize = 128;
 

@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
-use crate::{BareLineEndings, CodecConfig, Command, Frame, Mode, ServerCodec};
+use crate::{BareLineEndings, ClientCodec, CodecConfig, Command, Frame, Mode, ServerCodec};
 
 /// Decodes `data` (the first byte picks policy and read size), checking the decoder's
 /// invariants; panics when one breaks:
@@ -67,5 +67,43 @@ fn check(frame: &Frame) {
             assert_eq!(again.as_ref(), Ok(cmd), "round trip of {wire:?}");
         }
         _ => {}
+    }
+}
+
+/// Reads `data` as what a hostile backend sends (the first byte picks the read size), with the
+/// reply reader attitude uses on backend connections; panics when an invariant breaks:
+/// - it never panics on any input, and an error ends the connection (nothing is read after it);
+/// - the buffer never holds more than one reply line limit plus one read;
+/// - a decoded reply survives encode + decode unchanged (what a client is told is what the
+///   backend said), and each reply is read whole: the reader never hands out part of one.
+pub fn replies_all(data: &[u8]) {
+    let Some((&knobs, input)) = data.split_first() else {
+        return;
+    };
+    let read = 1 + knobs as usize * 3;
+    let mut codec = ClientCodec::new();
+    let mut buf = BytesMut::new();
+    for piece in input.chunks(read) {
+        buf.extend_from_slice(piece);
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(reply)) => {
+                    let wire = reply.to_wire();
+                    let mut again = BytesMut::from(wire.as_bytes());
+                    let decoded = ClientCodec::new().decode(&mut again);
+                    assert!(
+                        matches!(&decoded, Ok(Some(r)) if *r == reply) && again.is_empty(),
+                        "round trip of {wire:?}: {decoded:?}"
+                    );
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        assert!(
+            buf.len() <= crate::client::MAX_REPLY_LINE + read,
+            "buffer grew to {} octets",
+            buf.len()
+        );
     }
 }
