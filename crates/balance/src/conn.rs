@@ -400,8 +400,9 @@ impl BackendConn {
     ) -> Result<Reply, BackendError> {
         // The verdict is only what the backend says after the final dot: a reply that came
         // before it is a protocol error, and the connection is closed before the dot (the
-        // backend keeps nothing). Bytes behind the verdict are one too: they would become the
-        // answer to another transaction's command.
+        // backend keeps nothing). Bytes behind the verdict do not change it (the backend took
+        // the message), but leave the connection unfit for another transaction: `is_open`
+        // says so when the pool would hand it out.
         if !self.is_open() {
             return Err(BackendError::Protocol("a reply before the end of data"));
         }
@@ -410,13 +411,7 @@ impl BackendConn {
         }
         self.wbuf.extend_from_slice(b".\r\n");
         self.flush(limit, "end of data").await?;
-        let reply = self.read_reply(limit, "end of data").await?;
-        if !self.rbuf.is_empty() {
-            return Err(BackendError::Protocol(
-                "more than one reply to the end of data",
-            ));
-        }
-        Ok(reply)
+        self.read_reply(limit, "end of data").await
     }
 
     /// QUIT, waiting briefly for the 221; the connection is closed either way.

@@ -489,3 +489,30 @@ async fn a_reply_split_across_writes_is_read_whole() {
     assert_eq!(c.reply().await, "250-2.0.0 queued\n250 2.0.0 as 4711");
     assert!(c.cmd("NOOP").await.starts_with("250"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn bytes_a_backend_sends_while_idle_in_the_pool_never_reach_the_next_session() {
+    let backends = Backends::new();
+    // After its verdict the backend says something unasked (an idle timeout, say) while the
+    // connection waits in the pool: that connection is not handed out again.
+    backends.script(
+        addr(A),
+        one_message("250 2.0.0 queued").send("421 4.4.2 idle too long, closing"),
+    );
+    backends.script(
+        addr(A),
+        one_message("250 2.0.0 queued on a fresh connection"),
+    );
+    let harness = Harness::new(&backends, &[addr(A)]);
+    let (mut c, _first) = harness.session();
+    start_data(&mut c).await;
+    c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 queued");
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut next, _second) = harness.session();
+    start_data(&mut next).await;
+    next.send(b"Subject: y\r\n\r\nhello\r\n.\r\n").await;
+    assert_eq!(next.reply().await, "250 2.0.0 queued on a fresh connection");
+    assert_eq!(backends.dials(addr(A)), 2);
+}

@@ -24,7 +24,9 @@ use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
 use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared};
 use attitude_service::{BoxCommand, Session};
 use futures::future::BoxFuture;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream,
+};
 use tokio::task::JoinHandle;
 use tower::Layer;
 
@@ -206,8 +208,88 @@ impl Dial for Backends {
             };
             let (ours, theirs) = tokio::io::duplex(PIPE);
             tokio::spawn(run(script, addr, theirs, net));
-            Ok(Box::new(ours) as Box<dyn Transport>)
+            Ok(Box::new(Peekable::new(ours)) as Box<dyn Transport>)
         })
+    }
+}
+
+/// The pool's end of an in-process connection. Unlike a bare duplex it can tell whether
+/// something arrived unasked (what a TCP peek tells the pool): bytes read to find out are kept
+/// and handed to the next read.
+#[derive(Debug)]
+struct Peekable {
+    io: std::sync::Mutex<DuplexStream>,
+    early: std::sync::Mutex<Vec<u8>>,
+}
+
+impl Peekable {
+    fn new(io: DuplexStream) -> Self {
+        Self {
+            io: std::sync::Mutex::new(io),
+            early: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl Transport for Peekable {
+    fn quiet(&self) -> bool {
+        let mut early = self.early.lock().expect("early lock");
+        if early.is_empty() {
+            let mut byte = [0u8; 64];
+            let mut buf = tokio::io::ReadBuf::new(&mut byte);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let mut io = self.io.lock().expect("io lock");
+            match std::pin::Pin::new(&mut *io).poll_read(&mut cx, &mut buf) {
+                // Closed (a read of nothing) is not quiet either.
+                std::task::Poll::Ready(Ok(())) if buf.filled().is_empty() => return false,
+                std::task::Poll::Ready(Ok(())) => early.extend_from_slice(buf.filled()),
+                std::task::Poll::Ready(Err(_)) => return false,
+                std::task::Poll::Pending => {}
+            }
+        }
+        early.is_empty()
+    }
+}
+
+impl AsyncRead for Peekable {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let early = this.early.get_mut().expect("early lock");
+        if !early.is_empty() {
+            let n = early.len().min(buf.remaining());
+            buf.put_slice(&early[..n]);
+            early.drain(..n);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(this.io.get_mut().expect("io lock")).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Peekable {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(self.get_mut().io.get_mut().expect("io lock")).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(self.get_mut().io.get_mut().expect("io lock")).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(self.get_mut().io.get_mut().expect("io lock")).poll_shutdown(cx)
     }
 }
 
