@@ -1,13 +1,13 @@
 //! How a connection to a backend is made: over TCP ([`TcpDial`], what attitude uses), or over
-//! any in-process byte stream a [`Dial`] hands out (tests run the real pool and relay against
-//! scripted backends over `tokio::io::duplex`, with a paused clock).
+//! any in-process byte stream a [`Dial`] hands out that can tell [`Transport::quiet`] (the test
+//! harness's scripted backends run over `tokio::io::duplex`, with a paused clock).
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
 use futures::future::BoxFuture;
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// A byte stream to a backend.
@@ -24,13 +24,6 @@ impl Transport for TcpStream {
         let mut buf = tokio::io::ReadBuf::new(&mut byte);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         self.poll_peek(&mut cx, &mut buf).is_pending()
-    }
-}
-
-impl Transport for DuplexStream {
-    fn quiet(&self) -> bool {
-        // No peek on a duplex: a closed peer shows at the next write or read.
-        true
     }
 }
 

@@ -72,11 +72,7 @@ async fn a_released_connection_serves_the_next_checkout() {
     assert!(second.reused(), "the idle connection, not a new one");
     noop(&mut second).await;
     assert_eq!(backends.dials(addr(A)), 1);
-    assert!(
-        backends.unexpected().is_empty(),
-        "{:?}",
-        backends.unexpected()
-    );
+    backends.assert_scripted();
 }
 
 #[tokio::test(start_paused = true)]

@@ -76,11 +76,7 @@ async fn pipelined_commands_get_their_replies_in_order_and_the_message_its_backe
         backends.messages(addr(A)),
         vec![b"Subject: hi\r\n\r\n..leading dot\r\nbody\r\n".to_vec()]
     );
-    assert!(
-        backends.unexpected().is_empty(),
-        "{:?}",
-        backends.unexpected()
-    );
+    backends.assert_scripted();
 }
 
 #[tokio::test(start_paused = true)]
@@ -140,11 +136,7 @@ async fn a_backend_that_fails_before_data_is_replaced_and_the_transaction_replay
             "RCPT TO:<bob@example.com>".to_string()
         ]
     );
-    assert!(
-        backends.unexpected().is_empty(),
-        "{:?}",
-        backends.unexpected()
-    );
+    backends.assert_scripted();
 }
 
 #[tokio::test(start_paused = true)]
@@ -393,11 +385,7 @@ async fn the_reverse_path_reaches_the_backend_as_the_client_wrote_it() {
         .filter(|l| l.starts_with("MAIL"))
         .collect();
     assert_eq!(mails, ["MAIL FROM:<postmaster>", "MAIL FROM:<>"]);
-    assert!(
-        backends.unexpected().is_empty(),
-        "{:?}",
-        backends.unexpected()
-    );
+    backends.assert_scripted();
 }
 
 #[tokio::test(start_paused = true)]
@@ -427,11 +415,7 @@ async fn an_over_long_auth_answer_cancels_the_exchange_at_the_backend_too() {
         backends.lines(addr(A)),
         ["EHLO attitude.test", "AUTH LOGIN", "*"]
     );
-    assert!(
-        backends.unexpected().is_empty(),
-        "{:?}",
-        backends.unexpected()
-    );
+    backends.assert_scripted();
 }
 
 #[tokio::test(start_paused = true)]

@@ -172,6 +172,12 @@ impl Backends {
         self.net.lock().expect("net lock").unexpected.clone()
     }
 
+    /// Panics, naming them, when a backend read lines its script did not expect.
+    pub fn assert_scripted(&self) {
+        let unexpected = self.unexpected();
+        assert!(unexpected.is_empty(), "off the script: {unexpected:?}");
+    }
+
     /// The messages `addr` received (content as read, dot-stuffed, without the final dot).
     pub fn messages(&self, addr: SocketAddr) -> Vec<Vec<u8>> {
         let net = self.net.lock().expect("net lock");
