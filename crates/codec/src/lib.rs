@@ -11,8 +11,10 @@
 //! LF and NUL are either refused (the whole message fails at end of data) or normalised, per
 //! [`BareLineEndings`].
 
+mod bdat;
 mod client;
 mod command;
+mod ext;
 #[doc(hidden)]
 pub mod fuzzing;
 mod reply;
@@ -20,7 +22,8 @@ mod server;
 mod stuff;
 
 pub use client::{ClientCodec, ClientCodecError};
-pub use command::{Body, Command, CommandError, MailFrom, RcptTo};
+pub use command::{Body, Command, CommandError, MailFrom, Param, RcptTo};
+pub use ext::{Extension, Extensions};
 pub use reply::{EnhancedStatus, Reply};
 pub use server::{BareLineEndings, CodecConfig, DataError, Frame, Mode, ServerCodec};
 pub use stuff::{dot_stuff_into, is_wire_ready};

@@ -1,8 +1,8 @@
 //! Property tests: the decoder does not care how its input is split, and encodings round-trip.
 
 use attitude_codec::{
-    Body, ClientCodec, CodecConfig, Command, Frame, MailFrom, Mode, RcptTo, Reply, ServerCodec,
-    dot_stuff_into,
+    Body, ClientCodec, CodecConfig, Command, Frame, MailFrom, Mode, Param, RcptTo, Reply,
+    ServerCodec, dot_stuff_into,
 };
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -135,8 +135,20 @@ proptest! {
                 size,
                 body: eight.map(|e| if e { Body::EightBitMime } else { Body::SevenBit }),
                 smtputf8: false,
+                params: if eight == Some(true) {
+                    vec![Param::new("RET", Some("FULL")), Param::new("ENVID", Some(&local.replace('+', "+2B")))]
+                } else {
+                    Vec::new()
+                },
             }),
-            3 => Command::Rcpt(RcptTo { address }),
+            3 => Command::Rcpt(RcptTo {
+                address,
+                params: if size.is_some() {
+                    vec![Param::new("NOTIFY", Some("SUCCESS,DELAY"))]
+                } else {
+                    Vec::new()
+                },
+            }),
             4 => Command::Vrfy(local.clone()),
             _ => Command::Rset,
         };

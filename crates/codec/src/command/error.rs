@@ -44,12 +44,12 @@ pub enum CommandError {
     /// Non-ASCII address without SMTPUTF8.
     #[error("non-ASCII address without SMTPUTF8")]
     NeedsSmtpUtf8,
-    /// A MAIL/RCPT parameter attitude does not offer.
-    #[error("unsupported parameter")]
-    UnsupportedParameter,
-    /// A parameter with a bad value.
-    #[error("invalid parameter value")]
-    InvalidParameter,
+    /// A MAIL/RCPT parameter attitude does not know or does not offer (its keyword).
+    #[error("unsupported parameter {0}")]
+    UnsupportedParameter(String),
+    /// A parameter with a bad value (its keyword).
+    #[error("invalid value for parameter {0}")]
+    InvalidParameter(String),
 }
 
 impl CommandError {
@@ -60,8 +60,8 @@ impl CommandError {
                 CommandError::BadAddress
             }
             ProtoError::SyntaxError { syntax } => CommandError::Syntax(syntax),
-            ProtoError::InvalidParameter { .. } => CommandError::InvalidParameter,
-            ProtoError::UnsupportedParameter { .. } => CommandError::UnsupportedParameter,
+            ProtoError::InvalidParameter { param } => CommandError::InvalidParameter(param.into()),
+            ProtoError::UnsupportedParameter { param } => CommandError::UnsupportedParameter(param),
             ProtoError::NeedsMoreData { .. }
             | ProtoError::ResponseTooLong
             | ProtoError::InvalidResponse { .. } => {
@@ -105,12 +105,25 @@ impl CommandError {
             CommandError::NeedsSmtpUtf8 => {
                 Reply::new(553, s(5, 6, 7), "Non-ASCII address requires SMTPUTF8")
             }
-            CommandError::UnsupportedParameter => {
-                Reply::new(555, s(5, 5, 4), "Parameter not supported")
-            }
-            CommandError::InvalidParameter => {
-                Reply::new(501, s(5, 5, 4), "Invalid parameter value")
-            }
+            CommandError::UnsupportedParameter(param) => Reply::new(
+                555,
+                s(5, 5, 4),
+                format!("Parameter {} not supported", printable(param)),
+            ),
+            CommandError::InvalidParameter(param) => Reply::new(
+                501,
+                s(5, 5, 4),
+                format!("Invalid value for parameter {}", printable(param)),
+            ),
         }
     }
+}
+
+/// A keyword for a reply: at most 32 printable ASCII characters.
+fn printable(keyword: &str) -> String {
+    keyword
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(32)
+        .collect()
 }

@@ -3,13 +3,16 @@
 use std::fmt::Write as _;
 
 use bytes::{BufMut, BytesMut};
-use smtp_proto::{
-    MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, Request,
-};
+use smtp_proto::Request;
+
+use crate::ext::{Extension, Extensions};
 
 mod error;
+mod params;
 
 pub use error::CommandError;
+pub use params::Param;
+use params::Verb;
 
 /// `BODY=` parameter of MAIL (RFC 6152).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,9 +21,21 @@ pub enum Body {
     SevenBit,
     /// `BODY=8BITMIME`
     EightBitMime,
+    /// `BODY=BINARYMIME` (RFC 3030: BDAT only).
+    BinaryMime,
 }
 
-/// `MAIL FROM:<reverse-path>` with the parameters attitude supports.
+impl Body {
+    fn keyword(self) -> &'static str {
+        match self {
+            Body::SevenBit => "7BIT",
+            Body::EightBitMime => "8BITMIME",
+            Body::BinaryMime => "BINARYMIME",
+        }
+    }
+}
+
+/// `MAIL FROM:<reverse-path>` and its parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MailFrom {
     /// The reverse path without angle brackets; empty for the null sender `<>`.
@@ -31,13 +46,57 @@ pub struct MailFrom {
     pub body: Option<Body>,
     /// `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// The other parameters (DSN's RET and ENVID, AUTH, REQUIRETLS, MT-PRIORITY, ...), checked
+    /// and kept as sent.
+    pub params: Vec<Param>,
 }
 
-/// `RCPT TO:<forward-path>`.
+impl MailFrom {
+    /// The extensions a backend must offer to take this transaction.
+    pub fn needs(&self) -> Extensions {
+        let mut needs = params::needs(&self.params);
+        if self.smtputf8 {
+            needs.insert(Extension::SmtpUtf8);
+        }
+        match self.body {
+            Some(Body::EightBitMime) => needs.insert(Extension::EightBitMime),
+            Some(Body::BinaryMime) => {
+                needs.insert(Extension::BinaryMime);
+                needs.insert(Extension::Chunking);
+            }
+            Some(Body::SevenBit) | None => {}
+        }
+        needs
+    }
+
+    /// The parameter `keyword` (upper case), if given.
+    pub fn param(&self, keyword: &str) -> Option<&Param> {
+        self.params.iter().find(|p| p.keyword == keyword)
+    }
+}
+
+/// `RCPT TO:<forward-path>` and its parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RcptTo {
     /// The forward path without angle brackets.
     pub address: String,
+    /// DSN's NOTIFY and ORCPT, RRVS: checked and kept as sent.
+    pub params: Vec<Param>,
+}
+
+impl RcptTo {
+    /// A recipient without parameters.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            params: Vec::new(),
+        }
+    }
+
+    /// The extensions a backend must offer to take this recipient.
+    pub fn needs(&self) -> Extensions {
+        params::needs(&self.params)
+    }
 }
 
 /// A decoded SMTP command.
@@ -53,7 +112,7 @@ pub enum Command {
     Rcpt(RcptTo),
     /// `DATA`
     Data,
-    /// `BDAT size [LAST]` (CHUNKING; not advertised yet, refused).
+    /// `BDAT size [LAST]` (CHUNKING, RFC 3030): the codec reads the chunk that follows.
     Bdat {
         /// Chunk size in octets.
         size: u64,
@@ -123,18 +182,22 @@ impl Command {
                 if let Some(size) = mail.size {
                     let _ = write!(line, " SIZE={size}");
                 }
-                match mail.body {
-                    Some(Body::SevenBit) => line.push_str(" BODY=7BIT"),
-                    Some(Body::EightBitMime) => line.push_str(" BODY=8BITMIME"),
-                    None => {}
+                if let Some(body) = mail.body {
+                    let _ = write!(line, " BODY={}", body.keyword());
                 }
                 if mail.smtputf8 {
                     line.push_str(" SMTPUTF8");
+                }
+                for param in &mail.params {
+                    param.encode(&mut line);
                 }
             }
             Command::Rcpt(rcpt) => {
                 line.push_str("RCPT TO:");
                 write_path(&mut line, &rcpt.address);
+                for param in &rcpt.params {
+                    param.encode(&mut line);
+                }
             }
             Command::Data => line.push_str("DATA"),
             Command::Bdat { size, last } => {
@@ -190,11 +253,19 @@ impl Command {
         if verb.eq_ignore_ascii_case(b"AUTH") {
             return parse_auth(text);
         }
+        // MAIL and RCPT: smtp-proto reads the path, the parameters are read here (kept as
+        // sent).
+        let (head, rest) =
+            if verb.eq_ignore_ascii_case(b"MAIL") || verb.eq_ignore_ascii_case(b"RCPT") {
+                split_path(text)
+            } else {
+                (text, "")
+            };
         // The parser hands over quoted local parts unquoted: remember whether there were any.
-        let quoted = line.contains(&b'"');
+        let quoted = head.contains('"');
         // smtp-proto's parser wants the line ending.
-        let mut owned = Vec::with_capacity(line.len() + 2);
-        owned.extend_from_slice(line);
+        let mut owned = Vec::with_capacity(head.len() + 2);
+        owned.extend_from_slice(head.as_bytes());
         owned.extend_from_slice(b"\r\n");
         let request = Request::parse(&mut owned.iter())
             .map_err(|e| CommandError::from_proto(e, verb))?
@@ -210,12 +281,14 @@ impl Command {
                 if from.address.is_empty() {
                     from.address = path_of(text).to_owned();
                 }
-                Command::Mail(mail_from(from, quoted)?)
+                Command::Mail(mail_from(
+                    from.address,
+                    params::parse(rest, Verb::Mail)?,
+                    quoted,
+                )?)
             }
             Request::Rcpt { to } => {
-                if to.orcpt.is_some() || to.flags != 0 || to.rrvs != 0 {
-                    return Err(CommandError::UnsupportedParameter);
-                }
+                let params = params::parse(rest, Verb::Rcpt)?;
                 // smtp-proto hands over a domain-less path as empty; RFC 5321 §4.5.1 allows
                 // exactly <postmaster> (any case), and an empty forward path is never valid.
                 let address = if to.address.is_empty() {
@@ -230,7 +303,7 @@ impl Command {
                 // Whether non-ASCII is allowed depends on the transaction's MAIL (SMTPUTF8):
                 // the session checks that.
                 check_address(&address, true, quoted)?;
-                Command::Rcpt(RcptTo { address })
+                Command::Rcpt(RcptTo { address, params })
             }
             Request::Bdat {
                 chunk_size,
@@ -305,37 +378,67 @@ fn strip_line_ending(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn mail_from(from: smtp_proto::MailFrom<String>, quoted: bool) -> Result<MailFrom, CommandError> {
-    let known = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
-    if from.flags & MAIL_BODY_BINARYMIME != 0 {
-        return Err(CommandError::UnsupportedParameter);
+/// `MAIL FROM:<path>` and the rest of the line: the path ends at the first `>` outside a
+/// quoted string (a path without brackets at the first space).
+fn split_path(text: &str) -> (&str, &str) {
+    let Some(open) = text.find('<') else {
+        let colon = text.find(':').map_or(0, |c| c + 1);
+        let start = colon + text[colon..].len() - text[colon..].trim_start().len();
+        let end = text[start..].find(' ').map_or(text.len(), |e| start + e);
+        return text.split_at(end);
+    };
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in text[open..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => return text.split_at(open + i + 1),
+            _ => {}
+        }
     }
-    if from.flags & !known != 0
-        || from.trans_id.is_some()
-        || from.env_id.is_some()
-        || from.solicit.is_some()
-        || from.mtrk.is_some()
-        || from.auth.is_some()
-        || from.by != 0
-        || from.hold_for != 0
-        || from.hold_until != 0
-        || from.mt_priority != 0
+    (text, "")
+}
+
+fn mail_from(
+    address: String,
+    mut params: Vec<Param>,
+    quoted: bool,
+) -> Result<MailFrom, CommandError> {
+    let mut take = |keyword: &str| {
+        let at = params.iter().position(|p| p.keyword == keyword)?;
+        Some(params.remove(at))
+    };
+    let size = take("SIZE")
+        .and_then(|p| p.value)
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| CommandError::InvalidParameter("SIZE".into()))
+        })
+        .transpose()?;
+    let body = take("BODY")
+        .and_then(|p| p.value)
+        .map(|v| match v.to_ascii_uppercase().as_str() {
+            "8BITMIME" => Body::EightBitMime,
+            "BINARYMIME" => Body::BinaryMime,
+            _ => Body::SevenBit,
+        });
+    let smtputf8 = take("SMTPUTF8").is_some();
+    check_address(&address, smtputf8, quoted)?;
+    if !smtputf8
+        && params
+            .iter()
+            .any(|p| p.value.as_ref().is_some_and(|v| !v.is_ascii()))
     {
-        return Err(CommandError::UnsupportedParameter);
+        return Err(CommandError::NeedsSmtpUtf8);
     }
-    let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
-    check_address(&from.address, smtputf8, quoted)?;
     Ok(MailFrom {
-        address: from.address,
-        size: (from.size != 0).then_some(from.size as u64),
-        body: if from.flags & MAIL_BODY_8BITMIME != 0 {
-            Some(Body::EightBitMime)
-        } else if from.flags & MAIL_BODY_7BIT != 0 {
-            Some(Body::SevenBit)
-        } else {
-            None
-        },
+        address,
+        size: size.filter(|s| *s != 0),
+        body,
         smtputf8,
+        params,
     })
 }
 
@@ -442,7 +545,8 @@ mod tests {
                 address: "a@b.example".into(),
                 size: Some(1234),
                 body: Some(Body::EightBitMime),
-                smtputf8: true
+                smtputf8: true,
+                params: Vec::new(),
             })
         );
         assert_eq!(
@@ -468,13 +572,35 @@ mod tests {
         })
         .encode(&mut wire);
         assert_eq!(&wire[..], b"MAIL FROM:<postmaster>\r\n");
+        // DSN, AUTH= and BINARYMIME are read and kept as sent; what they need is known.
+        let Ok(Command::Mail(mail)) =
+            parse("MAIL FROM:<a@b> RET=FULL ENVID=x+2By AUTH=<> BODY=BINARYMIME\r\n")
+        else {
+            panic!("MAIL with parameters")
+        };
+        assert_eq!(mail.body, Some(Body::BinaryMime));
+        assert_eq!(mail.params.len(), 3);
+        assert_eq!(mail.needs().to_string(), "DSN CHUNKING BINARYMIME");
+        let mut wire = BytesMut::new();
+        Command::Mail(mail).encode(&mut wire);
         assert_eq!(
-            parse("MAIL FROM:<a@b> RET=FULL\r\n"),
-            Err(CommandError::UnsupportedParameter)
+            &wire[..],
+            b"MAIL FROM:<a@b> BODY=BINARYMIME RET=FULL ENVID=x+2By AUTH=<>\r\n"
+        );
+        let Ok(Command::Rcpt(rcpt)) =
+            parse("RCPT TO:<\"a b\"@c.example> NOTIFY=FAILURE ORCPT=rfc822;a+20b@c.example\r\n")
+        else {
+            panic!("RCPT with parameters")
+        };
+        assert_eq!(rcpt.address, "a b@c.example");
+        assert_eq!(rcpt.needs().to_string(), "DSN");
+        assert_eq!(
+            parse("MAIL FROM:<a@b> X-FOO=1\r\n"),
+            Err(CommandError::UnsupportedParameter("X-FOO".into()))
         );
         assert_eq!(
-            parse("MAIL FROM:<a@b> BODY=BINARYMIME\r\n"),
-            Err(CommandError::UnsupportedParameter)
+            parse("MAIL FROM:<a@b> ENVID=é\r\n"),
+            Err(CommandError::NeedsSmtpUtf8)
         );
     }
 
@@ -517,9 +643,11 @@ mod tests {
                 size: Some(99),
                 body: Some(Body::SevenBit),
                 smtputf8: false,
+                params: vec![Param::new("RET", Some("HDRS"))],
             }),
             Command::Rcpt(RcptTo {
                 address: "r@y.example".into(),
+                params: vec![Param::new("NOTIFY", Some("NEVER"))],
             }),
             Command::Rset,
             Command::Auth {
