@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use attitude_balance::Offer;
+use attitude_codec::Extension;
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_service::driver::{self, DriverConfig, DriverMetrics, Shutdown};
-use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
+use attitude_service::protocol::{BackendOffer, ProtocolConfig, ProtocolLayer, relayed};
 use attitude_service::{BoxError, BoxFuture, DataOutcome, Event, Request, Session};
 use tokio_util::task::TaskTracker;
 use tower::{Layer, Service};
@@ -149,9 +151,15 @@ pub(crate) async fn run(options: SinkOptions) -> Result<(), String> {
         hostname: options.hostname.clone(),
         ..DriverConfig::default()
     });
+    // The sink takes every extension attitude relays (it keeps or counts what it is given).
+    let offer = Offer {
+        extensions: relayed().without(Extension::RequireTls),
+        size_limit: None,
+    };
     let protocol = ProtocolLayer::new(ProtocolConfig {
         hostname: options.hostname.clone(),
         max_message_size: options.max_message_size,
+        backends: Some(BackendOffer::new(move || offer)),
         ..ProtocolConfig::default()
     });
     let metrics = DriverMetrics::register();

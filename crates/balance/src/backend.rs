@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::caps::BackendCaps;
 use crate::config::{OutlierConfig, PoolConfig};
 use crate::conn::{BackendConn, BackendError};
 use crate::identity::IdentityMode;
@@ -219,6 +220,8 @@ pub struct Backend {
     /// It refused a second XCLIENT on a connection (Postfix checks it against the address the
     /// first one set): its XCLIENT connections each serve one session.
     xclient_once: AtomicBool,
+    /// What its last EHLO offered (`None`: not seen yet).
+    offered: Mutex<Option<BackendCaps>>,
     health: Mutex<Health>,
     outlier: Mutex<Outlier>,
     in_flight: AtomicUsize,
@@ -231,6 +234,22 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Records what its EHLO offered (on every new connection and health check).
+    pub(crate) fn learn(&self, caps: BackendCaps) {
+        let mut offered = self.offered.lock().expect("offered lock");
+        if offered
+            .is_none_or(|o| o.extensions != caps.extensions || o.size_limit != caps.size_limit)
+        {
+            tracing::info!(backend = %self.spec.addr, extensions = %caps.extensions, size = ?caps.size_limit, "backend offers");
+        }
+        *offered = Some(caps);
+    }
+
+    /// What its last EHLO offered (`None`: not seen yet).
+    pub fn offered(&self) -> Option<BackendCaps> {
+        *self.offered.lock().expect("offered lock")
+    }
+
     pub(crate) fn new(spec: BackendSpec, config: &PoolConfig) -> Self {
         let metrics = BackendMetrics::register(spec.addr);
         metrics.up.set(1.0);
@@ -241,6 +260,7 @@ impl Backend {
             ejected: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             xclient_once: AtomicBool::new(false),
+            offered: Mutex::default(),
             health: Mutex::default(),
             outlier: Mutex::default(),
             in_flight: AtomicUsize::new(0),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use attitude_codec::{
-    ClientCodec, ClientCodecError, Command, Reply, dot_stuff_into, is_wire_ready,
+    ClientCodec, ClientCodecError, Command, Extension, Reply, dot_stuff_into, is_wire_ready,
 };
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,77 +18,11 @@ use crate::transport::{Dial, Transport};
 use tokio::time::timeout;
 use tokio_util::codec::Decoder;
 
+use crate::caps::BackendCaps;
 use crate::identity::{ClientIdentity, XclientAttrs};
 
 /// DATA content is written to the backend once this much is gathered (and at end of data).
 const DATA_BATCH: usize = 16 * 1024;
-
-/// What a backend offered in its EHLO reply.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BackendCaps {
-    /// `XCLIENT ...`, with the attributes it accepts.
-    pub xclient: Option<XclientAttrs>,
-    /// `SIZE`
-    pub size: bool,
-    /// `8BITMIME`
-    pub eight_bit_mime: bool,
-    /// `PIPELINING`
-    pub pipelining: bool,
-    /// `SMTPUTF8`
-    pub smtputf8: bool,
-    /// `AUTH ... PLAIN ...`
-    pub auth_plain: bool,
-    /// `AUTH ... LOGIN ...`
-    pub auth_login: bool,
-    /// `STARTTLS`
-    pub starttls: bool,
-}
-
-impl BackendCaps {
-    /// The AUTH mechanisms attitude can relay that the backend offered.
-    pub fn auth_mechanisms(&self) -> Vec<String> {
-        [("PLAIN", self.auth_plain), ("LOGIN", self.auth_login)]
-            .into_iter()
-            .filter(|(_, offered)| *offered)
-            .map(|(m, _)| m.to_string())
-            .collect()
-    }
-
-    fn from_ehlo(reply: &Reply) -> Self {
-        let mut caps = Self::default();
-        for line in reply.lines().iter().skip(1) {
-            let upper = line.to_ascii_uppercase();
-            // "AUTH PLAIN LOGIN", or the old "AUTH=PLAIN LOGIN".
-            if let Some(mechanisms) = upper
-                .strip_prefix("AUTH")
-                .filter(|r| r.starts_with([' ', '=']))
-            {
-                for m in mechanisms[1..].split(' ') {
-                    match m {
-                        "PLAIN" => caps.auth_plain = true,
-                        "LOGIN" => caps.auth_login = true,
-                        _ => {}
-                    }
-                }
-                continue;
-            }
-            if let Some(attrs) = upper.strip_prefix("XCLIENT") {
-                caps.xclient = Some(XclientAttrs::parse(attrs));
-                continue;
-            }
-            let keyword = upper.split(' ').next().unwrap_or("");
-            match keyword {
-                "SIZE" => caps.size = true,
-                "8BITMIME" => caps.eight_bit_mime = true,
-                "PIPELINING" => caps.pipelining = true,
-                "STARTTLS" => caps.starttls = true,
-                "SMTPUTF8" => caps.smtputf8 = true,
-                _ => {}
-            }
-        }
-        caps
-    }
-}
 
 /// Why talking to a backend failed.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +86,8 @@ pub struct BackendConn {
     xclient: Option<XclientAttrs>,
     /// The reply deadline (see `read_reply`).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// BDAT chunks sent whose replies are not read yet.
+    bdat_pending: usize,
 }
 
 impl BackendConn {
@@ -182,6 +118,7 @@ impl BackendConn {
             identity: None,
             xclient: None,
             timer: Box::pin(tokio::time::sleep(reply_timeout)),
+            bdat_pending: 0,
         };
         if let Some(preamble) = preamble {
             conn.wbuf.extend_from_slice(preamble);
@@ -196,7 +133,7 @@ impl BackendConn {
         }
         conn.hello(helo_name, reply_timeout).await?;
         if let Some(tls) = tls.filter(|t| !t.implicit) {
-            if !conn.caps.starttls {
+            if !conn.caps.offers(Extension::StartTls) {
                 return Err(BackendError::Protocol(
                     "[backend.tls] mode = starttls but the backend does not offer STARTTLS",
                 ));
@@ -325,7 +262,7 @@ impl BackendConn {
         limit: Duration,
     ) -> Result<Vec<Reply>, BackendError> {
         let mut replies = Vec::with_capacity(cmds.len());
-        if self.caps.pipelining {
+        if self.caps.offers(Extension::Pipelining) {
             for cmd in cmds {
                 cmd.encode(&mut self.wbuf);
             }
@@ -412,6 +349,57 @@ impl BackendConn {
         self.wbuf.extend_from_slice(b".\r\n");
         self.flush(limit, "end of data").await?;
         self.read_reply(limit, "end of data").await
+    }
+
+    /// Sends `content` as one BDAT chunk (CHUNKING, RFC 3030), as it is. With PIPELINING its
+    /// reply is read at the end ([`BackendConn::finish_bdat`]); without, now (an error reply
+    /// then fails the message at once).
+    pub async fn send_chunk(
+        &mut self,
+        content: &[u8],
+        limit: Duration,
+    ) -> Result<(), BackendError> {
+        use std::fmt::Write as _;
+        let mut header = String::with_capacity(24);
+        let _ = write!(header, "BDAT {}\r\n", content.len());
+        self.wbuf.extend_from_slice(header.as_bytes());
+        if content.len() >= DATA_BATCH {
+            self.flush(limit, "BDAT").await?;
+            timeout(limit, write_flush(&mut self.stream, content))
+                .await
+                .map_err(|_| BackendError::Timeout("BDAT content"))??;
+        } else {
+            self.wbuf.extend_from_slice(content);
+        }
+        self.bdat_pending += 1;
+        if !self.caps.offers(Extension::Pipelining) {
+            self.flush(limit, "BDAT").await?;
+            let reply = self.read_reply(limit, "BDAT").await?;
+            self.bdat_pending -= 1;
+            if !reply.is_positive() {
+                return Err(BackendError::Refused(reply));
+            }
+        } else if self.wbuf.len() >= DATA_BATCH {
+            self.flush(limit, "BDAT").await?;
+        }
+        Ok(())
+    }
+
+    /// `BDAT 0 LAST` and the backend's verdict: the first refusal of a chunk, or its reply to
+    /// the last.
+    pub async fn finish_bdat(&mut self, limit: Duration) -> Result<Reply, BackendError> {
+        self.wbuf.extend_from_slice(b"BDAT 0 LAST\r\n");
+        self.flush(limit, "BDAT LAST").await?;
+        let mut refusal = None;
+        while self.bdat_pending > 0 {
+            let reply = self.read_reply(limit, "BDAT").await?;
+            self.bdat_pending -= 1;
+            if !reply.is_positive() && refusal.is_none() {
+                refusal = Some(reply);
+            }
+        }
+        let last = self.read_reply(limit, "BDAT LAST").await?;
+        Ok(refusal.unwrap_or(last))
     }
 
     /// QUIT, waiting briefly for the 221; the connection is closed either way.

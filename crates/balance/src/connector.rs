@@ -10,6 +10,8 @@ use tokio::time::timeout;
 
 use crate::backend::{Backend, FailureKind, PooledConn};
 use crate::config::PoolConfig;
+use attitude_codec::Extensions;
+
 use crate::conn::{BackendConn, BackendError, CapsHook};
 use crate::identity::{ClientIdentity, IdentityMode};
 use crate::lease::Lease;
@@ -25,6 +27,9 @@ pub enum CheckoutError {
     /// Every backend is at its connection limit, and none freed a slot in time.
     #[error("every backend is at its connection limit")]
     Busy,
+    /// No usable backend offers what the transaction needs.
+    #[error("no backend offers {0}")]
+    Unsupported(Extensions),
     /// The chosen backend failed to open a session.
     #[error("backend {addr}: {error}")]
     Backend {
@@ -157,6 +162,7 @@ impl Connector {
         {
             tracing::warn!(backend = %addr, "identity = \"xclient\" but the backend does not offer XCLIENT; it sees attitude's address");
         }
+        backend.learn(conn.caps());
         Ok(conn)
     }
 

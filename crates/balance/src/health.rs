@@ -81,6 +81,7 @@ impl Checker {
         if let Some(hook) = &self.on_caps {
             hook(&conn.caps());
         }
+        backend.learn(conn.caps());
         let bye = conn.command(&Command::Quit, limit, "QUIT").await?;
         if bye.code() != 221 {
             return Err(BackendError::Refused(bye));

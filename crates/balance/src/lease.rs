@@ -71,6 +71,15 @@ impl Lease {
         self.pinned = true;
     }
 
+    /// What the backend offered on this connection.
+    pub fn caps(&self) -> crate::caps::BackendCaps {
+        self.conn
+            .as_ref()
+            .expect("a lease holds its connection until released")
+            .conn
+            .caps()
+    }
+
     /// Whether [`Lease::release`] returns it to the pool; otherwise the session keeps it for
     /// its next transaction (PROXY identity, XCLIENT once per connection, authenticated) and
     /// closes it at its end.

@@ -20,13 +20,14 @@
 
 //!
 //! The modules, each importing only those listed before it:
-//! `config`, `identity`, `transport` → `conn` (a plain SMTP client connection) → `backend` (one server's
+//! `config`, `identity`, `transport`, `caps` (what backends offer) → `conn` (a plain SMTP client connection) → `backend` (one server's
 //! state and idle connections) → `health` → `registry` (members, usable set, ejection) →
 //! `lease` → `connector` (opens and pools connections) → `discover` (balancer endpoints) →
 //! `balancer` (p2c per thread), `dns` (discovery) → `pool` (the facade).
 
 mod backend;
 mod balancer;
+mod caps;
 mod config;
 mod conn;
 mod connector;
@@ -40,8 +41,9 @@ mod registry;
 mod transport;
 
 pub use backend::{Backend, BackendSpec, FailureKind};
+pub use caps::{BackendCaps, Offer};
 pub use config::{BackendTls, HealthConfig, OutlierConfig, PoolConfig};
-pub use conn::{BackendCaps, BackendConn, BackendError, CapsHook};
+pub use conn::{BackendConn, BackendError, CapsHook};
 pub use connector::CheckoutError;
 pub use dns::DnsSource;
 pub use identity::{ClientIdentity, IdentityMode, XclientAttrs, proxy_local_header};

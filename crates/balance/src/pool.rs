@@ -17,8 +17,11 @@ use metrics::Counter;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use attitude_codec::Extensions;
+
 use crate::backend::{Backend, BackendSpec};
 use crate::balancer::ThreadBalancer;
+use crate::caps::Offer;
 use crate::config::PoolConfig;
 use crate::conn::CapsHook;
 use crate::connector::{CheckoutError, Connector};
@@ -133,6 +136,11 @@ impl Pool {
         let _ = rx.changed().await;
     }
 
+    /// What attitude may offer clients now: what every usable backend offered.
+    pub fn offer(&self) -> Offer {
+        Offer::of(self.inner.registry.usable().iter().map(|b| b.offered()))
+    }
+
     /// A backend connection for a transaction of `identity`'s client. With `exclude` empty the
     /// backend is chosen by this thread's p2c balancer; otherwise (failover) the least loaded
     /// usable backend not in `exclude`.
@@ -141,24 +149,51 @@ impl Pool {
         identity: &ClientIdentity,
         exclude: &[SocketAddr],
     ) -> Result<Lease, CheckoutError> {
+        self.checkout_for(identity, exclude, Extensions::EMPTY)
+            .await
+    }
+
+    /// As [`Pool::checkout`], among the backends that offer every extension of `needs` (when
+    /// some usable backend does not, the least loaded one that does).
+    pub async fn checkout_for(
+        &self,
+        identity: &ClientIdentity,
+        exclude: &[SocketAddr],
+        needs: Extensions,
+    ) -> Result<Lease, CheckoutError> {
         let inner = &self.inner;
-        if !exclude.is_empty() {
-            let choice = inner
-                .registry
-                .usable()
-                .iter()
-                .filter(|b| !exclude.contains(&b.addr()))
-                .min_by(|a, b| a.load().total_cmp(&b.load()))
-                .cloned();
-            return match choice {
-                Some(backend) => {
-                    inner
-                        .connector
-                        .acquire(backend, identity.clone(), None)
-                        .await
-                }
-                None => Err(CheckoutError::NoBackend),
-            };
+        let capable = |b: &Backend| {
+            needs.is_empty()
+                || b.offered()
+                    .is_some_and(|c| c.extensions.contains_all(needs))
+        };
+        let choice = {
+            let usable = inner.registry.usable();
+            if exclude.is_empty() && usable.iter().all(|b| capable(b)) {
+                None
+            } else {
+                let candidates: Vec<_> = usable
+                    .iter()
+                    .filter(|b| !exclude.contains(&b.addr()))
+                    .collect();
+                Some(
+                    match candidates
+                        .iter()
+                        .filter(|b| capable(b))
+                        .min_by(|a, b| a.load().total_cmp(&b.load()))
+                    {
+                        Some(&backend) => Ok(backend.clone()),
+                        None if !candidates.is_empty() => Err(CheckoutError::Unsupported(needs)),
+                        None => Err(CheckoutError::NoBackend),
+                    },
+                )
+            }
+        };
+        if let Some(choice) = choice {
+            return inner
+                .connector
+                .acquire(choice?, identity.clone(), None)
+                .await;
         }
         if !self.available() {
             inner.no_backend.increment(1);

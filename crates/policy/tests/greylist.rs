@@ -51,10 +51,11 @@ fn rcpt(client: &str, sender: &str, to: &str) -> Request {
         rcpts: Vec::new(),
         started: Instant::now(),
         data_bytes: 0,
+        bdat: false,
     });
     Request {
         session: Arc::new(session),
-        event: Event::Command(Command::Rcpt(RcptTo { address: to.into() })),
+        event: Event::Command(Command::Rcpt(RcptTo::new(to))),
     }
 }
 

@@ -96,6 +96,12 @@ pub fn connection_rate_exceeded(retry_after: Option<Duration>) -> Reply {
     )
 }
 
+/// `250 2.0.0`: a BDAT chunk that is not the last was read (the message's verdict is the
+/// backend's, at `BDAT ... LAST`).
+pub fn chunk_received(octets: u64) -> Reply {
+    Reply::new(250, status(2, 0, 0), format!("{octets} octets received"))
+}
+
 // ---- Command stack ------------------------------------------------------------------------
 
 /// `450 4.7.1` (or 451): a `[[rates]]` rule; `what` is "Message" or "Recipient".
@@ -143,6 +149,16 @@ pub fn backend_lost(during: &str) -> Reply {
         451,
         status(4, 4, 2),
         format!("Connection to backend lost {during}; message not accepted, try again later"),
+    )
+}
+
+/// `451 4.4.4`: the session was offered an extension the transaction uses, and no usable
+/// backend offers it any more.
+pub fn no_backend_offers(needs: attitude_codec::Extensions) -> Reply {
+    Reply::new(
+        451,
+        status(4, 4, 4),
+        format!("No mail server offers {needs} right now; try again later"),
     )
 }
 

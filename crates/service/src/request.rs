@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use attitude_codec::{Command, CommandError, MailFrom, Reply};
+use attitude_codec::{Command, CommandError, Extensions, MailFrom, Reply};
 use bytes::Bytes;
 
 /// HELO or EHLO as the client gave it.
@@ -25,8 +25,10 @@ pub struct Transaction {
     pub rcpts: Vec<String>,
     /// When MAIL was accepted.
     pub started: Instant,
-    /// Message octets received so far (DATA content, unstuffed).
+    /// Message octets received so far (DATA content, unstuffed, or BDAT chunks).
     pub data_bytes: u64,
+    /// The message is coming in BDAT chunks (a DATA may not follow).
+    pub bdat: bool,
 }
 
 /// Read-only view of a session, handed to every layer with each request.
@@ -40,6 +42,10 @@ pub struct Session {
     pub local: SocketAddr,
     /// HELO/EHLO, once given.
     pub helo: Option<Helo>,
+    /// The extensions the last EHLO reply offered (empty after HELO).
+    pub offered: Extensions,
+    /// The SIZE limit the last EHLO reply gave.
+    pub size_limit: Option<u64>,
     /// Authenticated identity, once authenticated.
     pub auth: Option<String>,
     /// TLS, once the session is encrypted (implicit TLS, or after STARTTLS).
@@ -97,6 +103,8 @@ impl Session {
             client,
             local,
             helo: None,
+            offered: Extensions::EMPTY,
+            size_limit: None,
             auth: None,
             tls: None,
             starttls: false,

@@ -36,6 +36,7 @@ fn in_transaction(rcpts: &[&str], data_bytes: u64) -> Session {
         rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
         started: Instant::now(),
         data_bytes,
+        bdat: false,
     });
     s
 }
@@ -97,18 +98,14 @@ async fn local_answers_never_reach_the_inner_service() {
         (
             req(
                 in_transaction(&["x", "y"], 0),
-                Event::Command(Command::Rcpt(RcptTo {
-                    address: "z@e".into(),
-                })),
+                Event::Command(Command::Rcpt(RcptTo::new("z@e"))),
             ),
             452,
         ),
         (
             req(
                 in_transaction(&[], 0),
-                Event::Command(Command::Rcpt(RcptTo {
-                    address: "ü@e".into(),
-                })),
+                Event::Command(Command::Rcpt(RcptTo::new("ü@e"))),
             ),
             553,
         ),
@@ -183,9 +180,11 @@ async fn ehlo_is_forwarded_and_answered_with_capabilities() {
     assert_eq!(reply.code(), 250);
     let lines = reply.lines().join("\n");
     assert!(lines.starts_with("mx.test"));
-    for cap in ["PIPELINING", "SIZE 1000", "8BITMIME", "ENHANCEDSTATUSCODES"] {
+    for cap in ["PIPELINING", "SIZE 1000", "ENHANCEDSTATUSCODES"] {
         assert!(lines.contains(cap), "{lines}");
     }
+    // Until a backend's EHLO was seen, attitude offers only its own extensions.
+    assert!(!lines.contains("8BITMIME"), "{lines}");
 
     // An inner refusal of EHLO (a HELO policy, later) is passed on as it is.
     assert_ready_ok!(service.poll_ready());
@@ -240,4 +239,46 @@ async fn envelope_and_failed_data_go_inward_and_a_failure_is_never_a_250() {
     let (_, respond) = handle.next_request().await.unwrap();
     respond.send_error("boom");
     assert!(fut.await.is_err());
+}
+
+#[tokio::test]
+async fn ehlo_offers_what_the_backends_offer_and_their_size_less_the_headroom() {
+    use attitude_balance::Offer;
+    use attitude_codec::Extension;
+    use attitude_service::protocol::BackendOffer;
+    let offer = Offer {
+        extensions: [
+            Extension::Pipelining,
+            Extension::EightBitMime,
+            Extension::SmtpUtf8,
+            Extension::Dsn,
+            Extension::BinaryMime,
+            Extension::RequireTls,
+            Extension::FutureRelease,
+        ]
+        .into_iter()
+        .collect(),
+        size_limit: Some(800),
+    };
+    let layer = ProtocolLayer::new(ProtocolConfig {
+        backends: Some(BackendOffer::new(move || offer)),
+        size_headroom: 100,
+        ..config()
+    });
+    let (mut service, mut handle) = mock::spawn_layer::<Request, Reply, _>(layer);
+    handle.allow(10);
+    assert_ready_ok!(service.poll_ready());
+    let fut = service.call(req(
+        session(),
+        Event::Command(Command::Ehlo("c.test".into())),
+    ));
+    let (_, respond) = handle.next_request().await.unwrap();
+    respond.send_response(ok());
+    let reply = fut.await.unwrap();
+    // BINARYMIME only with CHUNKING, REQUIRETLS only inside TLS towards verified backends,
+    // FUTURERELEASE never (its line carries the backend's own limits).
+    assert_eq!(
+        reply.lines()[1..].join(" "),
+        "PIPELINING SIZE 700 8BITMIME SMTPUTF8 DSN ENHANCEDSTATUSCODES"
+    );
 }

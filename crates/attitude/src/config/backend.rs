@@ -348,6 +348,12 @@ impl Config {
 }
 
 impl Backend {
+    /// Every backend is reached over TLS with a verified certificate, so REQUIRETLS (RFC 8689)
+    /// may be offered to clients inside TLS.
+    pub(crate) fn requiretls_possible(&self) -> bool {
+        self.tls.mode != BackendTlsMode::None && !self.tls.insecure_skip_verify
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.servers.is_empty() && self.dns.is_empty() {

@@ -20,6 +20,10 @@ pub(crate) struct Limits {
     pub max_text_line: usize,
     /// Minimum DATA rate in octets per second once `timeouts.data` has passed (0 = off).
     pub min_data_rate: u64,
+    /// Octets kept free below the backends' SIZE limit for what attitude and the scanners add
+    /// to a message (Received and scanner headers): SIZE offered to clients is at most the
+    /// backends' limit less this.
+    pub size_headroom: u64,
 }
 
 impl Default for Limits {
@@ -31,6 +35,7 @@ impl Default for Limits {
             max_command_line: 512,
             max_text_line: 1000,
             min_data_rate: 500,
+            size_headroom: 16 * 1024,
         }
     }
 }

@@ -33,7 +33,7 @@ use attitude_policy::spf::{SpfConfig, SpfLayer};
 use attitude_service::address::domain_of;
 use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
-use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
+use attitude_service::protocol::{BackendOffer, ProtocolConfig, ProtocolLayer};
 use attitude_service::relay::{Relay, RelayShared};
 use attitude_service::{BoxCommand, BoxError, Event, Request, replies};
 use governor::Quota;
@@ -217,6 +217,12 @@ fn protocol(config: &Config, shared: &Shared) -> ProtocolLayer {
         auth,
         require_auth: config.auth.require,
         require_tls: config.smtp.require_tls,
+        backends: Some(BackendOffer::new({
+            let pool = shared.pool.clone();
+            move || pool.offer()
+        })),
+        size_headroom: config.limits.size_headroom,
+        requiretls: config.backend.requiretls_possible(),
     })
 }
 

@@ -37,6 +37,7 @@ where
                     Command::Mail(mail) => Pending::Mail(mail.clone()),
                     Command::Rcpt(rcpt) => Pending::Rcpt(rcpt.address.clone()),
                     Command::Data => Pending::Data,
+                    Command::Bdat { size, .. } => Pending::Bdat(*size),
                     Command::Rset => Pending::Rset,
                     Command::Quit => Pending::Quit,
                     Command::StartTls
@@ -86,6 +87,29 @@ where
                     txn.data_bytes += chunk.len() as u64;
                 }
                 (Event::DataChunk(chunk), Pending::Chunk)
+            }
+            Frame::ChunkEnd { last, result } => {
+                if let Some(reply) = self.bdat_refused.take() {
+                    // A refused BDAT: its reply, now that its chunk is read.
+                    return Err(Step::Answer(reply));
+                }
+                let failed = self
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.failed.clone())
+                    .or_else(|| result.err().map(|e| e.reply()));
+                if !last && failed.is_none() {
+                    let size = self.data.as_ref().map_or(0, |d| d.chunk);
+                    return Err(Step::Answer(replies::chunk_received(size)));
+                }
+                // The last chunk, or a failed message: the end of it, as for DATA (a failure
+                // is told at once; the chunks still in the pipeline get 503).
+                self.data = None;
+                let outcome = match failed {
+                    Some(reply) => DataOutcome::Failed(reply),
+                    None => DataOutcome::Complete,
+                };
+                (Event::DataEnd(outcome), Pending::DataEnd)
             }
             Frame::DataEnd(result) => {
                 let failed = self.data.take().and_then(|d| d.failed);

@@ -85,6 +85,8 @@ struct DataState {
     last_read: Instant,
     bytes: u64,
     failed: Option<Reply>,
+    /// BDAT: the size of the chunk being read.
+    chunk: u64,
 }
 
 /// What the driver remembers of a request to update the session after the reply.
@@ -93,6 +95,8 @@ enum Pending {
     Mail(attitude_codec::MailFrom),
     Rcpt(String),
     Data,
+    /// A BDAT command (its chunk follows).
+    Bdat(u64),
     Chunk,
     DataEnd,
     Rset,
@@ -108,6 +112,8 @@ enum Pending {
 enum Step {
     Continue,
     Close(SessionResult),
+    /// A reply the driver gives itself (a BDAT chunk's), without a call.
+    Answer(Reply),
 }
 
 struct Driver<IO, S> {
@@ -122,6 +128,8 @@ struct Driver<IO, S> {
     data: Option<DataState>,
     /// The AUTH exchange in progress, for the login once the backend says 235.
     auth: Option<Exchange>,
+    /// The reply to a refused BDAT command, given once its chunk is read.
+    bdat_refused: Option<Reply>,
     command_deadline: Instant,
     /// The read deadline, one timer for the session (moving it later is cheap; a new timer
     /// per read would wake the runtime's driver each time).
@@ -159,6 +167,7 @@ where
         wbuf: BytesMut::new(),
         data: None,
         auth: None,
+        bdat_refused: None,
         bytes_in: 0,
         bytes_out: 0,
     };
@@ -243,7 +252,7 @@ where
                 self.wbuf = BytesMut::new();
             }
             let (want, deadline) = match self.codec.mode() {
-                Mode::Data => (DATA_READ, self.data_deadline()),
+                Mode::Data | Mode::Bdat => (DATA_READ, self.data_deadline()),
                 _ => (COMMAND_READ, self.command_deadline),
             };
             self.rbuf.reserve(want);
@@ -264,7 +273,7 @@ where
                     return SessionResult::Shutdown;
                 }
                 Some(Err(_elapsed)) => {
-                    self.push(&if self.codec.mode() == Mode::Data {
+                    self.push(&if matches!(self.codec.mode(), Mode::Data | Mode::Bdat) {
                         replies::data_timeout()
                     } else {
                         replies::command_timeout()
@@ -342,6 +351,7 @@ where
     async fn handle(&mut self, frame: Frame) -> Step {
         let (event, pending) = match self.event(frame) {
             Ok(pair) => pair,
+            Err(Step::Answer(reply)) => return self.update(Pending::Other, reply).await,
             Err(step) => return step,
         };
         let reply = self.call(event).await;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use attitude_codec::{Mode, Reply};
+use attitude_codec::{Extensions, Mode, Reply};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
@@ -40,8 +40,40 @@ where
                 return Step::Continue;
             }
             Pending::Helo(helo) if reply.is_positive() => {
+                // What the client was offered is what it may use.
+                (session.offered, session.size_limit) = if helo.extended {
+                    Extensions::from_ehlo(&reply)
+                } else {
+                    (Extensions::EMPTY, None)
+                };
                 session.helo = Some(helo);
                 session.transaction = None;
+            }
+            Pending::Bdat(size) if reply.code() != 421 => {
+                // The reply to BDAT comes once its chunk is read.
+                if !reply.is_positive() {
+                    self.codec.discard_chunk();
+                    self.bdat_refused = Some(reply);
+                    return Step::Continue;
+                }
+                if let Some(txn) = session.transaction.as_mut()
+                    && !txn.bdat
+                {
+                    txn.bdat = true;
+                    self.codec.begin_bdat_message(txn.mail.body);
+                    let now = Instant::now();
+                    self.data = Some(DataState {
+                        started: now,
+                        last_read: now,
+                        bytes: 0,
+                        failed: None,
+                        chunk: 0,
+                    });
+                }
+                if let Some(data) = self.data.as_mut() {
+                    data.chunk = size;
+                }
+                return Step::Continue;
             }
             Pending::Mail(mail) if reply.is_positive() => {
                 session.transaction = Some(Transaction {
@@ -49,6 +81,7 @@ where
                     rcpts: Vec::new(),
                     started: std::time::Instant::now(),
                     data_bytes: 0,
+                    bdat: false,
                 });
             }
             Pending::Rcpt(rcpt) if reply.is_positive() => {
@@ -63,6 +96,7 @@ where
                     last_read: now,
                     bytes: 0,
                     failed: None,
+                    chunk: 0,
                 });
                 self.codec.set_mode(Mode::Data);
             }
@@ -135,6 +169,8 @@ where
                 let session = Arc::make_mut(&mut self.session);
                 session.tls = info;
                 session.helo = None;
+                session.offered = Extensions::EMPTY;
+                session.size_limit = None;
                 session.transaction = None;
                 session.auth = None;
                 if let Some(info) = &info {

@@ -9,5 +9,5 @@ mod layer;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::{ProtocolConfig, ProtocolLayer};
+pub use layer::{BackendOffer, ProtocolConfig, ProtocolLayer, RELAYED, relayed};
 pub use service::Protocol;

@@ -1,10 +1,10 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use attitude_codec::{Command, EnhancedStatus, Reply};
+use attitude_codec::{Body, Command, EnhancedStatus, Extension, Extensions, Reply};
 use tower_service::Service;
 
-use super::{ProtocolConfig, ResponseFuture};
+use super::{ProtocolConfig, ResponseFuture, relayed};
 use crate::BoxError;
 use crate::request::{DataOutcome, Event, Request, Session};
 
@@ -25,12 +25,30 @@ impl<S> Protocol<S> {
         Self { inner, config }
     }
 
+    /// The EHLO reply: attitude's own extensions, and those every usable backend offers that
+    /// attitude relays end to end; SIZE is the smaller of attitude's limit and the backends'
+    /// (less the headroom for what attitude adds).
     fn ehlo_reply(&self, session: &Session) -> Reply {
+        let offer = self
+            .config
+            .backends
+            .as_ref()
+            .map(|b| b.get())
+            .unwrap_or_default();
+        let mut relayed = offer.extensions.intersection(relayed());
+        if !relayed.contains(Extension::Chunking) {
+            relayed = relayed.without(Extension::BinaryMime);
+        }
+        if session.tls.is_none() || !self.config.requiretls {
+            relayed = relayed.without(Extension::RequireTls);
+        }
         let mut reply = Reply::plain(250, self.config.hostname.clone())
             .with_line("PIPELINING")
-            .with_line(format!("SIZE {}", self.config.max_message_size))
-            .with_line("8BITMIME")
-            .with_line("ENHANCEDSTATUSCODES");
+            .with_line(format!("SIZE {}", self.size_limit(offer.size_limit)));
+        for ext in relayed.iter() {
+            reply = reply.with_line(ext.keyword());
+        }
+        reply = reply.with_line("ENHANCEDSTATUSCODES");
         if session.starttls && session.tls.is_none() {
             reply = reply.with_line("STARTTLS");
         }
@@ -39,6 +57,46 @@ impl<S> Protocol<S> {
             reply
         } else {
             reply.with_line(format!("AUTH {}", offered.join(" ")))
+        }
+    }
+
+    /// The SIZE limit with the backends' `limit` (less the headroom).
+    fn size_limit(&self, backends: Option<u64>) -> u64 {
+        let own = self.config.max_message_size;
+        backends.map_or(own, |limit| {
+            own.min(limit.saturating_sub(self.config.size_headroom).max(1))
+        })
+    }
+
+    /// The limit this session was told (EHLO), or attitude's own.
+    fn session_limit(&self, session: &Session) -> u64 {
+        session
+            .size_limit
+            .filter(|l| *l > 0)
+            .unwrap_or(self.config.max_message_size)
+    }
+
+    fn too_big(limit: u64) -> Reply {
+        Reply::new(
+            552,
+            status(5, 3, 4),
+            format!("Message size exceeds fixed limit of {limit} octets"),
+        )
+    }
+
+    /// Parameters of MAIL or RCPT need extensions this session was offered.
+    fn not_offered(session: &Session, needs: Extensions) -> Option<Reply> {
+        let missing = needs.missing_from(session.offered);
+        if missing.is_empty() {
+            None
+        } else if missing.contains(Extension::SmtpUtf8) {
+            Some(Reply::new(555, status(5, 6, 7), "SMTPUTF8 is not offered"))
+        } else {
+            Some(Reply::new(
+                555,
+                status(5, 5, 4),
+                format!("Parameters of {missing} are not offered"),
+            ))
         }
     }
 
@@ -75,18 +133,16 @@ impl<S> Protocol<S> {
                     if self.config.require_auth && session.auth.is_none() {
                         return Some(Reply::new(530, status(5, 7, 0), "Authentication required"));
                     }
-                    if mail.smtputf8 {
-                        return Some(Reply::new(555, status(5, 6, 7), "SMTPUTF8 is not offered"));
+                    let mut needs = mail.needs();
+                    if mail.param("AUTH").is_some() {
+                        needs.insert(Extension::Auth);
                     }
-                    if mail.size.is_some_and(|s| s > self.config.max_message_size) {
-                        return Some(Reply::new(
-                            552,
-                            status(5, 3, 4),
-                            format!(
-                                "Message size exceeds fixed limit of {} octets",
-                                self.config.max_message_size
-                            ),
-                        ));
+                    if let Some(reply) = Self::not_offered(session, needs) {
+                        return Some(reply);
+                    }
+                    let limit = self.session_limit(session);
+                    if mail.size.is_some_and(|s| s > limit) {
+                        return Some(Self::too_big(limit));
                     }
                     None
                 }
@@ -97,20 +153,29 @@ impl<S> Protocol<S> {
                     if txn.rcpts.len() >= self.config.max_recipients {
                         return Some(Reply::new(452, status(4, 5, 3), "Too many recipients"));
                     }
-                    if !rcpt.address.is_ascii() && !txn.mail.smtputf8 {
+                    let ascii = rcpt.address.is_ascii()
+                        && rcpt
+                            .params
+                            .iter()
+                            .all(|p| p.value.as_ref().is_none_or(|v| v.is_ascii()));
+                    if !ascii && !txn.mail.smtputf8 {
                         return Some(Reply::new(
                             553,
                             status(5, 6, 7),
                             "Non-ASCII address requires SMTPUTF8",
                         ));
                     }
-                    None
+                    Self::not_offered(session, rcpt.needs())
                 }
                 Command::Data => match &session.transaction {
                     None => bad_sequence("Need MAIL and RCPT before DATA"),
                     Some(txn) if txn.rcpts.is_empty() => {
                         Some(Reply::new(554, status(5, 5, 1), "No valid recipients"))
                     }
+                    Some(txn) if txn.mail.body == Some(Body::BinaryMime) => {
+                        bad_sequence("BODY=BINARYMIME needs BDAT, not DATA")
+                    }
+                    Some(txn) if txn.bdat => bad_sequence("DATA after BDAT"),
                     Some(_) => None,
                 },
                 Command::Rset | Command::Quit => None,
@@ -162,7 +227,22 @@ impl<S> Protocol<S> {
                     }
                     None
                 }
-                Command::Bdat { .. } => not_offered("CHUNKING is not offered; use DATA"),
+                Command::Bdat { size, .. } => {
+                    if !session.offered.contains(Extension::Chunking) {
+                        return not_offered("CHUNKING is not offered; use DATA");
+                    }
+                    match &session.transaction {
+                        None => bad_sequence("Need MAIL and RCPT before BDAT"),
+                        Some(txn) if txn.rcpts.is_empty() => {
+                            Some(Reply::new(554, status(5, 5, 1), "No valid recipients"))
+                        }
+                        Some(txn) => {
+                            let limit = self.session_limit(session);
+                            (txn.data_bytes.saturating_add(*size) > limit)
+                                .then(|| Self::too_big(limit))
+                        }
+                    }
+                }
                 Command::Unsupported(_) => not_offered("Command not implemented"),
             },
             Event::Invalid(error) => Some(error.reply()),
@@ -174,16 +254,8 @@ impl<S> Protocol<S> {
             Event::AuthLine(_) => None,
             Event::DataChunk(_) => {
                 let txn = session.transaction.as_ref()?;
-                (txn.data_bytes > self.config.max_message_size).then(|| {
-                    Reply::new(
-                        552,
-                        status(5, 3, 4),
-                        format!(
-                            "Message size exceeds fixed limit of {} octets",
-                            self.config.max_message_size
-                        ),
-                    )
-                })
+                let limit = self.session_limit(session);
+                (txn.data_bytes > limit).then(|| Self::too_big(limit))
             }
             Event::DataEnd(_) | Event::Close => None,
         }

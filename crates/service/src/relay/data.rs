@@ -1,8 +1,8 @@
 //! DATA: the backend's 354 read before content goes out, content streamed chunk by chunk
 //! (re-dot-stuffed), and the backend's own reply to end of data.
 
-use attitude_balance::{ClientIdentity, FailureKind};
-use attitude_codec::{Command, Reply};
+use attitude_balance::{BackendError, ClientIdentity, FailureKind};
+use attitude_codec::{Command, Extension, Reply};
 use bytes::Bytes;
 
 use super::RelayShared;
@@ -101,6 +101,82 @@ impl RelayState {
         match lease
             .conn()
             .finish_data(at_line_start, shared.config.data_end_timeout)
+            .await
+        {
+            Ok(reply) if reply.code() == 421 => {
+                lease.failure(FailureKind::ServiceUnavailable);
+                soften_421(reply)
+            }
+            Ok(reply) => {
+                if reply.is_transient() {
+                    lease.failure(FailureKind::Transient);
+                }
+                lease.transaction_done();
+                self.put_back(lease);
+                reply
+            }
+            Err(error) => {
+                self.lease = Some(lease);
+                let reply = self.fail(shared, &error, "at end of data");
+                self.phase = Phase::Idle;
+                reply
+            }
+        }
+    }
+}
+
+impl RelayState {
+    /// The first BDAT of a transaction: to a backend that offers CHUNKING the chunks go on as
+    /// BDAT; to one that does not, as DATA (dot-stuffed; never BINARYMIME, which only goes to a
+    /// backend with CHUNKING). The reply is not written: a chunk's reply comes once it is read.
+    pub(super) async fn first_chunk(
+        &mut self,
+        shared: &RelayShared,
+        identity: &ClientIdentity,
+    ) -> Reply {
+        let chunking = self
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.caps().offers(Extension::Chunking));
+        if chunking {
+            self.phase = Phase::Chunks;
+            return replies::ok();
+        }
+        let reply = self.in_transaction(shared, identity, Command::Data).await;
+        if reply.code() == 354 {
+            replies::ok()
+        } else {
+            reply
+        }
+    }
+
+    /// Content of a BDAT message, as a BDAT chunk to the backend.
+    pub(super) async fn send_chunk(&mut self, shared: &RelayShared, chunk: &Bytes) -> Reply {
+        let lease = self.lease.as_mut().expect("connected in Chunks phase");
+        match lease
+            .conn()
+            .send_chunk(chunk, shared.config.data_block_timeout)
+            .await
+        {
+            Ok(()) => replies::ok(),
+            Err(BackendError::Refused(reply)) => {
+                // A backend without PIPELINING refused a chunk: that is the verdict.
+                self.phase = Phase::Refused;
+                self.refusal = Some(reply);
+                replies::ok()
+            }
+            Err(error) => self.fail(shared, &error, "during BDAT"),
+        }
+    }
+
+    /// `BDAT ... LAST`: the backend's verdict, as for end of data.
+    pub(super) async fn end_of_chunks(&mut self, shared: &RelayShared) -> Reply {
+        let mut lease = self.lease.take().expect("connected in Chunks phase");
+        self.txn = None;
+        self.phase = Phase::Idle;
+        match lease
+            .conn()
+            .finish_bdat(shared.config.data_end_timeout)
             .await
         {
             Ok(reply) if reply.code() == 421 => {

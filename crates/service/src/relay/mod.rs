@@ -7,7 +7,8 @@
 //!   the transaction so far (MAIL and the accepted RCPTs) is replayed on another backend; the
 //!   client notices nothing;
 //! - streams DATA chunk by chunk (re-dot-stuffed, canonical CRLF) and returns the backend's
-//!   end-of-data reply: attitude never says 250 for a message itself;
+//!   end-of-data reply: attitude never says 250 for a message itself; a BDAT message goes on
+//!   as BDAT to a backend that offers CHUNKING, as DATA to one that does not;
 //! - a backend lost after DATA began gives the client a 4xx, never a 250; a failed message
 //!   closes the backend connection before the final dot, so the backend keeps nothing of it;
 //! - an authenticated backend connection (AUTH relayed) and a PROXY-identified one belong to
@@ -154,12 +155,23 @@ impl RelayState {
             (Event::Command(Command::Rcpt(rcpt)), Phase::MailLocal) => {
                 self.first_rcpt(shared, &identity(session), rcpt).await
             }
-            (Event::Command(Command::Rcpt(_)), Phase::SenderRefused) => self
+            (Event::Command(Command::Rcpt(_) | Command::Bdat { .. }), Phase::SenderRefused) => self
                 .refusal
                 .clone()
                 .expect("kept with the SenderRefused phase"),
             (Event::Command(cmd @ (Command::Rcpt(_) | Command::Data)), Phase::Mail) => {
                 self.in_transaction(shared, &identity(session), cmd).await
+            }
+            (Event::Command(Command::Bdat { .. }), Phase::Mail) => {
+                self.first_chunk(shared, &identity(session)).await
+            }
+            (
+                Event::Command(Command::Bdat { .. }),
+                Phase::Data { .. } | Phase::DataPending | Phase::Chunks | Phase::Refused,
+            ) => replies::ok(),
+            (Event::DataChunk(chunk), Phase::Chunks) => self.send_chunk(shared, &chunk).await,
+            (Event::DataEnd(DataOutcome::Complete), Phase::Chunks) => {
+                self.end_of_chunks(shared).await
             }
             (Event::DataChunk(chunk), Phase::Data { at_line_start }) => {
                 self.chunk(shared, &chunk, at_line_start).await
@@ -174,7 +186,10 @@ impl RelayState {
                 refusal
             }
             (Event::DataEnd(DataOutcome::Failed(reply)), phase) => {
-                if matches!(phase, Phase::Data { .. } | Phase::DataPending) {
+                if matches!(
+                    phase,
+                    Phase::Data { .. } | Phase::DataPending | Phase::Chunks
+                ) {
                     // Closing the connection before the final dot is the only way to abort
                     // DATA: the backend discards the partial message.
                     self.lease = None;
@@ -189,7 +204,8 @@ impl RelayState {
                 replies::backend_lost("during DATA")
             }
             (
-                Event::Command(Command::Rcpt(_) | Command::Data) | Event::DataChunk(_),
+                Event::Command(Command::Rcpt(_) | Command::Data | Command::Bdat { .. })
+                | Event::DataChunk(_),
                 Phase::Broken,
             ) => replies::backend_lost("earlier in this transaction"),
             (Event::Command(Command::Quit) | Event::Close, _) => {

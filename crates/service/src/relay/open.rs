@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 
-use attitude_balance::{CheckoutError, ClientIdentity, FailureKind, Lease};
-use attitude_codec::{Body, Command, MailFrom, RcptTo, Reply};
+use attitude_balance::{BackendCaps, CheckoutError, ClientIdentity, FailureKind, Lease};
+use attitude_codec::{Body, Command, Extension, Extensions, MailFrom, RcptTo, Reply};
 
 use super::RelayShared;
 use super::state::{Phase, RelayState, Txn, soften_421};
@@ -15,8 +15,33 @@ use crate::replies;
 pub(super) fn unavailable(error: &CheckoutError) -> Reply {
     match error {
         CheckoutError::Busy => replies::backends_busy(),
+        CheckoutError::Unsupported(needs) => replies::no_backend_offers(*needs),
         _ => replies::no_backend(),
     }
+}
+
+/// MAIL as it goes to a backend with `caps`: what it does not offer and that may be dropped is
+/// dropped (SIZE, BODY=7BIT, AUTH= per RFC 4954 §5); AUTH= is the client's own only for an
+/// authenticated session, `<>` otherwise. Everything else was checked against what the
+/// backend offers (`Txn::needs`) and goes as the client sent it.
+fn relayed_mail(mail: &MailFrom, caps: &BackendCaps, authenticated: bool) -> MailFrom {
+    let mut relayed = mail.clone();
+    if !caps.offers(Extension::Size) {
+        relayed.size = None;
+    }
+    if relayed.body == Some(Body::SevenBit) && !caps.offers(Extension::EightBitMime) {
+        relayed.body = None;
+    }
+    relayed.params.retain_mut(|p| {
+        if p.keyword != "AUTH" {
+            return true;
+        }
+        if !authenticated {
+            p.value = Some("<>".into());
+        }
+        caps.offers(Extension::Auth)
+    });
+    relayed
 }
 
 /// A lease from the pool, trying other backends while one cannot open a session, until `tried`
@@ -25,6 +50,7 @@ pub(super) async fn checkout(
     shared: &RelayShared,
     identity: &ClientIdentity,
     tried: &mut Vec<SocketAddr>,
+    needs: Extensions,
 ) -> Result<Lease, Reply> {
     let attempts = 1 + shared.pool.config().failover_attempts as usize;
     loop {
@@ -32,7 +58,7 @@ pub(super) async fn checkout(
             shared.metrics.unavailable.increment(1);
             return Err(unavailable(&CheckoutError::NoBackend));
         }
-        match shared.pool.checkout(identity, tried).await {
+        match shared.pool.checkout_for(identity, tried, needs).await {
             Ok(lease) => return Ok(lease),
             Err(CheckoutError::Backend { addr, error }) => {
                 tracing::warn!(backend = %addr, %error, "backend unavailable; trying another");
@@ -113,27 +139,37 @@ impl RelayState {
                     .map(soften_421)
                     .unwrap_or_else(|| unavailable(&CheckoutError::NoBackend)));
             }
-            let mut lease = match self.lease.take() {
-                Some(mut held) => {
-                    held.resume();
-                    held
+            let needs = txn.needs.union(match then {
+                Command::Rcpt(rcpt) => rcpt.needs(),
+                _ => Extensions::EMPTY,
+            });
+            let held = self.lease.take().map(|mut held| {
+                held.resume();
+                held
+            });
+            let held = match held {
+                // The backend chosen at MAIL (or the session's own) lacks what a recipient
+                // needs: another one, unless the connection is the session's.
+                Some(held) if !held.caps().extensions.contains_all(needs) => {
+                    if self.authenticated || !held.poolable() {
+                        self.lease = Some(held);
+                        return Err(replies::no_backend_offers(needs));
+                    }
+                    held.release();
+                    None
                 }
+                held => held,
+            };
+            let mut lease = match held {
+                Some(held) => held,
                 None if self.authenticated => return Err(replies::auth_lost()),
-                None => match checkout(shared, identity, &mut txn.tried).await {
+                None => match checkout(shared, identity, &mut txn.tried, needs).await {
                     Ok(lease) => lease,
                     Err(reply) => return Err(last_refusal.map(soften_421).unwrap_or(reply)),
                 },
             };
             let caps = lease.conn().caps();
-            let relayed = MailFrom {
-                address: txn.mail.address.clone(),
-                size: txn.mail.size.filter(|_| caps.size),
-                body: txn
-                    .mail
-                    .body
-                    .filter(|b| *b == Body::SevenBit || caps.eight_bit_mime),
-                smtputf8: txn.mail.smtputf8 && caps.smtputf8,
-            };
+            let relayed = relayed_mail(&txn.mail, &caps, identity.login.is_some());
             let mut cmds = Vec::with_capacity(txn.rcpts.len() + 2);
             cmds.push(Command::Mail(relayed));
             cmds.extend(txn.rcpts.iter().cloned().map(Command::Rcpt));
@@ -215,8 +251,9 @@ impl RelayState {
             return replies::auth_lost();
         }
         let mut tried = Vec::new();
+        let needs = mail.needs();
         if self.lease.is_none() {
-            match checkout(shared, identity, &mut tried).await {
+            match checkout(shared, identity, &mut tried, needs).await {
                 Ok(lease) => self.lease = Some(lease),
                 Err(reply) => return reply,
             }
@@ -227,6 +264,7 @@ impl RelayState {
         self.txn = Some(Box::new(Txn {
             mail,
             rcpts: Vec::new(),
+            needs,
             tried,
         }));
         self.phase = Phase::MailLocal;
@@ -249,6 +287,7 @@ impl RelayState {
                 if reply.is_positive()
                     && let Some(txn) = self.txn.as_mut()
                 {
+                    txn.needs = txn.needs.union(rcpt.needs());
                     txn.rcpts.push(rcpt);
                 }
                 reply
@@ -274,6 +313,14 @@ impl RelayState {
         identity: &ClientIdentity,
         cmd: Command,
     ) -> Reply {
+        if let Command::Rcpt(rcpt) = &cmd
+            && let Some(lease) = self.lease.as_mut()
+            && !lease.caps().extensions.contains_all(rcpt.needs())
+        {
+            // The backend of this transaction does not offer what this recipient needs (the
+            // backends changed since the client was offered it).
+            return replies::no_backend_offers(rcpt.needs());
+        }
         if matches!(cmd, Command::Data) {
             // The client gets 354 at once and starts sending while the backend's 354 is on its
             // way: one backend round trip less per message. The backend's answer is read before
@@ -322,6 +369,7 @@ impl RelayState {
         match cmd {
             Command::Rcpt(rcpt) if reply.is_positive() => {
                 if let Some(txn) = self.txn.as_mut() {
+                    txn.needs = txn.needs.union(rcpt.needs());
                     txn.rcpts.push(rcpt);
                 }
             }

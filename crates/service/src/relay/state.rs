@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use attitude_balance::{BackendError, FailureKind, Lease};
-use attitude_codec::{Command, EnhancedStatus, MailFrom, RcptTo, Reply};
+use attitude_codec::{Command, EnhancedStatus, Extensions, MailFrom, RcptTo, Reply};
 
 use super::RelayShared;
 use crate::replies;
@@ -25,6 +25,8 @@ pub(super) enum Phase {
     Data {
         at_line_start: bool,
     },
+    /// BDAT chunks streaming to a backend that offers CHUNKING.
+    Chunks,
     /// The backend refused DATA: the content is read and dropped, and the refusal is the reply
     /// to end of data.
     Refused,
@@ -37,6 +39,8 @@ pub(super) enum Phase {
 pub(super) struct Txn {
     pub(super) mail: MailFrom,
     pub(super) rcpts: Vec<RcptTo>,
+    /// The extensions a backend must offer to take it (MAIL's and the recipients').
+    pub(super) needs: Extensions,
     /// Backends that failed this transaction.
     pub(super) tried: Vec<SocketAddr>,
 }
@@ -112,7 +116,7 @@ impl RelayState {
             Phase::Idle | Phase::MailLocal | Phase::SenderRefused => self.put_back(lease),
             // Mid-DATA or mid-AUTH the backend would read "RSET" as content or an answer:
             // closing before the final dot is the only way to abort.
-            Phase::Data { .. } | Phase::DataPending | Phase::Auth => {}
+            Phase::Data { .. } | Phase::DataPending | Phase::Chunks | Phase::Auth => {}
             Phase::Mail | Phase::Refused | Phase::Broken => {
                 let result = lease
                     .conn()
