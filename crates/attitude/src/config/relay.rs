@@ -14,6 +14,9 @@ pub(crate) struct Relay {
     pub local_domains: Vec<String>,
     /// Clients that may relay anywhere (your own applications and submission hosts).
     pub trusted_networks: Vec<ipnet::IpNet>,
+    /// Accept `user%remote@local`, `remote!user@local` and `"user@remote"@local` from clients
+    /// that may not relay (off: they get 554 5.7.1, as Postfix's `allow_untrusted_routing = no`).
+    pub allow_routing: bool,
     /// `"enforce"` or `"dry-run"`.
     pub mode: Mode,
 }
@@ -26,6 +29,7 @@ impl Default for Relay {
                 "127.0.0.0/8".parse().expect("valid network"),
                 "::1/128".parse().expect("valid network"),
             ],
+            allow_routing: false,
             mode: Mode::Enforce,
         }
     }

@@ -30,7 +30,7 @@ use attitude_policy::content::{
 use attitude_policy::greylist::{Greylist, GreylistConfig, GreylistLayer, Timing, system_clock};
 use attitude_policy::relay_control::{RelayControlConfig, RelayControlLayer, RelayControlMetrics};
 use attitude_policy::spf::{SpfConfig, SpfLayer};
-use attitude_service::address::domain_of;
+use attitude_service::address::{domain_of, normalize_address, normalize_domain};
 use attitude_service::driver::{DriverConfig, DriverMetrics};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
 use attitude_service::protocol::{BackendOffer, ProtocolConfig, ProtocolLayer};
@@ -273,9 +273,13 @@ fn relay_control(config: &Config) -> CommandLayer {
         local_domains: r
             .local_domains
             .iter()
-            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+            .map(|d| match d.strip_prefix('.') {
+                Some(parent) => format!(".{}", normalize_domain(parent)),
+                None => normalize_domain(d),
+            })
             .collect(),
         trusted_networks: r.trusted_networks.clone(),
+        allow_routing: r.allow_routing,
         mode: r.mode,
         metrics: RelayControlMetrics::register(),
     }))
@@ -405,7 +409,7 @@ fn rate_key(rule: &RateRule, client: &ClientKey, req: &Request) -> Option<String
         // `sender-domain` counts senders without a domain (`<postmaster>`) under `<no-domain>`:
         // no sender escapes a sender rule.
         RateKey::Sender if mail.is_empty() => Some(NULL_SENDER.to_owned()),
-        RateKey::Sender => Some(mail.to_ascii_lowercase()),
+        RateKey::Sender => Some(normalize_address(mail)),
         RateKey::SenderDomain if mail.is_empty() => Some(NULL_SENDER.to_owned()),
         RateKey::SenderDomain => domain_of(mail).or_else(|| Some(NO_DOMAIN.to_owned())),
         RateKey::AuthUser => req.session.auth.clone(),

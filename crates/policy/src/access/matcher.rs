@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use attitude_service::address::canonical_ip;
+use attitude_service::address::{canonical_ip, normalize_address, normalize_domain};
 use ipnet::IpNet;
 use regex::Regex;
 
@@ -121,9 +121,15 @@ impl Matcher {
     }
 }
 
-/// A HELO name or an address as rules compare it: lower case, without a trailing dot.
+/// A HELO name or an address as rules compare it: lower case, without a trailing dot, an
+/// internationalised domain in A-label form (so `bücher.example` and `xn--bcher-kva.example`
+/// match the same rules).
 pub(super) fn normalize(value: &str) -> String {
-    value.trim_end_matches('.').to_lowercase()
+    if value.contains('@') {
+        normalize_address(value.trim_end_matches('.'))
+    } else {
+        normalize_domain(value)
+    }
 }
 
 fn parse(value: &str, address: bool) -> Result<Pattern, MatcherError> {
@@ -141,13 +147,13 @@ fn parse(value: &str, address: bool) -> Result<Pattern, MatcherError> {
     } else if v.is_empty() || v.contains(char::is_whitespace) {
         return Err(MatcherError::NotAPattern(value.to_owned()));
     } else if let Some(suffix) = v.strip_prefix('.') {
-        Pattern::Suffix(format!(".{}", suffix.trim_end_matches('.').to_lowercase()))
+        Pattern::Suffix(format!(".{}", normalize_domain(suffix)))
     } else if let Some(domain) = v.strip_prefix('@') {
-        Pattern::Domain(domain.trim_end_matches('.').to_lowercase())
+        Pattern::Domain(normalize_domain(domain))
     } else if address && !v.contains('@') {
-        Pattern::Domain(v.trim_end_matches('.').to_lowercase())
+        Pattern::Domain(normalize_domain(v))
     } else {
-        Pattern::Exact(v.trim_end_matches('.').to_lowercase())
+        Pattern::Exact(normalize(v))
     };
     Ok(pattern)
 }

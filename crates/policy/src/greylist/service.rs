@@ -3,6 +3,7 @@ use std::task::{Context, Poll};
 
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_layers::{Either, Mode};
+use attitude_service::address::normalize_address;
 use attitude_service::errors::retry_hint;
 use attitude_service::{BoxError, Event, Request, answer};
 use tower_service::Service;
@@ -54,8 +55,8 @@ where
         let sender = session
             .transaction
             .as_ref()
-            .map_or(String::new(), |t| t.mail.address.to_lowercase());
-        let recipient = rcpt.address.to_lowercase();
+            .map_or(String::new(), |t| normalize_address(&t.mail.address));
+        let recipient = normalize_address(&rcpt.address);
         let config = &self.greylist.config;
         match self.greylist.check(&network, &sender, &recipient) {
             Verdict::Pass | Verdict::Allowlisted => config.decisions.allow.increment(1),

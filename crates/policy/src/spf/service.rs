@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_layers::Either;
-use attitude_service::address::canonical_ip;
+use attitude_service::address::{canonical_ip, normalize_address};
 use attitude_service::{BoxError, BoxFuture, Event, Request};
 use mail_auth::SpfResult;
 use mail_auth::spf::verify::SpfParameters;
@@ -56,7 +56,8 @@ where
         {
             return Either::inner(self.inner.call(req));
         }
-        let sender = mail.address.to_lowercase();
+        // DNS knows A-labels: an internationalised sender domain is looked up as one.
+        let sender = normalize_address(&mail.address);
         let helo = session
             .helo
             .as_ref()
