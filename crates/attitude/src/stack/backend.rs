@@ -46,6 +46,7 @@ pub(crate) fn relay(config: &Config, pool: &Pool) -> Arc<RelayShared> {
         command_timeout: t.backend_command,
         data_block_timeout: t.backend_data,
         data_end_timeout: t.backend_data_end,
+        received: config.smtp.received_header.then(|| config.hostname.clone()),
     };
     RelayShared::new(relay, pool.clone(), RelayMetrics::register())
 }

@@ -78,12 +78,23 @@ impl RelayState {
         chunk: &Bytes,
         mut at_line_start: bool,
     ) -> Reply {
+        let trace = self.trace.take();
         let lease = self.lease.as_mut().expect("connected in Data phase");
-        match lease
-            .conn()
-            .send_content(chunk, &mut at_line_start, shared.config.data_block_timeout)
-            .await
-        {
+        let limit = shared.config.data_block_timeout;
+        let mut sent = Ok(());
+        if let Some(trace) = trace {
+            sent = lease
+                .conn()
+                .send_content(trace.as_bytes(), &mut at_line_start, limit)
+                .await;
+        }
+        if sent.is_ok() {
+            sent = lease
+                .conn()
+                .send_content(chunk, &mut at_line_start, limit)
+                .await;
+        }
+        match sent {
             Ok(()) => {
                 self.phase = Phase::Data { at_line_start };
                 replies::ok()
@@ -94,7 +105,21 @@ impl RelayState {
 
     /// The final dot: the backend's own reply is the client's (attitude never says 250 for a
     /// message itself); a 421 becomes a 451, a lost backend a 451.
-    pub(super) async fn end_of_data(&mut self, shared: &RelayShared, at_line_start: bool) -> Reply {
+    pub(super) async fn end_of_data(
+        &mut self,
+        shared: &RelayShared,
+        mut at_line_start: bool,
+    ) -> Reply {
+        if self.trace.is_some() {
+            // An empty message: the trace is all of it.
+            let reply = self.chunk(shared, &Bytes::new(), at_line_start).await;
+            let Phase::Data { at_line_start: now } = self.phase else {
+                self.txn = None;
+                self.phase = Phase::Idle;
+                return reply;
+            };
+            at_line_start = now;
+        }
         let mut lease = self.lease.take().expect("connected in Data phase");
         self.txn = None;
         self.phase = Phase::Idle;
@@ -152,12 +177,17 @@ impl RelayState {
 
     /// Content of a BDAT message, as a BDAT chunk to the backend.
     pub(super) async fn send_chunk(&mut self, shared: &RelayShared, chunk: &Bytes) -> Reply {
+        let trace = self.trace.take();
         let lease = self.lease.as_mut().expect("connected in Chunks phase");
-        match lease
-            .conn()
-            .send_chunk(chunk, shared.config.data_block_timeout)
-            .await
-        {
+        let limit = shared.config.data_block_timeout;
+        let mut sent = Ok(());
+        if let Some(trace) = trace {
+            sent = lease.conn().send_chunk(trace.as_bytes(), limit).await;
+        }
+        if sent.is_ok() && !chunk.is_empty() {
+            sent = lease.conn().send_chunk(chunk, limit).await;
+        }
+        match sent {
             Ok(()) => replies::ok(),
             Err(BackendError::Refused(reply)) => {
                 // A backend without PIPELINING refused a chunk: that is the verdict.
@@ -171,6 +201,23 @@ impl RelayState {
 
     /// `BDAT ... LAST`: the backend's verdict, as for end of data.
     pub(super) async fn end_of_chunks(&mut self, shared: &RelayShared) -> Reply {
+        if self.trace.is_some() {
+            // An empty message: the trace is all of it.
+            let reply = self.send_chunk(shared, &Bytes::new()).await;
+            match self.phase {
+                Phase::Chunks => {}
+                Phase::Refused => {
+                    let refusal = self.refusal.take();
+                    self.reset(shared).await;
+                    return refusal.unwrap_or(reply);
+                }
+                _ => {
+                    self.txn = None;
+                    self.phase = Phase::Idle;
+                    return reply;
+                }
+            }
+        }
         let mut lease = self.lease.take().expect("connected in Chunks phase");
         self.txn = None;
         self.phase = Phase::Idle;

@@ -24,6 +24,7 @@ mod auth;
 mod data;
 mod open;
 mod state;
+mod trace;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -51,6 +52,9 @@ pub struct RelayConfig {
     pub data_block_timeout: Duration,
     /// Limit for the reply to end of data (RFC 5321 §4.5.3.2.6 says 10 minutes).
     pub data_end_timeout: Duration,
+    /// attitude's hostname for the `Received:` header it adds to every message (`None`: no
+    /// header).
+    pub received: Option<String>,
 }
 
 impl Default for RelayConfig {
@@ -59,6 +63,7 @@ impl Default for RelayConfig {
             command_timeout: Duration::from_secs(120),
             data_block_timeout: Duration::from_secs(180),
             data_end_timeout: Duration::from_secs(600),
+            received: None,
         }
     }
 }
@@ -138,6 +143,13 @@ impl RelayState {
             )
         {
             self.confirm_data(shared, &identity(session)).await;
+        }
+        if let (Event::Command(Command::Data | Command::Bdat { .. }), Phase::Mail) =
+            (&event, self.phase)
+            && let Some(hostname) = &shared.config.received
+        {
+            let smtputf8 = self.txn.as_ref().is_some_and(|t| t.mail.smtputf8);
+            self.trace = Some(trace::received(hostname, session, smtputf8));
         }
         match (event, self.phase) {
             (event @ Event::Command(Command::Auth { .. }), _)
@@ -239,7 +251,13 @@ impl Service<Request> for Relay {
         let state = self.state.clone();
         Box::pin(async move {
             let mut state = state.lock_owned().await;
-            Ok(state.handle(&shared, &req.session, req.event).await)
+            let end = matches!(req.event, Event::DataEnd(DataOutcome::Complete));
+            let reply = state.handle(&shared, &req.session, req.event).await;
+            if end {
+                // One line per message, with the id of its Received header.
+                tracing::info!(target: "attitude::session", session = req.session.id, id = %trace::message_id(&req.session), client = %req.session.client, reply = %reply, "message");
+            }
+            Ok(reply)
         })
     }
 }

@@ -59,6 +59,8 @@ pub(super) struct RelayState {
     pub(super) auth_lost: bool,
     /// The backend's reply to DATA, when it was not 354.
     pub(super) refusal: Option<Reply>,
+    /// attitude's `Received:` header, sent before the message's first content.
+    pub(super) trace: Option<String>,
 }
 
 impl RelayState {
@@ -71,6 +73,7 @@ impl RelayState {
             authenticated: false,
             auth_lost: false,
             refusal: None,
+            trace: None,
         }
     }
 
@@ -108,6 +111,7 @@ impl RelayState {
         let phase = std::mem::replace(&mut self.phase, Phase::Idle);
         self.txn = None;
         self.refusal = None;
+        self.trace = None;
         let Some(mut lease) = self.lease.take() else {
             return;
         };
