@@ -153,7 +153,9 @@ pub(crate) async fn run(options: SinkOptions) -> Result<(), String> {
     });
     // The sink takes every extension attitude relays (it keeps or counts what it is given).
     let offer = Offer {
-        extensions: relayed().without(Extension::RequireTls),
+        extensions: relayed()
+            .without(Extension::RequireTls)
+            .with(Extension::Chunking),
         size_limit: None,
     };
     let protocol = ProtocolLayer::new(ProtocolConfig {

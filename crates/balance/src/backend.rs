@@ -250,6 +250,11 @@ impl Backend {
         *self.offered.lock().expect("offered lock")
     }
 
+    /// Its EHLO was seen, or a health check found it down: nothing more to learn at start.
+    pub(crate) fn settled(&self) -> bool {
+        self.offered().is_some() || self.health.lock().expect("health lock").checked
+    }
+
     pub(crate) fn new(spec: BackendSpec, config: &PoolConfig) -> Self {
         let metrics = BackendMetrics::register(spec.addr);
         metrics.up.set(1.0);
@@ -457,7 +462,7 @@ impl Backend {
     /// Whether a connection to it may serve another client after this one.
     pub(crate) fn shareable(&self) -> bool {
         match self.identity() {
-            IdentityMode::None => true,
+            IdentityMode::None | IdentityMode::Xforward => true,
             IdentityMode::Xclient => !self.xclient_once.load(Ordering::Relaxed),
             IdentityMode::Proxy => false,
         }

@@ -261,14 +261,47 @@ impl BackendConn {
         cmds: &[Command],
         limit: Duration,
     ) -> Result<Vec<Reply>, BackendError> {
+        self.pipeline_after(&[], cmds, limit).await
+    }
+
+    /// As [`BackendConn::pipeline`], after `prefix` lines (XFORWARD) that must each get a 2xx
+    /// (else the backend's reply is `Err(Refused)`); their replies are not returned.
+    pub async fn pipeline_after(
+        &mut self,
+        prefix: &[String],
+        cmds: &[Command],
+        limit: Duration,
+    ) -> Result<Vec<Reply>, BackendError> {
+        if !self.caps.offers(Extension::Pipelining) {
+            for line in prefix {
+                let reply = self.raw(line.as_bytes(), limit, "XFORWARD").await?;
+                if !reply.is_positive() {
+                    return Err(BackendError::Refused(reply));
+                }
+            }
+        }
         let mut replies = Vec::with_capacity(cmds.len());
         if self.caps.offers(Extension::Pipelining) {
+            for line in prefix {
+                self.wbuf.extend_from_slice(line.as_bytes());
+                self.wbuf.extend_from_slice(b"\r\n");
+            }
             for cmd in cmds {
                 cmd.encode(&mut self.wbuf);
             }
             self.flush(limit, "MAIL").await?;
+            let mut refused = None;
+            for _ in prefix {
+                let reply = self.read_reply(limit, "XFORWARD").await?;
+                if !reply.is_positive() {
+                    refused.get_or_insert(reply);
+                }
+            }
             for cmd in cmds {
                 replies.push(self.read_reply(limit, cmd.verb()).await?);
+            }
+            if let Some(reply) = refused {
+                return Err(BackendError::Refused(reply));
             }
         } else {
             for cmd in cmds {

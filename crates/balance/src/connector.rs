@@ -162,6 +162,9 @@ impl Connector {
         {
             tracing::warn!(backend = %addr, "identity = \"xclient\" but the backend does not offer XCLIENT; it sees attitude's address");
         }
+        if backend.identity() == IdentityMode::Xforward && conn.caps().xforward.is_none() {
+            tracing::warn!(backend = %addr, "identity = \"xforward\" but the backend does not offer XFORWARD; it sees attitude's address");
+        }
         backend.learn(conn.caps());
         Ok(conn)
     }

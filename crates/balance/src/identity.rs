@@ -21,6 +21,9 @@ pub enum IdentityMode {
     Xclient,
     /// A PROXY protocol v2 header at connect. A connection then serves one client only.
     Proxy,
+    /// `XFORWARD` before each transaction (Postfix's content-filter interface: the backend logs
+    /// the real client but authorises attitude's address). Connections are pooled.
+    Xforward,
 }
 
 /// The client as attitude saw it, for a backend.
@@ -38,14 +41,17 @@ pub struct ClientIdentity {
     pub login: Option<String>,
 }
 
-/// The XCLIENT attributes a backend said it accepts (`250-XCLIENT NAME ADDR PORT ...`).
+/// The XCLIENT or XFORWARD attributes a backend said it accepts (`250-XCLIENT NAME ADDR PORT
+/// ...`, `250-XFORWARD NAME ADDR PROTO HELO SOURCE ...`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XclientAttrs {
     /// Bit per attribute, in the order of [`ATTRIBUTES`].
     bits: u8,
 }
 
-const ATTRIBUTES: [&str; 6] = ["ADDR", "PORT", "NAME", "HELO", "PROTO", "LOGIN"];
+const ATTRIBUTES: [&str; 8] = [
+    "ADDR", "PORT", "NAME", "HELO", "PROTO", "LOGIN", "IDENT", "SOURCE",
+];
 
 impl XclientAttrs {
     /// Parses the words after `XCLIENT` in an EHLO line.
@@ -88,14 +94,7 @@ impl ClientIdentity {
                 xtext_into(value, &mut line);
             }
         };
-        let addr = match self.addr {
-            SocketAddr::V4(a) => a.ip().to_string(),
-            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-                Some(v4) => v4.to_string(),
-                None => format!("IPV6:{}", a.ip()),
-            },
-        };
-        add("ADDR", &addr);
+        add("ADDR", &xclient_addr(self.addr));
         add("PORT", &self.addr.port().to_string());
         add("NAME", "[UNAVAILABLE]");
         add(
@@ -117,6 +116,48 @@ impl ClientIdentity {
             add("LOGIN", &login);
         }
         line
+    }
+
+    /// The XFORWARD command lines (without CRLF) with the attributes the backend accepts, for
+    /// the transaction `ident` (attitude's message id), each under 512 octets (Postfix's
+    /// limit; attributes are spread over several lines when needed). Values are sanitised and
+    /// xtext-encoded; NAME is `[UNAVAILABLE]` as for XCLIENT.
+    pub fn xforward_lines(&self, offered: XclientAttrs, ident: &str) -> Vec<String> {
+        let helo = self
+            .helo
+            .as_deref()
+            .map(sanitize)
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "[UNAVAILABLE]".into());
+        let attributes = [
+            ("NAME", "[UNAVAILABLE]".to_owned()),
+            ("ADDR", xclient_addr(self.addr)),
+            ("PORT", self.addr.port().to_string()),
+            (
+                "PROTO",
+                if self.esmtp { "ESMTP" } else { "SMTP" }.to_owned(),
+            ),
+            ("HELO", helo),
+            ("IDENT", sanitize(ident)),
+            ("SOURCE", "REMOTE".to_owned()),
+        ];
+        let mut lines = Vec::new();
+        let mut line = String::from("XFORWARD");
+        for (attr, value) in attributes {
+            if !offered.has(attr) {
+                continue;
+            }
+            let mut item = format!(" {attr}=");
+            xtext_into(&value, &mut item);
+            if line.len() + item.len() > 500 && line.len() > "XFORWARD".len() {
+                lines.push(std::mem::replace(&mut line, String::from("XFORWARD")));
+            }
+            line.push_str(&item);
+        }
+        if line.len() > "XFORWARD".len() {
+            lines.push(line);
+        }
+        lines
     }
 
     /// A PROXY protocol v2 header (PROXY command, TCP) with the client and local addresses.
@@ -142,6 +183,18 @@ impl ClientIdentity {
         Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (src, dst))
             .build()
             .expect("a v2 header with two addresses always builds")
+    }
+}
+
+/// An address as XCLIENT and XFORWARD give it: IPv4 as it is (a v4-mapped IPv6 too), IPv6
+/// with the `IPV6:` prefix.
+fn xclient_addr(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("IPV6:{}", a.ip()),
+        },
     }
 }
 
@@ -235,5 +288,36 @@ mod tests {
         let local = proxy_local_header();
         let parsed = ppp::v2::Header::try_from(&local[..]).unwrap();
         assert_eq!(parsed.command, Command::Local);
+    }
+
+    #[test]
+    fn xforward_lines_carry_what_the_backend_accepts() {
+        let id = identity();
+        let lines = id.xforward_lines(
+            XclientAttrs::parse("NAME ADDR PORT PROTO HELO IDENT SOURCE"),
+            "17.1",
+        );
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("XFORWARD NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=40123 PROTO=ESMTP HELO=mx.exampleXCLIENTADDR+3D1.2.3.4a+2Bb+3Dc IDENT=17.1 SOURCE=REMOTE"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            id.xforward_lines(XclientAttrs::parse("ADDR"), "1.1"),
+            ["XFORWARD ADDR=192.0.2.7"]
+        );
+        // A long HELO: every line stays under Postfix's 512 octets.
+        let long = ClientIdentity {
+            helo: Some("h".repeat(300) + "+++"),
+            ..identity()
+        };
+        let lines = long.xforward_lines(
+            XclientAttrs::parse("NAME ADDR PORT PROTO HELO IDENT SOURCE"),
+            "1.1",
+        );
+        assert!(
+            lines.len() >= 1 && lines.iter().all(|l| l.len() < 512),
+            "{lines:?}"
+        );
     }
 }

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use crate::backend::{Backend, FailureKind, PooledConn};
 use crate::config::PoolConfig;
 use crate::conn::BackendConn;
+use crate::identity::{ClientIdentity, IdentityMode};
 use crate::registry::Registry;
 
 /// A backend connection lent to a session. While busy it counts as a transaction in flight on
@@ -69,6 +70,18 @@ impl Lease {
     /// Keeps the connection for this session only (it authenticated: never pooled).
     pub fn pin(&mut self) {
         self.pinned = true;
+    }
+
+    /// The XFORWARD lines that tell the backend who the client of the transaction `ident` is
+    /// (none unless the backend's identity is `xforward` and it offers XFORWARD).
+    pub fn xforward(&self, identity: &ClientIdentity, ident: &str) -> Vec<String> {
+        if self.backend.identity() != IdentityMode::Xforward {
+            return Vec::new();
+        }
+        self.caps()
+            .xforward
+            .map(|attrs| identity.xforward_lines(attrs, ident))
+            .unwrap_or_default()
     }
 
     /// What the backend offered on this connection.

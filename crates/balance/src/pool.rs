@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::thread::ThreadId;
+use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use metrics::Counter;
@@ -113,6 +114,17 @@ impl Pool {
     pub fn start(&self) {
         tokio::spawn(self.inner.registry.clone().control());
         self.inner.registry.touch();
+    }
+
+    /// Waits, at most `limit`, until every backend's EHLO was seen or its first health check
+    /// failed: at start, so that the first clients are offered what the backends offer (until
+    /// then attitude offers only its own extensions).
+    pub async fn settle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.backends().iter().all(|b| b.settled()) && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops health checks, discovery and the controller.

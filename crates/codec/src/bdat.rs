@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::server::{BareLineEndings, DataError};
+use crate::server::{BareLineEndings, DataError, LongLines};
 
 /// The line state of a BDAT message, across its chunks.
 #[derive(Debug, Default)]
@@ -68,6 +68,7 @@ impl BdatMessage {
         input: Bytes,
         limit: usize,
         policy: BareLineEndings,
+        long_lines: LongLines,
         chunk_size: usize,
         at: At,
     ) -> Option<Bytes> {
@@ -75,9 +76,9 @@ impl BdatMessage {
             return (!input.is_empty()).then_some(input);
         }
         if self.error.is_none() {
-            match policy {
-                BareLineEndings::Reject => self.check(&input, limit),
-                BareLineEndings::Normalize => self.normalize(&input, limit),
+            match (policy, long_lines) {
+                (BareLineEndings::Reject, LongLines::Reject) => self.check(&input, limit),
+                _ => self.transform(&input, limit, policy, long_lines),
             }
         }
         if at == At::MessageEnd {
@@ -143,11 +144,22 @@ impl BdatMessage {
         }
     }
 
-    /// Normalize policy: a bare CR or LF becomes CRLF, NUL goes.
-    fn normalize(&mut self, input: &[u8], limit: usize) {
+    /// Octet by octet: the normalize policy (a bare CR or LF becomes CRLF, NUL goes) or
+    /// the reject policy's checks, and `long_lines = "wrap"` (CRLF SP before the limit).
+    fn transform(
+        &mut self,
+        input: &[u8],
+        limit: usize,
+        policy: BareLineEndings,
+        long_lines: LongLines,
+    ) {
+        let normalize = policy == BareLineEndings::Normalize;
         for &b in input {
             if self.pending_cr {
                 self.pending_cr = false;
+                if b != b'\n' && !normalize {
+                    return self.fail(DataError::BareLineEnding);
+                }
                 self.out.put_slice(b"\r\n");
                 self.line_len = 0;
                 if b == b'\n' {
@@ -156,17 +168,23 @@ impl BdatMessage {
             }
             match b {
                 b'\r' => self.pending_cr = true,
+                b'\n' if !normalize => return self.fail(DataError::BareLineEnding),
                 b'\n' => {
                     self.out.put_slice(b"\r\n");
                     self.line_len = 0;
                 }
+                b'\0' if !normalize => return self.fail(DataError::Nul),
                 b'\0' => {}
                 b => {
+                    if self.line_len + 3 > limit {
+                        if long_lines == LongLines::Reject {
+                            return self.fail(DataError::LineTooLong { limit });
+                        }
+                        self.out.put_slice(b"\r\n ");
+                        self.line_len = 1;
+                    }
                     self.out.put_u8(b);
                     self.line_len += 1;
-                    if self.line_len + 2 > limit {
-                        return self.fail(DataError::LineTooLong { limit });
-                    }
                 }
             }
         }
@@ -179,7 +197,7 @@ mod tests {
     use tokio_util::codec::Decoder;
 
     use crate::command::{Body, Command};
-    use crate::server::{CodecConfig, Frame, Mode, ServerCodec};
+    use crate::server::{CodecConfig, Frame, LongLines, Mode, ServerCodec};
 
     use super::*;
 
@@ -349,6 +367,28 @@ mod tests {
             }
         }
         assert!(pieces > 5);
+    }
+
+    #[test]
+    fn long_lines_wrap_in_bdat_too() {
+        let mut c = ServerCodec::new(CodecConfig {
+            long_lines: LongLines::Wrap,
+            data_chunk: 64,
+            ..CodecConfig::default()
+        });
+        let body = format!("{}\r\nend\r\n", "y".repeat(2100));
+        let input = format!("BDAT {} LAST\r\n{body}", body.len());
+        let (frames, content) = run(&mut c, input.as_bytes(), None);
+        assert_eq!(
+            frames.last(),
+            Some(&Frame::ChunkEnd {
+                last: true,
+                result: Ok(())
+            })
+        );
+        let text = String::from_utf8(content).unwrap();
+        assert!(text.split("\r\n").all(|l| l.len() + 2 <= 1000), "{text}");
+        assert_eq!(text.replace("\r\n ", ""), body);
     }
 
     #[test]

@@ -25,5 +25,5 @@ pub use client::{ClientCodec, ClientCodecError};
 pub use command::{Body, Command, CommandError, MailFrom, Param, RcptTo};
 pub use ext::{Extension, Extensions};
 pub use reply::{EnhancedStatus, Reply};
-pub use server::{BareLineEndings, CodecConfig, DataError, Frame, Mode, ServerCodec};
+pub use server::{BareLineEndings, CodecConfig, DataError, Frame, LongLines, Mode, ServerCodec};
 pub use stuff::{dot_stuff_into, is_wire_ready};

@@ -279,6 +279,6 @@ async fn ehlo_offers_what_the_backends_offer_and_their_size_less_the_headroom() 
     // FUTURERELEASE never (its line carries the backend's own limits).
     assert_eq!(
         reply.lines()[1..].join(" "),
-        "PIPELINING SIZE 700 8BITMIME SMTPUTF8 DSN ENHANCEDSTATUSCODES"
+        "PIPELINING SIZE 700 8BITMIME SMTPUTF8 DSN CHUNKING ENHANCEDSTATUSCODES"
     );
 }

@@ -25,7 +25,7 @@ pub use client::Client;
 pub use dns::{DnsServer, Rr, silent_nameserver};
 pub use peer::{
     Attitude, Peer, Recorded, Recorder, SmtpSink, addr_of, attitude_bin, config_error, free_port,
-    http_get, python_peer, require_tool, run, scratch_dir, smtplib, tls_client, tls_client_command,
-    wait_for,
+    http_get, python_peer, require_tool, run, scratch_dir, smtplib, split_trace, tls_client,
+    tls_client_command, wait_for,
 };
 pub use tls::TestCa;

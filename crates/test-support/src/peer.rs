@@ -486,8 +486,12 @@ pub struct Recorded {
     pub mail_from: String,
     /// RCPT TO addresses.
     pub rcpt_tos: Vec<String>,
-    /// The message as received (after dot-unstuffing), byte for byte.
+    /// The message as received (after dot-unstuffing), byte for byte, without attitude's own
+    /// trace header (see `trace`).
     pub content: Vec<u8>,
+    /// attitude's `Received:` header at the top of the message, if it added one (CRLF and
+    /// folding kept).
+    pub trace: Option<String>,
     /// The login the session authenticated as, if it did.
     pub login: Option<String>,
     /// With `--proxy`: the source the PROXY header gave (`ADDR PORT`, or `LOCAL`).
@@ -569,12 +573,14 @@ impl Recorder {
             .map(|env| {
                 let meta = std::fs::read_to_string(env).expect("read envelope");
                 let content = std::fs::read(env.with_extension("eml")).expect("read eml");
+                let (trace, content) = split_trace(content);
                 let mut lines = meta.lines();
                 let mail_from = lines.next().unwrap_or_default().to_owned();
                 Recorded {
                     mail_from,
                     rcpt_tos: lines.map(str::to_owned).collect(),
                     content,
+                    trace,
                     login: std::fs::read_to_string(env.with_extension("auth")).ok(),
                     proxy: std::fs::read_to_string(env.with_extension("proxy"))
                         .ok()
@@ -586,4 +592,24 @@ impl Recorder {
             })
             .collect()
     }
+}
+
+/// attitude's own `Received:` header (the first header, with its folded lines, naming
+/// `(attitude)`) and the message without it.
+pub fn split_trace(content: Vec<u8>) -> (Option<String>, Vec<u8>) {
+    if !content.starts_with(b"Received: ") {
+        return (None, content);
+    }
+    let mut end = 0;
+    while let Some(lf) = content[end..].iter().position(|&b| b == b'\n') {
+        end += lf + 1;
+        if !matches!(content.get(end), Some(b' ' | b'\t')) {
+            break;
+        }
+    }
+    let header = String::from_utf8_lossy(&content[..end]).into_owned();
+    if !header.contains("(attitude)") {
+        return (None, content);
+    }
+    (Some(header), content[end..].to_vec())
 }

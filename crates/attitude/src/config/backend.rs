@@ -23,7 +23,8 @@ pub(crate) struct Backend {
     pub servers: Vec<Server>,
     /// DNS names whose addresses are backends (`[[backend.dns]]`), re-resolved on an interval.
     pub dns: Vec<DnsBackend>,
-    /// How backends learn the real client: `"none"`, `"xclient"` or `"proxy"` (PROXY v2).
+    /// How backends learn the real client: `"none"`, `"xclient"`, `"xforward"` (Postfix's
+    /// content-filter interface) or `"proxy"` (PROXY v2).
     pub identity: IdentityMode,
     /// Name for attitude's EHLO to backends (default: `hostname`).
     pub helo_name: Option<String>,

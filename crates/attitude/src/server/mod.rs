@@ -77,6 +77,11 @@ pub(crate) fn serve(
         let admin_stop = CancellationToken::new();
         let shutdown = Shutdown::default();
         let shared = Shared::new(&config, &listeners)?;
+        // The first clients should be offered what the backends offer: their first health
+        // checks (or EHLOs) come first, within the health check timeout.
+        if config.backend.health.enabled {
+            shared.pool.settle(config.backend.health.timeout).await;
+        }
         let mut announced = listen::announced(&bound);
         if let Some(addr) = config.admin {
             let admin_listener = bind(addr, "admin HTTP").await?;

@@ -148,6 +148,7 @@ fn driver(listener: &EffectiveListener, shared: &Shared) -> DriverConfig {
             max_command_line: config.limits.max_command_line,
             max_text_line: config.limits.max_text_line,
             bare_line_endings: config.smtp.bare_line_endings,
+            long_lines: config.smtp.long_lines,
             ..CodecConfig::default()
         },
         command_timeout: config.timeouts.command,

@@ -2,7 +2,7 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use super::{BareLineEndings, DataError, Frame, Mode, ServerCodec};
+use super::{BareLineEndings, DataError, Frame, LongLines, Mode, ServerCodec};
 
 impl ServerCodec {
     pub(super) fn decode_data(&mut self, src: &mut BytesMut) -> Option<Frame> {
@@ -39,6 +39,7 @@ impl ServerCodec {
                 }
                 src.advance(plain);
                 self.prev_crlf = true;
+                self.continuing = false;
                 if self.out.len() >= self.config.data_chunk {
                     return self.take_chunk();
                 }
@@ -47,8 +48,12 @@ impl ServerCodec {
             let window = &src[..src.len().min(limit)];
             let Some(i) = memchr::memchr(b'\n', window) else {
                 if src.len() >= limit {
-                    self.fail(DataError::LineTooLong { limit });
-                    self.discarding = true;
+                    if self.config.long_lines == LongLines::Wrap {
+                        self.fold(src, limit);
+                    } else {
+                        self.fail(DataError::LineTooLong { limit });
+                        self.discarding = true;
+                    }
                     continue;
                 }
                 return self.take_chunk();
@@ -64,6 +69,8 @@ impl ServerCodec {
                 continue;
             }
             self.prev_crlf = crlf;
+            // The rest of a folded line is not at a line start: nothing to unstuff.
+            let continuing = std::mem::take(&mut self.continuing);
             // One pass for both rare bytes; which one only matters when there is one.
             let (bare_cr, nul) = match memchr::memchr2(b'\r', b'\0', content) {
                 None => (false, false),
@@ -84,10 +91,11 @@ impl ServerCodec {
                 // (once normalised: NUL dropped, a bare CR ending it) that did not end the data
                 // is content as it stands: it arrives as '.' (sent on as '..'), as one after a
                 // bare CR does.
-                let plain = crlf && !bare_cr && !nul && content.first() != Some(&b'.');
+                let plain =
+                    crlf && !bare_cr && !nul && (continuing || content.first() != Some(&b'.'));
                 let first = &content[..memchr::memchr(b'\r', content).unwrap_or(content.len())];
                 let lone_dot = first.iter().filter(|&&b| b != 0).eq(b".".iter());
-                let content = if lone_dot {
+                let content = if lone_dot || continuing {
                     content
                 } else {
                     content.strip_prefix(b".").unwrap_or(content)
@@ -120,6 +128,43 @@ impl ServerCodec {
                 return self.take_chunk();
             }
         }
+    }
+}
+
+impl ServerCodec {
+    /// `long_lines = "wrap"`: the first `limit - 3` octets of an over-long line go on as a line
+    /// of their own, followed by CRLF SP (the rest continues the line, folded as a header
+    /// continuation; Postfix's `smtp_line_length_limit` does the same).
+    fn fold(&mut self, src: &mut BytesMut, limit: usize) {
+        let n = limit - 3;
+        let continuing = std::mem::take(&mut self.continuing);
+        let mut piece = &src[..n];
+        if self.prev_crlf && !continuing && piece.first() == Some(&b'.') {
+            piece = &piece[1..];
+        }
+        // No LF within the limit: any CR here is bare.
+        let bare_cr = memchr::memchr(b'\r', piece).is_some();
+        let nul = memchr::memchr(b'\0', piece).is_some();
+        if self.config.bare_line_endings == BareLineEndings::Reject && (bare_cr || nul) {
+            self.fail(if bare_cr {
+                DataError::BareLineEnding
+            } else {
+                DataError::Nul
+            });
+        }
+        if self.data_error.is_none() {
+            for &b in piece {
+                match b {
+                    b'\r' => self.out.put_slice(b"\r\n"),
+                    b'\0' => {}
+                    b => self.out.put_u8(b),
+                }
+            }
+            self.out.put_slice(b"\r\n ");
+        }
+        src.advance(n);
+        self.prev_crlf = false;
+        self.continuing = true;
     }
 }
 

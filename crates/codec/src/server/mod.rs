@@ -27,6 +27,21 @@ pub enum BareLineEndings {
     Normalize,
 }
 
+/// What to do with a message line longer than the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
+pub enum LongLines {
+    /// Fail the whole message at end of data (552 5.6.0; Exim's default).
+    #[default]
+    Reject,
+    /// Fold it: CRLF SP before the limit, so the message passes (Postfix's way).
+    Wrap,
+}
+
 /// Limits and policies of the decoder.
 #[derive(Debug, Clone)]
 pub struct CodecConfig {
@@ -40,6 +55,8 @@ pub struct CodecConfig {
     pub data_chunk: usize,
     /// Bare CR / LF / NUL policy inside DATA.
     pub bare_line_endings: BareLineEndings,
+    /// Lines over `max_text_line` inside DATA.
+    pub long_lines: LongLines,
 }
 
 impl Default for CodecConfig {
@@ -50,6 +67,7 @@ impl Default for CodecConfig {
             max_auth_line: 12288,
             data_chunk: 16 * 1024,
             bare_line_endings: BareLineEndings::Reject,
+            long_lines: LongLines::Reject,
         }
     }
 }
@@ -149,6 +167,8 @@ pub struct ServerCodec {
     out: BytesMut,
     /// DATA: end of data seen; emit `DataEnd` after the last chunk.
     end_pending: bool,
+    /// DATA: the next octets continue a line folded by `long_lines = "wrap"`.
+    continuing: bool,
     /// BDAT: the chunk being read.
     chunk: Option<BdatChunk>,
     /// BDAT: the message its chunks belong to ([`ServerCodec::begin_bdat_message`]).
@@ -167,6 +187,7 @@ impl ServerCodec {
             data_error: None,
             out: BytesMut::new(),
             end_pending: false,
+            continuing: false,
             chunk: None,
             bdat: None,
         }
@@ -190,6 +211,7 @@ impl ServerCodec {
     fn decode_bdat(&mut self, src: &mut BytesMut) -> Option<Frame> {
         let limit = self.config.max_text_line;
         let policy = self.config.bare_line_endings;
+        let long_lines = self.config.long_lines;
         let size = self.config.data_chunk;
         loop {
             let chunk = self.chunk.as_mut()?;
@@ -207,7 +229,9 @@ impl ServerCodec {
                     _ => At::Inside,
                 };
                 chunk.flushed = chunk.remaining == 0;
-                if let Some(out) = message.and_then(|m| m.feed(piece, limit, policy, size, at)) {
+                if let Some(out) =
+                    message.and_then(|m| m.feed(piece, limit, policy, long_lines, size, at))
+                {
                     return Some(Frame::DataChunk(out));
                 }
                 continue;
@@ -221,7 +245,7 @@ impl ServerCodec {
                     At::ChunkEnd
                 };
                 if let Some(out) =
-                    message.and_then(|m| m.feed(Bytes::new(), limit, policy, size, at))
+                    message.and_then(|m| m.feed(Bytes::new(), limit, policy, long_lines, size, at))
                 {
                     return Some(Frame::DataChunk(out));
                 }
@@ -259,6 +283,7 @@ impl ServerCodec {
             self.prev_crlf = true;
             self.data_error = None;
             self.end_pending = false;
+            self.continuing = false;
             self.out = BytesMut::new();
         }
     }

@@ -145,3 +145,37 @@ fn chunks_are_bounded() {
         assert!(c.len() <= 100 + 42);
     }
 }
+
+#[test]
+fn long_lines_wrap_folds_and_keeps_the_rest() {
+    let mut codec = ServerCodec::new(CodecConfig {
+        long_lines: LongLines::Wrap,
+        ..CodecConfig::default()
+    });
+    codec.set_mode(Mode::Data);
+    // A 2500-octet line that starts with a stuffed dot and ends with a dot, then a lone dot
+    // line that is content, then the end.
+    let mut line = b"..".to_vec();
+    line.resize(2500, b'x');
+    line.push(b'.');
+    let mut input = line.clone();
+    input.extend_from_slice(b"\r\n..\r\nlast\r\n.\r\n");
+    let got = frames(&mut codec, &input);
+    let mut content = Vec::new();
+    for f in &got[..got.len() - 1] {
+        let Frame::DataChunk(c) = f else {
+            panic!("{f:?}")
+        };
+        content.extend_from_slice(c);
+    }
+    assert_eq!(got.last(), Some(&Frame::DataEnd(Ok(()))));
+    let text = String::from_utf8(content).unwrap();
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert!(lines.iter().all(|l| l.len() + 2 <= 1000), "{lines:?}");
+    // Unfolded (CRLF SP removed), the line is what the client meant: one dot unstuffed.
+    let unfolded = text.replace("\r\n ", "");
+    assert_eq!(
+        unfolded,
+        format!("{}\r\n.\r\nlast\r\n", String::from_utf8_lossy(&line[1..]))
+    );
+}

@@ -33,13 +33,14 @@ impl std::fmt::Debug for BackendOffer {
 }
 
 /// The extensions attitude relays end to end when its backends offer them (its own,
-/// PIPELINING, SIZE, ENHANCEDSTATUSCODES, STARTTLS and AUTH, are offered by the protocol layer
-/// itself). FUTURERELEASE is not among them: its EHLO line carries the backend's own limits.
-pub const RELAYED: [Extension; 9] = [
+/// PIPELINING, SIZE, CHUNKING, ENHANCEDSTATUSCODES, STARTTLS and AUTH, are offered by the
+/// protocol layer itself: BDAT goes on as DATA to a backend without CHUNKING). BINARYMIME also
+/// needs backends with CHUNKING. FUTURERELEASE is not among them: its EHLO line carries the
+/// backend's own limits.
+pub const RELAYED: [Extension; 8] = [
     Extension::EightBitMime,
     Extension::SmtpUtf8,
     Extension::Dsn,
-    Extension::Chunking,
     Extension::BinaryMime,
     Extension::RequireTls,
     Extension::MtPriority,

@@ -36,7 +36,9 @@ impl<S> Protocol<S> {
             .map(|b| b.get())
             .unwrap_or_default();
         let mut relayed = offer.extensions.intersection(relayed());
-        if !relayed.contains(Extension::Chunking) {
+        // BDAT is attitude's own (it goes on as DATA to a backend without CHUNKING); a
+        // BINARYMIME message can only go on as BDAT.
+        if !offer.extensions.contains(Extension::Chunking) {
             relayed = relayed.without(Extension::BinaryMime);
         }
         if session.tls.is_none() || !self.config.requiretls {
@@ -48,7 +50,9 @@ impl<S> Protocol<S> {
         for ext in relayed.iter() {
             reply = reply.with_line(ext.keyword());
         }
-        reply = reply.with_line("ENHANCEDSTATUSCODES");
+        reply = reply
+            .with_line("CHUNKING")
+            .with_line("ENHANCEDSTATUSCODES");
         if session.starttls && session.tls.is_none() {
             reply = reply.with_line("STARTTLS");
         }
@@ -229,7 +233,7 @@ impl<S> Protocol<S> {
                 }
                 Command::Bdat { size, .. } => {
                     if !session.offered.contains(Extension::Chunking) {
-                        return not_offered("CHUNKING is not offered; use DATA");
+                        return not_offered("CHUNKING is not offered after HELO; use DATA");
                     }
                     match &session.transaction {
                         None => bad_sequence("Need MAIL and RCPT before BDAT"),

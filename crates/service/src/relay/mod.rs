@@ -162,7 +162,8 @@ impl RelayState {
             }
             (Event::Command(Command::Mail(mail)), _) => {
                 self.reset(shared).await;
-                self.mail(shared, &identity(session), mail).await
+                self.mail(shared, &identity(session), mail, trace::message_id(session))
+                    .await
             }
             (Event::Command(Command::Rcpt(rcpt)), Phase::MailLocal) => {
                 self.first_rcpt(shared, &identity(session), rcpt).await

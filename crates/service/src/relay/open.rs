@@ -175,9 +175,10 @@ impl RelayState {
             cmds.extend(txn.rcpts.iter().cloned().map(Command::Rcpt));
             cmds.push(then.clone());
             let reused = lease.reused();
+            let xforward = lease.xforward(identity, &txn.ident);
             let replies = match lease
                 .conn()
-                .pipeline(&cmds, shared.config.command_timeout)
+                .pipeline_after(&xforward, &cmds, shared.config.command_timeout)
                 .await
             {
                 Ok(replies) => replies,
@@ -246,6 +247,7 @@ impl RelayState {
         shared: &RelayShared,
         identity: &ClientIdentity,
         mail: MailFrom,
+        ident: String,
     ) -> Reply {
         if self.auth_lost {
             return replies::auth_lost();
@@ -265,6 +267,7 @@ impl RelayState {
             mail,
             rcpts: Vec::new(),
             needs,
+            ident,
             tried,
         }));
         self.phase = Phase::MailLocal;

@@ -41,6 +41,8 @@ pub(super) struct Txn {
     pub(super) rcpts: Vec<RcptTo>,
     /// The extensions a backend must offer to take it (MAIL's and the recipients').
     pub(super) needs: Extensions,
+    /// The message's id (Received header, XFORWARD IDENT, the session log).
+    pub(super) ident: String,
     /// Backends that failed this transaction.
     pub(super) tried: Vec<SocketAddr>,
 }

@@ -104,7 +104,12 @@ mod tests {
         session.auth = Some("user".into());
         session.messages = 2;
         let header = received("mx.example", &session, true);
-        assert!(header.contains("with UTF8SMTPSA id 7.3\r\n\t(using TLSv1_3 with cipher TLS13_AES_256_GCM_SHA384);"), "{header}");
+        assert!(
+            header.contains(
+                "with UTF8SMTPSA id 7.3\r\n\t(using TLSv1_3 with cipher TLS13_AES_256_GCM_SHA384);"
+            ),
+            "{header}"
+        );
         assert!(!header.contains("user"));
     }
 }

@@ -1,15 +1,5 @@
-//! An SMTP session in process: the real session driver and command stack (protocol layer, any
-//! policy layers, the relay and the backend pool) over `tokio::io::duplex`, against scripted
-//! backends reached through the pool's own [`Dial`] seam. No socket, no child process: run it
-//! under `#[tokio::test(start_paused = true)]` and timeouts pass without waiting.
-//!
-//! ```ignore
-//! let backends = Backends::new();
-//! backends.script(A, Script::smtp(&["PIPELINING"]).expect("MAIL", "250 ok") ...);
-//! let harness = Harness::new(&backends, &[A]);
-//! let mut client = harness.session();
-//! client.expect("220").await;
-//! ```
+//! Scripted backends: what each in-process backend connection says and expects, step by
+//! step, reached through the pool's [`Dial`] seam; what they read is logged for assertions.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -17,21 +7,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attitude_balance::{BackendSpec, Dial, IdentityMode, Pool, PoolConfig, Transport};
-use attitude_edge::Stream;
-use attitude_service::driver::{self, DriverConfig, DriverMetrics, SessionSummary, Shutdown};
-use attitude_service::protocol::{ProtocolConfig, ProtocolLayer};
-use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared};
-use attitude_service::{BoxCommand, Session};
+use attitude_balance::{Dial, Transport};
 use futures::future::BoxFuture;
 use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream,
 };
-use tokio::task::JoinHandle;
-use tower::Layer;
 
-/// Buffer of each in-process connection, each way.
-const PIPE: usize = 256 * 1024;
+use super::PIPE;
 
 /// One step of a scripted backend connection.
 #[derive(Debug, Clone)]
@@ -42,6 +24,8 @@ enum Step {
     Expect(String),
     /// Read message content up to the final dot.
     Data,
+    /// Read BDAT chunks (each `250`) up to `BDAT n LAST`, then answer with this.
+    Chunks(String),
     /// Close the connection.
     Close,
     /// Read and never answer (a backend that hangs).
@@ -102,6 +86,13 @@ impl Script {
     pub fn content(mut self, reply: &str) -> Self {
         self.steps.push(Step::Data);
         self.send(reply)
+    }
+
+    /// Reads a message in BDAT chunks (each answered `250`, recorded as one message) up to the
+    /// `LAST` one, which gets `reply`.
+    pub fn chunks(mut self, reply: &str) -> Self {
+        self.steps.push(Step::Chunks(reply.to_string()));
+        self
     }
 
     /// Closes the connection.
@@ -351,6 +342,45 @@ async fn run(script: Script, addr: SocketAddr, io: DuplexStream, net: Arc<Mutex<
                 record(".");
                 net.lock().expect("net lock").messages.push((addr, content));
             }
+            Step::Chunks(reply) => {
+                let mut content = Vec::new();
+                loop {
+                    line.clear();
+                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        unexpected(format!("{addr}: closed inside BDAT"));
+                        return;
+                    }
+                    let got = line.trim_end_matches(['\r', '\n']).to_string();
+                    record(&got);
+                    let mut words = got.split(' ');
+                    let size = match (words.next(), words.next().map(str::parse::<usize>)) {
+                        (Some(verb), Some(Ok(size))) if verb.eq_ignore_ascii_case("BDAT") => size,
+                        _ => {
+                            unexpected(format!("{addr}: expected BDAT, got {got}"));
+                            return;
+                        }
+                    };
+                    let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                    let mut chunk = vec![0; size];
+                    if read.read_exact(&mut chunk).await.is_err() {
+                        unexpected(format!("{addr}: closed inside a BDAT chunk"));
+                        return;
+                    }
+                    content.extend_from_slice(&chunk);
+                    let answer = if last {
+                        format!("{reply}\r\n")
+                    } else {
+                        format!("250 2.0.0 {size} octets\r\n")
+                    };
+                    if write.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if last {
+                        break;
+                    }
+                }
+                net.lock().expect("net lock").messages.push((addr, content));
+            }
             Step::Close => return,
             Step::Pause(wait) => tokio::time::sleep(wait).await,
             Step::Hold => {
@@ -383,172 +413,5 @@ async fn run(script: Script, addr: SocketAddr, io: DuplexStream, net: Arc<Mutex<
         if verb.starts_with("QUIT") {
             return;
         }
-    }
-}
-
-/// The real stack of one listener, in process: driver settings, protocol layer, an optional
-/// policy layer, the relay, and a pool over [`Backends`].
-pub struct Harness {
-    /// The pool (started, health checks off unless the configuration turns them on).
-    pub pool: Pool,
-    /// Session driver settings.
-    pub driver: Arc<DriverConfig>,
-    /// The protocol layer's settings.
-    pub protocol: ProtocolConfig,
-    /// The relay's time limits.
-    pub relay: RelayConfig,
-    /// Wraps the relay in policy layers (innermost first), if set.
-    pub policies: Option<Arc<dyn Fn(BoxCommand) -> BoxCommand + Send + Sync>>,
-    /// The shutdown stages every session of this harness watches.
-    pub shutdown: Shutdown,
-    ids: std::sync::atomic::AtomicU64,
-}
-
-impl std::fmt::Debug for Harness {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Harness").finish_non_exhaustive()
-    }
-}
-
-/// The pool settings of a harness: health checks off, one failover.
-pub fn pool_config() -> PoolConfig {
-    let mut config = PoolConfig {
-        helo_name: "attitude.test".into(),
-        ..PoolConfig::default()
-    };
-    config.health.enabled = false;
-    config
-}
-
-/// `addrs` as static backends of weight 1, no identity forwarding.
-pub fn specs(addrs: &[SocketAddr]) -> Vec<BackendSpec> {
-    addrs
-        .iter()
-        .map(|addr| BackendSpec {
-            addr: *addr,
-            weight: 1,
-            identity: IdentityMode::None,
-        })
-        .collect()
-}
-
-impl Harness {
-    /// The defaults over `backends` reached at `addrs`. Call within a Tokio runtime.
-    pub fn new(backends: &Backends, addrs: &[SocketAddr]) -> Self {
-        Self::with_pool(backends, addrs, pool_config())
-    }
-
-    /// As [`Harness::new`], with these pool settings.
-    pub fn with_pool(backends: &Backends, addrs: &[SocketAddr], config: PoolConfig) -> Self {
-        let pool = Pool::with_dial(config, None, Arc::new(backends.clone()));
-        pool.set_source("static", specs(addrs));
-        pool.start();
-        Self {
-            pool,
-            driver: Arc::new(DriverConfig {
-                hostname: "attitude.test".into(),
-                ..DriverConfig::default()
-            }),
-            protocol: ProtocolConfig {
-                hostname: "attitude.test".into(),
-                ..ProtocolConfig::default()
-            },
-            relay: RelayConfig::default(),
-            policies: None,
-            shutdown: Shutdown::default(),
-            ids: 1.into(),
-        }
-    }
-
-    /// Starts one client session; the handle gives its summary once it ended.
-    pub fn session(&self) -> (Client, JoinHandle<SessionSummary>) {
-        let id = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let client_addr: SocketAddr = format!("192.0.2.{}:{}", id % 250 + 1, 40000 + id % 20000)
-            .parse()
-            .expect("address");
-        let local: SocketAddr = "192.0.2.254:25".parse().expect("address");
-        let (ours, theirs) = tokio::io::duplex(PIPE);
-        let mut session = Session::new(id, client_addr, local);
-        session.starttls = self.driver.tls.is_some();
-        let relay = RelayShared::new(
-            self.relay.clone(),
-            self.pool.clone(),
-            RelayMetrics::register(),
-        );
-        let mut inner = BoxCommand::new(Relay::new(relay));
-        if let Some(policies) = &self.policies {
-            inner = policies(inner);
-        }
-        let service = ProtocolLayer::new(self.protocol.clone()).layer(inner);
-        let task = tokio::spawn(driver::drive(
-            Stream::Plain(theirs),
-            session,
-            service,
-            self.driver.clone(),
-            self.shutdown.clone(),
-            DriverMetrics::register(),
-        ));
-        (Client::new(ours), task)
-    }
-}
-
-/// The client end of an in-process session.
-#[derive(Debug)]
-pub struct Client {
-    io: BufReader<DuplexStream>,
-}
-
-impl Client {
-    fn new(io: DuplexStream) -> Self {
-        Self {
-            io: BufReader::new(io),
-        }
-    }
-
-    /// Writes `bytes` as they are.
-    pub async fn send(&mut self, bytes: &[u8]) {
-        self.io
-            .get_mut()
-            .write_all(bytes)
-            .await
-            .expect("write to the session");
-    }
-
-    /// Writes `bytes`; `false` when the session has closed.
-    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
-        self.io.get_mut().write_all(bytes).await.is_ok()
-    }
-
-    /// The next whole reply, lines joined with `\n` (without CRLF); empty when the session
-    /// closed.
-    pub async fn reply(&mut self) -> String {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            if self.io.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return lines.join("\n");
-            }
-            let line = line.trim_end_matches(['\r', '\n']).to_string();
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line);
-            if last {
-                return lines.join("\n");
-            }
-        }
-    }
-
-    /// Sends `line` with CRLF and returns the reply.
-    pub async fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
-    /// Whether the session closed (reads to the end, within `limit` of virtual time).
-    pub async fn closed(&mut self, limit: Duration) -> bool {
-        let mut rest = Vec::new();
-        matches!(
-            tokio::time::timeout(limit, self.io.read_to_end(&mut rest)).await,
-            Ok(Ok(_))
-        )
     }
 }
