@@ -24,8 +24,14 @@ fn sequencing_and_local_replies() {
     }
     // What the backend (aiosmtpd: 8BITMIME, SMTPUTF8) offers, nothing it lacks, and
     // attitude's own CHUNKING (BDAT goes on as DATA).
-    assert!(ehlo.contains("SMTPUTF8") && ehlo.contains("CHUNKING"), "{ehlo}");
-    assert!(!ehlo.contains("DSN") && !ehlo.contains("BINARYMIME"), "{ehlo}");
+    assert!(
+        ehlo.contains("SMTPUTF8") && ehlo.contains("CHUNKING"),
+        "{ehlo}"
+    );
+    assert!(
+        !ehlo.contains("DSN") && !ehlo.contains("BINARYMIME"),
+        "{ehlo}"
+    );
     assert!(c.cmd("RCPT TO:<b@example.com>").starts_with("503 5.5.1"));
     assert!(c.cmd("DATA").starts_with("503 5.5.1"));
     assert!(c.cmd("VRFY postmaster").starts_with("252"));

@@ -148,7 +148,16 @@ impl ClientIdentity {
                 continue;
             }
             let mut item = format!(" {attr}=");
-            xtext_into(&value, &mut item);
+            // At most 450 octets encoded (a HELO of `+`s triples in xtext): under 512 alone.
+            let mut fits = value.as_str();
+            while xtext_len(fits) > 450 {
+                let mut cut = fits.len() - 1;
+                while !fits.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                fits = &fits[..cut];
+            }
+            xtext_into(fits, &mut item);
             if line.len() + item.len() > 500 && line.len() > "XFORWARD".len() {
                 lines.push(std::mem::replace(&mut line, String::from("XFORWARD")));
             }
@@ -213,6 +222,20 @@ fn sanitize(value: &str) -> String {
         .filter(|c| c.is_ascii_graphic())
         .take(255)
         .collect()
+}
+
+/// The length of `value` in xtext.
+fn xtext_len(value: &str) -> usize {
+    value
+        .bytes()
+        .map(|b| {
+            if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+                1
+            } else {
+                3
+            }
+        })
+        .sum()
 }
 
 /// RFC 3461 xtext: `+`, `=` and anything outside `!`..`~` as `+HH`.
@@ -308,7 +331,7 @@ mod tests {
         );
         // A long HELO: every line stays under Postfix's 512 octets.
         let long = ClientIdentity {
-            helo: Some("h".repeat(300) + "+++"),
+            helo: Some("+".repeat(300)),
             ..identity()
         };
         let lines = long.xforward_lines(
@@ -316,7 +339,7 @@ mod tests {
             "1.1",
         );
         assert!(
-            lines.len() >= 1 && lines.iter().all(|l| l.len() < 512),
+            lines.len() > 1 && lines.iter().all(|l| l.len() < 512),
             "{lines:?}"
         );
     }

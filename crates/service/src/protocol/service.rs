@@ -50,9 +50,7 @@ impl<S> Protocol<S> {
         for ext in relayed.iter() {
             reply = reply.with_line(ext.keyword());
         }
-        reply = reply
-            .with_line("CHUNKING")
-            .with_line("ENHANCEDSTATUSCODES");
+        reply = reply.with_line("CHUNKING").with_line("ENHANCEDSTATUSCODES");
         if session.starttls && session.tls.is_none() {
             reply = reply.with_line("STARTTLS");
         }

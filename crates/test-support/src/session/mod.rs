@@ -121,7 +121,13 @@ impl Harness {
         };
         let mut leases = Vec::new();
         for addr in addrs {
-            let others: Vec<SocketAddr> = addrs.iter().copied().filter(|a| a != addr).collect();
+            let others: Vec<SocketAddr> = self
+                .pool
+                .backends()
+                .iter()
+                .map(|b| b.addr())
+                .filter(|a| a != addr)
+                .collect();
             let lease = self
                 .pool
                 .checkout(&identity, &others)
