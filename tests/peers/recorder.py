@@ -22,6 +22,9 @@ NNNNNN.auth next to the message.
 
 With --tls-cert FILE --tls-key FILE it offers STARTTLS, and stores the TLS version and cipher
 of a session that used it in NNNNNN.tls.
+
+While it offers AUTH it takes MAIL's AUTH= parameter (RFC 4954 section 5, which aiosmtpd alone
+refuses with 555) and stores its value in NNNNNN.mailauth.
 """
 
 import argparse
@@ -77,6 +80,10 @@ class Recorder:
         if tls is not None:
             with open(base + ".tls", "w", encoding="utf-8") as f:
                 f.write(f"{tls.version()} {tls.cipher()[0]}\n")
+        mail_auth = getattr(session, "mail_auth", None)
+        if mail_auth is not None:
+            with open(base + ".mailauth", "w", encoding="utf-8") as f:
+                f.write(mail_auth)
         login = getattr(session, "auth_data", None)
         if session.authenticated and login:
             with open(base + ".auth", "wb") as f:
@@ -86,6 +93,18 @@ class Recorder:
 
     async def handle_PROXY(self, server, session, envelope, proxy_data):
         return proxy_data.valid
+
+
+class AuthParamSMTP(SMTP):
+    """aiosmtpd's SMTP, taking MAIL's AUTH= parameter as RFC 4954 section 5 asks of a server
+    that offers AUTH."""
+
+    async def smtp_MAIL(self, arg):
+        words = (arg or "").split(" ")
+        kept = [w for w in words if not w.upper().startswith("AUTH=")]
+        given = [w.split("=", 1)[1] for w in words if w.upper().startswith("AUTH=")]
+        self.session.mail_auth = given[0] if given else None
+        return await super().smtp_MAIL(" ".join(kept))
 
 
 def authenticator(accounts):
@@ -124,7 +143,9 @@ def main():
     handler = Recorder(args.dir)
     server = loop.run_until_complete(
         loop.create_server(
-            lambda: SMTP(handler, hostname="recorder.test", enable_SMTPUTF8=True, **options),
+            lambda: (AuthParamSMTP if accounts else SMTP)(
+                handler, hostname="recorder.test", enable_SMTPUTF8=True, **options
+            ),
             host=host,
             port=int(port),
             reuse_address=True,

@@ -79,15 +79,18 @@ impl Sink {
     }
 }
 
-/// A real Postfix (Debian's `postfix`) with its own configuration and queue directories, on three
+/// A real Postfix (Debian's `postfix`) with its own configuration and queue directories, on four
 /// loopback ports: `plain` (XCLIENT allowed from 127.0.0.1 only, so once per connection: Postfix
 /// checks a second XCLIENT against the address the first one set), `reidentify` (XCLIENT allowed
-/// from 127.0.0.0/8, so a connection can be given to another 127.x client) and `proxied`
-/// (`smtpd_upstream_proxy_protocol = haproxy`). It relays mail for `example.com` to the
-/// `discard` transport and logs to a file of its own. Stopped (by its master's PID) on drop.
+/// from 127.0.0.0/8, so a connection can be given to another 127.x client), `proxied`
+/// (`smtpd_upstream_proxy_protocol = haproxy`) and `held` (every message it accepts stays in
+/// the hold queue, for `postcat`). It relays mail for `example.com` to the `discard` transport
+/// and logs to a file of its own. Stopped (by its master's PID) on drop.
 pub struct Postfix {
     /// The port where XCLIENT is authorised.
     pub plain: SocketAddr,
+    /// The port whose messages stay in the hold queue ([`Postfix::held`]).
+    pub held: SocketAddr,
     /// The port where XCLIENT may be sent again for another 127.x client.
     pub reidentify: SocketAddr,
     /// The port that expects a PROXY header.
@@ -106,9 +109,14 @@ impl Postfix {
     /// Writes the configuration, starts `postfix -c DIR start` and waits for its ports (new
     /// ports and a new directory when another test took a port first).
     pub fn start() -> Postfix {
+        Self::start_with("")
+    }
+
+    /// As [`Postfix::start`], with `main_cf` appended to its main.cf (a later setting wins).
+    pub fn start_with(main_cf: &str) -> Postfix {
         let mut failures = Vec::new();
         for _ in 0..5 {
-            match Self::try_start() {
+            match Self::try_start(main_cf) {
                 Ok(postfix) => return postfix,
                 Err(why) => failures.push(why),
             }
@@ -116,7 +124,7 @@ impl Postfix {
         panic!("postfix did not start:\n{}", failures.join("\n---\n"));
     }
 
-    fn try_start() -> Result<Postfix, String> {
+    fn try_start(main_cf: &str) -> Result<Postfix, String> {
         let postfix = require_tool("/usr/sbin/postfix");
         let dir = scratch_dir("postfix");
         let (etc, queue, data) = (dir.join("etc"), dir.join("queue"), dir.join("data"));
@@ -133,6 +141,7 @@ impl Postfix {
         let plain: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let proxied: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let reidentify: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let held: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = dir.join("maillog");
         std::fs::write(
             etc.join("main.cf"),
@@ -157,6 +166,7 @@ alias_database =
 maillog_file_prefixes = {dir}
 maillog_file = {log}
 smtpd_authorized_xclient_hosts = 127.0.0.1/32
+{main_cf}
 ",
                 queue = queue.display(),
                 data = data.display(),
@@ -171,6 +181,7 @@ smtpd_authorized_xclient_hosts = 127.0.0.1/32
                 "{plain} inet n - n - - smtpd
 {proxied} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy
 {reidentify} inet n - n - - smtpd -o smtpd_authorized_xclient_hosts=127.0.0.0/8
+{held} inet n - n - - smtpd -o {{smtpd_recipient_restrictions = check_recipient_access static:HOLD}}
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 300 1 qmgr
 rewrite unix - - n - - trivial-rewrite
@@ -185,6 +196,7 @@ scache unix - - n - 1 scache
 discard unix - - n - - discard
 error unix - - n - - error
 retry unix - - n - - error
+smtp unix - - n - - smtp
 postlog unix-dgram n - n - 1 postlogd
 "
             ),
@@ -199,7 +211,7 @@ postlog unix-dgram n - n - 1 postlogd
         let pid_file = queue.join("pid/master.pid");
         let up = out.status.success()
             && wait_for(Duration::from_secs(20), || {
-                [plain, proxied, reidentify]
+                [plain, proxied, reidentify, held]
                     .iter()
                     .all(|a| std::net::TcpStream::connect(a).is_ok())
             });
@@ -209,6 +221,7 @@ postlog unix-dgram n - n - 1 postlogd
         match (up, master) {
             (true, Some(master)) => Ok(Postfix {
                 plain,
+                held,
                 reidentify,
                 proxied,
                 dir,
@@ -218,6 +231,7 @@ postlog unix-dgram n - n - 1 postlogd
                 if let Some(master) = master {
                     drop(Postfix {
                         plain,
+                        held,
                         reidentify,
                         proxied,
                         dir: dir.clone(),
@@ -252,6 +266,39 @@ postlog unix-dgram n - n - 1 postlogd
             found.is_some()
         });
         found
+    }
+
+    /// The messages in the hold queue (from the `held` port), oldest first, as `postcat`
+    /// prints them: envelope records, then the content.
+    pub fn held_messages(&self) -> Vec<String> {
+        let hold = self.dir.join("queue/hold");
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&hold)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .map(|(_, file)| {
+                let out = Command::new("/usr/sbin/postcat")
+                    .arg("-c")
+                    .arg(self.dir.join("etc"))
+                    .args(["-e", "-h", "-b"])
+                    .arg(file)
+                    .output()
+                    .expect("run postcat");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect()
+    }
+
+    /// Waits until the hold queue has `n` messages; returns them ([`Postfix::held_messages`]).
+    pub fn wait_held(&self, n: usize) -> Vec<String> {
+        wait_for(Duration::from_secs(15), || self.held_messages().len() >= n);
+        self.held_messages()
     }
 
     /// Where it keeps its files.

@@ -494,6 +494,8 @@ pub struct Recorded {
     pub trace: Option<String>,
     /// The login the session authenticated as, if it did.
     pub login: Option<String>,
+    /// MAIL's AUTH= parameter as the recorder received it (with `--auth`), if there was one.
+    pub mail_auth: Option<String>,
     /// With `--proxy`: the source the PROXY header gave (`ADDR PORT`, or `LOCAL`).
     pub proxy: Option<String>,
     /// With `--tls-cert`: the TLS version and cipher of the session, if it used STARTTLS.
@@ -582,6 +584,7 @@ impl Recorder {
                     content,
                     trace,
                     login: std::fs::read_to_string(env.with_extension("auth")).ok(),
+                    mail_auth: std::fs::read_to_string(env.with_extension("mailauth")).ok(),
                     proxy: std::fs::read_to_string(env.with_extension("proxy"))
                         .ok()
                         .map(|p| p.trim().to_owned()),
