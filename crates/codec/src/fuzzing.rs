@@ -4,11 +4,16 @@
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
-use crate::{BareLineEndings, ClientCodec, CodecConfig, Command, Frame, Mode, ServerCodec};
+use crate::{
+    BareLineEndings, Body, ClientCodec, CodecConfig, Command, Frame, LongLines, Mode, ServerCodec,
+};
 
-/// Decodes `data` (the first byte picks policy and read size), checking the decoder's
-/// invariants; panics when one breaks:
+/// Decodes `data` (the first byte picks the bare-line-ending and long-line policies and the
+/// read size), checking the decoder's invariants; panics when one breaks:
 /// - DATA chunks are canonical (CRLF only, no NUL), so nothing can end DATA early downstream;
+///   BDAT content is too (but for BINARYMIME, and the last line of a message may lack CRLF);
+/// - a BDAT chunk is exactly its size: the frame after it is its `ChunkEnd`, and nothing of it
+///   is decoded as a command;
 /// - a decoded command that can be relayed survives encode + decode unchanged;
 /// - the input buffer never holds more than one line limit plus one read.
 pub fn decode_all(data: &[u8]) {
@@ -22,17 +27,50 @@ pub fn decode_all(data: &[u8]) {
         } else {
             BareLineEndings::Normalize
         },
+        long_lines: if knobs & 0x80 == 0 {
+            LongLines::Reject
+        } else {
+            LongLines::Wrap
+        },
         ..CodecConfig::default()
     };
-    let read = 1 + (knobs >> 1) as usize * 7;
+    let read = 1 + ((knobs >> 1) & 0x3f) as usize * 7;
     let limit = config.max_auth_line.max(config.max_command_line) + read;
     let mut codec = ServerCodec::new(config);
     let mut buf = BytesMut::new();
+    // BDAT: whether the chunk being read is opaque (BINARYMIME), and what is left of it.
+    let mut binary = false;
+    let mut chunk_left: Option<u64> = None;
     for piece in input.chunks(read) {
         buf.extend_from_slice(piece);
         while let Some(frame) = codec.decode(&mut buf).expect("decode never fails") {
+            if let Some(left) = chunk_left {
+                match &frame {
+                    Frame::DataChunk(c) => {
+                        // Content is never more than the chunk's octets (normalising and
+                        // folding add at most two per three).
+                        assert!(c.len() as u64 <= 2 * left + 64, "chunk overran its size");
+                        if !binary {
+                            check_content(c, false);
+                        }
+                        continue;
+                    }
+                    Frame::ChunkEnd { .. } => chunk_left = None,
+                    other => panic!("a BDAT chunk was read as {other:?}"),
+                }
+            }
             check(&frame);
             match frame {
+                Frame::Command(Command::Bdat { size, .. }) => {
+                    // Accepted or refused, as a server would answer; some opaque.
+                    if size % 2 == 0 {
+                        binary = size % 4 == 2;
+                        codec.begin_bdat_message(binary.then_some(Body::BinaryMime));
+                    } else {
+                        codec.discard_chunk();
+                    }
+                    chunk_left = Some(size);
+                }
                 Frame::Command(Command::Data) => codec.set_mode(Mode::Data),
                 Frame::Command(Command::Auth { .. }) => codec.set_mode(Mode::Auth),
                 Frame::AuthLine(line) if line.as_ref() == b"*" => codec.set_mode(Mode::Command),
@@ -44,20 +82,25 @@ pub fn decode_all(data: &[u8]) {
     let _ = codec.decode_eof(&mut buf);
 }
 
+/// Content is whole canonical lines: CRLF only, no NUL (`whole`: it ends with CRLF).
+fn check_content(chunk: &[u8], whole: bool) {
+    if whole {
+        assert!(chunk.ends_with(b"\r\n"), "chunk of partial lines");
+    }
+    for (i, &b) in chunk.iter().enumerate() {
+        assert_ne!(b, 0, "NUL in a chunk");
+        if b == b'\n' {
+            assert!(i > 0 && chunk[i - 1] == b'\r', "bare LF in a chunk");
+        }
+        if b == b'\r' {
+            assert_eq!(chunk.get(i + 1), Some(&b'\n'), "bare CR in a chunk");
+        }
+    }
+}
+
 fn check(frame: &Frame) {
     match frame {
-        Frame::DataChunk(chunk) => {
-            assert!(chunk.ends_with(b"\r\n"), "chunk of partial lines");
-            for (i, &b) in chunk.iter().enumerate() {
-                assert_ne!(b, 0, "NUL in a chunk");
-                if b == b'\n' {
-                    assert!(i > 0 && chunk[i - 1] == b'\r', "bare LF in a chunk");
-                }
-                if b == b'\r' {
-                    assert_eq!(chunk.get(i + 1), Some(&b'\n'), "bare CR in a chunk");
-                }
-            }
-        }
+        Frame::DataChunk(chunk) => check_content(chunk, true),
         // Verbs attitude refuses are never relayed, so their arguments are not kept.
         Frame::Command(Command::Unsupported(_)) => {}
         Frame::Command(cmd) => {

@@ -9,7 +9,8 @@ use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Feeds `pieces` one after the other, as a session driver would: switches to DATA mode after a
-/// DATA command (as if the server answered 354), and merges adjacent DATA chunks (their
+/// DATA command (as if the server answered 354), starts a BDAT message at every BDAT command (as
+/// if accepted; the codec frames the chunk by itself), and merges adjacent DATA chunks (their
 /// boundaries depend on the reads, their content must not).
 /// The content of a failed or unfinished message is dropped.
 fn decode_pieces(pieces: &[&[u8]], config: &CodecConfig) -> Vec<Frame> {
@@ -22,13 +23,16 @@ fn decode_pieces(pieces: &[&[u8]], config: &CodecConfig) -> Vec<Frame> {
             if frame == Frame::Command(Command::Data) {
                 codec.set_mode(Mode::Data);
             }
+            if let Frame::Command(Command::Bdat { .. }) = frame {
+                codec.begin_bdat_message(None);
+            }
             match (frames.last_mut(), frame) {
                 (Some(Frame::DataChunk(prev)), Frame::DataChunk(next)) => {
                     let mut joined = BytesMut::from(&prev[..]);
                     joined.extend_from_slice(&next);
                     *prev = joined.freeze();
                 }
-                (_, frame @ Frame::DataEnd(Err(_))) => {
+                (_, frame @ (Frame::DataEnd(Err(_)) | Frame::ChunkEnd { result: Err(_), .. })) => {
                     // A failed message's content is thrown away; how much of it was emitted
                     // before the failure was seen depends on the reads.
                     if let Some(Frame::DataChunk(_)) = frames.last() {
@@ -40,7 +44,9 @@ fn decode_pieces(pieces: &[&[u8]], config: &CodecConfig) -> Vec<Frame> {
             }
         }
     }
-    if codec.mode() == Mode::Data && matches!(frames.last(), Some(Frame::DataChunk(_))) {
+    if matches!(codec.mode(), Mode::Data | Mode::Bdat)
+        && matches!(frames.last(), Some(Frame::DataChunk(_)))
+    {
         // An unfinished message: what was emitted of it depends on the reads too.
         frames.pop();
     }
@@ -60,6 +66,10 @@ fn smtpish() -> impl Strategy<Value = Vec<u8>> {
         Just(b"\r.\r\n".to_vec()),
         Just(b"\0".to_vec()),
         Just(b"QUIT\r\n".to_vec()),
+        Just(b"BDAT 9\r\n".to_vec()),
+        Just(b"BDAT 70\r\n".to_vec()),
+        Just(b"BDAT 3 LAST\r\n".to_vec()),
+        Just(b"BDAT 0 LAST\r\n".to_vec()),
         Just(vec![b'x'; 700]),
         Just(vec![b'y'; 1200]),
         prop::collection::vec(any::<u8>(), 0..40),
@@ -71,13 +81,18 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn splitting_does_not_change_frames(input in smtpish(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12), normalize in any::<bool>()) {
+    fn splitting_does_not_change_frames(input in smtpish(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12), normalize in any::<bool>(), wrap in any::<bool>()) {
         let config = CodecConfig {
             data_chunk: 64,
             bare_line_endings: if normalize {
                 attitude_codec::BareLineEndings::Normalize
             } else {
                 attitude_codec::BareLineEndings::Reject
+            },
+            long_lines: if wrap {
+                attitude_codec::LongLines::Wrap
+            } else {
+                attitude_codec::LongLines::Reject
             },
             ..CodecConfig::default()
         };
