@@ -56,6 +56,10 @@ impl ServerCodec {
                     }
                     continue;
                 }
+                // Chunks are whole lines: the start of a folded line waits for its rest.
+                if self.continuing {
+                    return None;
+                }
                 return self.take_chunk();
             };
             // The line is read in place and `src` advanced past it afterwards (no split per
