@@ -49,7 +49,10 @@ pub fn decode_all(data: &[u8]) {
                     Frame::DataChunk(c) => {
                         // Content is never more than the chunk's octets (normalising and
                         // folding add at most two per three).
-                        assert!(c.len() as u64 <= 2 * left + 64, "chunk overran its size");
+                        assert!(
+                            c.len() as u64 <= left.saturating_mul(2).saturating_add(64),
+                            "chunk overran its size"
+                        );
                         if !binary {
                             check_content(c, false);
                         }

@@ -26,18 +26,24 @@ impl std::fmt::Debug for Sink {
 }
 
 impl Sink {
-    /// Starts a sink on a free loopback port.
+    /// Starts a sink on a free loopback port (another, if a test running beside took it first).
     pub fn start() -> Sink {
-        let addr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("address");
-        let mut sink = Sink {
-            peer: None,
-            addr,
-            maildir: scratch_dir("sink"),
-        };
-        sink.restart();
-        sink
+        let maildir = scratch_dir("sink");
+        for _ in 0..5 {
+            let mut sink = Sink {
+                peer: None,
+                addr: format!("127.0.0.1:{}", free_port())
+                    .parse()
+                    .expect("address"),
+                maildir: maildir.clone(),
+            };
+            let started =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.restart()));
+            if started.is_ok() {
+                return sink;
+            }
+        }
+        panic!("attitude sink would not start");
     }
 
     /// Starts it again on the same address and Maildir.
