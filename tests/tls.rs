@@ -120,6 +120,17 @@ fn starttls_with_swaks_and_smtplib_relays_byte_exact() {
         message(),
         "smtplib's message changed on the way"
     );
+    // attitude's trace header says the session was in TLS (ESMTPS, version and cipher), and
+    // Python's email package reads it as one Received header with its date.
+    let trace = m[0].trace.clone().expect("attitude's Received header");
+    let (parsed_ok, parsed) =
+        attitude_test_support::run(attitude_test_support::python_peer("received.py").arg(&trace));
+    assert!(parsed_ok, "{parsed}");
+    assert!(parsed.contains("with ESMTPS id "), "{parsed}");
+    assert!(
+        parsed.contains("(using TLSv1.3 with cipher TLS13_"),
+        "{parsed}"
+    );
     assert!(
         m[1].content.starts_with(&message()),
         "swaks's message changed on the way"

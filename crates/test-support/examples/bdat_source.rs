@@ -29,13 +29,10 @@ fn options() -> Options {
     let usage = "usage: bdat_source HOST:PORT [--sessions N] [--messages N] [--size OCTETS] \
                  [--chunk OCTETS] [--data] [--max-seconds S]";
     let mut args = std::env::args().skip(1);
-    let addr = args
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| {
-            eprintln!("{usage}");
-            std::process::exit(2)
-        });
+    let addr = args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+        eprintln!("{usage}");
+        std::process::exit(2)
+    });
     let mut o = Options {
         addr,
         sessions: 10,
@@ -71,7 +68,8 @@ fn options() -> Options {
 
 /// A message of `size` octets: a few headers, then 76-character lines.
 fn message(size: usize) -> Vec<u8> {
-    let mut m = b"From: bench@example.org\r\nTo: sink@example.com\r\nSubject: bdat bench\r\n\r\n".to_vec();
+    let mut m =
+        b"From: bench@example.org\r\nTo: sink@example.com\r\nSubject: bdat bench\r\n\r\n".to_vec();
     let line = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmn\r\n";
     while m.len() + line.len() <= size {
         m.extend_from_slice(line);
@@ -99,7 +97,9 @@ async fn session(o: &Options, count: usize, body: &[u8]) -> std::io::Result<usiz
     let mut conn = BufReader::new(TcpStream::connect(o.addr).await?);
     conn.get_mut().set_nodelay(true)?;
     reply(&mut conn).await?;
-    conn.get_mut().write_all(b"EHLO bdat-source.test\r\n").await?;
+    conn.get_mut()
+        .write_all(b"EHLO bdat-source.test\r\n")
+        .await?;
     reply(&mut conn).await?;
     let mut accepted = 0;
     let stuffed = if o.data {

@@ -37,8 +37,7 @@ impl Sink {
                     .expect("address"),
                 maildir: maildir.clone(),
             };
-            let started =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.restart()));
+            let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.restart()));
             if started.is_ok() {
                 return sink;
             }

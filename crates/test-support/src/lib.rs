@@ -17,6 +17,7 @@ mod backends;
 mod client;
 mod dns;
 mod peer;
+mod recorder;
 pub mod session;
 mod tls;
 
@@ -24,8 +25,8 @@ pub use backends::{Postfix, Sink};
 pub use client::Client;
 pub use dns::{DnsServer, Rr, silent_nameserver};
 pub use peer::{
-    Attitude, Peer, Recorded, Recorder, SmtpSink, addr_of, attitude_bin, config_error, free_port,
-    http_get, python_peer, require_tool, run, scratch_dir, smtplib, split_trace, tls_client,
-    tls_client_command, wait_for,
+    Attitude, Peer, SmtpSink, addr_of, attitude_bin, config_error, free_port, http_get,
+    python_peer, require_tool, run, scratch_dir, smtplib, tls_client, tls_client_command, wait_for,
 };
+pub use recorder::{Recorded, Recorder, split_trace};
 pub use tls::TestCa;

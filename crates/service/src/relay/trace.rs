@@ -60,10 +60,12 @@ pub(super) fn received(hostname: &str, session: &Session, smtputf8: bool) -> Str
         message_id(session),
     );
     if let Some(tls) = &session.tls {
+        // `TLSv1_3` as mail logs write it: `TLSv1.3`.
         let _ = write!(
             header,
             "\r\n\t(using {} with cipher {})",
-            tls.version, tls.cipher
+            tls.version.replace('_', "."),
+            tls.cipher
         );
     }
     let now = OffsetDateTime::now_utc()
@@ -106,7 +108,7 @@ mod tests {
         let header = received("mx.example", &session, true);
         assert!(
             header.contains(
-                "with UTF8SMTPSA id 7.3\r\n\t(using TLSv1_3 with cipher TLS13_AES_256_GCM_SHA384);"
+                "with UTF8SMTPSA id 7.3\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384);"
             ),
             "{header}"
         );
