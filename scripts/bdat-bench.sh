@@ -21,6 +21,7 @@ BIN=${1:-target/release/attitude}
 SOURCE=target/release/examples/bdat_source
 
 pf=$(mktemp -d "$STATE/postfix-bdat-XXXX")
+chmod 755 "$pf"   # the mail owner walks into data/
 mkdir -p "$pf/etc" "$pf/queue" "$pf/data"
 chown postfix "$pf/data"
 cat >"$pf/etc/main.cf" <<CF
@@ -38,6 +39,7 @@ default_transport = discard
 relay_transport = discard
 alias_maps =
 alias_database =
+maillog_file_prefixes = $pf
 maillog_file = $pf/maillog
 message_size_limit = 0
 CF

@@ -14,7 +14,7 @@ Faults on demand, so tests can check that attitude hands back the backend's own 
 
 With --proxy it expects a PROXY protocol header first (aiosmtpd's own support), and stores the
 source address the header gave in NNNNNN.proxy (`ADDR PORT`, or `LOCAL` for a LOCAL header).
---listen HOST:PORT picks the address (default: 127.0.0.1, a free port).
+--listen HOST:PORT picks the address (default: 127.0.0.1, a free port; `[::1]:0` for IPv6).
 
 With --auth USER:PASSWORD (repeatable) it offers AUTH PLAIN and LOGIN (without TLS: the tests
 run on loopback), checks the credentials, and stores the login of an authenticated session in
@@ -138,6 +138,7 @@ def main():
         context.load_cert_chain(args.tls_cert, args.tls_key)
         options["tls_context"] = context
     host, port = args.listen.rsplit(":", 1)
+    host = host.strip("[]")
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     handler = Recorder(args.dir)
@@ -152,7 +153,8 @@ def main():
         )
     )
     port = server.sockets[0].getsockname()[1]
-    print(f"listening smtp={host}:{port}", flush=True)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"listening smtp={shown}:{port}", flush=True)
     loop.run_forever()
 
 

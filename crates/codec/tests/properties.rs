@@ -147,7 +147,7 @@ proptest! {
             1 => Command::Helo(domain.clone()),
             2 => Command::Mail(MailFrom {
                 address,
-                size,
+                size: size.and_then(std::num::NonZeroU64::new),
                 body: eight.map(|e| if e { Body::EightBitMime } else { Body::SevenBit }),
                 smtputf8: false,
                 params: if eight == Some(true) {

@@ -114,7 +114,7 @@ async fn local_answers_never_reach_the_inner_service() {
                 greeted(),
                 Event::Command(Command::Mail(MailFrom {
                     address: "a@b".into(),
-                    size: Some(5000),
+                    size: std::num::NonZeroU64::new(5000),
                     ..MailFrom::default()
                 })),
             ),

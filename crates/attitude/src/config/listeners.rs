@@ -20,14 +20,35 @@ pub(crate) enum ListenerTls {
     Implicit,
 }
 
+/// A listener's address, or several (`["0.0.0.0:25", "[::]:25"]` for both families: an IPv6
+/// socket is bound IPv6-only, so the two bind side by side).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub(crate) enum Addresses {
+    /// One address.
+    One(SocketAddr),
+    /// Several: one socket each, the same listener.
+    Many(Vec<SocketAddr>),
+}
+
+impl Addresses {
+    /// Every address.
+    pub(crate) fn all(&self) -> Vec<SocketAddr> {
+        match self {
+            Addresses::One(a) => vec![*a],
+            Addresses::Many(v) => v.clone(),
+        }
+    }
+}
+
 /// `[[listeners]]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListenerConfig {
     /// Name in logs and errors (`mx`, `submission`, `submissions`).
     pub name: String,
-    /// Listen address.
-    pub address: SocketAddr,
+    /// Listen address, or addresses.
+    pub address: Addresses,
     /// `"none"`, `"starttls"` or `"implicit"` (default: `"starttls"` when `[tls]` has a
     /// certificate, else `"none"`).
     #[serde(default)]
@@ -59,8 +80,8 @@ const PROCESS_KEYS: &[&str] = &[
 pub(crate) struct EffectiveListener {
     /// Name.
     pub name: String,
-    /// Address.
-    pub address: SocketAddr,
+    /// Addresses (at least one).
+    pub addresses: Vec<SocketAddr>,
     /// TLS mode.
     pub tls: ListenerTls,
     /// PROXY protocol in.
@@ -123,7 +144,7 @@ impl Config {
             }
             return Ok(vec![EffectiveListener {
                 name: "smtp".into(),
-                address: self.listen,
+                addresses: vec![self.listen],
                 tls: default_tls,
                 proxy_protocol: self.proxy_protocol.enabled,
                 config: self.clone(),
@@ -184,24 +205,32 @@ impl Config {
                      implicit-TLS listener is always encrypted; a plain one never)"
                 )));
             }
+            let addresses = l.address.all();
+            if addresses.is_empty() {
+                return Err(invalid(format!(
+                    "[[listeners]] {name}: address = [] listens nowhere; give at least one"
+                )));
+            }
             out.push(EffectiveListener {
                 name: name.clone(),
-                address: l.address,
+                addresses,
                 tls,
                 proxy_protocol: l.proxy_protocol.unwrap_or(self.proxy_protocol.enabled),
                 config,
             });
         }
-        for (i, a) in out.iter().enumerate() {
-            // Port 0 (tests) picks a free port for each.
-            if let Some(b) = out[..i]
-                .iter()
-                .find(|b| b.address == a.address && a.address.port() != 0)
-            {
-                return Err(invalid(format!(
-                    "[[listeners]] {} and {} both listen on {}",
-                    b.name, a.name, a.address
-                )));
+        let mut taken: Vec<(SocketAddr, &str)> = Vec::new();
+        for l in &out {
+            for addr in &l.addresses {
+                // Port 0 (tests) picks a free port for each.
+                if let Some((_, other)) = taken.iter().find(|(a, _)| a == addr && addr.port() != 0)
+                {
+                    return Err(invalid(format!(
+                        "[[listeners]] {other} and {} both listen on {addr}",
+                        l.name
+                    )));
+                }
+                taken.push((*addr, &l.name));
             }
         }
         Ok(out)

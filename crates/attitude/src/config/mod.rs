@@ -221,7 +221,7 @@ impl Config {
                 .backend
                 .servers
                 .iter()
-                .find(|s| s.address() == l.address)
+                .find(|s| l.addresses.contains(&s.address()))
             {
                 return Err(ConfigError::Invalid(format!(
                     "[backend] servers contains attitude's own listen address {} (listener {}): \

@@ -22,13 +22,39 @@ pub(crate) fn announce(parts: &[(&str, std::net::SocketAddr)]) {
     let _ = out.flush();
 }
 
+/// Why a listening socket could not be bound.
+#[derive(Debug)]
+pub(super) struct BindError {
+    addr: SocketAddr,
+    name: String,
+    source: std::io::Error,
+}
+
+impl BindError {
+    /// The address family is not there (no IPv6 on this host, say).
+    pub(super) fn family_missing(&self) -> bool {
+        matches!(self.source.raw_os_error(), Some(97 | 99)) // EAFNOSUPPORT, EADDRNOTAVAIL
+    }
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot listen on {} (listener {}): {}; pick another address or stop what uses it",
+            self.addr, self.name, self.source
+        )
+    }
+}
+
 /// Binds `workers` listening sockets on `addr` with SO_REUSEPORT (the kernel spreads new
-/// connections over them); the first fixes the port when `addr` asks for port 0.
+/// connections over them); the first fixes the port when `addr` asks for port 0. An IPv6
+/// socket is IPv6-only, so `[::]:25` binds beside `0.0.0.0:25`.
 pub(super) fn bind_reuseport(
     addr: SocketAddr,
     workers: usize,
     name: &str,
-) -> Result<Vec<std::net::TcpListener>, String> {
+) -> Result<Vec<std::net::TcpListener>, BindError> {
     let mut addr = addr;
     let mut listeners = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -36,19 +62,27 @@ pub(super) fn bind_reuseport(
             .and_then(|s| {
                 s.set_reuse_address(true)?;
                 s.set_reuse_port(true)?;
+                if addr.is_ipv6() {
+                    // `[::]:25` beside `0.0.0.0:25`: each family on its own socket (and no
+                    // v4-mapped clients on the IPv6 one, whatever the system default).
+                    s.set_only_v6(true)?;
+                }
                 s.set_nonblocking(true)?;
                 s.bind(&addr.into())?;
                 s.listen(1024)?;
                 Ok(s)
             })
-            .map_err(|e| {
-                format!(
-                    "cannot listen on {addr} (listener {name}): {e}; pick another address or stop \
-                     what uses it"
-                )
+            .map_err(|source| BindError {
+                addr,
+                name: name.to_owned(),
+                source,
             })?;
         let listener: std::net::TcpListener = socket.into();
-        addr = listener.local_addr().map_err(|e| e.to_string())?;
+        addr = listener.local_addr().map_err(|source| BindError {
+            addr,
+            name: name.to_owned(),
+            source,
+        })?;
         listeners.push(listener);
     }
     Ok(listeners)
@@ -75,4 +109,24 @@ pub(super) fn announced(bound: &[(String, SocketAddr)]) -> Vec<(String, SocketAd
         announced.extend(bound.iter().take(1).cloned());
     }
     announced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_and_ipv6_wildcards_bind_side_by_side_on_one_port() {
+        // Bound for a moment, reached over loopback only.
+        let v4 = bind_reuseport("0.0.0.0:0".parse().unwrap(), 1, "mx").unwrap();
+        let port = v4[0].local_addr().unwrap().port();
+        let v6 = bind_reuseport(format!("[::]:{port}").parse().unwrap(), 1, "mx")
+            .expect("[::] beside 0.0.0.0 on the same port (IPV6_V6ONLY)");
+        for (to, listener) in [("127.0.0.1", &v4[0]), ("[::1]", &v6[0])] {
+            let client = std::net::TcpStream::connect(format!("{to}:{port}")).unwrap();
+            listener.set_nonblocking(false).unwrap();
+            let (_, from) = listener.accept().unwrap();
+            assert_eq!(from, client.local_addr().unwrap());
+        }
+    }
 }

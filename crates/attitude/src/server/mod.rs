@@ -58,15 +58,32 @@ pub(crate) fn serve(
         n => n,
     };
     let listeners = config.effective_listeners().map_err(|e| e.to_string())?;
-    let mut sockets = Vec::with_capacity(listeners.len());
+    // One set of sockets (one per worker) per listener address, each with its listener's index.
+    let mut sockets: Vec<(usize, Vec<std::net::TcpListener>)> = Vec::new();
     let mut bound = Vec::with_capacity(listeners.len());
-    for l in &listeners {
-        let socks = listen::bind_reuseport(l.address, workers, &l.name)?;
-        bound.push((
-            l.name.clone(),
-            socks[0].local_addr().map_err(|e| e.to_string())?,
-        ));
-        sockets.push(socks);
+    for (i, l) in listeners.iter().enumerate() {
+        let mut first = None;
+        for addr in &l.addresses {
+            let socks = match listen::bind_reuseport(*addr, workers, &l.name) {
+                Ok(socks) => socks,
+                // `["0.0.0.0:25", "[::]:25"]` on a host without IPv6 (or without IPv4): the
+                // listener serves the family that is there.
+                Err(error) if l.addresses.len() > 1 && error.family_missing() => {
+                    tracing::warn!(listener = %l.name, %addr, "{error}; serving the listener's other addresses");
+                    continue;
+                }
+                Err(error) => return Err(error.to_string()),
+            };
+            first.get_or_insert(socks[0].local_addr().map_err(|e| e.to_string())?);
+            sockets.push((i, socks));
+        }
+        let Some(first) = first else {
+            return Err(format!(
+                "listener {} could bind none of its addresses {:?}",
+                l.name, l.addresses
+            ));
+        };
+        bound.push((l.name.clone(), first));
     }
     let main = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -114,8 +131,10 @@ pub(crate) fn serve(
             ids: Arc::new(AtomicU64::new(1)),
         };
         for n in 0..workers {
-            let mine: Vec<std::net::TcpListener> =
-                sockets.iter_mut().map(|socks| socks.remove(0)).collect();
+            let mine: Vec<(usize, std::net::TcpListener)> = sockets
+                .iter_mut()
+                .map(|(i, socks)| (*i, socks.remove(0)))
+                .collect();
             workers_share.spawn(n, mine, &shared)?;
         }
         // Signals and file changes are handled from before the announcement (a script may send
@@ -178,12 +197,13 @@ struct Workers {
 }
 
 impl Workers {
-    /// Worker thread `n`: a single-threaded runtime accepting on `sockets` (one per listener,
-    /// in listener order) until the drain, and keeping its sessions until they end.
+    /// Worker thread `n`: a single-threaded runtime accepting on `sockets` (one per listener
+    /// address, with the index of its listener) until the drain, and keeping its sessions until
+    /// they end.
     fn spawn(
         &self,
         n: usize,
-        sockets: Vec<std::net::TcpListener>,
+        sockets: Vec<(usize, std::net::TcpListener)>,
         shared: &Shared,
     ) -> Result<(), String> {
         let live = self.live.clone();
@@ -210,7 +230,7 @@ impl Workers {
                         pool: &pool,
                         live: &live,
                     };
-                    let loops = sockets.into_iter().enumerate().map(|(i, listener)| {
+                    let loops = sockets.into_iter().map(|(i, listener)| {
                         let accept = &accept;
                         async move {
                             let listener = TcpListener::from_std(listener).expect("tokio listener");

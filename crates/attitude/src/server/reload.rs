@@ -51,8 +51,8 @@ pub(super) fn live(
 /// What the running process keeps of its configuration, to apply a reload.
 pub(super) struct Running {
     pub(super) config: Config,
-    /// The bound listeners (name, configured address), in order.
-    bound: Vec<(String, SocketAddr)>,
+    /// The bound listeners (name, configured addresses), in order.
+    bound: Vec<(String, Vec<SocketAddr>)>,
     pub(super) shared: Shared,
     shutdown: Shutdown,
     live: Arc<ArcSwap<Generation>>,
@@ -74,7 +74,7 @@ impl Running {
         let running = Self {
             bound: listeners
                 .iter()
-                .map(|l| (l.name.clone(), l.address))
+                .map(|l| (l.name.clone(), l.addresses.clone()))
                 .collect(),
             config,
             shared,
@@ -105,8 +105,11 @@ impl Running {
         for (i, (name, addr)) in self.bound.iter().enumerate() {
             match listeners.iter().find(|l| &l.name == name) {
                 Some(l) => {
-                    if l.address != *addr {
-                        restart.push(format!("listener {name} address {addr} -> {}", l.address));
+                    if l.addresses != *addr {
+                        restart.push(format!(
+                            "listener {name} address {addr:?} -> {:?}",
+                            l.addresses
+                        ));
                     }
                     match live(l, &new, &self.shared, &self.shutdown) {
                         Ok(stack) => next.push(stack),

@@ -1,6 +1,7 @@
 //! SMTP commands: parsing one command line (grammar by `smtp-proto`) and encoding it back.
 
 use std::fmt::Write as _;
+use std::num::NonZeroU64;
 
 use bytes::{BufMut, BytesMut};
 use smtp_proto::Request;
@@ -40,8 +41,8 @@ impl Body {
 pub struct MailFrom {
     /// The reverse path without angle brackets; empty for the null sender `<>`.
     pub address: String,
-    /// `SIZE=` (RFC 1870), the client's estimate of the message size.
-    pub size: Option<u64>,
+    /// `SIZE=` (RFC 1870), the client's estimate of the message size (`SIZE=0` is no estimate).
+    pub size: Option<NonZeroU64>,
     /// `BODY=`.
     pub body: Option<Body>,
     /// `SMTPUTF8` (RFC 6531).
@@ -435,7 +436,7 @@ fn mail_from(
     }
     Ok(MailFrom {
         address,
-        size: size.filter(|s| *s != 0),
+        size: size.and_then(NonZeroU64::new),
         body,
         smtputf8,
         params,

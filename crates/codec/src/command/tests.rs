@@ -1,6 +1,7 @@
 //! Command parsing and encoding.
 
 use super::*;
+use std::num::NonZeroU64;
 
 fn parse(s: &str) -> Result<Command, CommandError> {
     Command::parse(s.as_bytes())
@@ -33,7 +34,7 @@ fn mail_parameters() {
         cmd,
         Command::Mail(MailFrom {
             address: "a@b.example".into(),
-            size: Some(1234),
+            size: NonZeroU64::new(1234),
             body: Some(Body::EightBitMime),
             smtputf8: true,
             params: Vec::new(),
@@ -130,7 +131,7 @@ fn encode_parse_round_trip() {
         Command::Ehlo("a.example".into()),
         Command::Mail(MailFrom {
             address: "x@y.example".into(),
-            size: Some(99),
+            size: NonZeroU64::new(99),
             body: Some(Body::SevenBit),
             smtputf8: false,
             params: vec![Param::new("RET", Some("HDRS"))],

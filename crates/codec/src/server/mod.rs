@@ -171,8 +171,9 @@ pub struct ServerCodec {
     continuing: bool,
     /// BDAT: the chunk being read.
     chunk: Option<BdatChunk>,
-    /// BDAT: the message its chunks belong to ([`ServerCodec::begin_bdat_message`]).
-    bdat: Option<BdatMessage>,
+    /// BDAT: the message its chunks belong to ([`ServerCodec::begin_bdat_message`]); boxed:
+    /// an idle session holds a codec, rarely a BDAT message.
+    bdat: Option<Box<BdatMessage>>,
 }
 
 impl ServerCodec {
@@ -196,7 +197,7 @@ impl ServerCodec {
     /// Starts a BDAT message: called once the first BDAT command of a transaction is
     /// accepted (before its chunk is decoded). Its chunks are checked as one message.
     pub fn begin_bdat_message(&mut self, body: Option<Body>) {
-        self.bdat = Some(BdatMessage::new(body == Some(Body::BinaryMime)));
+        self.bdat = Some(Box::new(BdatMessage::new(body == Some(Body::BinaryMime))));
     }
 
     /// Drops the chunk of the BDAT command just decoded (the command was refused): its octets

@@ -34,7 +34,7 @@ where
                         name: name.clone(),
                         extended: true,
                     }),
-                    Command::Mail(mail) => Pending::Mail(mail.clone()),
+                    Command::Mail(mail) => Pending::Mail(Box::new(mail.clone())),
                     Command::Rcpt(rcpt) => Pending::Rcpt(rcpt.address.clone()),
                     Command::Data => Pending::Data,
                     Command::Bdat { size, .. } => Pending::Bdat(*size),
@@ -100,7 +100,7 @@ where
                     .or_else(|| result.err().map(|e| e.reply()));
                 if !last && failed.is_none() {
                     let size = self.data.as_ref().map_or(0, |d| d.chunk);
-                    return Err(Step::Answer(replies::chunk_received(size)));
+                    return Err(Step::Answer(Box::new(replies::chunk_received(size))));
                 }
                 // The last chunk, or a failed message: the end of it, as for DATA (a failure
                 // is told at once; the chunks still in the pipeline get 503).

@@ -92,7 +92,8 @@ struct DataState {
 /// What the driver remembers of a request to update the session after the reply.
 enum Pending {
     Helo(Helo),
-    Mail(attitude_codec::MailFrom),
+    /// Boxed: what the driver holds across every call is part of every idle session.
+    Mail(Box<attitude_codec::MailFrom>),
     Rcpt(String),
     Data,
     /// A BDAT command (its chunk follows).
@@ -112,8 +113,9 @@ enum Pending {
 enum Step {
     Continue,
     Close(SessionResult),
-    /// A reply the driver gives itself (a BDAT chunk's), without a call.
-    Answer(Reply),
+    /// A reply the driver gives itself (a BDAT chunk's), without a call; boxed, as the other
+    /// Step values are small.
+    Answer(Box<Reply>),
 }
 
 struct Driver<IO, S> {
@@ -129,7 +131,7 @@ struct Driver<IO, S> {
     /// The AUTH exchange in progress, for the login once the backend says 235.
     auth: Option<Exchange>,
     /// The reply to a refused BDAT command, given once its chunk is read.
-    bdat_refused: Option<Reply>,
+    bdat_refused: Option<Box<Reply>>,
     command_deadline: Instant,
     /// The read deadline, one timer for the session (moving it later is cheap; a new timer
     /// per read would wake the runtime's driver each time).
@@ -351,7 +353,7 @@ where
     async fn handle(&mut self, frame: Frame) -> Step {
         let (event, pending) = match self.event(frame) {
             Ok(pair) => pair,
-            Err(Step::Answer(reply)) => return self.update(Pending::Other, reply).await,
+            Err(Step::Answer(reply)) => return self.update(Pending::Other, *reply).await,
             Err(step) => return step,
         };
         let reply = self.call(event).await;

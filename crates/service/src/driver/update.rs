@@ -53,7 +53,7 @@ where
                 // The reply to BDAT comes once its chunk is read.
                 if !reply.is_positive() {
                     self.codec.discard_chunk();
-                    self.bdat_refused = Some(reply);
+                    self.bdat_refused = Some(Box::new(reply));
                     return Step::Continue;
                 }
                 if let Some(txn) = session.transaction.as_mut()
@@ -77,7 +77,7 @@ where
             }
             Pending::Mail(mail) if reply.is_positive() => {
                 session.transaction = Some(Transaction {
-                    mail,
+                    mail: *mail,
                     rcpts: Vec::new(),
                     started: std::time::Instant::now(),
                     data_bytes: 0,

@@ -143,7 +143,7 @@ impl<S> Protocol<S> {
                         return Some(reply);
                     }
                     let limit = self.session_limit(session);
-                    if mail.size.is_some_and(|s| s > limit) {
+                    if mail.size.is_some_and(|s| s.get() > limit) {
                         return Some(Self::too_big(limit));
                     }
                     None
