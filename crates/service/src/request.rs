@@ -45,7 +45,7 @@ pub struct Session {
     /// The extensions the last EHLO reply offered (empty after HELO).
     pub offered: Extensions,
     /// The SIZE limit the last EHLO reply gave.
-    pub size_limit: Option<u64>,
+    pub size_limit: Option<std::num::NonZeroU64>,
     /// Authenticated identity, once authenticated.
     pub auth: Option<String>,
     /// TLS, once the session is encrypted (implicit TLS, or after STARTTLS).

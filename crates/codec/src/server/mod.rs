@@ -169,8 +169,8 @@ pub struct ServerCodec {
     end_pending: bool,
     /// DATA: the next octets continue a line folded by `long_lines = "wrap"`.
     continuing: bool,
-    /// BDAT: the chunk being read.
-    chunk: Option<BdatChunk>,
+    /// BDAT: the chunk being read (boxed, as the message).
+    chunk: Option<Box<BdatChunk>>,
     /// BDAT: the message its chunks belong to ([`ServerCodec::begin_bdat_message`]); boxed:
     /// an idle session holds a codec, rarely a BDAT message.
     bdat: Option<Box<BdatMessage>>,
@@ -334,12 +334,12 @@ impl ServerCodec {
                     if let Command::Bdat { size, last } = cmd {
                         // The chunk follows the command line whatever the reply will be: its
                         // octets are never read as commands.
-                        self.chunk = Some(BdatChunk {
+                        self.chunk = Some(Box::new(BdatChunk {
                             remaining: size,
                             last,
                             discard: false,
                             flushed: false,
-                        });
+                        }));
                         self.mode = Mode::Bdat;
                     }
                     Frame::Command(cmd)

@@ -41,11 +41,13 @@ where
             }
             Pending::Helo(helo) if reply.is_positive() => {
                 // What the client was offered is what it may use.
-                (session.offered, session.size_limit) = if helo.extended {
+                let (offered, size) = if helo.extended {
                     Extensions::from_ehlo(&reply)
                 } else {
                     (Extensions::EMPTY, None)
                 };
+                session.offered = offered;
+                session.size_limit = size.and_then(std::num::NonZeroU64::new);
                 session.helo = Some(helo);
                 session.transaction = None;
             }

@@ -74,8 +74,7 @@ impl<S> Protocol<S> {
     fn session_limit(&self, session: &Session) -> u64 {
         session
             .size_limit
-            .filter(|l| *l > 0)
-            .unwrap_or(self.config.max_message_size)
+            .map_or(self.config.max_message_size, |l| l.get())
     }
 
     fn too_big(limit: u64) -> Reply {

@@ -78,7 +78,7 @@ impl RelayState {
         chunk: &Bytes,
         mut at_line_start: bool,
     ) -> Reply {
-        let trace = self.trace.take();
+        let trace = self.txn.as_mut().and_then(|t| t.trace.take());
         let lease = self.lease.as_mut().expect("connected in Data phase");
         let limit = shared.config.data_block_timeout;
         let mut sent = Ok(());
@@ -110,7 +110,7 @@ impl RelayState {
         shared: &RelayShared,
         mut at_line_start: bool,
     ) -> Reply {
-        if self.trace.is_some() {
+        if self.txn.as_ref().is_some_and(|t| t.trace.is_some()) {
             // An empty message: the trace is all of it.
             let reply = self.chunk(shared, &Bytes::new(), at_line_start).await;
             let Phase::Data { at_line_start: now } = self.phase else {
@@ -177,7 +177,7 @@ impl RelayState {
 
     /// Content of a BDAT message, as a BDAT chunk to the backend.
     pub(super) async fn send_chunk(&mut self, shared: &RelayShared, chunk: &Bytes) -> Reply {
-        let trace = self.trace.take();
+        let trace = self.txn.as_mut().and_then(|t| t.trace.take());
         let lease = self.lease.as_mut().expect("connected in Chunks phase");
         let limit = shared.config.data_block_timeout;
         let mut sent = Ok(());
@@ -201,7 +201,7 @@ impl RelayState {
 
     /// `BDAT ... LAST`: the backend's verdict, as for end of data.
     pub(super) async fn end_of_chunks(&mut self, shared: &RelayShared) -> Reply {
-        if self.trace.is_some() {
+        if self.txn.as_ref().is_some_and(|t| t.trace.is_some()) {
             // An empty message: the trace is all of it.
             let reply = self.send_chunk(shared, &Bytes::new()).await;
             match self.phase {

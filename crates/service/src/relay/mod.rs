@@ -148,8 +148,9 @@ impl RelayState {
             (&event, self.phase)
             && let Some(hostname) = &shared.config.received
         {
-            let smtputf8 = self.txn.as_ref().is_some_and(|t| t.mail.smtputf8);
-            self.trace = Some(trace::received(hostname, session, smtputf8));
+            if let Some(txn) = self.txn.as_mut() {
+                txn.trace = Some(trace::received(hostname, session, txn.mail.smtputf8));
+            }
         }
         match (event, self.phase) {
             (event @ Event::Command(Command::Auth { .. }), _)

@@ -268,6 +268,7 @@ impl RelayState {
             rcpts: Vec::new(),
             needs,
             ident,
+            trace: None,
             tried,
         }));
         self.phase = Phase::MailLocal;

@@ -43,6 +43,8 @@ pub(super) struct Txn {
     pub(super) needs: Extensions,
     /// The message's id (Received header, XFORWARD IDENT, the session log).
     pub(super) ident: String,
+    /// attitude's `Received:` header, sent before the message's first content.
+    pub(super) trace: Option<String>,
     /// Backends that failed this transaction.
     pub(super) tried: Vec<SocketAddr>,
 }
@@ -61,8 +63,6 @@ pub(super) struct RelayState {
     pub(super) auth_lost: bool,
     /// The backend's reply to DATA, when it was not 354.
     pub(super) refusal: Option<Reply>,
-    /// attitude's `Received:` header, sent before the message's first content.
-    pub(super) trace: Option<String>,
 }
 
 impl RelayState {
@@ -75,7 +75,6 @@ impl RelayState {
             authenticated: false,
             auth_lost: false,
             refusal: None,
-            trace: None,
         }
     }
 
@@ -113,7 +112,6 @@ impl RelayState {
         let phase = std::mem::replace(&mut self.phase, Phase::Idle);
         self.txn = None;
         self.refusal = None;
-        self.trace = None;
         let Some(mut lease) = self.lease.take() else {
             return;
         };
