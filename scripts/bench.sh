@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make bench: attitude (release) in the same interleaved run as direct smtp-sink, HAProxy and
-# nginx (the harness in ../shared/bench), then idle memory at 5000 sessions on a fresh process.
+# nginx (the harness in ../shared/bench), then idle memory at 5000 sessions on a fresh process,
+# then the BDAT row (scripts/bdat-bench.sh: direct to a Postfix and through attitude to it).
 # Loopback only; everything started here is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +35,7 @@ start_attitude
 bash "$BENCH/idle_conns.sh" 127.0.0.1 "$PORT" 5000 "$ATT_PID" | tee "$STATE/results/idle-attitude-fresh.txt"
 stop_attitude
 bash "$BENCH/backends.sh" stop 2 12525 >/dev/null
+
+# 3. BDAT: 100 KB in chunks, direct to a private Postfix and through attitude to it.
+bash scripts/bdat-bench.sh
 echo "bench: results in $STATE/results/"
