@@ -4,7 +4,9 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use attitude_test_support::{Attitude, Client, Postfix, Recorder};
+use std::time::Duration;
+
+use attitude_test_support::{Attitude, Client, Postfix, Recorder, wait_for};
 
 const LOOPBACK6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
@@ -113,9 +115,17 @@ fn xclient_tells_postfix_an_ipv6_client_in_its_own_form() {
         ),
         &[],
     );
+    // Postfix's first health check can be slow on a busy machine: wait until it is up.
+    assert!(
+        wait_for(Duration::from_secs(20), || attitude.http_get("/readyz").0
+            == 200),
+        "Postfix never came up:\n{}",
+        postfix.log()
+    );
     let mut c = Client::connect_raw_from(attitude.smtp, "127.0.0.1".parse().unwrap());
     c.send(&v2_tcp6("2001:db8::7".parse().unwrap(), 40000));
-    assert!(c.reply().starts_with("220"));
+    let greeting = c.reply();
+    assert!(greeting.starts_with("220"), "{greeting}");
     c.start_data("a@sender.example", &["b@example.com"]);
     c.send(b"Subject: xclient over IPv6\r\n\r\nbody\r\n.\r\n");
     let r = c.reply();

@@ -22,6 +22,16 @@ fn envelope(addr: SocketAddr, spec: &serde_json::Value) -> (bool, String) {
         .arg(spec.to_string()))
 }
 
+/// Waits until attitude's backends are up (a real Postfix's first health check can be slow on
+/// a busy machine, and a backend found down at start is out until its next check).
+fn ready(attitude: &Attitude) {
+    assert!(
+        wait_for(Duration::from_secs(20), || attitude.http_get("/readyz").0
+            == 200),
+        "no backend came up"
+    );
+}
+
 fn write(dir: &Path, name: &str, content: &[u8]) -> String {
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
@@ -66,6 +76,7 @@ fn comparable(postcat: &str) -> String {
 fn a_postfix_backend_queues_the_same_through_attitude_as_sent_to_it_directly() {
     let postfix = Postfix::start();
     let attitude = Attitude::start("", &[postfix.held]);
+    ready(&attitude);
     let dir = scratch_dir("transparency");
     let utf8 = write(
         &dir,
@@ -169,6 +180,7 @@ fn a_postfix_backend_queues_the_same_through_attitude_as_sent_to_it_directly() {
 fn a_postfix_client_relays_through_attitude_byte_exact() {
     let backend = Postfix::start();
     let attitude = Attitude::start("", &[backend.held]);
+    ready(&attitude);
     let client = Postfix::start_with(&format!(
         "relayhost = [{}]:{}\ndefault_transport = smtp\nrelay_transport = smtp\n\
          smtp_tls_security_level = none\nmaximal_queue_lifetime = 0\n",
@@ -406,6 +418,7 @@ fn xforward_tells_postfix_who_the_client_was() {
         ),
         &[],
     );
+    ready(&attitude);
     let (mut c, _) = Client::connect_from(attitude.smtp, "127.0.0.5".parse().unwrap());
     assert!(c.cmd("EHLO real-client.test").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<alice@example.org>").starts_with("250"));

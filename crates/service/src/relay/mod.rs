@@ -147,10 +147,9 @@ impl RelayState {
         if let (Event::Command(Command::Data | Command::Bdat { .. }), Phase::Mail) =
             (&event, self.phase)
             && let Some(hostname) = &shared.config.received
+            && let Some(txn) = self.txn.as_mut()
         {
-            if let Some(txn) = self.txn.as_mut() {
-                txn.trace = Some(trace::received(hostname, session, txn.mail.smtputf8));
-            }
+            txn.trace = Some(trace::received(hostname, session, txn.mail.smtputf8));
         }
         match (event, self.phase) {
             (event @ Event::Command(Command::Auth { .. }), _)
