@@ -374,6 +374,43 @@ fn pregreet_dry_run_serves_early_talkers() {
 }
 
 #[test]
+fn the_greylist_file_is_saved_while_running_so_a_kill_loses_little() {
+    let recorder = Recorder::start();
+    let dir = attitude_test_support::scratch_dir("greylist-kill");
+    let state = dir.join("greylist.txt");
+    let config = format!(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [greylist]\nenabled = true\ndelay = \"1s\"\nretry_window = \"1h\"\nfile = {state:?}\n\
+         save_interval = \"1s\"\n"
+    );
+    let rcpt = |attitude: &Attitude| {
+        let (mut c, _) = Client::connect_from(attitude.smtp, OUTSIDER);
+        assert!(c.cmd("EHLO grey.test").starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<a@sender.example>").starts_with("250"));
+        let r = c.cmd("RCPT TO:<b@example.com>");
+        c.cmd("QUIT");
+        r
+    };
+    let attitude = Attitude::start(&config, &[recorder.addr]);
+    assert!(rcpt(&attitude).starts_with("451 4.7.1"));
+    // Written within the interval, without a shutdown.
+    assert!(
+        attitude_test_support::wait_for(Duration::from_secs(5), || {
+            std::fs::read_to_string(&state).is_ok_and(|t| t.contains("b@example.com"))
+        }),
+        "the triplet never reached {}",
+        state.display()
+    );
+    attitude.peer.signal("KILL");
+    drop(attitude);
+    std::thread::sleep(Duration::from_millis(1100));
+    // The next process remembers the first attempt: the retry passes.
+    let attitude = Attitude::start(&config, &[recorder.addr]);
+    let r = rcpt(&attitude);
+    assert!(r.starts_with("250"), "after a kill -9: {r}");
+}
+
+#[test]
 fn greylisting_dry_run_counts_and_lets_through() {
     let recorder = Recorder::start();
     let attitude = Attitude::start(

@@ -36,8 +36,12 @@ pub(crate) struct Greylist {
     pub client_prefix_v6: u8,
     /// Most triplets remembered.
     pub max_entries: usize,
-    /// Saved on shutdown, loaded on start (none: memory only).
+    /// Saved on shutdown and every `save_interval`, loaded on start (none: memory only).
     pub file: Option<PathBuf>,
+    /// How often the file is saved while running ("0s": only on shutdown), so that a crash or
+    /// an OOM kill loses at most this much.
+    #[serde(with = "duration")]
+    pub save_interval: Duration,
     /// Enforce or dry-run.
     pub mode: Mode,
 }
@@ -57,6 +61,7 @@ impl Default for Greylist {
             client_prefix_v6: 64,
             max_entries: timing.max_entries,
             file: None,
+            save_interval: Duration::from_secs(300),
             mode: Mode::Enforce,
         }
     }

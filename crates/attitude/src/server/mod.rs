@@ -143,6 +143,11 @@ pub(crate) fn serve(
             .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
         let mut stopping = shutdown_signal();
         let mut changed = watch_files(&watch)?;
+        // The greylist file is written while running too, so a crash loses at most an interval.
+        let save_every = config.greylist.save_interval;
+        let mut save = tokio::time::interval(save_every.max(Duration::from_secs(1)));
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        save.tick().await;
         let parts: Vec<(&str, SocketAddr)> =
             announced.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         announce(&parts);
@@ -164,6 +169,11 @@ pub(crate) fn serve(
                         let _ = tls.reload();
                     }
                     running.reload(load.as_ref());
+                }
+                _ = save.tick(), if !save_every.is_zero() => {
+                    if let Some(greylist) = running.shared.greylist.clone() {
+                        tokio::task::spawn_blocking(move || greylist.save());
+                    }
                 }
                 Some(()) = changed.recv() => {
                     // Let a burst of events (an editor's save, a ConfigMap swap) settle.

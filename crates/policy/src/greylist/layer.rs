@@ -107,13 +107,15 @@ impl Greylist {
         verdict
     }
 
-    /// Saves the store to its file, if it has one.
+    /// Saves the store to its file, if it has one. Sessions are not held up while it writes:
+    /// the store is copied under the lock and written from the copy (call it off the runtime's
+    /// threads, `spawn_blocking`: it syncs the file).
     pub fn save(&self) {
         let Some(path) = &self.config.file else {
             return;
         };
         let now = (self.config.clock)();
-        let store = self.store.lock().expect("greylist lock");
+        let store = self.store.lock().expect("greylist lock").clone();
         match store.save(path, now, &self.config.timing) {
             Ok(n) => tracing::info!(file = %path.display(), triplets = n, "greylist saved"),
             Err(error) => {

@@ -77,7 +77,7 @@ pub enum Verdict {
 }
 
 /// The triplets and client networks.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Store {
     triplets: HashMap<String, Triplet>,
     clients: HashMap<String, Client>,

@@ -108,7 +108,11 @@ where
                 }
                 session.transaction = None;
             }
-            Pending::Rset if reply.is_positive() => session.transaction = None,
+            Pending::Rset if reply.is_positive() => {
+                session.transaction = None;
+                // A BDAT message the client gave up between chunks.
+                self.data = None;
+            }
             Pending::AuthCancel => {
                 self.codec.set_mode(Mode::Command);
                 self.auth = None;
