@@ -228,3 +228,47 @@ fn dry_run_counts_bans_and_refuses_nothing() {
         Some(0.0)
     );
 }
+
+#[test]
+fn failures_on_two_listeners_count_together_and_a_reload_keeps_the_ban() {
+    let recorder = Recorder::start_with_accounts(&[("alice", "secret")]);
+    let config = format!(
+        "{CONFIG}[[listeners]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"other\"\naddress = \"127.0.0.1:0\"\n"
+    );
+    let attitude = start(&config, &recorder);
+    let other = attitude.listener("other");
+    let guess = |addr, password: &str| {
+        let (mut c, _) = Client::connect_from(addr, ip(2));
+        assert!(c.cmd("EHLO guesser.test").starts_with("250"));
+        let r = c.cmd(&format!("AUTH PLAIN {}", plain("bob", password)));
+        if !r.starts_with("421") {
+            c.cmd("QUIT");
+        }
+        r
+    };
+    // Two failures on one listener, the third on the other: the limit of 3 is the process's.
+    assert!(guess(attitude.smtp, "a").starts_with("535"));
+    assert!(guess(attitude.smtp, "b").starts_with("535"));
+    assert!(guess(other, "c").starts_with("421 4.7.0"));
+    assert!(guess(attitude.smtp, "secret").starts_with("421 4.7.0"));
+    // A reload (another failure delay) builds new stacks; the ban stays.
+    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
+    std::fs::write(
+        &attitude.config_path,
+        text.replace("failure_delay = \"100ms\"", "failure_delay = \"200ms\""),
+    )
+    .unwrap();
+    attitude.peer.signal("HUP");
+    assert!(wait_for(Duration::from_secs(10), || {
+        attitude
+            .metric("attitude_config_reload_total{result=\"ok\"}")
+            .is_some_and(|n| n >= 1.0)
+    }));
+    let r = guess(other, "secret");
+    assert!(r.starts_with("421 4.7.0"), "after the reload: {r}");
+    assert_eq!(
+        attitude.metric("attitude_auth_bans_total{key=\"client\"}"),
+        Some(1.0)
+    );
+}

@@ -23,7 +23,7 @@ use attitude_layers::throttle::{ThrottleLayer, ThrottleMetrics};
 use attitude_layers::{LimitMetrics, Rejection};
 use attitude_policy::Decisions;
 use attitude_policy::access::{AccessConfig, AccessLayer};
-use attitude_policy::auth_guard::{AuthGuardConfig, AuthGuardLayer};
+use attitude_policy::auth_guard::{AuthGuardConfig, AuthGuardLayer, AuthGuardState};
 use attitude_policy::content::{
     AttachmentRules, ByteBudget, ContentConfig, ContentLayer, HeaderCheck,
 };
@@ -98,7 +98,7 @@ impl Stack {
         let resolver = shared.resolver.clone();
         let greylist = shared.greylist.clone().filter(|_| config.greylist.enabled);
         let stop = &housekeeping;
-        let policies = auth_guard(config)
+        let policies = auth_guard(config, &shared.auth_guard)
             .into_iter()
             .chain(access(config))
             .chain(Some(relay_control(config)))
@@ -228,26 +228,29 @@ fn protocol(config: &Config, shared: &Shared) -> ProtocolLayer {
 }
 
 /// `[auth]`'s brute-force guard, first among the policies (it sees the AUTH exchanges the
-/// protocol layer let through).
-fn auth_guard(config: &Config) -> Option<CommandLayer> {
+/// protocol layer let through), over the process's counts and bans (`state`).
+fn auth_guard(config: &Config, state: &Arc<AuthGuardState>) -> Option<CommandLayer> {
     let a = &config.auth;
     if !a.enabled {
         return None;
     }
-    Some(boxed(AuthGuardLayer::new(AuthGuardConfig {
-        max_failures_per_client: a.max_failures_per_client,
-        max_failures_per_login: a.max_failures_per_login,
-        window: a.window,
-        ban: a.ban,
-        failure_delay: a.failure_delay,
-        prefix_v4: config.connections.client_prefix_v4,
-        prefix_v6: config.connections.client_prefix_v6,
-        max_entries: 100_000,
-        mode: a.mode,
-        decisions: Decisions::register("auth"),
-        client_bans: metrics::counter!("attitude_auth_bans_total", "key" => "client"),
-        login_bans: metrics::counter!("attitude_auth_bans_total", "key" => "login"),
-    })))
+    Some(boxed(AuthGuardLayer::sharing(
+        AuthGuardConfig {
+            max_failures_per_client: a.max_failures_per_client,
+            max_failures_per_login: a.max_failures_per_login,
+            window: a.window,
+            ban: a.ban,
+            failure_delay: a.failure_delay,
+            prefix_v4: config.connections.client_prefix_v4,
+            prefix_v6: config.connections.client_prefix_v6,
+            max_entries: 100_000,
+            mode: a.mode,
+            decisions: Decisions::register("auth"),
+            client_bans: metrics::counter!("attitude_auth_bans_total", "key" => "client"),
+            login_bans: metrics::counter!("attitude_auth_bans_total", "key" => "login"),
+        },
+        state.clone(),
+    )))
 }
 
 /// `[access]`: allow, deny and skip rules on client, HELO, sender and recipient.

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use attitude_balance::Pool;
 use attitude_edge::tls::ServerTls;
+use attitude_policy::auth_guard::AuthGuardState;
 use attitude_policy::greylist::Greylist;
 use attitude_service::auth::AuthOffer;
 use attitude_service::driver::DriverMetrics;
@@ -42,6 +43,9 @@ pub(crate) struct Shared {
     pub tls: Option<Arc<ServerTls>>,
     /// The AUTH mechanisms the backends offer (learnt from every new backend connection).
     backend_auth: Arc<AuthOffer>,
+    /// The AUTH guard's failure counts and bans: the process's, whichever listener or
+    /// configuration generation counted them.
+    pub(crate) auth_guard: Arc<AuthGuardState>,
     /// Session metric handles.
     pub driver_metrics: Arc<DriverMetrics>,
 }
@@ -71,6 +75,7 @@ impl Shared {
             greylist: None,
             tls,
             backend_auth,
+            auth_guard: Arc::default(),
             driver_metrics: DriverMetrics::register(),
         };
         shared.provide(config, listeners)?;

@@ -54,10 +54,24 @@ struct Tally {
     bans: HashMap<String, Instant>,
 }
 
-/// The counts and bans shared by every session.
+/// What the guard remembers: failure counts and bans. The process keeps one and gives it to
+/// every listener's guard and to every configuration a reload brings, so that failures on 587
+/// and on 465 count together and a reload forgets no ban; each guard applies its own limits.
+#[derive(Default)]
+pub struct AuthGuardState {
+    tally: Mutex<Tally>,
+}
+
+impl std::fmt::Debug for AuthGuardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthGuardState").finish_non_exhaustive()
+    }
+}
+
+/// A guard's settings over the counts and bans it shares.
 pub(super) struct Shared {
     pub(super) config: AuthGuardConfig,
-    tally: Mutex<Tally>,
+    state: Arc<AuthGuardState>,
 }
 
 /// What a failure led to.
@@ -81,7 +95,7 @@ impl Shared {
 
     /// True when the network or the login is banned now.
     pub(super) fn banned(&self, network: &str, login: Option<&str>) -> bool {
-        let tally = self.tally.lock().expect("auth guard lock");
+        let tally = self.state.tally.lock().expect("auth guard lock");
         let now = Instant::now();
         let live = |key: &str| tally.bans.get(key).is_some_and(|until| *until > now);
         live(&format!("net:{network}"))
@@ -92,7 +106,7 @@ impl Shared {
     pub(super) fn failed(&self, network: &str, login: Option<&str>) -> After {
         let config = &self.config;
         let now = Instant::now();
-        let mut tally = self.tally.lock().expect("auth guard lock");
+        let mut tally = self.state.tally.lock().expect("auth guard lock");
         if tally.failures.len() + tally.bans.len() >= config.max_entries {
             tally
                 .failures
@@ -150,13 +164,16 @@ impl std::fmt::Debug for AuthGuardLayer {
 }
 
 impl AuthGuardLayer {
-    /// A layer with these settings.
+    /// A layer with these settings, and counts of its own.
     pub fn new(config: AuthGuardConfig) -> Self {
+        Self::sharing(config, Arc::default())
+    }
+
+    /// A layer with these settings over `state`, which other guards (other listeners, the
+    /// configurations later reloads bring) share.
+    pub fn sharing(config: AuthGuardConfig, state: Arc<AuthGuardState>) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                config,
-                tally: Mutex::new(Tally::default()),
-            }),
+            shared: Arc::new(Shared { config, state }),
         }
     }
 }

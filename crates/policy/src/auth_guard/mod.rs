@@ -8,5 +8,5 @@
 mod layer;
 mod service;
 
-pub use layer::{AuthGuardConfig, AuthGuardLayer};
+pub use layer::{AuthGuardConfig, AuthGuardLayer, AuthGuardState};
 pub use service::AuthGuard;
