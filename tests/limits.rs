@@ -399,3 +399,46 @@ fn tarpit_slows_a_client_marked_suspicious() {
         Some(3.0)
     );
 }
+
+#[test]
+fn rate_buckets_are_the_processs_by_rule_name_across_listeners_and_reloads() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[[rates]]\nname = \"sender-hourly\"\nkey = \"sender\"\ncount = \"messages\"\n\
+         limit = 3\nper = \"1h\"\n\
+         [[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\n\
+         [limits]\nmax_recipients = 50\n",
+        &[recorder.addr],
+    );
+    let mail = |addr| {
+        let mut c = Client::connect(addr);
+        assert!(c.cmd("EHLO rates.test").starts_with("250"));
+        let r = c.cmd("MAIL FROM:<a@example.org>");
+        c.cmd("QUIT");
+        r
+    };
+    let (mx, submission) = (attitude.smtp, attitude.listener("submission"));
+    // Both listeners name the rule: one bucket of 3.
+    assert!(mail(mx).starts_with("250"));
+    assert!(mail(submission).starts_with("250"));
+    // A reload (another value elsewhere) builds new stacks over the same buckets.
+    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
+    std::fs::write(
+        &attitude.config_path,
+        text.replace("max_recipients = 50", "max_recipients = 60"),
+    )
+    .unwrap();
+    attitude.peer.signal("HUP");
+    assert!(wait_for(Duration::from_secs(10), || {
+        attitude
+            .metric("attitude_config_reload_total{result=\"ok\"}")
+            .is_some_and(|n| n >= 1.0)
+    }));
+    assert!(mail(mx).starts_with("250"));
+    let r = mail(submission);
+    assert!(
+        r.starts_with("450 4.7.1") && r.contains("sender-hourly"),
+        "the fourth message of the hour, after a reload, on the other listener: {r}"
+    );
+}

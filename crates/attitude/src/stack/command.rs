@@ -105,7 +105,12 @@ impl Stack {
             .chain(spf(config, resolver.as_ref()))
             .chain(greylist.map(|store| boxed(GreylistLayer::new(store))))
             .chain(throttle(config, &client, stop))
-            .chain(config.rates.iter().map(|rule| rate(rule, &client, stop)))
+            .chain(
+                config
+                    .rates
+                    .iter()
+                    .map(|rule| rate(rule, &client, shared, stop)),
+            )
             .chain(content(config))
             .collect();
         Self {
@@ -357,8 +362,15 @@ fn throttle(config: &Config, client: &ClientKey, stop: &CancellationToken) -> Op
 }
 
 /// One `[[rates]]` rule: a generic rate-limit layer counting messages (at MAIL) or recipients
-/// (at RCPT). Over the rate: `450 4.7.1` (or 451) with a hint of when to try again.
-fn rate(rule: &RateRule, client: &ClientKey, stop: &CancellationToken) -> CommandLayer {
+/// (at RCPT). Over the rate: `450 4.7.1` (or 451) with a hint of when to try again. Its
+/// buckets are the process's, by rule name (`Shared::rate_state`): a reload or a second
+/// listener naming the rule keeps counting where it was.
+fn rate(
+    rule: &RateRule,
+    client: &ClientKey,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> CommandLayer {
     let per_cell = rule.per / rule.limit;
     let quota = Quota::with_period(per_cell.max(Duration::from_nanos(1)))
         .expect("non-zero period")
@@ -370,23 +382,23 @@ fn rate(rule: &RateRule, client: &ClientKey, stop: &CancellationToken) -> Comman
     let code = rule.code;
     let keyed = rule.clone();
     let client = client.clone();
-    let layer = RateLimitLayer::new(
-        &rule.name,
-        quota,
-        rule.max_keys,
+    let state = shared.rate_state(&rule.name, quota, rule.max_keys, || {
+        LimitMetrics::register(
+            "attitude_limit",
+            "rate",
+            &rule.name,
+            rate_key_label(rule.key),
+        )
+    });
+    let layer = RateLimitLayer::with_state(
+        state,
         move |req: &Request| rate_key(&keyed, &client, req),
         move |_req: Request, why: Rejection| {
             let reply = replies::rate_limited(code, what, &why.rule, why.retry_after);
             std::future::ready(Ok::<_, BoxError>(reply))
         },
     )
-    .mode(rule.mode)
-    .metrics(LimitMetrics::register(
-        "attitude_limit",
-        "rate",
-        &rule.name,
-        rate_key_label(rule.key),
-    ));
+    .mode(rule.mode);
     let housekeeping = layer.clone();
     every_minute(stop, move || housekeeping.housekeeping());
     boxed(layer)

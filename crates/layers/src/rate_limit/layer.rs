@@ -18,17 +18,88 @@ pub type KeyedLimiter<K, C> =
 /// How often (in requests) the tracked-key bound is checked.
 const CHECK_EVERY: u64 = 1024;
 
-/// Adds [`RateLimit`]. Clones share their state: one layer, one limit.
+/// Adds [`RateLimit`]. Clones share their state: one layer, one limit; layers built over one
+/// [`RateLimitState`] share it too (a rule kept across reloads, or named by two listeners).
 #[derive(Clone)]
 pub struct RateLimitLayer<K: Hash + Eq + Clone, F, R, C: Clock = DefaultClock> {
     pub(super) shared: Arc<Shared<K, C>>,
+    pub(super) mode: Mode,
     pub(super) key: F,
     pub(super) reject: R,
 }
 
+/// What a rate limit remembers (its keyed GCRA state), apart from how it is used (the key, the
+/// mode, the reply): build layers over it with [`RateLimitLayer::with_state`] to share it.
+pub struct RateLimitState<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
+    pub(super) shared: Arc<Shared<K, C>>,
+}
+
+impl<K: Hash + Eq + Clone, C: Clock> Clone for RateLimitState<K, C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, C: Clock> std::fmt::Debug for RateLimitState<K, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitState")
+            .field("rule", &self.shared.name)
+            .field("max_keys", &self.shared.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq + Clone> RateLimitState<K, DefaultClock> {
+    /// Fresh state for the rule `name`: `quota` per key, about `max_keys` keys at most.
+    pub fn new(name: &str, quota: Quota, max_keys: usize, metrics: LimitMetrics) -> Self {
+        Self::with_clock(name, quota, max_keys, metrics, DefaultClock::default())
+    }
+}
+
+impl<K: Hash + Eq + Clone, C: Clock + Clone> RateLimitState<K, C> {
+    /// As [`RateLimitState::new`], on another clock.
+    pub fn with_clock(
+        name: &str,
+        quota: Quota,
+        max_keys: usize,
+        metrics: LimitMetrics,
+        clock: C,
+    ) -> Self {
+        let limiter = RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone());
+        Self {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                quota,
+                clock,
+                limiter: RwLock::new(Arc::new(limiter)),
+                max_keys: max_keys.max(1),
+                calls: AtomicU64::new(0),
+                metrics,
+            }),
+        }
+    }
+
+    /// The quota it enforces.
+    pub fn quota(&self) -> Quota {
+        self.shared.quota
+    }
+
+    /// The key bound.
+    pub fn max_keys(&self) -> usize {
+        self.shared.max_keys
+    }
+
+    /// Forgets keys back at full burst and enforces the key bound (see
+    /// [`RateLimitLayer::housekeeping`]).
+    pub fn housekeeping(&self) {
+        self.shared.housekeeping(true);
+    }
+}
+
 pub(super) struct Shared<K: Hash + Eq + Clone, C: Clock> {
     pub(super) name: Arc<str>,
-    pub(super) mode: Mode,
     quota: Quota,
     pub(super) clock: C,
     limiter: RwLock<Arc<KeyedLimiter<K, C>>>,
@@ -62,27 +133,24 @@ where
         reject: R,
         clock: C,
     ) -> Self {
-        let limiter = RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone());
+        let state = RateLimitState::with_clock(name, quota, max_keys, LimitMetrics::noop(), clock);
+        Self::with_state(state, key, reject)
+    }
+
+    /// A layer over `state` (kept by the caller, shared with other layers over it).
+    pub fn with_state(state: RateLimitState<K, C>, key: F, reject: R) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                name: name.into(),
-                mode: Mode::Enforce,
-                quota,
-                clock,
-                limiter: RwLock::new(Arc::new(limiter)),
-                max_keys: max_keys.max(1),
-                calls: AtomicU64::new(0),
-                metrics: LimitMetrics::noop(),
-            }),
+            shared: state.shared,
+            mode: Mode::Enforce,
             key,
             reject,
         }
     }
 
-    /// Sets the mode (before the layer is cloned or used).
+    /// Sets the mode.
     #[must_use]
     pub fn mode(mut self, mode: Mode) -> Self {
-        self.shared_mut().mode = mode;
+        self.mode = mode;
         self
     }
 
@@ -94,7 +162,8 @@ where
     }
 
     fn shared_mut(&mut self) -> &mut Shared<K, C> {
-        Arc::get_mut(&mut self.shared).expect("configure the layer before cloning it")
+        Arc::get_mut(&mut self.shared)
+            .expect("configure the layer before cloning it (or give the state its metrics)")
     }
 
     /// Keys tracked now.
@@ -113,7 +182,7 @@ impl<K: Hash + Eq + Clone, F, R, C: Clock> std::fmt::Debug for RateLimitLayer<K,
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("rule", &self.shared.name)
-            .field("mode", &self.shared.mode)
+            .field("mode", &self.mode)
             .field("max_keys", &self.shared.max_keys)
             .finish_non_exhaustive()
     }
@@ -170,6 +239,7 @@ where
         RateLimit::new(
             inner,
             self.shared.clone(),
+            self.mode,
             self.key.clone(),
             self.reject.clone(),
         )

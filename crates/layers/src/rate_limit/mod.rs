@@ -11,5 +11,5 @@ mod layer;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::{KeyedLimiter, RateLimitLayer};
+pub use layer::{KeyedLimiter, RateLimitLayer, RateLimitState};
 pub use service::RateLimit;

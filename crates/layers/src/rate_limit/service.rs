@@ -14,6 +14,7 @@ use crate::{Mode, Reject, Rejection};
 pub struct RateLimit<S, K: Hash + Eq + Clone, F, R, C: Clock> {
     inner: S,
     shared: Arc<Shared<K, C>>,
+    mode: Mode,
     key: F,
     reject: R,
 }
@@ -30,10 +31,11 @@ impl<S: std::fmt::Debug, K: Hash + Eq + Clone, F, R, C: Clock> std::fmt::Debug
 }
 
 impl<S, K: Hash + Eq + Clone, F, R, C: Clock> RateLimit<S, K, F, R, C> {
-    pub(super) fn new(inner: S, shared: Arc<Shared<K, C>>, key: F, reject: R) -> Self {
+    pub(super) fn new(inner: S, shared: Arc<Shared<K, C>>, mode: Mode, key: F, reject: R) -> Self {
         Self {
             inner,
             shared,
+            mode,
             key,
             reject,
         }
@@ -67,7 +69,7 @@ where
             return ResponseFuture::inner(self.inner.call(req));
         };
         let retry_after = not_until.wait_time_from(shared.clock.now());
-        if shared.mode == Mode::DryRun {
+        if self.mode == Mode::DryRun {
             shared.metrics.would_reject.increment(1);
             tracing::info!(rule = %shared.name, ?retry_after, "rate limit would refuse (dry-run)");
             return ResponseFuture::inner(self.inner.call(req));
