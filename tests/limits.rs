@@ -442,3 +442,47 @@ fn rate_buckets_are_the_processs_by_rule_name_across_listeners_and_reloads() {
         "the fourth message of the hour, after a reload, on the other listener: {r}"
     );
 }
+
+#[test]
+fn session_counts_are_the_processs_across_listeners_and_reloads() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[connections]\nexempt_networks = []\n[connections.per_client]\nlimit = 1\n\
+         [tarpit]\nrefusal_delay = \"0s\"\n[limits]\nmax_recipients = 50\n\
+         [[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\n",
+        &[recorder.addr],
+    );
+    let client: IpAddr = "127.0.0.2".parse().unwrap();
+    let (mut held, greeting) = Client::connect_from(attitude.smtp, client);
+    assert!(greeting.starts_with("220"), "{greeting}");
+    // The same client on the other listener: its one session is taken.
+    let submission = attitude.listener("submission");
+    let (_c, refused) = Client::connect_from(submission, client);
+    assert!(refused.starts_with("421 4.7.0"), "{refused}");
+    // A reload builds new stacks; the session held under the old one still counts.
+    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
+    std::fs::write(
+        &attitude.config_path,
+        text.replace("max_recipients = 50", "max_recipients = 60"),
+    )
+    .unwrap();
+    attitude.peer.signal("HUP");
+    assert!(wait_for(Duration::from_secs(10), || {
+        attitude
+            .metric("attitude_config_reload_total{result=\"ok\"}")
+            .is_some_and(|n| n >= 1.0)
+    }));
+    let (_c, refused) = Client::connect_from(attitude.smtp, client);
+    assert!(refused.starts_with("421 4.7.0"), "after the reload: {refused}");
+    // Once it ends, the client is served again, on either listener.
+    held.cmd("QUIT");
+    assert!(wait_for(Duration::from_secs(5), || {
+        let (mut c, greeting) = Client::connect_from(submission, client);
+        let ok = greeting.starts_with("220");
+        if ok {
+            c.cmd("QUIT");
+        }
+        ok
+    }));
+}

@@ -40,7 +40,7 @@ pub(super) fn live(
 ) -> Result<Arc<Live>, String> {
     let housekeeping = CancellationToken::new();
     let stack = Stack::new(listener, shared, housekeeping.clone());
-    let connections = connection::build(&listener.config, stack, shutdown.clone())?;
+    let connections = connection::build(&listener.config, stack, shared, shutdown.clone())?;
     Ok(Arc::new(Live {
         connections: Box::new(connections),
         proxy: ProxyIn::new(&top.proxy_protocol, listener.proxy_protocol),

@@ -21,7 +21,7 @@ use attitude_edge::Stream;
 use attitude_layers::keyed_concurrency::KeyedConcurrencyLayer;
 use attitude_layers::rate_limit::RateLimitLayer;
 use attitude_layers::tarpit::{Tarpit, TarpitLayer, TarpitMetrics};
-use attitude_layers::{LimitMetrics, Reject, Rejection};
+use attitude_layers::{Reject, Rejection};
 use attitude_policy::dnsbl::{Dnsbl, DnsblConfig, DnsblLayer, Zone};
 use attitude_policy::pregreet::{PregreetConfig, PregreetLayer};
 use attitude_policy::{Accepted, Decisions};
@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tower::util::BoxService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
-use super::{Stack, every_minute};
+use super::{Shared, Stack, every_minute};
 use crate::config::{self, Config};
 use crate::keys::ClientKey;
 
@@ -283,6 +283,7 @@ fn pregreet_layer(config: &Config, stack: &Stack) -> Option<PregreetLayer> {
 pub(crate) fn build(
     full: &Config,
     stack: Stack,
+    shared: &Shared,
     shutdown: Shutdown,
 ) -> Result<impl Fn() -> ConnectionService + Send + Sync + 'static, String> {
     let config = &full.connections;
@@ -297,33 +298,23 @@ pub(crate) fn build(
     );
     let session = SessionService { stack, shutdown };
 
-    let global = KeyedConcurrencyLayer::new(
-        "max_sessions",
+    // The session counts are the process's (every listener, every configuration generation);
+    // each listener applies its own limits to them.
+    let global = KeyedConcurrencyLayer::with_state(
+        shared.limits.sessions.clone(),
         config.max_sessions,
         |_: &Connection| Some(()),
         refuse.with(replies::too_many_connections, false),
-    )
-    .metrics(LimitMetrics::register(
-        "attitude_limit",
-        "concurrency",
-        "max_sessions",
-        "global",
-    ));
+    );
     let per_client = (config.per_client.limit > 0).then(|| {
         let key = client.clone();
-        KeyedConcurrencyLayer::new(
-            "per_client",
+        KeyedConcurrencyLayer::with_state(
+            shared.limits.per_client.clone(),
             config.per_client.limit,
             move |conn: &Connection| key.key(conn.client.ip()),
             refuse.with(replies::too_many_connections_from_network, true),
         )
         .mode(config.per_client.mode)
-        .metrics(LimitMetrics::register(
-            "attitude_limit",
-            "concurrency",
-            "per_client",
-            "client",
-        ))
     });
 
     let rate = (config.rate.per_minute > 0).then(|| {
@@ -331,23 +322,18 @@ pub(crate) fn build(
             Quota::per_minute(NonZeroU32::new(config.rate.per_minute).expect("checked > 0"))
                 .allow_burst(NonZeroU32::new(config.rate.burst.max(1)).expect("at least 1"));
         let key = client;
-        let layer = RateLimitLayer::new(
-            "connection_rate",
-            quota,
-            config.max_tracked_clients,
+        let state = shared
+            .limits
+            .connection_rate(quota, config.max_tracked_clients);
+        let layer = RateLimitLayer::with_state(
+            state,
             move |conn: &Connection| key.key(conn.client.ip()),
             move |conn: Connection, rejection: Rejection| {
                 let reply = replies::connection_rate_exceeded(rejection.retry_after);
                 refuse.answer(conn, reply, true)
             },
         )
-        .mode(config.rate.mode)
-        .metrics(LimitMetrics::register(
-            "attitude_limit",
-            "rate",
-            "connection_rate",
-            "client",
-        ));
+        .mode(config.rate.mode);
         let housekeeping = layer.clone();
         every_minute(&stop, move || housekeeping.housekeeping());
         layer

@@ -12,24 +12,22 @@
 pub(crate) mod backend;
 pub(crate) mod command;
 pub(crate) mod connection;
+pub(crate) mod limits;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use attitude_balance::Pool;
 use attitude_edge::tls::ServerTls;
-use attitude_layers::LimitMetrics;
-use attitude_layers::rate_limit::RateLimitState;
 use attitude_policy::auth_guard::AuthGuardState;
 use attitude_policy::greylist::Greylist;
 use attitude_service::auth::AuthOffer;
 use attitude_service::driver::DriverMetrics;
-use governor::Quota;
 use hickory_resolver::TokioResolver;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EffectiveListener};
+use limits::Limits;
 
 pub(crate) use command::Stack;
 
@@ -50,8 +48,8 @@ pub(crate) struct Shared {
     /// The AUTH guard's failure counts and bans: the process's, whichever listener or
     /// configuration generation counted them.
     pub(crate) auth_guard: Arc<AuthGuardState>,
-    /// `[[rates]]` buckets by rule name (see `rate_state`).
-    rates: Mutex<HashMap<String, RateLimitState<String>>>,
+    /// The limits' counts and buckets.
+    pub(crate) limits: Limits,
     /// Session metric handles.
     pub driver_metrics: Arc<DriverMetrics>,
 }
@@ -82,7 +80,7 @@ impl Shared {
             tls,
             backend_auth,
             auth_guard: Arc::default(),
-            rates: Mutex::default(),
+            limits: Limits::new(),
             driver_metrics: DriverMetrics::register(),
         };
         shared.provide(config, listeners)?;
@@ -121,29 +119,6 @@ impl Shared {
             self.greylist = Some(command::greylist_store(config).map_err(|e| e.to_string())?);
         }
         Ok(())
-    }
-
-    /// The buckets of the rate rule `name`: the ones it had (a reload, another listener naming
-    /// it) when its quota and key bound are the same, new ones otherwise (governor's limiter
-    /// cannot change its quota: a changed limit starts the rule over).
-    pub(crate) fn rate_state(
-        &self,
-        name: &str,
-        quota: Quota,
-        max_keys: usize,
-        metrics: impl FnOnce() -> LimitMetrics,
-    ) -> RateLimitState<String> {
-        let mut rates = self.rates.lock().expect("rates lock");
-        match rates.get(name) {
-            Some(state) if state.quota() == quota && state.max_keys() == max_keys.max(1) => {
-                state.clone()
-            }
-            _ => {
-                let state = RateLimitState::new(name, quota, max_keys, metrics());
-                rates.insert(name.to_owned(), state.clone());
-                state
-            }
-        }
     }
 
     /// Saves what should survive a restart (the greylist). Call once sessions have ended.

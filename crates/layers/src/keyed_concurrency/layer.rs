@@ -7,21 +7,62 @@ use tower_layer::Layer;
 use super::KeyedConcurrency;
 use crate::{LimitMetrics, Mode};
 
-/// Adds [`KeyedConcurrency`]. Clones share their counts: one layer, one limit.
+/// Adds [`KeyedConcurrency`]. Clones share their counts: one layer, one limit; layers built
+/// over one [`KeyedConcurrencyState`] share the counts, each with its own limit and mode.
 #[derive(Debug, Clone)]
 pub struct KeyedConcurrencyLayer<K, F, R> {
-    pub(super) shared: Arc<Shared<K>>,
+    pub(super) rule: Arc<Rule<K>>,
     pub(super) key: F,
     pub(super) reject: R,
+}
+
+/// What a concurrency limit counts (requests in flight per key), apart from how it is used:
+/// build layers over it with [`KeyedConcurrencyLayer::with_state`] to share the counts.
+#[derive(Debug)]
+pub struct KeyedConcurrencyState<K> {
+    pub(super) shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for KeyedConcurrencyState<K> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> KeyedConcurrencyState<K> {
+    /// Fresh counts for the rule `name`.
+    pub fn new(name: &str, metrics: LimitMetrics) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                in_flight: Mutex::new(HashMap::new()),
+                metrics,
+            }),
+        }
+    }
+
+    /// Requests in flight for `key`.
+    pub fn in_flight(&self, key: &K) -> usize {
+        let map = self.shared.in_flight.lock().expect("lock");
+        map.get(key).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Debug)]
 pub(super) struct Shared<K> {
     pub(super) name: Arc<str>,
-    pub(super) limit: usize,
-    pub(super) mode: Mode,
     pub(super) in_flight: Mutex<HashMap<K, usize>>,
     pub(super) metrics: LimitMetrics,
+}
+
+/// A layer's use of the counts: its limit and mode (one allocation shared by its services).
+#[derive(Debug)]
+pub(super) struct Rule<K> {
+    pub(super) state: Arc<Shared<K>>,
+    pub(super) limit: usize,
+    pub(super) mode: Mode,
 }
 
 impl<K, F, R> KeyedConcurrencyLayer<K, F, R>
@@ -31,13 +72,21 @@ where
     /// At most `limit` in flight per key; `key` extracts the key (`None`: exempt), `reject`
     /// answers a refused request. `name` names the rule in rejections and logs.
     pub fn new(name: &str, limit: usize, key: F, reject: R) -> Self {
+        Self::with_state(
+            KeyedConcurrencyState::new(name, LimitMetrics::noop()),
+            limit,
+            key,
+            reject,
+        )
+    }
+
+    /// At most `limit` in flight per key, counted in `state` (which other layers may share).
+    pub fn with_state(state: KeyedConcurrencyState<K>, limit: usize, key: F, reject: R) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                name: name.into(),
+            rule: Arc::new(Rule {
+                state: state.shared,
                 limit,
                 mode: Mode::Enforce,
-                in_flight: Mutex::new(HashMap::new()),
-                metrics: LimitMetrics::noop(),
             }),
             key,
             reject,
@@ -47,24 +96,26 @@ where
     /// Sets the mode (before the layer is cloned or used).
     #[must_use]
     pub fn mode(mut self, mode: Mode) -> Self {
-        self.shared_mut().mode = mode;
+        self.rule_mut().mode = mode;
         self
     }
 
-    /// Sets the metric handles (before the layer is cloned or used).
+    /// Sets the metric handles (before the layer is cloned or used, on counts of its own).
     #[must_use]
     pub fn metrics(mut self, metrics: LimitMetrics) -> Self {
-        self.shared_mut().metrics = metrics;
+        Arc::get_mut(&mut self.rule_mut().state)
+            .expect("give shared counts their metrics when making them")
+            .metrics = metrics;
         self
     }
 
-    fn shared_mut(&mut self) -> &mut Shared<K> {
-        Arc::get_mut(&mut self.shared).expect("configure the layer before cloning it")
+    fn rule_mut(&mut self) -> &mut Rule<K> {
+        Arc::get_mut(&mut self.rule).expect("configure the layer before cloning it")
     }
 
     /// Requests in flight for `key`.
     pub fn in_flight(&self, key: &K) -> usize {
-        let map = self.shared.in_flight.lock().expect("lock");
+        let map = self.rule.state.in_flight.lock().expect("lock");
         map.get(key).copied().unwrap_or(0)
     }
 }
@@ -79,7 +130,7 @@ where
     fn layer(&self, inner: S) -> Self::Service {
         KeyedConcurrency::new(
             inner,
-            self.shared.clone(),
+            self.rule.clone(),
             self.key.clone(),
             self.reject.clone(),
         )

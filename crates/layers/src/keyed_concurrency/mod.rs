@@ -7,5 +7,5 @@ mod layer;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::KeyedConcurrencyLayer;
+pub use layer::{KeyedConcurrencyLayer, KeyedConcurrencyState};
 pub use service::{KeyedConcurrency, Permit};

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 use super::ResponseFuture;
-use super::layer::Shared;
+use super::layer::{Rule, Shared};
 use crate::{Mode, Reject, Rejection};
 
 /// One unit of a key's concurrency; released when dropped.
@@ -35,16 +35,16 @@ impl<K: Hash + Eq> Drop for Permit<K> {
 #[derive(Debug, Clone)]
 pub struct KeyedConcurrency<S, K, F, R> {
     inner: S,
-    shared: Arc<Shared<K>>,
+    rule: Arc<Rule<K>>,
     key: F,
     reject: R,
 }
 
 impl<S, K, F, R> KeyedConcurrency<S, K, F, R> {
-    pub(super) fn new(inner: S, shared: Arc<Shared<K>>, key: F, reject: R) -> Self {
+    pub(super) fn new(inner: S, rule: Arc<Rule<K>>, key: F, reject: R) -> Self {
         Self {
             inner,
-            shared,
+            rule,
             key,
             reject,
         }
@@ -70,13 +70,13 @@ where
         let Some(key) = (self.key)(&req) else {
             return ResponseFuture::inner(self.inner.call(req), None);
         };
-        let shared = &self.shared;
+        let (shared, limit, mode) = (&self.rule.state, self.rule.limit, self.rule.mode);
         let admitted = {
             let mut map = shared.in_flight.lock().expect("lock");
             let count = map.entry(key.clone()).or_insert(0);
-            let admitted = *count < shared.limit || shared.mode == Mode::DryRun;
-            if *count >= shared.limit {
-                if shared.mode == Mode::DryRun {
+            let admitted = *count < limit || mode == Mode::DryRun;
+            if *count >= limit {
+                if mode == Mode::DryRun {
                     shared.metrics.would_reject.increment(1);
                     tracing::info!(rule = %shared.name, "concurrency limit would refuse (dry-run)");
                 } else {

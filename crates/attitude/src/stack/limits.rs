@@ -1,0 +1,87 @@
+//! The limits' state, which is the process's (`docs/design.md`, "Where state lives"): the
+//! session counts, the connection rate and the `[[rates]]` buckets by rule name. Every
+//! listener's stack and every configuration a reload brings is built over it and applies its
+//! own limits to it, so a reload or a second listener counts on where the first was.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use attitude_layers::LimitMetrics;
+use attitude_layers::keyed_concurrency::KeyedConcurrencyState;
+use attitude_layers::rate_limit::RateLimitState;
+use governor::Quota;
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    /// Sessions in flight (`[connections] max_sessions`).
+    pub sessions: KeyedConcurrencyState<()>,
+    /// Sessions in flight per client network (`[connections.per_client]`).
+    pub per_client: KeyedConcurrencyState<IpAddr>,
+    connection_rate: Mutex<Option<RateLimitState<IpAddr>>>,
+    rates: Mutex<HashMap<String, RateLimitState<String>>>,
+}
+
+impl Limits {
+    /// Empty counts, with their metric handles.
+    pub(crate) fn new() -> Self {
+        let concurrency = |rule: &str, key: &'static str| {
+            LimitMetrics::register("attitude_limit", "concurrency", rule, key)
+        };
+        Self {
+            sessions: KeyedConcurrencyState::new(
+                "max_sessions",
+                concurrency("max_sessions", "global"),
+            ),
+            per_client: KeyedConcurrencyState::new(
+                "per_client",
+                concurrency("per_client", "client"),
+            ),
+            connection_rate: Mutex::default(),
+            rates: Mutex::default(),
+        }
+    }
+
+    /// The connection rate's buckets: the ones it had while `quota` and `max_keys` stay the
+    /// same (governor's limiter cannot change its quota: a changed rate starts over).
+    pub(crate) fn connection_rate(&self, quota: Quota, max_keys: usize) -> RateLimitState<IpAddr> {
+        let mut rate = self.connection_rate.lock().expect("limits lock");
+        match rate.as_ref() {
+            Some(state) if same(state.quota(), state.max_keys(), quota, max_keys) => state.clone(),
+            _ => {
+                let state = RateLimitState::new(
+                    "connection_rate",
+                    quota,
+                    max_keys,
+                    LimitMetrics::register("attitude_limit", "rate", "connection_rate", "client"),
+                );
+                *rate = Some(state.clone());
+                state
+            }
+        }
+    }
+
+    /// The buckets of the rate rule `name`, kept on the same terms as the connection rate's.
+    pub(crate) fn rate(
+        &self,
+        name: &str,
+        quota: Quota,
+        max_keys: usize,
+        metrics: impl FnOnce() -> LimitMetrics,
+    ) -> RateLimitState<String> {
+        let mut rates = self.rates.lock().expect("limits lock");
+        match rates.get(name) {
+            Some(state) if same(state.quota(), state.max_keys(), quota, max_keys) => state.clone(),
+            _ => {
+                let state = RateLimitState::new(name, quota, max_keys, metrics());
+                rates.insert(name.to_owned(), state.clone());
+                state
+            }
+        }
+    }
+}
+
+fn same(quota: Quota, max_keys: usize, new_quota: Quota, new_max_keys: usize) -> bool {
+    quota == new_quota && max_keys == new_max_keys.max(1)
+}
