@@ -234,3 +234,35 @@ fn spf_fail_only_counted_when_not_rejecting() {
         Some(1.0)
     );
 }
+
+#[test]
+fn dnsbl_scores_are_cached_for_every_listener_with_the_same_zones() {
+    let dns = dns();
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        &config(
+            dns.addr,
+            "[[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
+             [[listeners]]\nname = \"other\"\naddress = \"127.0.0.1:0\"\n\
+             [[listeners]]\nname = \"strict\"\naddress = \"127.0.0.1:0\"\n\
+             policy.dnsbl = { zones = [\"bl.test=127.0.0.[2..11]*3\"] }\n",
+        ),
+        &[recorder.addr],
+    );
+    let lookups = || {
+        attitude
+            .metric("attitude_dnsbl_lookups_total{zone=\"bl.test\",result=\"listed\"}")
+            .unwrap_or(0.0)
+    };
+    let (_c, greeting) = Client::connect_from(attitude.smtp, ip(2));
+    assert!(greeting.starts_with("554 5.7.1"), "{greeting}");
+    assert_eq!(lookups(), 1.0);
+    // The same zones on another listener: the score is the process's, no new lookup.
+    let (_c, greeting) = Client::connect_from(attitude.listener("other"), ip(2));
+    assert!(greeting.starts_with("554 5.7.1"), "{greeting}");
+    assert_eq!(lookups(), 1.0);
+    // Other zones are another score: looked up again.
+    let (_c, greeting) = Client::connect_from(attitude.listener("strict"), ip(2));
+    assert!(greeting.starts_with("554 5.7.1"), "{greeting}");
+    assert_eq!(lookups(), 2.0);
+}

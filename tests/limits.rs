@@ -474,7 +474,10 @@ fn session_counts_are_the_processs_across_listeners_and_reloads() {
             .is_some_and(|n| n >= 1.0)
     }));
     let (_c, refused) = Client::connect_from(attitude.smtp, client);
-    assert!(refused.starts_with("421 4.7.0"), "after the reload: {refused}");
+    assert!(
+        refused.starts_with("421 4.7.0"),
+        "after the reload: {refused}"
+    );
     // Once it ends, the client is served again, on either listener.
     held.cmd("QUIT");
     assert!(wait_for(Duration::from_secs(5), || {

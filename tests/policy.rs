@@ -451,3 +451,59 @@ fn a_listener_can_greylist_while_the_others_do_not() {
     let r = rcpt("internal");
     assert!(r.starts_with("250"), "not on internal: {r}");
 }
+
+#[test]
+fn pregreet_verdicts_hold_on_every_listener_and_across_a_reload() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [pregreet]\nenabled = true\npause = \"1s\"\n[limits]\nmax_recipients = 50\n\
+         [[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"other\"\naddress = \"127.0.0.1:0\"\n",
+        &[recorder.addr],
+    );
+    let other = attitude.listener("other");
+    // An early talker on one listener is refused at once on the other.
+    let mut early = Client::connect_raw_from(attitude.smtp, OUTSIDER);
+    early.send(b"EHLO early.test\r\n");
+    early.reply();
+    assert!(early.reply().starts_with("554 5.5.1"));
+    let (_c, greeting) = Client::connect_from(other, OUTSIDER);
+    assert!(greeting.starts_with("554 5.5.1"), "{greeting}");
+    // A patient client waits once, then is greeted at once on the other listener ...
+    let patient: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let (mut c, greeting) = Client::connect_from(attitude.smtp, patient);
+    assert!(greeting.contains("\n220 "), "{greeting}");
+    c.cmd("QUIT");
+    let started = std::time::Instant::now();
+    let (mut c, greeting) = Client::connect_from(other, patient);
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    assert!(started.elapsed() < Duration::from_millis(800));
+    c.cmd("QUIT");
+    // ... and after a reload.
+    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
+    std::fs::write(
+        &attitude.config_path,
+        text.replace("max_recipients = 50", "max_recipients = 60"),
+    )
+    .unwrap();
+    attitude.peer.signal("HUP");
+    assert!(attitude_test_support::wait_for(
+        Duration::from_secs(10),
+        || {
+            attitude
+                .metric("attitude_config_reload_total{result=\"ok\"}")
+                .is_some_and(|n| n >= 1.0)
+        }
+    ));
+    let started = std::time::Instant::now();
+    let (mut c, greeting) = Client::connect_from(attitude.smtp, patient);
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    assert!(started.elapsed() < Duration::from_millis(800));
+    c.cmd("QUIT");
+    let (_c, greeting) = Client::connect_from(attitude.smtp, OUTSIDER);
+    assert!(
+        greeting.starts_with("554 5.5.1"),
+        "after the reload: {greeting}"
+    );
+}

@@ -98,7 +98,7 @@ impl Stack {
         let resolver = shared.resolver.clone();
         let greylist = shared.greylist.clone().filter(|_| config.greylist.enabled);
         let stop = &housekeeping;
-        let policies = auth_guard(config, &shared.auth_guard)
+        let policies = auth_guard(config, &shared.state.auth_guard)
             .into_iter()
             .chain(access(config))
             .chain(Some(relay_control(config)))
@@ -363,7 +363,7 @@ fn throttle(config: &Config, client: &ClientKey, stop: &CancellationToken) -> Op
 
 /// One `[[rates]]` rule: a generic rate-limit layer counting messages (at MAIL) or recipients
 /// (at RCPT). Over the rate: `450 4.7.1` (or 451) with a hint of when to try again. Its
-/// buckets are the process's, by rule name (`stack::limits`): a reload or a second
+/// buckets are the process's, by rule name (`stack::state`): a reload or a second
 /// listener naming the rule keeps counting where it was.
 fn rate(
     rule: &RateRule,
@@ -382,7 +382,7 @@ fn rate(
     let code = rule.code;
     let keyed = rule.clone();
     let client = client.clone();
-    let state = shared.limits.rate(&rule.name, quota, rule.max_keys, || {
+    let state = shared.state.rate(&rule.name, quota, rule.max_keys, || {
         LimitMetrics::register(
             "attitude_limit",
             "rate",

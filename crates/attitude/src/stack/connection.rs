@@ -231,7 +231,11 @@ impl Accepted for Connection {
 }
 
 /// `[dnsbl]`, before pregreet: a listed client is refused before any pause.
-fn dnsbl_layer(config: &Config, stack: &Stack) -> Result<Option<DnsblLayer>, String> {
+fn dnsbl_layer(
+    config: &Config,
+    stack: &Stack,
+    shared: &Shared,
+) -> Result<Option<DnsblLayer>, String> {
     let d = &config.dnsbl;
     let Some(resolver) = stack.resolver.clone().filter(|_| d.enabled) else {
         return Ok(None);
@@ -242,39 +246,46 @@ fn dnsbl_layer(config: &Config, stack: &Stack) -> Result<Option<DnsblLayer>, Str
         .map(|z| Zone::parse(z))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    let dnsbl = Dnsbl::new(DnsblConfig {
-        zones,
-        threshold: d.threshold,
-        allowlist_threshold: d.allowlist_threshold,
-        resolver,
-        timeout: config.dns.timeout,
-        cache_ttl: d.cache_ttl,
-        max_cache: d.max_cache,
-        mode: d.mode,
-        decisions: Decisions::register("dnsbl"),
-        sessions: stack.driver_metrics.clone(),
-    });
+    let cache = shared.state.dnsbl_cache(&d.zones);
+    let dnsbl = Dnsbl::sharing(
+        DnsblConfig {
+            zones,
+            threshold: d.threshold,
+            allowlist_threshold: d.allowlist_threshold,
+            resolver,
+            timeout: config.dns.timeout,
+            cache_ttl: d.cache_ttl,
+            max_cache: d.max_cache,
+            mode: d.mode,
+            decisions: Decisions::register("dnsbl"),
+            sessions: stack.driver_metrics.clone(),
+        },
+        cache,
+    );
     Ok(Some(DnsblLayer::new(Arc::new(dnsbl))))
 }
 
 /// `[pregreet]`, innermost: the pause holds the session's slot, as the session would.
-fn pregreet_layer(config: &Config, stack: &Stack) -> Option<PregreetLayer> {
+fn pregreet_layer(config: &Config, stack: &Stack, shared: &Shared) -> Option<PregreetLayer> {
     let p = &config.pregreet;
     // On an implicit-TLS listener the client speaks first (its ClientHello): no pregreet.
     (p.enabled && stack.implicit_tls.is_none()).then(|| {
-        PregreetLayer::new(PregreetConfig {
-            pause: p.pause,
-            multiline: p.multiline,
-            hostname: config.hostname.clone(),
-            action: p.action,
-            pass_ttl: p.pass_ttl,
-            fail_ttl: p.fail_ttl,
-            max_entries: p.max_entries,
-            skip_networks: config.relay.trusted_networks.clone(),
-            mode: p.mode,
-            decisions: Decisions::register("pregreet"),
-            sessions: stack.driver_metrics.clone(),
-        })
+        PregreetLayer::sharing(
+            PregreetConfig {
+                pause: p.pause,
+                multiline: p.multiline,
+                hostname: config.hostname.clone(),
+                action: p.action,
+                pass_ttl: p.pass_ttl,
+                fail_ttl: p.fail_ttl,
+                max_entries: p.max_entries,
+                skip_networks: config.relay.trusted_networks.clone(),
+                mode: p.mode,
+                decisions: Decisions::register("pregreet"),
+                sessions: stack.driver_metrics.clone(),
+            },
+            shared.state.pregreet.clone(),
+        )
     })
 }
 
@@ -288,8 +299,8 @@ pub(crate) fn build(
 ) -> Result<impl Fn() -> ConnectionService + Send + Sync + 'static, String> {
     let config = &full.connections;
     let refuse = Refuse::new(stack.driver_metrics.clone(), &full.tarpit);
-    let pregreet = pregreet_layer(full, &stack);
-    let dnsbl = dnsbl_layer(full, &stack)?;
+    let pregreet = pregreet_layer(full, &stack, shared);
+    let dnsbl = dnsbl_layer(full, &stack, shared)?;
     let stop = stack.housekeeping.clone();
     let client = ClientKey::new(
         config.client_prefix_v4,
@@ -301,7 +312,7 @@ pub(crate) fn build(
     // The session counts are the process's (every listener, every configuration generation);
     // each listener applies its own limits to them.
     let global = KeyedConcurrencyLayer::with_state(
-        shared.limits.sessions.clone(),
+        shared.state.sessions.clone(),
         config.max_sessions,
         |_: &Connection| Some(()),
         refuse.with(replies::too_many_connections, false),
@@ -309,7 +320,7 @@ pub(crate) fn build(
     let per_client = (config.per_client.limit > 0).then(|| {
         let key = client.clone();
         KeyedConcurrencyLayer::with_state(
-            shared.limits.per_client.clone(),
+            shared.state.per_client.clone(),
             config.per_client.limit,
             move |conn: &Connection| key.key(conn.client.ip()),
             refuse.with(replies::too_many_connections_from_network, true),
@@ -323,7 +334,7 @@ pub(crate) fn build(
                 .allow_burst(NonZeroU32::new(config.rate.burst.max(1)).expect("at least 1"));
         let key = client;
         let state = shared
-            .limits
+            .state
             .connection_rate(quota, config.max_tracked_clients);
         let layer = RateLimitLayer::with_state(
             state,

@@ -12,14 +12,13 @@
 pub(crate) mod backend;
 pub(crate) mod command;
 pub(crate) mod connection;
-pub(crate) mod limits;
+pub(crate) mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use attitude_balance::Pool;
 use attitude_edge::tls::ServerTls;
-use attitude_policy::auth_guard::AuthGuardState;
 use attitude_policy::greylist::Greylist;
 use attitude_service::auth::AuthOffer;
 use attitude_service::driver::DriverMetrics;
@@ -27,7 +26,7 @@ use hickory_resolver::TokioResolver;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EffectiveListener};
-use limits::Limits;
+use state::ProcessState;
 
 pub(crate) use command::Stack;
 
@@ -45,11 +44,9 @@ pub(crate) struct Shared {
     pub tls: Option<Arc<ServerTls>>,
     /// The AUTH mechanisms the backends offer (learnt from every new backend connection).
     backend_auth: Arc<AuthOffer>,
-    /// The AUTH guard's failure counts and bans: the process's, whichever listener or
-    /// configuration generation counted them.
-    pub(crate) auth_guard: Arc<AuthGuardState>,
-    /// The limits' counts and buckets.
-    pub(crate) limits: Limits,
+    /// What the process remembers whichever listener or configuration generation learnt it:
+    /// session counts, rate buckets, bans, pregreet verdicts, DNSBL scores.
+    pub(crate) state: ProcessState,
     /// Session metric handles.
     pub driver_metrics: Arc<DriverMetrics>,
 }
@@ -79,8 +76,7 @@ impl Shared {
             greylist: None,
             tls,
             backend_auth,
-            auth_guard: Arc::default(),
-            limits: Limits::new(),
+            state: ProcessState::new(),
             driver_metrics: DriverMetrics::register(),
         };
         shared.provide(config, listeners)?;

@@ -60,11 +60,32 @@ struct ZoneMetrics {
     error: Counter,
 }
 
+/// Complete scores by client address, until when. A score means something only for the zones
+/// and weights it was computed with: the process keeps one cache per zone list (see
+/// [`DnsblCache::key`]), shared by every listener and configuration that uses that list.
+#[derive(Default)]
+pub struct DnsblCache {
+    scores: Mutex<HashMap<IpAddr, (Score, Instant)>>,
+}
+
+impl std::fmt::Debug for DnsblCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsblCache").finish_non_exhaustive()
+    }
+}
+
+impl DnsblCache {
+    /// What a cache is for: the zones with their weights and match rules, as configured.
+    pub fn key(zones: &[String]) -> String {
+        zones.join(" ")
+    }
+}
+
 /// The resolver, the zones and the cache, shared by every session.
 pub struct Dnsbl {
     pub(super) config: DnsblConfig,
     resolver: TokioResolver,
-    cache: Mutex<HashMap<IpAddr, (Score, Instant)>>,
+    cache: Arc<DnsblCache>,
     zone_metrics: Vec<ZoneMetrics>,
     cache_hits: Counter,
 }
@@ -76,8 +97,13 @@ impl std::fmt::Debug for Dnsbl {
 }
 
 impl Dnsbl {
-    /// The zones' state, with metric handles registered.
+    /// The zones' state, with metric handles registered, and a cache of its own.
     pub fn new(config: DnsblConfig) -> Self {
+        Self::sharing(config, Arc::default())
+    }
+
+    /// As [`Dnsbl::new`], over `cache` (shared by others with the same zones).
+    pub fn sharing(config: DnsblConfig, cache: Arc<DnsblCache>) -> Self {
         let zone_metrics = config
             .zones
             .iter()
@@ -95,7 +121,7 @@ impl Dnsbl {
         Self {
             resolver: config.resolver.clone(),
             config,
-            cache: Mutex::new(HashMap::new()),
+            cache,
             zone_metrics,
             cache_hits: metrics::counter!("attitude_dnsbl_cache_hits_total"),
         }
@@ -104,7 +130,7 @@ impl Dnsbl {
     /// The score of `ip`: from the cache, or from every zone at once.
     pub async fn score(&self, ip: IpAddr) -> Score {
         let ip = canonical_ip(ip);
-        if let Some((score, until)) = self.cache.lock().expect("dnsbl cache").get(&ip)
+        if let Some((score, until)) = self.cache.scores.lock().expect("dnsbl cache").get(&ip)
             && *until > Instant::now()
         {
             self.cache_hits.increment(1);
@@ -152,7 +178,7 @@ impl Dnsbl {
         if score.errors == 0 {
             // A score with failed lookups is not kept: the next connection asks again.
             let now = Instant::now();
-            let mut cache = self.cache.lock().expect("dnsbl cache");
+            let mut cache = self.cache.scores.lock().expect("dnsbl cache");
             if cache.len() >= self.config.max_cache {
                 cache.retain(|_, (_, until)| *until > now);
                 if cache.len() >= self.config.max_cache {

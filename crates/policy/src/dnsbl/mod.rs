@@ -9,6 +9,6 @@ mod layer;
 mod service;
 mod zone;
 
-pub use layer::{Dnsbl, DnsblConfig, DnsblLayer, Score};
+pub use layer::{Dnsbl, DnsblCache, DnsblConfig, DnsblLayer, Score};
 pub use service::DnsblService;
 pub use zone::{Zone, ZoneError};

@@ -61,15 +61,29 @@ pub(super) enum Memory {
     Failed,
 }
 
-/// What the pregreet test remembers about clients.
+/// What the pregreet test remembers about clients (passed or failed, until when). The process
+/// keeps one for every listener and every configuration a reload brings: a client that passed
+/// on 25 is not paused again on 587, nor after a reload.
+#[derive(Default)]
+pub struct PregreetMemory {
+    memory: Mutex<HashMap<IpAddr, (Memory, Instant)>>,
+}
+
+impl std::fmt::Debug for PregreetMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PregreetMemory").finish_non_exhaustive()
+    }
+}
+
+/// A pregreet test's settings over the memory it shares.
 pub(super) struct Shared {
     pub(super) config: PregreetConfig,
-    memory: Mutex<HashMap<IpAddr, (Memory, Instant)>>,
+    memory: Arc<PregreetMemory>,
 }
 
 impl Shared {
     pub(super) fn recall(&self, client: IpAddr) -> Option<Memory> {
-        let memory = self.memory.lock().expect("pregreet lock");
+        let memory = self.memory.memory.lock().expect("pregreet lock");
         memory
             .get(&client)
             .filter(|(_, until)| *until > Instant::now())
@@ -82,7 +96,7 @@ impl Shared {
             Memory::Failed => self.config.fail_ttl,
         };
         let now = Instant::now();
-        let mut memory = self.memory.lock().expect("pregreet lock");
+        let mut memory = self.memory.memory.lock().expect("pregreet lock");
         if memory.len() >= self.config.max_entries {
             memory.retain(|_, (_, until)| *until > now);
             if memory.len() >= self.config.max_entries {
@@ -107,13 +121,15 @@ impl std::fmt::Debug for PregreetLayer {
 }
 
 impl PregreetLayer {
-    /// A layer with these settings.
+    /// A layer with these settings, and a memory of its own.
     pub fn new(config: PregreetConfig) -> Self {
+        Self::sharing(config, Arc::default())
+    }
+
+    /// A layer with these settings over `memory`, which other layers share.
+    pub fn sharing(config: PregreetConfig, memory: Arc<PregreetMemory>) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                config,
-                memory: Mutex::new(HashMap::new()),
-            }),
+            shared: Arc::new(Shared { config, memory }),
         }
     }
 }

@@ -9,5 +9,5 @@
 mod layer;
 mod service;
 
-pub use layer::{PregreetAction, PregreetConfig, PregreetLayer};
+pub use layer::{PregreetAction, PregreetConfig, PregreetLayer, PregreetMemory};
 pub use service::Pregreet;

@@ -1,20 +1,30 @@
-//! The limits' state, which is the process's (`docs/design.md`, "Where state lives"): the
-//! session counts, the connection rate and the `[[rates]]` buckets by rule name. Every
-//! listener's stack and every configuration a reload brings is built over it and applies its
-//! own limits to it, so a reload or a second listener counts on where the first was.
+//! What the process remembers (`docs/design.md`, "Where state lives"): the session counts, the
+//! connection rate, the `[[rates]]` buckets by rule name, the AUTH guard's bans, the pregreet
+//! verdicts and the DNSBL scores (one cache per zone list). Every listener's stack and every
+//! configuration a reload brings is built over it and applies its own limits to it, so a reload
+//! or a second listener counts on where the first was.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use attitude_layers::LimitMetrics;
 use attitude_layers::keyed_concurrency::KeyedConcurrencyState;
 use attitude_layers::rate_limit::RateLimitState;
+use attitude_policy::auth_guard::AuthGuardState;
+use attitude_policy::dnsbl::DnsblCache;
+use attitude_policy::pregreet::PregreetMemory;
 use governor::Quota;
 
 /// See the module docs.
 #[derive(Debug)]
-pub(crate) struct Limits {
+pub(crate) struct ProcessState {
+    /// The AUTH guard's failure counts and bans.
+    pub auth_guard: Arc<AuthGuardState>,
+    /// The pregreet test's verdicts.
+    pub pregreet: Arc<PregreetMemory>,
+    /// DNSBL scores, one cache per zone list.
+    dnsbl: Mutex<HashMap<String, Arc<DnsblCache>>>,
     /// Sessions in flight (`[connections] max_sessions`).
     pub sessions: KeyedConcurrencyState<()>,
     /// Sessions in flight per client network (`[connections.per_client]`).
@@ -23,13 +33,16 @@ pub(crate) struct Limits {
     rates: Mutex<HashMap<String, RateLimitState<String>>>,
 }
 
-impl Limits {
-    /// Empty counts, with their metric handles.
+impl ProcessState {
+    /// Nothing remembered yet; the counts' metric handles registered.
     pub(crate) fn new() -> Self {
         let concurrency = |rule: &str, key: &'static str| {
             LimitMetrics::register("attitude_limit", "concurrency", rule, key)
         };
         Self {
+            auth_guard: Arc::default(),
+            pregreet: Arc::default(),
+            dnsbl: Mutex::default(),
             sessions: KeyedConcurrencyState::new(
                 "max_sessions",
                 concurrency("max_sessions", "global"),
@@ -43,10 +56,21 @@ impl Limits {
         }
     }
 
+    /// The DNSBL score cache for `zones` (as configured: a changed list or weight is another
+    /// cache). Bounded by the configurations seen; each cache by its own `max_cache`.
+    pub(crate) fn dnsbl_cache(&self, zones: &[String]) -> Arc<DnsblCache> {
+        self.dnsbl
+            .lock()
+            .expect("state lock")
+            .entry(DnsblCache::key(zones))
+            .or_default()
+            .clone()
+    }
+
     /// The connection rate's buckets: the ones it had while `quota` and `max_keys` stay the
     /// same (governor's limiter cannot change its quota: a changed rate starts over).
     pub(crate) fn connection_rate(&self, quota: Quota, max_keys: usize) -> RateLimitState<IpAddr> {
-        let mut rate = self.connection_rate.lock().expect("limits lock");
+        let mut rate = self.connection_rate.lock().expect("state lock");
         match rate.as_ref() {
             Some(state) if same(state.quota(), state.max_keys(), quota, max_keys) => state.clone(),
             _ => {
@@ -70,7 +94,7 @@ impl Limits {
         max_keys: usize,
         metrics: impl FnOnce() -> LimitMetrics,
     ) -> RateLimitState<String> {
-        let mut rates = self.rates.lock().expect("limits lock");
+        let mut rates = self.rates.lock().expect("state lock");
         match rates.get(name) {
             Some(state) if same(state.quota(), state.max_keys(), quota, max_keys) => state.clone(),
             _ => {
