@@ -489,3 +489,42 @@ fn session_counts_are_the_processs_across_listeners_and_reloads() {
         ok
     }));
 }
+
+#[test]
+fn a_reload_that_lowers_a_rate_applies_it_to_what_was_used() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[[rates]]\nname = \"sender-hourly\"\nkey = \"sender\"\ncount = \"messages\"\n\
+         limit = 4\nper = \"1h\"\n",
+        &[recorder.addr],
+    );
+    let mail = || {
+        let mut c = Client::connect(attitude.smtp);
+        assert!(c.cmd("EHLO rates.test").starts_with("250"));
+        let r = c.cmd("MAIL FROM:<a@example.org>");
+        c.cmd("QUIT");
+        r
+    };
+    assert!(mail().starts_with("250"));
+    assert!(mail().starts_with("250"));
+    // Two of four an hour used, half an hour's worth; the limit becomes two an hour: that
+    // half hour is one of the two, so one more passes (fresh buckets would allow two).
+    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
+    std::fs::write(
+        &attitude.config_path,
+        text.replace("limit = 4", "limit = 2"),
+    )
+    .unwrap();
+    attitude.peer.signal("HUP");
+    assert!(wait_for(Duration::from_secs(10), || {
+        attitude
+            .metric("attitude_config_reload_total{result=\"ok\"}")
+            .is_some_and(|n| n >= 1.0)
+    }));
+    assert!(mail().starts_with("250"));
+    let r = mail();
+    assert!(
+        r.starts_with("450 4.7.1"),
+        "the new limit on the old count: {r}"
+    );
+}

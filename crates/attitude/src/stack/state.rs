@@ -67,26 +67,23 @@ impl ProcessState {
             .clone()
     }
 
-    /// The connection rate's buckets: the ones it had while `quota` and `max_keys` stay the
-    /// same (governor's limiter cannot change its quota: a changed rate starts over).
+    /// The connection rate's buckets, with `quota` and `max_keys` applied to them (a reload
+    /// that changes the rate keeps what each client has used).
     pub(crate) fn connection_rate(&self, quota: Quota, max_keys: usize) -> RateLimitState<IpAddr> {
         let mut rate = self.connection_rate.lock().expect("state lock");
-        match rate.as_ref() {
-            Some(state) if same(state.quota(), state.max_keys(), quota, max_keys) => state.clone(),
-            _ => {
-                let state = RateLimitState::new(
-                    "connection_rate",
-                    quota,
-                    max_keys,
-                    LimitMetrics::register("attitude_limit", "rate", "connection_rate", "client"),
-                );
-                *rate = Some(state.clone());
-                state
-            }
-        }
+        let state = rate.get_or_insert_with(|| {
+            RateLimitState::new(
+                "connection_rate",
+                quota,
+                max_keys,
+                LimitMetrics::register("attitude_limit", "rate", "connection_rate", "client"),
+            )
+        });
+        apply(state, quota, max_keys);
+        state.clone()
     }
 
-    /// The buckets of the rate rule `name`, kept on the same terms as the connection rate's.
+    /// The buckets of the rate rule `name`, on the same terms as the connection rate's.
     pub(crate) fn rate(
         &self,
         name: &str,
@@ -95,17 +92,22 @@ impl ProcessState {
         metrics: impl FnOnce() -> LimitMetrics,
     ) -> RateLimitState<String> {
         let mut rates = self.rates.lock().expect("state lock");
-        match rates.get(name) {
-            Some(state) if same(state.quota(), state.max_keys(), quota, max_keys) => state.clone(),
-            _ => {
-                let state = RateLimitState::new(name, quota, max_keys, metrics());
-                rates.insert(name.to_owned(), state.clone());
-                state
-            }
-        }
+        let state = rates
+            .entry(name.to_owned())
+            .or_insert_with(|| RateLimitState::new(name, quota, max_keys, metrics()));
+        apply(state, quota, max_keys);
+        state.clone()
     }
 }
 
-fn same(quota: Quota, max_keys: usize, new_quota: Quota, new_max_keys: usize) -> bool {
-    quota == new_quota && max_keys == new_max_keys.max(1)
+/// A rule's (possibly new) terms on its stored state.
+fn apply<K: std::hash::Hash + Eq + Clone>(
+    state: &RateLimitState<K>,
+    quota: Quota,
+    max_keys: usize,
+) {
+    if state.quota() != quota {
+        state.set_quota(quota);
+    }
+    state.set_max_keys(max_keys);
 }

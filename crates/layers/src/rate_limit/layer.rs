@@ -1,17 +1,20 @@
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+
+use super::gcra::Gcra;
 use tower_layer::Layer;
 
 use super::RateLimit;
 use crate::{LimitMetrics, Mode};
 
-/// The keyed GCRA limiter used by [`RateLimitLayer`].
+/// Governor's keyed GCRA limiter (the throttle's; [`RateLimitLayer`] has its own, whose quota
+/// can change).
 pub type KeyedLimiter<K, C> =
     RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
@@ -46,7 +49,7 @@ impl<K: Hash + Eq + Clone, C: Clock> std::fmt::Debug for RateLimitState<K, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitState")
             .field("rule", &self.shared.name)
-            .field("max_keys", &self.shared.max_keys)
+            .field("max_keys", &self.shared.max_keys.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -67,14 +70,12 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> RateLimitState<K, C> {
         metrics: LimitMetrics,
         clock: C,
     ) -> Self {
-        let limiter = RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone());
         Self {
             shared: Arc::new(Shared {
                 name: name.into(),
-                quota,
-                clock,
-                limiter: RwLock::new(Arc::new(limiter)),
-                max_keys: max_keys.max(1),
+                quota: Mutex::new(quota),
+                gcra: Gcra::new(quota, clock),
+                max_keys: AtomicUsize::new(max_keys.max(1)),
                 calls: AtomicU64::new(0),
                 metrics,
             }),
@@ -83,12 +84,26 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> RateLimitState<K, C> {
 
     /// The quota it enforces.
     pub fn quota(&self) -> Quota {
-        self.shared.quota
+        *self.shared.quota.lock().expect("quota lock")
+    }
+
+    /// Enforces `quota` from now on, on what every key has used so far (a reload that changes
+    /// the rate keeps the counts).
+    pub fn set_quota(&self, quota: Quota) {
+        *self.shared.quota.lock().expect("quota lock") = quota;
+        self.shared.gcra.set_quota(quota);
     }
 
     /// The key bound.
     pub fn max_keys(&self) -> usize {
-        self.shared.max_keys
+        self.shared.max_keys.load(Ordering::Relaxed)
+    }
+
+    /// Bounds the keys tracked at about `max_keys` from now on.
+    pub fn set_max_keys(&self, max_keys: usize) {
+        self.shared
+            .max_keys
+            .store(max_keys.max(1), Ordering::Relaxed);
     }
 
     /// Forgets keys back at full burst and enforces the key bound (see
@@ -100,10 +115,9 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> RateLimitState<K, C> {
 
 pub(super) struct Shared<K: Hash + Eq + Clone, C: Clock> {
     pub(super) name: Arc<str>,
-    quota: Quota,
-    pub(super) clock: C,
-    limiter: RwLock<Arc<KeyedLimiter<K, C>>>,
-    max_keys: usize,
+    quota: Mutex<Quota>,
+    pub(super) gcra: Gcra<K, C>,
+    max_keys: AtomicUsize,
     calls: AtomicU64,
     pub(super) metrics: LimitMetrics,
 }
@@ -168,7 +182,7 @@ where
 
     /// Keys tracked now.
     pub fn tracked_keys(&self) -> usize {
-        self.shared.limiter().len()
+        self.shared.gcra.len()
     }
 
     /// Forgets keys that are back at full burst and enforces the key bound; call it on a
@@ -183,7 +197,7 @@ impl<K: Hash + Eq + Clone, F, R, C: Clock> std::fmt::Debug for RateLimitLayer<K,
         f.debug_struct("RateLimitLayer")
             .field("rule", &self.shared.name)
             .field("mode", &self.mode)
-            .field("max_keys", &self.shared.max_keys)
+            .field("max_keys", &self.shared.max_keys.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -193,10 +207,6 @@ where
     K: Hash + Eq + Clone,
     C: Clock + Clone,
 {
-    pub(super) fn limiter(&self) -> Arc<KeyedLimiter<K, C>> {
-        self.limiter.read().expect("lock").clone()
-    }
-
     pub(super) fn tick(&self) {
         if self.calls.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == CHECK_EVERY - 1 {
             self.housekeeping(false);
@@ -204,22 +214,16 @@ where
     }
 
     fn housekeeping(&self, always_retain: bool) {
-        let limiter = self.limiter();
-        let mut len = limiter.len();
-        if always_retain || len > self.max_keys {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-            len = limiter.len();
+        let max_keys = self.max_keys.load(Ordering::Relaxed);
+        let mut len = self.gcra.len();
+        if always_retain || len > max_keys {
+            self.gcra.retain_recent();
+            len = self.gcra.len();
         }
-        if len > self.max_keys {
-            let fresh = RateLimiter::new(
-                self.quota,
-                DefaultKeyedStateStore::default(),
-                self.clock.clone(),
-            );
-            *self.limiter.write().expect("lock") = Arc::new(fresh);
+        if len > max_keys {
+            self.gcra.clear();
             self.metrics.resets.increment(1);
-            tracing::warn!(rule = %self.name, keys = len, max = self.max_keys, "rate limit: too many keys tracked; starting over");
+            tracing::warn!(rule = %self.name, keys = len, max = max_keys, "rate limit: too many keys tracked; starting over");
             len = 0;
         }
         self.metrics.tracked_keys.set(len as f64);

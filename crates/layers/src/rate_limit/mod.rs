@@ -7,6 +7,7 @@
 //! counted in `resets`). [`RateLimitLayer::housekeeping`] does the same on a timer.
 
 mod future;
+mod gcra;
 mod layer;
 mod service;
 

@@ -63,12 +63,11 @@ where
             return ResponseFuture::inner(self.inner.call(req));
         };
         let shared = &self.shared;
-        let verdict = shared.limiter().check_key(&key);
+        let verdict = shared.gcra.check(&key);
         shared.tick();
-        let Err(not_until) = verdict else {
+        let Err(retry_after) = verdict else {
             return ResponseFuture::inner(self.inner.call(req));
         };
-        let retry_after = not_until.wait_time_from(shared.clock.now());
         if self.mode == Mode::DryRun {
             shared.metrics.would_reject.increment(1);
             tracing::info!(rule = %shared.name, ?retry_after, "rate limit would refuse (dry-run)");
