@@ -203,7 +203,7 @@ fn a_postfix_client_relays_through_attitude_byte_exact() {
         "file": file,
     });
     let (ok, out) = envelope(client.plain, &spec);
-    assert!(ok, "{out}");
+    assert!(ok, "{out}\n--- the client Postfix:\n{}", client.log());
     let held = backend.wait_held(1);
     assert_eq!(
         held.len(),

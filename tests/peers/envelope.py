@@ -20,7 +20,7 @@ def main():
     host, port, spec = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     with open(spec["file"], "rb") as f:
         data = f.read()
-    with smtplib.SMTP(host, port, timeout=30) as s:
+    with smtplib.SMTP(host, port, timeout=90) as s:
         s.ehlo(spec.get("ehlo", "envelope.test"))
         print("EHLO", " ".join(sorted(s.esmtp_features)))
         if spec.get("auth"):
