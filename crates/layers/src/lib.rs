@@ -8,7 +8,8 @@
 //! - [`keyed_concurrency`]: at most N requests in flight per key; the permit lives as long as
 //!   the response future (for a connection stack whose future is the whole session: as long as
 //!   the session). With a constant key it is a global cap that sheds load instead of queueing.
-//! - [`rate_limit`]: GCRA per key (`governor`), with bounded key tracking.
+//! - [`rate_limit`]: GCRA per key (its quota can change on the stored state), with bounded key
+//!   tracking.
 //! - [`tarpit`]: holds requests for a computed delay, within a budget of requests held at once.
 //! - [`throttle`]: delays requests by their cost (bytes) against a rate per service instance and
 //!   per key; refuses nothing.
