@@ -57,6 +57,15 @@ pub fn too_many_errors() -> Reply {
     Reply::new(421, status(4, 7, 0), "Too many errors; closing connection")
 }
 
+/// `421 4.7.0`: past the junk-command limit (commands that move no transaction forward).
+pub fn too_many_junk_commands() -> Reply {
+    Reply::new(
+        421,
+        status(4, 7, 0),
+        "Too many commands that do not send mail; closing connection",
+    )
+}
+
 /// `554 5.5.1`: bytes pipelined behind STARTTLS (CVE-2011-0411); the session is closed.
 pub fn starttls_injection() -> Reply {
     Reply::new(

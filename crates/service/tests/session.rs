@@ -227,6 +227,28 @@ async fn too_many_errors_close_the_session_with_421() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn junk_commands_past_the_limit_close_the_session() {
+    let backends = Backends::new();
+    let mut harness = Harness::new(&backends, &[addr(A)]);
+    harness.driver = Arc::new(DriverConfig {
+        junk_command_limit: 4,
+        ..(*harness.driver).clone()
+    });
+    let (mut c, session) = harness.session();
+    c.reply().await;
+    // The first EHLO is not junk; a second one is, as NOOP, RSET, HELP and VRFY are.
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c.cmd("NOOP").await.starts_with("250"));
+    assert!(c.cmd("RSET").await.starts_with("250"));
+    assert!(c.cmd("EHLO again.test").await.starts_with("250"));
+    assert!(c.cmd("VRFY someone").await.starts_with("252"));
+    let closing = c.cmd("HELP").await;
+    assert!(closing.starts_with("421 4.7.0"), "{closing}");
+    assert!(c.closed(Duration::from_secs(1)).await);
+    assert_eq!(session.await.unwrap().result, SessionResult::JunkCommands);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_drain_closes_an_idle_session_with_421_and_lets_a_transaction_finish() {
     let backends = Backends::new();
     backends.script(addr(A), one_message("250 2.0.0 queued"));

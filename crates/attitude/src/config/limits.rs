@@ -14,6 +14,9 @@ pub(crate) struct Limits {
     pub max_recipients: usize,
     /// Error replies before the session is closed with 421.
     pub max_errors: u32,
+    /// Commands that send no mail (NOOP, RSET, HELP, VRFY, EXPN, a repeated HELO/EHLO) before
+    /// the session is closed with 421 4.7.0, like Postfix's `smtpd_junk_command_limit`; 0: off.
+    pub junk_command_limit: u32,
     /// Longest command line, CRLF included (RFC 5321: 512).
     pub max_command_line: usize,
     /// Longest line in a message, CRLF included (RFC 5321: 1000).
@@ -32,6 +35,7 @@ impl Default for Limits {
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 1000,
             max_errors: 20,
+            junk_command_limit: 100,
             max_command_line: 512,
             max_text_line: 1000,
             min_data_rate: 500,

@@ -160,6 +160,7 @@ fn driver(listener: &EffectiveListener, shared: &Shared) -> DriverConfig {
         data_timeout: config.timeouts.data,
         min_data_rate: config.limits.min_data_rate,
         max_errors: config.limits.max_errors,
+        junk_command_limit: config.limits.junk_command_limit,
         tls: shared
             .tls
             .clone()

@@ -25,6 +25,25 @@ where
     pub(super) fn event(&mut self, frame: Frame) -> Result<(Event, Pending), Step> {
         let pair = match frame {
             Frame::Command(cmd) => {
+                let junk = match &cmd {
+                    Command::Noop
+                    | Command::Rset
+                    | Command::Help
+                    | Command::Vrfy(_)
+                    | Command::Expn(_) => true,
+                    // The EHLO after STARTTLS comes after the session started over (no HELO).
+                    Command::Helo(_) | Command::Ehlo(_) => self.session.helo.is_some(),
+                    _ => false,
+                };
+                if junk {
+                    self.junk += 1;
+                    let limit = self.config.junk_command_limit;
+                    if limit > 0 && self.junk > limit {
+                        tracing::info!(target: "attitude::session", session = self.session.id, client = %self.session.client, limit, "too many junk commands; closing");
+                        self.push(&replies::too_many_junk_commands());
+                        return Err(Step::Close(SessionResult::JunkCommands));
+                    }
+                }
                 let pending = match &cmd {
                     Command::Helo(name) => Pending::Helo(Helo {
                         name: name.clone(),

@@ -56,6 +56,10 @@ pub struct DriverConfig {
     pub min_data_rate: u64,
     /// Error replies after which the session is closed with 421.
     pub max_errors: u32,
+    /// Commands that move no transaction forward (NOOP, RSET, HELP, VRFY, EXPN, a repeated
+    /// HELO/EHLO; not the EHLO after STARTTLS) after which the session is closed with
+    /// `421 4.7.0` (Postfix's `smtpd_junk_command_limit`); 0 turns the limit off.
+    pub junk_command_limit: u32,
     /// The certificate for STARTTLS (`None`: STARTTLS is not offered).
     pub tls: Option<Arc<ServerTls>>,
 }
@@ -69,6 +73,7 @@ impl Default for DriverConfig {
             data_timeout: Duration::from_secs(180),
             min_data_rate: 500,
             max_errors: 20,
+            junk_command_limit: 100,
             tls: None,
         }
     }
@@ -132,6 +137,8 @@ struct Driver<IO, S> {
     auth: Option<Exchange>,
     /// The reply to a refused BDAT command, given once its chunk is read.
     bdat_refused: Option<Box<Reply>>,
+    /// Junk commands so far (see `DriverConfig::junk_command_limit`).
+    junk: u32,
     command_deadline: Instant,
     /// The read deadline, one timer for the session (moving it later is cheap; a new timer
     /// per read would wake the runtime's driver each time).
@@ -170,6 +177,7 @@ where
         data: None,
         auth: None,
         bdat_refused: None,
+        junk: 0,
         bytes_in: 0,
         bytes_out: 0,
     };

@@ -15,7 +15,7 @@ pub struct DriverMetrics {
     pub(super) total: Counter,
     pub(super) bytes_in: Counter,
     pub(super) bytes_out: Counter,
-    ended: [Counter; 8],
+    ended: [Counter; 9],
     pub(super) starttls_injection: Counter,
 }
 
@@ -81,6 +81,9 @@ pub enum SessionResult {
     Timeout,
     /// Too many errors.
     TooManyErrors,
+    /// Too many commands that move no transaction forward (NOOP, RSET, HELP, VRFY, EXPN, a
+    /// repeated HELO/EHLO).
+    JunkCommands,
     /// attitude is shutting down.
     Shutdown,
     /// A socket error.
@@ -92,11 +95,12 @@ pub enum SessionResult {
 }
 
 impl SessionResult {
-    const ALL: [SessionResult; 8] = [
+    const ALL: [SessionResult; 9] = [
         SessionResult::Quit,
         SessionResult::ClientClosed,
         SessionResult::Timeout,
         SessionResult::TooManyErrors,
+        SessionResult::JunkCommands,
         SessionResult::Shutdown,
         SessionResult::IoError,
         SessionResult::Refused,
@@ -110,6 +114,7 @@ impl SessionResult {
             SessionResult::ClientClosed => "client_closed",
             SessionResult::Timeout => "timeout",
             SessionResult::TooManyErrors => "too_many_errors",
+            SessionResult::JunkCommands => "junk_commands",
             SessionResult::Shutdown => "shutdown",
             SessionResult::IoError => "io_error",
             SessionResult::Refused => "refused",
