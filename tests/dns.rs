@@ -266,3 +266,38 @@ fn dnsbl_scores_are_cached_for_every_listener_with_the_same_zones() {
     assert!(greeting.starts_with("554 5.7.1"), "{greeting}");
     assert_eq!(lookups(), 2.0);
 }
+
+#[test]
+fn a_dry_run_dnsbl_marks_nobody_so_nobody_is_slowed() {
+    let dns = dns();
+    let recorder = Recorder::start();
+    let config = |mode: &str| {
+        format!(
+            "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+             [tarpit]\nsuspicious_delay = \"2s\"\n\
+             [dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\n\
+             [dnsbl]\nenabled = true\nthreshold = 3\nmode = \"{mode}\"\n\
+             zones = [\"bl.test=127.0.0.[2..11]*3\", \"weak.test*1\"]\n",
+            dns.addr
+        )
+    };
+    // 127.0.0.3 scores 1 (weak.test): under the threshold, marked suspicious when enforced.
+    let ehlo_time = |attitude: &Attitude| {
+        let (mut c, greeting) = Client::connect_from(attitude.smtp, ip(3));
+        assert!(greeting.starts_with("220"), "{greeting}");
+        let started = Instant::now();
+        assert!(c.cmd("EHLO weak.test").starts_with("250"));
+        started.elapsed()
+    };
+    let enforced = Attitude::start(&config("enforce"), &[recorder.addr]);
+    assert!(
+        ehlo_time(&enforced) >= Duration::from_secs(2),
+        "the tarpit holds a suspicious client"
+    );
+    let dry = Attitude::start(&config("dry-run"), &[recorder.addr]);
+    let took = ehlo_time(&dry);
+    assert!(
+        took < Duration::from_secs(1),
+        "a dry run changes nothing a client sees: {took:?}"
+    );
+}

@@ -76,10 +76,22 @@ where
                 ));
             }
             config.decisions.allow.increment(1);
-            if score.total <= config.allowlist_threshold {
-                conn.marks().mark_exempt("dnswl");
+            // Marks change what the client meets (the tarpit slows a suspicious client,
+            // greylisting skips an exempt one): a dry run sets none, it only says so.
+            let mark = if score.total <= config.allowlist_threshold {
+                Some("dnswl")
             } else if score.total > 0 {
-                conn.marks().mark_suspicious("dnsbl score");
+                Some("dnsbl score")
+            } else {
+                None
+            };
+            match mark {
+                Some(why) if config.mode == Mode::DryRun => {
+                    tracing::info!(%client, score = score.total, mark = why, "DNSBL would mark the client (dry-run)");
+                }
+                Some("dnswl") => conn.marks().mark_exempt("dnswl"),
+                Some(why) => conn.marks().mark_suspicious(why),
+                None => {}
             }
             inner.call(conn).await
         })
