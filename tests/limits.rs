@@ -168,6 +168,19 @@ fn exempt_networks_and_dry_run() {
         dry.metric("attitude_limit_would_reject_total{layer=\"concurrency\",rule=\"per_client\",key=\"client\"}"),
         Some(1.0)
     );
+    // The global cap in dry-run: over it only counted.
+    let dry_cap = Attitude::start(
+        "[connections]\nmax_sessions = 1\nmax_sessions_mode = \"dry-run\"\n",
+        &[recorder.addr],
+    );
+    let (_a, g) = Client::connect_from(dry_cap.smtp, LEGIT);
+    assert!(g.starts_with("220"), "{g}");
+    let (_b, g) = Client::connect_from(dry_cap.smtp, LEGIT);
+    assert!(g.starts_with("220"), "over the cap, served in dry-run: {g}");
+    assert_eq!(
+        dry_cap.metric("attitude_limit_would_reject_total{layer=\"concurrency\",rule=\"max_sessions\",key=\"global\"}"),
+        Some(1.0)
+    );
 }
 
 #[test]

@@ -11,6 +11,9 @@ use super::ConfigError;
 pub(crate) struct Connections {
     /// Sessions open at once, all clients together; over it new clients get `421 4.3.2` at once.
     pub max_sessions: usize,
+    /// `"enforce"`, or `"dry-run"`: over `max_sessions` is only counted
+    /// (`attitude_limit_would_reject_total{rule="max_sessions"}`), to size the cap first.
+    pub max_sessions_mode: Mode,
     /// Clients are counted per network of this many bits (IPv4).
     pub client_prefix_v4: u8,
     /// Clients are counted per network of this many bits (IPv6; a /64 is one subscriber).
@@ -29,6 +32,7 @@ impl Default for Connections {
     fn default() -> Self {
         Self {
             max_sessions: 1000,
+            max_sessions_mode: Mode::Enforce,
             client_prefix_v4: 32,
             client_prefix_v6: 64,
             // Like Postfix's anvil, which exempts $mynetworks (loopback by default).

@@ -316,7 +316,8 @@ pub(crate) fn build(
         config.max_sessions,
         |_: &Connection| Some(()),
         refuse.with(replies::too_many_connections, false),
-    );
+    )
+    .mode(config.max_sessions_mode);
     let per_client = (config.per_client.limit > 0).then(|| {
         let key = client.clone();
         KeyedConcurrencyLayer::with_state(
