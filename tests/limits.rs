@@ -541,3 +541,29 @@ fn a_reload_that_lowers_a_rate_applies_it_to_what_was_used() {
         "the new limit on the old count: {r}"
     );
 }
+
+#[test]
+fn a_dry_run_tarpit_holds_nothing_and_counts_what_it_would_have() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[tarpit]\nsoft_error_limit = 1\ndelay_per_error = \"2s\"\nmode = \"dry-run\"\n",
+        &[recorder.addr],
+    );
+    let mut c = Client::connect(attitude.smtp);
+    assert!(c.cmd("EHLO dry.test").starts_with("250"));
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert!(c.cmd("BOGUS").starts_with("500"));
+    }
+    assert!(c.cmd("NOOP").starts_with("250"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "held in a dry run: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        attitude
+            .metric("attitude_tarpit_would_hold_total{stage=\"command\"}")
+            .is_some_and(|n| n >= 2.0)
+    );
+}

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use attitude_layers::Mode;
 use serde::{Deserialize, Serialize};
 
 use super::duration;
@@ -38,6 +39,9 @@ pub(crate) struct Tarpit {
     pub refusal_delay: Duration,
     /// Refusals held at once.
     pub refusal_budget: usize,
+    /// `"enforce"`, or `"dry-run"`: nothing is held, what would have been is counted
+    /// (`attitude_tarpit_would_hold_total{stage}`).
+    pub mode: Mode,
 }
 
 impl Default for Tarpit {
@@ -51,6 +55,7 @@ impl Default for Tarpit {
             budget: 1000,
             refusal_delay: Duration::from_secs(5),
             refusal_budget: 1000,
+            mode: Mode::Enforce,
         }
     }
 }

@@ -198,7 +198,9 @@ fn tarpit(config: &Config) -> Option<CommandLayer> {
         delay_seconds: metrics::histogram!("attitude_tarpit_delay_seconds", "stage" => "command"),
         holding: metrics::gauge!("attitude_tarpit_holding", "stage" => "command"),
         over_budget: metrics::counter!("attitude_tarpit_over_budget_total", "stage" => "command"),
-    });
+        would_hold: metrics::counter!("attitude_tarpit_would_hold_total", "stage" => "command"),
+    })
+    .mode(config.tarpit.mode);
     Some(boxed(layer))
 }
 

@@ -186,7 +186,9 @@ impl Refuse {
             delay_seconds: metrics::histogram!("attitude_tarpit_delay_seconds", "stage" => "refusal"),
             holding: metrics::gauge!("attitude_tarpit_holding", "stage" => "refusal"),
             over_budget: metrics::counter!("attitude_tarpit_over_budget_total", "stage" => "refusal"),
-        });
+            would_hold: metrics::counter!("attitude_tarpit_would_hold_total", "stage" => "refusal"),
+        })
+        .mode(tarpit.mode);
         Self {
             answer: layer.layer(answer),
             delay: tarpit.refusal_delay,

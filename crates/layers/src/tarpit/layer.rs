@@ -5,6 +5,7 @@ use metrics::{Counter, Gauge, Histogram};
 use tower_layer::Layer;
 
 use super::Tarpit;
+use crate::Mode;
 
 /// Metric handles of a tarpit.
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct TarpitMetrics {
     pub holding: Gauge,
     /// Requests refused because the budget was used up.
     pub over_budget: Counter,
+    /// Requests a dry-run tarpit would have held (it lets them through at once).
+    pub would_hold: Counter,
 }
 
 impl TarpitMetrics {
@@ -27,12 +30,14 @@ impl TarpitMetrics {
             delay_seconds: Histogram::noop(),
             holding: Gauge::noop(),
             over_budget: Counter::noop(),
+            would_hold: Counter::noop(),
         }
     }
 }
 
 #[derive(Debug)]
 pub(super) struct Budget {
+    pub(super) mode: Mode,
     pub(super) max: usize,
     pub(super) held: AtomicUsize,
     pub(super) metrics: TarpitMetrics,
@@ -86,6 +91,7 @@ impl<F, R> TarpitLayer<F, R> {
     pub fn new(budget: usize, delay: F, reject: R) -> Self {
         Self {
             budget: Arc::new(Budget {
+                mode: Mode::Enforce,
                 max: budget,
                 held: AtomicUsize::new(0),
                 metrics: TarpitMetrics::noop(),
@@ -93,6 +99,16 @@ impl<F, R> TarpitLayer<F, R> {
             delay,
             reject,
         }
+    }
+
+    /// Sets the mode (before the layer is cloned or used): a dry run holds nothing and counts
+    /// what it would have held.
+    #[must_use]
+    pub fn mode(mut self, mode: Mode) -> Self {
+        Arc::get_mut(&mut self.budget)
+            .expect("configure the layer before cloning it")
+            .mode = mode;
+        self
     }
 
     /// Sets the metric handles (before the layer is cloned or used).

@@ -5,7 +5,7 @@ use tower_service::Service;
 
 use super::ResponseFuture;
 use super::layer::Budget;
-use crate::{Reject, Rejection};
+use crate::{Mode, Reject, Rejection};
 
 /// Holds requests for a computed delay within a budget; see the module docs.
 #[derive(Debug, Clone)]
@@ -44,6 +44,10 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let delay = (self.delay)(&req);
         if delay.is_zero() {
+            return ResponseFuture::inner(self.inner.call(req), None);
+        }
+        if self.budget.mode == Mode::DryRun {
+            self.budget.metrics.would_hold.increment(1);
             return ResponseFuture::inner(self.inner.call(req), None);
         }
         match self.budget.try_acquire() {
