@@ -567,3 +567,36 @@ fn a_dry_run_tarpit_holds_nothing_and_counts_what_it_would_have() {
             .is_some_and(|n| n >= 2.0)
     );
 }
+
+#[test]
+fn a_dry_run_throttle_slows_nothing_and_counts_what_it_would_have() {
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        "[throttle]\nsession_bytes_per_second = 65536\nburst_bytes = 65536\nmode = \"dry-run\"\n",
+        &[recorder.addr],
+    );
+    let mut c = Client::connect(attitude.smtp);
+    c.start_data("a@example.org", &["b@example.com"]);
+    let line = [b'q'; 998];
+    let started = Instant::now();
+    c.send(b"Subject: big\r\n\r\n");
+    for _ in 0..1049 {
+        c.send(&line);
+        c.send(b"\r\n");
+    }
+    c.send(b".\r\n");
+    let r = c.reply();
+    let took = started.elapsed();
+    assert!(r.starts_with("250"), "{r}");
+    // Enforced, 1 MiB at 64 KiB/s would take about 15 s.
+    assert!(
+        took < Duration::from_secs(5),
+        "1 MiB took {took:?} in a dry run"
+    );
+    assert!(
+        attitude
+            .metric("attitude_throttle_would_delay_bytes_total")
+            .unwrap_or(0.0)
+            > 500_000.0
+    );
+}

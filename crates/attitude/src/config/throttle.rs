@@ -1,5 +1,6 @@
 //! `[throttle]`: DATA bandwidth per session and per client.
 
+use attitude_layers::Mode;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
@@ -14,6 +15,9 @@ pub(crate) struct Throttle {
     pub client_bytes_per_second: u32,
     /// Octets that may arrive at full speed before the rate applies.
     pub burst_bytes: u32,
+    /// `"enforce"`, or `"dry-run"`: nothing waits, what would have is counted
+    /// (`attitude_throttle_would_delay_bytes_total`).
+    pub mode: Mode,
 }
 
 impl Default for Throttle {
@@ -22,6 +26,7 @@ impl Default for Throttle {
             session_bytes_per_second: 0,
             client_bytes_per_second: 0,
             burst_bytes: 256 * 1024,
+            mode: Mode::Enforce,
         }
     }
 }

@@ -358,7 +358,9 @@ fn throttle(config: &Config, client: &ClientKey, stop: &CancellationToken) -> Op
     .metrics(ThrottleMetrics {
         throttled: metrics::counter!("attitude_throttled_bytes_total"),
         delay_seconds: metrics::histogram!("attitude_throttle_delay_seconds"),
-    });
+        would_throttle: metrics::counter!("attitude_throttle_would_delay_bytes_total"),
+    })
+    .mode(t.mode);
     let housekeeping = layer.clone();
     every_minute(stop, move || housekeeping.housekeeping());
     Some(boxed(layer))

@@ -6,6 +6,8 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use metrics::{Counter, Histogram};
+
+use crate::Mode;
 use tower_layer::Layer;
 
 use super::Throttle;
@@ -22,6 +24,8 @@ pub struct ThrottleMetrics {
     pub throttled: Counter,
     /// Delays imposed, in seconds.
     pub delay_seconds: Histogram,
+    /// Units (bytes) a dry-run throttle would have held (it lets them through at once).
+    pub would_throttle: Counter,
 }
 
 impl ThrottleMetrics {
@@ -30,6 +34,7 @@ impl ThrottleMetrics {
         Self {
             throttled: Counter::noop(),
             delay_seconds: Histogram::noop(),
+            would_throttle: Counter::noop(),
         }
     }
 }
@@ -43,6 +48,8 @@ pub struct ThrottleLayer<K: Hash + Eq + Clone, F, G> {
     pub(super) key: F,
     pub(super) cost: G,
     pub(super) metrics: ThrottleMetrics,
+    /// Enforce, or dry-run: nothing waits, what would have is counted.
+    pub(super) mode: Mode,
     /// Tokio's time (a paused clock moves it too).
     pub(super) clock: TokioClock,
 }
@@ -75,8 +82,16 @@ impl<K: Hash + Eq + Clone, F, G> ThrottleLayer<K, F, G> {
             key,
             cost,
             metrics: ThrottleMetrics::noop(),
+            mode: Mode::Enforce,
             clock,
         }
+    }
+
+    /// Sets the mode.
+    #[must_use]
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Sets the metric handles.
@@ -103,11 +118,7 @@ impl<S, K: Hash + Eq + Clone, F: Clone, G: Clone> Layer<S> for ThrottleLayer<K, 
             inner,
             self.per_instance
                 .map(|q| Arc::new(RateLimiter::direct_with_clock(q, self.clock))),
-            self.keyed.clone(),
-            self.key.clone(),
-            self.cost.clone(),
-            self.metrics.clone(),
-            self.clock,
+            self,
         )
     }
 }

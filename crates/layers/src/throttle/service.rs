@@ -8,9 +8,9 @@ use governor::clock::Clock;
 use tower_service::Service;
 
 use super::ResponseFuture;
-use super::layer::{DirectLimiter, ThrottleMetrics};
-use crate::TokioClock;
+use super::layer::{DirectLimiter, ThrottleLayer, ThrottleMetrics};
 use crate::rate_limit::KeyedLimiter;
+use crate::{Mode, TokioClock};
 
 /// Delays requests by their cost; see the module docs.
 #[derive(Clone)]
@@ -21,6 +21,7 @@ pub struct Throttle<S, K: Hash + Eq + Clone, F, G> {
     key: F,
     cost: G,
     metrics: ThrottleMetrics,
+    mode: Mode,
     clock: TokioClock,
 }
 
@@ -36,20 +37,21 @@ impl<S, K: Hash + Eq + Clone, F, G> Throttle<S, K, F, G> {
     pub(super) fn new(
         inner: S,
         direct: Option<Arc<DirectLimiter>>,
-        keyed: Option<Arc<KeyedLimiter<K, TokioClock>>>,
-        key: F,
-        cost: G,
-        metrics: ThrottleMetrics,
-        clock: TokioClock,
-    ) -> Self {
+        layer: &ThrottleLayer<K, F, G>,
+    ) -> Self
+    where
+        F: Clone,
+        G: Clone,
+    {
         Self {
             inner,
             direct,
-            keyed,
-            key,
-            cost,
-            metrics,
-            clock,
+            keyed: layer.keyed.clone(),
+            key: layer.key.clone(),
+            cost: layer.cost.clone(),
+            metrics: layer.metrics.clone(),
+            mode: layer.mode,
+            clock: layer.clock,
         }
     }
 }
@@ -101,6 +103,10 @@ where
             .zip((self.key)(&req))
             .filter(|(k, key)| !matches!(k.check_key_n(key, n), Ok(Ok(()))));
         if direct.is_none() && keyed.is_none() {
+            return ResponseFuture::new(self.inner.call(req), None);
+        }
+        if self.mode == Mode::DryRun {
+            self.metrics.would_throttle.increment(u64::from(units));
             return ResponseFuture::new(self.inner.call(req), None);
         }
         let metrics = self.metrics.clone();
