@@ -94,6 +94,20 @@ struct DataState {
     chunk: u64,
 }
 
+impl DataState {
+    /// A message starting now (DATA's 354, or a transaction's first BDAT).
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last_read: now,
+            bytes: 0,
+            failed: None,
+            chunk: 0,
+        }
+    }
+}
+
 /// What the driver remembers of a request to update the session after the reply.
 enum Pending {
     Helo(Helo),

@@ -63,14 +63,7 @@ where
                 {
                     txn.bdat = true;
                     self.codec.begin_bdat_message(txn.mail.body);
-                    let now = Instant::now();
-                    self.data = Some(DataState {
-                        started: now,
-                        last_read: now,
-                        bytes: 0,
-                        failed: None,
-                        chunk: 0,
-                    });
+                    self.data = Some(DataState::new());
                 }
                 if let Some(data) = self.data.as_mut() {
                     data.chunk = size;
@@ -92,14 +85,7 @@ where
                 }
             }
             Pending::Data if reply.code() == 354 => {
-                let now = Instant::now();
-                self.data = Some(DataState {
-                    started: now,
-                    last_read: now,
-                    bytes: 0,
-                    failed: None,
-                    chunk: 0,
-                });
+                self.data = Some(DataState::new());
                 self.codec.set_mode(Mode::Data);
             }
             Pending::DataEnd => {

@@ -1,7 +1,7 @@
 //! DATA: the backend's 354 read before content goes out, content streamed chunk by chunk
 //! (re-dot-stuffed), and the backend's own reply to end of data.
 
-use attitude_balance::{BackendError, ClientIdentity, FailureKind};
+use attitude_balance::{BackendError, ClientIdentity, FailureKind, Lease};
 use attitude_codec::{Command, Extension, Reply};
 use bytes::Bytes;
 
@@ -123,11 +123,23 @@ impl RelayState {
         let mut lease = self.lease.take().expect("connected in Data phase");
         self.txn = None;
         self.phase = Phase::Idle;
-        match lease
+        let verdict = lease
             .conn()
             .finish_data(at_line_start, shared.config.data_end_timeout)
-            .await
-        {
+            .await;
+        self.verdict(shared, lease, verdict)
+    }
+
+    /// The backend's verdict on a message (after its final dot or `BDAT ... LAST`) as the
+    /// client's reply: a 421 becomes a 451, a lost backend a 451; a connection that gave a
+    /// verdict goes back to the pool.
+    fn verdict(
+        &mut self,
+        shared: &RelayShared,
+        mut lease: Lease,
+        verdict: Result<Reply, BackendError>,
+    ) -> Reply {
+        match verdict {
             Ok(reply) if reply.code() == 421 => {
                 lease.failure(FailureKind::ServiceUnavailable);
                 soften_421(reply)
@@ -221,29 +233,10 @@ impl RelayState {
         let mut lease = self.lease.take().expect("connected in Chunks phase");
         self.txn = None;
         self.phase = Phase::Idle;
-        match lease
+        let verdict = lease
             .conn()
             .finish_bdat(shared.config.data_end_timeout)
-            .await
-        {
-            Ok(reply) if reply.code() == 421 => {
-                lease.failure(FailureKind::ServiceUnavailable);
-                soften_421(reply)
-            }
-            Ok(reply) => {
-                if reply.is_transient() {
-                    lease.failure(FailureKind::Transient);
-                }
-                lease.transaction_done();
-                self.put_back(lease);
-                reply
-            }
-            Err(error) => {
-                self.lease = Some(lease);
-                let reply = self.fail(shared, &error, "at end of data");
-                self.phase = Phase::Idle;
-                reply
-            }
-        }
+            .await;
+        self.verdict(shared, lease, verdict)
     }
 }

@@ -149,7 +149,12 @@ impl RelayState {
             && let Some(hostname) = &shared.config.received
             && let Some(txn) = self.txn.as_mut()
         {
-            txn.trace = Some(trace::received(hostname, session, txn.mail.smtputf8));
+            txn.trace = Some(trace::received(
+                hostname,
+                session,
+                txn.mail.smtputf8,
+                &txn.ident,
+            ));
         }
         match (event, self.phase) {
             (event @ Event::Command(Command::Auth { .. }), _)

@@ -44,8 +44,9 @@ pub(super) fn message_id(session: &Session) -> String {
     format!("{}.{}", session.id, session.messages + 1)
 }
 
-/// The `Received:` header for the message now starting in `session`, ending in CRLF.
-pub(super) fn received(hostname: &str, session: &Session, smtputf8: bool) -> String {
+/// The `Received:` header for the message `id` ([`message_id`]) now starting in `session`,
+/// ending in CRLF.
+pub(super) fn received(hostname: &str, session: &Session, smtputf8: bool, id: &str) -> String {
     let helo = session
         .helo
         .as_ref()
@@ -57,7 +58,7 @@ pub(super) fn received(hostname: &str, session: &Session, smtputf8: bool) -> Str
     let mut header = format!(
         "Received: from {helo} ([{address}])\r\n\tby {hostname} (attitude) with {} id {}",
         protocol(session, smtputf8),
-        message_id(session),
+        id,
     );
     if let Some(tls) = &session.tls {
         // `TLSv1_3` as mail logs write it: `TLSv1.3`.
@@ -91,7 +92,7 @@ mod tests {
             name: "client.example (evil)\\".into(),
             extended: true,
         });
-        let header = received("mx.example", &session, false);
+        let header = received("mx.example", &session, false, &message_id(&session));
         assert!(
             header.starts_with(
                 "Received: from client.example evil ([IPv6:2001:db8::5])\r\n\tby mx.example (attitude) with ESMTP id 7.1;\r\n\t"
@@ -105,7 +106,7 @@ mod tests {
         });
         session.auth = Some("user".into());
         session.messages = 2;
-        let header = received("mx.example", &session, true);
+        let header = received("mx.example", &session, true, &message_id(&session));
         assert!(
             header.contains(
                 "with UTF8SMTPSA id 7.3\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384);"
