@@ -253,18 +253,7 @@ fn failures_on_two_listeners_count_together_and_a_reload_keeps_the_ban() {
     assert!(guess(other, "c").starts_with("421 4.7.0"));
     assert!(guess(attitude.smtp, "secret").starts_with("421 4.7.0"));
     // A reload (another failure delay) builds new stacks; the ban stays.
-    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
-    std::fs::write(
-        &attitude.config_path,
-        text.replace("failure_delay = \"100ms\"", "failure_delay = \"200ms\""),
-    )
-    .unwrap();
-    attitude.peer.signal("HUP");
-    assert!(wait_for(Duration::from_secs(10), || {
-        attitude
-            .metric("attitude_config_reload_total{result=\"ok\"}")
-            .is_some_and(|n| n >= 1.0)
-    }));
+    attitude.reload("failure_delay = \"100ms\"", "failure_delay = \"200ms\"");
     let r = guess(other, "secret");
     assert!(r.starts_with("421 4.7.0"), "after the reload: {r}");
     assert_eq!(

@@ -19,6 +19,23 @@ fn send_one(attitude: &Attitude, from: IpAddr) -> String {
     reply
 }
 
+/// One message of about 1 MiB (1049 lines of 998 octets): the end-of-data reply, and how
+/// long the content took from its first line to that reply.
+fn upload_mib(attitude: &Attitude) -> (String, Duration) {
+    let mut c = Client::connect(attitude.smtp);
+    c.start_data("a@example.org", &["b@example.com"]);
+    let line = [b'q'; 998];
+    let started = Instant::now();
+    c.send(b"Subject: big\r\n\r\n");
+    for _ in 0..1049 {
+        c.send(&line);
+        c.send(b"\r\n");
+    }
+    c.send(b".\r\n");
+    let r = c.reply();
+    (r, started.elapsed())
+}
+
 #[test]
 fn per_client_limit_refuses_one_client_and_serves_another() {
     let recorder = Recorder::start();
@@ -281,18 +298,7 @@ fn throttle_from_the_configuration_slows_an_upload_and_refuses_nothing() {
         "[throttle]\nsession_bytes_per_second = 524288\nburst_bytes = 65536\n",
         &[recorder.addr],
     );
-    let mut c = Client::connect(attitude.smtp);
-    c.start_data("a@example.org", &["b@example.com"]);
-    let line = [b'q'; 998];
-    let started = Instant::now();
-    c.send(b"Subject: big\r\n\r\n");
-    for _ in 0..1049 {
-        c.send(&line);
-        c.send(b"\r\n");
-    }
-    c.send(b".\r\n");
-    let r = c.reply();
-    let took = started.elapsed();
+    let (r, took) = upload_mib(&attitude);
     assert!(r.starts_with("250"), "{r}");
     // 1 MiB at 512 KiB/s after a 64 KiB burst cannot take less than about 1.9 s.
     assert!(took >= Duration::from_millis(1500), "1 MiB took {took:?}");
@@ -436,18 +442,7 @@ fn rate_buckets_are_the_processs_by_rule_name_across_listeners_and_reloads() {
     assert!(mail(mx).starts_with("250"));
     assert!(mail(submission).starts_with("250"));
     // A reload (another value elsewhere) builds new stacks over the same buckets.
-    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
-    std::fs::write(
-        &attitude.config_path,
-        text.replace("max_recipients = 50", "max_recipients = 60"),
-    )
-    .unwrap();
-    attitude.peer.signal("HUP");
-    assert!(wait_for(Duration::from_secs(10), || {
-        attitude
-            .metric("attitude_config_reload_total{result=\"ok\"}")
-            .is_some_and(|n| n >= 1.0)
-    }));
+    attitude.reload("max_recipients = 50", "max_recipients = 60");
     assert!(mail(mx).starts_with("250"));
     let r = mail(submission);
     assert!(
@@ -474,18 +469,7 @@ fn session_counts_are_the_processs_across_listeners_and_reloads() {
     let (_c, refused) = Client::connect_from(submission, client);
     assert!(refused.starts_with("421 4.7.0"), "{refused}");
     // A reload builds new stacks; the session held under the old one still counts.
-    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
-    std::fs::write(
-        &attitude.config_path,
-        text.replace("max_recipients = 50", "max_recipients = 60"),
-    )
-    .unwrap();
-    attitude.peer.signal("HUP");
-    assert!(wait_for(Duration::from_secs(10), || {
-        attitude
-            .metric("attitude_config_reload_total{result=\"ok\"}")
-            .is_some_and(|n| n >= 1.0)
-    }));
+    attitude.reload("max_recipients = 50", "max_recipients = 60");
     let (_c, refused) = Client::connect_from(attitude.smtp, client);
     assert!(
         refused.starts_with("421 4.7.0"),
@@ -522,18 +506,7 @@ fn a_reload_that_lowers_a_rate_applies_it_to_what_was_used() {
     assert!(mail().starts_with("250"));
     // Two of four an hour used, half an hour's worth; the limit becomes two an hour: that
     // half hour is one of the two, so one more passes (fresh buckets would allow two).
-    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
-    std::fs::write(
-        &attitude.config_path,
-        text.replace("limit = 4", "limit = 2"),
-    )
-    .unwrap();
-    attitude.peer.signal("HUP");
-    assert!(wait_for(Duration::from_secs(10), || {
-        attitude
-            .metric("attitude_config_reload_total{result=\"ok\"}")
-            .is_some_and(|n| n >= 1.0)
-    }));
+    attitude.reload("limit = 4", "limit = 2");
     assert!(mail().starts_with("250"));
     let r = mail();
     assert!(
@@ -575,18 +548,7 @@ fn a_dry_run_throttle_slows_nothing_and_counts_what_it_would_have() {
         "[throttle]\nsession_bytes_per_second = 65536\nburst_bytes = 65536\nmode = \"dry-run\"\n",
         &[recorder.addr],
     );
-    let mut c = Client::connect(attitude.smtp);
-    c.start_data("a@example.org", &["b@example.com"]);
-    let line = [b'q'; 998];
-    let started = Instant::now();
-    c.send(b"Subject: big\r\n\r\n");
-    for _ in 0..1049 {
-        c.send(&line);
-        c.send(b"\r\n");
-    }
-    c.send(b".\r\n");
-    let r = c.reply();
-    let took = started.elapsed();
+    let (r, took) = upload_mib(&attitude);
     assert!(r.starts_with("250"), "{r}");
     // Enforced, 1 MiB at 64 KiB/s would take about 15 s.
     assert!(

@@ -318,6 +318,28 @@ impl Attitude {
         http_get(self.admin, path)
     }
 
+    /// Replaces `from` with `to` in its configuration file (which must hold `from`), sends
+    /// SIGHUP, and waits until the reload is applied (`attitude_config_reload_total{result="ok"}`
+    /// counts one more); panics if it is not within 10 s.
+    pub fn reload(&self, from: &str, to: &str) {
+        let ok = || {
+            self.metric("attitude_config_reload_total{result=\"ok\"}")
+                .unwrap_or(0.0)
+        };
+        let before = ok();
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        assert!(
+            text.contains(from),
+            "no {from:?} in the configuration to change"
+        );
+        std::fs::write(&self.config_path, text.replace(from, to)).expect("write config");
+        self.peer.signal("HUP");
+        assert!(
+            wait_for(Duration::from_secs(10), || ok() > before),
+            "the reload ({from:?} -> {to:?}) was not applied"
+        );
+    }
+
     /// The value of one sample in `/metrics` (e.g. `attitude_messages_total{outcome="accepted"}`).
     pub fn metric(&self, sample: &str) -> Option<f64> {
         let (_, body) = self.http_get("/metrics");
