@@ -29,6 +29,20 @@ fn postfix() -> Script {
     ])
 }
 
+/// `script`, then alice's MAIL (answered with the RCPT it comes with) and her RCPT for bob.
+fn alice_to_bob(script: Script) -> Script {
+    script
+        .read("MAIL FROM:<alice@example.org>")
+        .expect("RCPT TO:<bob@example.com>", "250 ok\r\n250 ok")
+}
+
+/// A harness over the backend at A, which it already knows (as after a health check).
+async fn learned(backends: &Backends) -> Harness {
+    let harness = Harness::new(backends, &[addr(A)]);
+    harness.learn(&[addr(A)]).await;
+    harness
+}
+
 async fn ehlo(c: &mut Client) -> String {
     assert!(c.reply().await.starts_with("220"));
     c.cmd("EHLO client.test").await
@@ -49,8 +63,7 @@ async fn ehlo_offers_what_the_backends_offer_and_parameters_reach_them_as_sent()
             .expect("DATA", "354 go ahead")
             .content("250 2.0.0 queued"),
     );
-    let harness = Harness::new(&backends, &[addr(A)]);
-    harness.learn(&[addr(A)]).await;
+    let harness = learned(&backends).await;
     let (mut c, _session) = harness.session();
     let offer = ehlo(&mut c).await;
     for ext in ["8BITMIME", "SMTPUTF8", "DSN", "CHUNKING"] {
@@ -89,8 +102,7 @@ async fn ehlo_offers_what_the_backends_offer_and_parameters_reach_them_as_sent()
 async fn what_no_backend_offers_is_refused_with_555_and_nothing_reaches_a_backend() {
     let backends = Backends::new();
     backends.script(addr(A), Script::smtp(&["PIPELINING"]));
-    let harness = Harness::new(&backends, &[addr(A)]);
-    harness.learn(&[addr(A)]).await;
+    let harness = learned(&backends).await;
     let (mut c, _session) = harness.session();
     let offer = ehlo(&mut c).await;
     for ext in ["8BITMIME", "SMTPUTF8", "DSN", "BINARYMIME"] {
@@ -173,13 +185,9 @@ async fn bdat_goes_on_as_bdat_to_a_backend_with_chunking() {
     let backends = Backends::new();
     backends.script(
         addr(A),
-        postfix()
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<bob@example.com>", "250 ok\r\n250 ok")
-            .chunks("250 2.0.0 queued as BDAT"),
+        alice_to_bob(postfix()).chunks("250 2.0.0 queued as BDAT"),
     );
-    let harness = Harness::new(&backends, &[addr(A)]);
-    harness.learn(&[addr(A)]).await;
+    let harness = learned(&backends).await;
     let (mut c, _session) = harness.session();
     ehlo(&mut c).await;
     assert!(
@@ -218,14 +226,11 @@ async fn bdat_goes_on_as_data_to_a_backend_without_chunking() {
     let backends = Backends::new();
     backends.script(
         addr(A),
-        Script::smtp(&["PIPELINING", "8BITMIME"])
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<bob@example.com>", "250 ok\r\n250 ok")
+        alice_to_bob(Script::smtp(&["PIPELINING", "8BITMIME"]))
             .expect("DATA", "354 go")
             .content("250 2.0.0 queued as DATA"),
     );
-    let harness = Harness::new(&backends, &[addr(A)]);
-    harness.learn(&[addr(A)]).await;
+    let harness = learned(&backends).await;
     let (mut c, _session) = harness.session();
     assert!(ehlo(&mut c).await.contains("CHUNKING"));
     c.cmd("MAIL FROM:<alice@example.org>").await;
@@ -251,14 +256,8 @@ async fn bdat_goes_on_as_data_to_a_backend_without_chunking() {
 #[tokio::test(start_paused = true)]
 async fn a_bdat_chunk_that_fails_ends_the_message_at_once_and_nothing_is_committed() {
     let backends = Backends::new();
-    backends.script(
-        addr(A),
-        postfix()
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<bob@example.com>", "250 ok\r\n250 ok"),
-    );
-    let harness = Harness::new(&backends, &[addr(A)]);
-    harness.learn(&[addr(A)]).await;
+    backends.script(addr(A), alice_to_bob(postfix()));
+    let harness = learned(&backends).await;
     let (mut c, _session) = harness.session();
     ehlo(&mut c).await;
     c.cmd("MAIL FROM:<alice@example.org>").await;
@@ -280,15 +279,8 @@ async fn a_bdat_chunk_that_fails_ends_the_message_at_once_and_nothing_is_committ
 #[tokio::test(start_paused = true)]
 async fn data_after_bdat_and_bdat_after_helo_are_refused() {
     let backends = Backends::new();
-    backends.script(
-        addr(A),
-        postfix()
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<bob@example.com>", "250 ok\r\n250 ok")
-            .chunks("250 2.0.0 queued"),
-    );
-    let harness = Harness::new(&backends, &[addr(A)]);
-    harness.learn(&[addr(A)]).await;
+    backends.script(addr(A), alice_to_bob(postfix()).chunks("250 2.0.0 queued"));
+    let harness = learned(&backends).await;
     let (mut c, _session) = harness.session();
     ehlo(&mut c).await;
     c.cmd("MAIL FROM:<alice@example.org>").await;
