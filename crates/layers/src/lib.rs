@@ -11,18 +11,23 @@
 //! - [`rate_limit`]: GCRA per key (its quota can change on the stored state), with bounded key
 //!   tracking.
 //! - [`tarpit`]: holds requests for a computed delay, within a budget of requests held at once.
+//! - [`fleet`]: what the keyed layers ask of a store several processes share (the GCRA and
+//!   the leases of a fleet of replicas); without one, each process counts alone.
 //! - [`throttle`]: delays requests by their cost (bytes) against a rate per service instance and
 //!   per key; refuses nothing.
 
 mod clock;
 mod either;
+pub mod fleet;
 pub mod keyed_concurrency;
 pub mod rate_limit;
 mod reject;
+pub mod slot;
 pub mod tarpit;
 pub mod throttle;
 
 pub use clock::TokioClock;
 pub use either::Either;
+pub use slot::BoxResponse;
 
 pub use reject::{LimitMetrics, Mode, Reject, Rejection};

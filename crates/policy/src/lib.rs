@@ -11,6 +11,8 @@
 //! - [`greylist`]: greylisting of (client network, sender, recipient) at RCPT TO.
 //! - [`pregreet`]: the early-talker test before the greeting (connection stack).
 //!
+//! [`fleet`] is what they ask of the fleet's shared store (Redis), when there is one.
+//!
 //! The generic protections (limits, throttle, tarpit) are in `attitude-layers`; these know SMTP.
 
 pub mod access;
@@ -19,6 +21,7 @@ pub mod content;
 mod decisions;
 pub mod dns;
 pub mod dnsbl;
+pub mod fleet;
 pub mod greylist;
 pub mod pregreet;
 pub mod relay_control;

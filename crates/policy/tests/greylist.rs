@@ -35,6 +35,9 @@ fn greylist(clock: &Clock, file: Option<std::path::PathBuf>, mode: Mode) -> Arc<
             decisions: Decisions::noop(),
             entries: metrics::Gauge::noop(),
             clock: Arc::new(move || now.load(Ordering::SeqCst)),
+            fleet: None,
+            on_error: Default::default(),
+            store_errors: metrics::Counter::noop(),
         })
         .unwrap(),
     )

@@ -7,6 +7,7 @@
 //! - [`Sink`] (the project's sink, restartable on a fixed port) and [`Postfix`] (a real Postfix
 //!   instance with its own configuration directory) as backends.
 //!
+//! - [`RedisServer`]: a real `redis-server` for the fleet tests, and `redis-cli` to inspect it;
 //! - [`TestCa`]: certificates signed by a CA of the test's own;
 //! - [`session`]: the real driver, command stack and pool in process, over `tokio::io::duplex`,
 //!   against scripted backends, for paused-clock tests.
@@ -18,6 +19,7 @@ mod client;
 mod dns;
 mod peer;
 mod recorder;
+mod redis;
 pub mod session;
 mod tls;
 
@@ -29,4 +31,5 @@ pub use peer::{
     python_peer, require_tool, run, scratch_dir, smtplib, tls_client, tls_client_command, wait_for,
 };
 pub use recorder::{Recorded, Recorder, split_trace};
+pub use redis::RedisServer;
 pub use tls::TestCa;

@@ -29,6 +29,7 @@ mod rates;
 mod relay;
 mod smtp;
 mod spf;
+mod state;
 mod tarpit;
 mod throttle;
 mod timeouts;
@@ -56,6 +57,7 @@ pub(crate) use rates::{RateCount, RateKey, RateRule};
 pub(crate) use relay::Relay;
 pub(crate) use smtp::Smtp;
 pub(crate) use spf::SpfSection;
+pub(crate) use state::State;
 pub(crate) use tarpit::Tarpit;
 pub(crate) use throttle::Throttle;
 pub(crate) use timeouts::Timeouts;
@@ -113,6 +115,8 @@ pub(crate) struct Config {
     pub smtp: Smtp,
     /// Backend mail servers.
     pub backend: Backend,
+    /// The fleet's shared memory (Redis), if any.
+    pub state: State,
     /// Logging.
     pub log: Log,
 }
@@ -144,6 +148,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
+            state: State::default(),
             log: Log::default(),
         }
     }
@@ -213,6 +218,7 @@ impl Config {
     /// configuration. Call after command-line overrides.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_one()?;
+        self.state.validate()?;
         self.tls.validate()?;
         self.backend.tls.validate()?;
         let listeners = self.effective_listeners()?;

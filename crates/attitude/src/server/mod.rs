@@ -93,7 +93,8 @@ pub(crate) fn serve(
         let ready = Arc::new(AtomicBool::new(true));
         let admin_stop = CancellationToken::new();
         let shutdown = Shutdown::default();
-        let shared = Shared::new(&config, &listeners)?;
+        let fleet = crate::stack::fleet::connect(&config.state).await?;
+        let shared = Shared::new(&config, &listeners, fleet)?;
         // The first clients should be offered what the backends offer: their first health
         // checks (or EHLOs) come first, within the health check timeout.
         if config.backend.health.enabled {

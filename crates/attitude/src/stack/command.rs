@@ -41,6 +41,7 @@ use hickory_resolver::TokioResolver;
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
+use super::fleet::Fleet;
 use super::{Shared, backend, every_minute};
 use crate::config::{Config, EffectiveListener, ListenerTls, RateCount, RateKey, RateRule};
 use crate::keys::ClientKey;
@@ -98,21 +99,25 @@ impl Stack {
         let resolver = shared.resolver.clone();
         let greylist = shared.greylist.clone().filter(|_| config.greylist.enabled);
         let stop = &housekeeping;
-        let policies = auth_guard(config, &shared.state.auth_guard)
-            .into_iter()
-            .chain(access(config))
-            .chain(Some(relay_control(config)))
-            .chain(spf(config, resolver.as_ref()))
-            .chain(greylist.map(|store| boxed(GreylistLayer::new(store))))
-            .chain(throttle(config, &client, stop))
-            .chain(
-                config
-                    .rates
-                    .iter()
-                    .map(|rule| rate(rule, &client, shared, stop)),
-            )
-            .chain(content(config))
-            .collect();
+        let policies = auth_guard(
+            config,
+            &shared.state.auth_guard,
+            shared.state.fleet.as_ref(),
+        )
+        .into_iter()
+        .chain(access(config))
+        .chain(Some(relay_control(config)))
+        .chain(spf(config, resolver.as_ref()))
+        .chain(greylist.map(|store| boxed(GreylistLayer::new(store))))
+        .chain(throttle(config, &client, stop))
+        .chain(
+            config
+                .rates
+                .iter()
+                .map(|rule| rate(rule, &client, shared, stop)),
+        )
+        .chain(content(config))
+        .collect();
         Self {
             driver: Arc::new(driver(listener, shared)),
             driver_metrics: shared.driver_metrics.clone(),
@@ -237,7 +242,11 @@ fn protocol(config: &Config, shared: &Shared) -> ProtocolLayer {
 
 /// `[auth]`'s brute-force guard, first among the policies (it sees the AUTH exchanges the
 /// protocol layer let through), over the process's counts and bans (`state`).
-fn auth_guard(config: &Config, state: &Arc<AuthGuardState>) -> Option<CommandLayer> {
+fn auth_guard(
+    config: &Config,
+    state: &Arc<AuthGuardState>,
+    fleet: Option<&Fleet>,
+) -> Option<CommandLayer> {
     let a = &config.auth;
     if !a.enabled {
         return None;
@@ -256,6 +265,7 @@ fn auth_guard(config: &Config, state: &Arc<AuthGuardState>) -> Option<CommandLay
             decisions: Decisions::register("auth"),
             client_bans: metrics::counter!("attitude_auth_bans_total", "key" => "client"),
             login_bans: metrics::counter!("attitude_auth_bans_total", "key" => "login"),
+            fleet: fleet.map(|f| f.policies.clone()),
         },
         state.clone(),
     )))
@@ -314,7 +324,10 @@ fn spf(config: &Config, resolver: Option<&TokioResolver>) -> Option<CommandLayer
 
 /// The greylist store from `[greylist]`, loaded from its file (one per process: see
 /// `Shared::provide`).
-pub(super) fn greylist_store(config: &Config) -> Result<Arc<Greylist>, String> {
+pub(super) fn greylist_store(
+    config: &Config,
+    fleet: Option<&Fleet>,
+) -> Result<Arc<Greylist>, String> {
     let g = &config.greylist;
     Greylist::open(GreylistConfig {
         timing: Timing {
@@ -333,6 +346,9 @@ pub(super) fn greylist_store(config: &Config) -> Result<Arc<Greylist>, String> {
         decisions: Decisions::register("greylist"),
         entries: metrics::gauge!("attitude_greylist_entries"),
         clock: system_clock(),
+        fleet: fleet.map(|f| f.policies.clone()),
+        on_error: config.state.greylist_on_error,
+        store_errors: metrics::counter!("attitude_greylist_store_errors_total"),
     })
     .map(Arc::new)
     .map_err(|e| e.to_string())

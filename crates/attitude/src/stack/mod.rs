@@ -12,6 +12,7 @@
 pub(crate) mod backend;
 pub(crate) mod command;
 pub(crate) mod connection;
+pub(crate) mod fleet;
 pub(crate) mod state;
 
 use std::sync::Arc;
@@ -53,7 +54,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Builds the shared parts from the process configuration and its listeners.
-    pub(crate) fn new(config: &Config, listeners: &[EffectiveListener]) -> Result<Self, String> {
+    pub(crate) fn new(
+        config: &Config,
+        listeners: &[EffectiveListener],
+        fleet: Option<fleet::Fleet>,
+    ) -> Result<Self, String> {
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => {
                 let tls = Arc::new(
@@ -76,7 +81,7 @@ impl Shared {
             greylist: None,
             tls,
             backend_auth,
-            state: ProcessState::new(),
+            state: ProcessState::new(fleet),
             driver_metrics: DriverMetrics::register(),
         };
         shared.provide(config, listeners)?;
@@ -112,7 +117,10 @@ impl Shared {
         }
         if self.greylist.is_none() && any(|c| c.greylist.enabled) {
             // The store's settings are the top level's, whichever listener turned it on.
-            self.greylist = Some(command::greylist_store(config).map_err(|e| e.to_string())?);
+            self.greylist = Some(
+                command::greylist_store(config, self.state.fleet.as_ref())
+                    .map_err(|e| e.to_string())?,
+            );
         }
         Ok(())
     }

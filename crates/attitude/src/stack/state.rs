@@ -2,19 +2,24 @@
 //! connection rate, the `[[rates]]` buckets by rule name, the AUTH guard's bans, the pregreet
 //! verdicts and the DNSBL scores (one cache per zone list). Every listener's stack and every
 //! configuration a reload brings is built over it and applies its own limits to it, so a reload
-//! or a second listener counts on where the first was.
+//! or a second listener counts on where the first was. With `[state] redis` ([`Fleet`]), the
+//! per-client session counts, the rates and the AUTH guard's counts are the fleet's; the
+//! process keeps its own as the fallback while Redis is away.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use attitude_layers::LimitMetrics;
+use attitude_layers::fleet::Fleet as LayerFleet;
 use attitude_layers::keyed_concurrency::KeyedConcurrencyState;
 use attitude_layers::rate_limit::RateLimitState;
 use attitude_policy::auth_guard::AuthGuardState;
 use attitude_policy::dnsbl::DnsblCache;
 use attitude_policy::pregreet::PregreetMemory;
 use governor::Quota;
+
+use super::fleet::Fleet;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -31,11 +36,14 @@ pub(crate) struct ProcessState {
     pub per_client: KeyedConcurrencyState<IpAddr>,
     connection_rate: Mutex<Option<RateLimitState<IpAddr>>>,
     rates: Mutex<HashMap<String, RateLimitState<String>>>,
+    /// The fleet's store, when `[state] redis` is set.
+    pub fleet: Option<Fleet>,
 }
 
 impl ProcessState {
-    /// Nothing remembered yet; the counts' metric handles registered.
-    pub(crate) fn new() -> Self {
+    /// Nothing remembered yet; the counts' metric handles registered; the fleet's store, if
+    /// any, behind the per-client counts and every rate made later.
+    pub(crate) fn new(fleet: Option<Fleet>) -> Self {
         let concurrency = |rule: &str, key: &'static str| {
             LimitMetrics::register("attitude_limit", "concurrency", rule, key)
         };
@@ -47,12 +55,28 @@ impl ProcessState {
                 "max_sessions",
                 concurrency("max_sessions", "global"),
             ),
-            per_client: KeyedConcurrencyState::new(
-                "per_client",
-                concurrency("per_client", "client"),
-            ),
+            per_client: {
+                let counts =
+                    KeyedConcurrencyState::new("per_client", concurrency("per_client", "client"));
+                match &fleet {
+                    Some(f) => counts.fleet(LayerFleet::display(f.store.clone()), f.leases.clone()),
+                    None => counts,
+                }
+            },
             connection_rate: Mutex::default(),
             rates: Mutex::default(),
+            fleet,
+        }
+    }
+
+    /// `state` over the fleet's store, if there is one.
+    fn shared<K: std::hash::Hash + Eq + Clone + std::fmt::Display>(
+        &self,
+        state: RateLimitState<K>,
+    ) -> RateLimitState<K> {
+        match &self.fleet {
+            Some(f) => state.fleet(LayerFleet::display(f.store.clone())),
+            None => state,
         }
     }
 
@@ -72,12 +96,12 @@ impl ProcessState {
     pub(crate) fn connection_rate(&self, quota: Quota, max_keys: usize) -> RateLimitState<IpAddr> {
         let mut rate = self.connection_rate.lock().expect("state lock");
         let state = rate.get_or_insert_with(|| {
-            RateLimitState::new(
+            self.shared(RateLimitState::new(
                 "connection_rate",
                 quota,
                 max_keys,
                 LimitMetrics::register("attitude_limit", "rate", "connection_rate", "client"),
-            )
+            ))
         });
         apply(state, quota, max_keys);
         state.clone()
@@ -94,7 +118,7 @@ impl ProcessState {
         let mut rates = self.rates.lock().expect("state lock");
         let state = rates
             .entry(name.to_owned())
-            .or_insert_with(|| RateLimitState::new(name, quota, max_keys, metrics()));
+            .or_insert_with(|| self.shared(RateLimitState::new(name, quota, max_keys, metrics())));
         apply(state, quota, max_keys);
         state.clone()
     }

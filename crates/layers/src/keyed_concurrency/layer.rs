@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 use tower_layer::Layer;
 
 use super::KeyedConcurrency;
+use super::lease::{LeaseTerms, Leases};
+use crate::fleet::Fleet;
 use crate::{LimitMetrics, Mode};
 
 /// Adds [`KeyedConcurrency`]. Clones share their counts: one layer, one limit; layers built
@@ -31,6 +33,19 @@ impl<K> Clone for KeyedConcurrencyState<K> {
     }
 }
 
+impl<K: Hash + Eq + Clone + Send + 'static> KeyedConcurrencyState<K> {
+    /// Counts across the fleet too: each admitted request holds a lease in the shared store
+    /// (see [`LeaseTerms`]); while the store is away, the limit holds per process. Call before
+    /// the state is cloned.
+    #[must_use]
+    pub fn fleet(mut self, fleet: Fleet<K>, terms: LeaseTerms) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("give the counts their fleet before sharing them")
+            .leases = Some(Arc::new(Leases::new(fleet, terms)));
+        self
+    }
+}
+
 impl<K: Hash + Eq + Clone> KeyedConcurrencyState<K> {
     /// Fresh counts for the rule `name`.
     pub fn new(name: &str, metrics: LimitMetrics) -> Self {
@@ -39,6 +54,7 @@ impl<K: Hash + Eq + Clone> KeyedConcurrencyState<K> {
                 name: name.into(),
                 in_flight: Mutex::new(HashMap::new()),
                 metrics,
+                leases: None,
             }),
         }
     }
@@ -55,6 +71,8 @@ pub(super) struct Shared<K> {
     pub(super) name: Arc<str>,
     pub(super) in_flight: Mutex<HashMap<K, usize>>,
     pub(super) metrics: LimitMetrics,
+    /// The fleet's leases, when the counts are shared.
+    pub(super) leases: Option<Arc<Leases<K>>>,
 }
 
 /// A layer's use of the counts: its limit and mode (one allocation shared by its services).

@@ -48,8 +48,19 @@ impl<K: Hash + Eq + Clone, C: Clock> Gcra<K, C> {
             .store(t.saturating_mul(burst - 1), Ordering::Relaxed);
     }
 
-    fn now(&self) -> u64 {
+    /// Nanoseconds since the limiter's start, on its clock.
+    pub(super) fn now(&self) -> u64 {
         nanos(self.clock.now().duration_since(self.start).into())
+    }
+
+    /// The emission interval and the burst, as a shared store's GCRA takes them.
+    pub(super) fn terms(&self) -> (Duration, u32) {
+        let t = self.interval.load(Ordering::Relaxed);
+        let burst = self.tau.load(Ordering::Relaxed) / t + 1;
+        (
+            Duration::from_nanos(t),
+            u32::try_from(burst).unwrap_or(u32::MAX),
+        )
     }
 
     /// Takes one cell for `key`, or says how long until one is free.

@@ -1,6 +1,8 @@
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -11,6 +13,7 @@ use super::gcra::Gcra;
 use tower_layer::Layer;
 
 use super::RateLimit;
+use crate::fleet::Fleet;
 use crate::{LimitMetrics, Mode};
 
 /// Governor's keyed GCRA limiter (the throttle's; [`RateLimitLayer`] has its own, whose quota
@@ -78,8 +81,20 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> RateLimitState<K, C> {
                 max_keys: AtomicUsize::new(max_keys.max(1)),
                 calls: AtomicU64::new(0),
                 metrics,
+                fleet: None,
+                refused: Mutex::default(),
             }),
         }
+    }
+
+    /// Keeps the buckets in a store the fleet shares (its GCRA decides; this process's own
+    /// buckets decide while the store is away). Call before the state is cloned.
+    #[must_use]
+    pub fn fleet(mut self, fleet: Fleet<K>) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("give the state its fleet before sharing it")
+            .fleet = Some(fleet);
+        self
     }
 
     /// The quota it enforces.
@@ -120,6 +135,11 @@ pub(super) struct Shared<K: Hash + Eq + Clone, C: Clock> {
     max_keys: AtomicUsize,
     calls: AtomicU64,
     pub(super) metrics: LimitMetrics,
+    /// The shared store, when the rule's state is the fleet's.
+    pub(super) fleet: Option<Fleet<K>>,
+    /// Keys the store refused, until when (the limiter's nanoseconds): refused again from here
+    /// without a round trip until their next cell is due.
+    refused: Mutex<HashMap<K, u64>>,
 }
 
 impl<K, F, R> RateLimitLayer<K, F, R, DefaultClock>
@@ -207,6 +227,28 @@ where
     K: Hash + Eq + Clone,
     C: Clock + Clone,
 {
+    /// How long `key` stays refused after the store refused it, if it still does.
+    pub(super) fn refused_for(&self, key: &K) -> Option<Duration> {
+        let now = self.gcra.now();
+        let refused = self.refused.lock().expect("refusal cache lock");
+        let until = *refused.get(key)?;
+        (until > now).then(|| Duration::from_nanos(until - now))
+    }
+
+    /// The store refused `key` for `wait`.
+    pub(super) fn remember_refusal(&self, key: K, wait: Duration) {
+        let now = self.gcra.now();
+        let until = now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+        let mut refused = self.refused.lock().expect("refusal cache lock");
+        if refused.len() >= self.max_keys.load(Ordering::Relaxed) {
+            refused.retain(|_, until| *until > now);
+            if refused.len() >= self.max_keys.load(Ordering::Relaxed) {
+                refused.clear();
+            }
+        }
+        refused.insert(key, until);
+    }
+
     pub(super) fn tick(&self) {
         if self.calls.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == CHECK_EVERY - 1 {
             self.housekeeping(false);
@@ -219,6 +261,11 @@ where
         if always_retain || len > max_keys {
             self.gcra.retain_recent();
             len = self.gcra.len();
+            let now = self.gcra.now();
+            self.refused
+                .lock()
+                .expect("refusal cache lock")
+                .retain(|_, until| *until > now);
         }
         if len > max_keys {
             self.gcra.clear();

@@ -10,6 +10,7 @@ use tower_layer::Layer;
 
 use super::AuthGuard;
 use crate::Decisions;
+use crate::fleet::FleetPolicies;
 
 /// Brute-force guard settings.
 pub struct AuthGuardConfig {
@@ -38,6 +39,9 @@ pub struct AuthGuardConfig {
     pub client_bans: Counter,
     /// Bans of logins.
     pub login_bans: Counter,
+    /// The fleet's store: failures and bans counted there (every replica, every listener),
+    /// with the bans it reports kept here too, so they hold while it is away.
+    pub fleet: Option<Arc<dyn FleetPolicies>>,
 }
 
 impl std::fmt::Debug for AuthGuardConfig {
@@ -102,6 +106,96 @@ impl Shared {
             || login.is_some_and(|l| live(&format!("login:{}", login_key(l))))
     }
 
+    /// The keys of a network and a login, as counted and banned.
+    pub(super) fn subjects(network: &str, login: Option<&str>) -> Vec<String> {
+        std::iter::once(format!("net:{network}"))
+            .chain(login.map(|l| format!("login:{}", login_key(l))))
+            .collect()
+    }
+
+    /// Asks the fleet's store whether the network or the login is banned (`None`: no fleet):
+    /// the bans it holds, kept here too (for when it is away), and true if there is one.
+    pub(super) fn fleet_banned(
+        self: &Arc<Self>,
+        network: &str,
+        login: Option<&str>,
+    ) -> Option<impl Future<Output = bool> + Send + 'static> {
+        let fleet = self.config.fleet.as_ref()?;
+        let subjects = Self::subjects(network, login);
+        let ask = fleet.banned(subjects.clone());
+        let this = self.clone();
+        Some(async move {
+            let Ok(left) = ask.await else {
+                return false;
+            };
+            let now = Instant::now();
+            let mut tally = this.state.tally.lock().expect("auth guard lock");
+            if tally.bans.len() >= this.config.max_entries {
+                tally.bans.retain(|_, until| *until > now);
+            }
+            let mut banned = false;
+            for (key, left) in subjects.into_iter().zip(left) {
+                if let Some(left) = left {
+                    let ban = tally.bans.entry(key).or_insert(now + left);
+                    *ban = (*ban).max(now + left);
+                    banned = true;
+                }
+            }
+            banned
+        })
+    }
+
+    /// Counts a failed exchange in the fleet's store, or here when there is none or it is away.
+    pub(super) async fn failed_anywhere(&self, network: &str, login: Option<&str>) -> After {
+        let Some(fleet) = &self.config.fleet else {
+            return self.failed(network, login);
+        };
+        let config = &self.config;
+        let dry_run = config.mode == attitude_layers::Mode::DryRun;
+        let mut after = After::Counted;
+        for key in Self::subjects(network, login) {
+            let limit = if key.starts_with("net:") {
+                config.max_failures_per_client
+            } else {
+                config.max_failures_per_login
+            };
+            match fleet
+                .tally(&key, limit, config.window, config.ban, dry_run)
+                .await
+            {
+                Ok(false) => {}
+                Ok(true) if dry_run => {
+                    config.decisions.would_reject.increment(1);
+                    tracing::info!(would_ban = %key, "too many failed AUTH attempts in the fleet (dry-run)");
+                }
+                Ok(true) => {
+                    self.banned_now(&key);
+                    self.state
+                        .tally
+                        .lock()
+                        .expect("auth guard lock")
+                        .bans
+                        .insert(key, Instant::now() + config.ban);
+                    after = After::Banned;
+                }
+                // The store is away: this process counts alone.
+                Err(_) => return self.failed(network, login),
+            }
+        }
+        after
+    }
+
+    /// Counts and logs a ban of `key`.
+    fn banned_now(&self, key: &str) {
+        let config = &self.config;
+        if key.starts_with("net:") {
+            config.client_bans.increment(1);
+        } else {
+            config.login_bans.increment(1);
+        }
+        tracing::warn!(banned = %key, ban = ?config.ban, "too many failed AUTH attempts");
+    }
+
     /// Counts a failed exchange.
     pub(super) fn failed(&self, network: &str, login: Option<&str>) -> After {
         let config = &self.config;
@@ -117,14 +211,12 @@ impl Shared {
             }
         }
         let mut after = After::Counted;
-        let keys = std::iter::once((format!("net:{network}"), config.max_failures_per_client))
-            .chain(login.map(|l| {
-                (
-                    format!("login:{}", login_key(l)),
-                    config.max_failures_per_login,
-                )
-            }));
-        for (key, limit) in keys {
+        for key in Self::subjects(network, login) {
+            let limit = if key.starts_with("net:") {
+                config.max_failures_per_client
+            } else {
+                config.max_failures_per_login
+            };
             let entry = tally.failures.entry(key.clone()).or_insert((0, now));
             if now.duration_since(entry.1) >= config.window {
                 *entry = (0, now);
@@ -137,12 +229,7 @@ impl Shared {
                     tracing::info!(would_ban = %key, "too many failed AUTH attempts (dry-run)");
                     continue;
                 }
-                if key.starts_with("net:") {
-                    config.client_bans.increment(1);
-                } else {
-                    config.login_bans.increment(1);
-                }
-                tracing::warn!(banned = %key, ban = ?config.ban, "too many failed AUTH attempts");
+                self.banned_now(&key);
                 tally.bans.insert(key, now + config.ban);
                 after = After::Banned;
             }

@@ -3,6 +3,7 @@ use std::task::{Context, Poll};
 
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_layers::Either;
+use attitude_layers::slot::{Slot, call_later};
 use attitude_service::auth::Exchange;
 use attitude_service::{BoxError, BoxFuture, Event, Request};
 use tower_service::Service;
@@ -19,7 +20,7 @@ fn banned_reply() -> Reply {
 
 /// Guards AUTH exchanges; see the module docs.
 pub struct AuthGuard<S> {
-    inner: S,
+    inner: Slot<S>,
     shared: Arc<Shared>,
     /// The exchange in progress.
     exchange: Option<Exchange>,
@@ -33,8 +34,9 @@ impl<S> std::fmt::Debug for AuthGuard<S> {
 
 impl<S> AuthGuard<S> {
     pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        let later = shared.config.fleet.is_some();
         Self {
-            inner,
+            inner: Slot::new(inner, later),
             shared,
             exchange: None,
         }
@@ -43,7 +45,7 @@ impl<S> AuthGuard<S> {
 
 impl<S> Service<Request> for AuthGuard<S>
 where
-    S: Service<Request, Response = Reply, Error = BoxError>,
+    S: Service<Request, Response = Reply, Error = BoxError> + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Reply;
@@ -73,31 +75,57 @@ where
             self.shared.config.decisions.reject.increment(1);
             return Either::rejected(Box::pin(std::future::ready(Ok(banned_reply()))));
         }
-        let reply = self.inner.call(req);
         let shared = self.shared.clone();
         // The exchange ends with this reply unless it is a 334 challenge; the login is known by
         // then (it is in the initial response or the first answer).
-        let exchange_login = login;
+        let Some(ask) = shared.fleet_banned(&network, login.as_deref()) else {
+            let reply = self.inner.call(req);
+            return Either::rejected(Box::pin(after(shared, network, login, reply)));
+        };
+        // A ban another replica (or listener) made is in the fleet's store: one round trip per
+        // AUTH line, none for any other command.
+        let inner = self
+            .inner
+            .handle()
+            .expect("a fleet guard shares its inner service");
         Either::rejected(Box::pin(async move {
-            let reply = reply.await?;
-            let config = &shared.config;
-            match reply.code() {
-                334 => Ok(reply),
-                235 => {
-                    config.decisions.allow.increment(1);
-                    Ok(reply)
-                }
-                code if code >= 500 => {
-                    config.decisions.reject.increment(1);
-                    let after = shared.failed(&network, exchange_login.as_deref());
-                    tokio::time::sleep(config.failure_delay).await;
-                    Ok(match after {
-                        After::Counted => reply,
-                        After::Banned => banned_reply(),
-                    })
-                }
-                _ => Ok(reply),
+            if ask.await {
+                shared.config.decisions.reject.increment(1);
+                return Ok(banned_reply());
             }
+            let reply = call_later(&inner, req);
+            after(shared, network, login, reply).await
         }))
+    }
+}
+
+/// The exchange's reply, and what a failure leads to (counted, delayed, perhaps a ban).
+async fn after<F>(
+    shared: Arc<Shared>,
+    network: String,
+    login: Option<String>,
+    reply: F,
+) -> Result<Reply, BoxError>
+where
+    F: std::future::Future<Output = Result<Reply, BoxError>>,
+{
+    let reply = reply.await?;
+    let config = &shared.config;
+    match reply.code() {
+        334 => Ok(reply),
+        235 => {
+            config.decisions.allow.increment(1);
+            Ok(reply)
+        }
+        code if code >= 500 => {
+            config.decisions.reject.increment(1);
+            let after = shared.failed_anywhere(&network, login.as_deref()).await;
+            tokio::time::sleep(config.failure_delay).await;
+            Ok(match after {
+                After::Counted => reply,
+                After::Banned => banned_reply(),
+            })
+        }
+        _ => Ok(reply),
     }
 }

@@ -10,6 +10,7 @@ use tower_layer::Layer;
 
 use super::{Clock, GreylistService, Store, Timing, Verdict};
 use crate::Decisions;
+use crate::fleet::{FleetPolicies, OnStoreError};
 
 /// Greylisting settings.
 pub struct GreylistConfig {
@@ -31,6 +32,13 @@ pub struct GreylistConfig {
     pub entries: Gauge,
     /// The clock (wall-clock seconds).
     pub clock: Clock,
+    /// The fleet's store: when set, it decides (exactly, for every replica), and `on_error`
+    /// says what happens when it does not answer.
+    pub fleet: Option<Arc<dyn FleetPolicies>>,
+    /// Without an answer from the fleet's store.
+    pub on_error: OnStoreError,
+    /// Attempts the fleet's store did not answer (`on_error` decided).
+    pub store_errors: metrics::Counter,
 }
 
 impl std::fmt::Debug for GreylistConfig {
@@ -105,6 +113,17 @@ impl Greylist {
         let verdict = store.check(&self.config.timing, now, network, sender, recipient);
         self.config.entries.set(store.len() as f64);
         verdict
+    }
+
+    /// The verdict on one attempt, from the fleet's store (`None`: no fleet).
+    pub(super) fn ask_fleet(
+        &self,
+        network: &str,
+        sender: &str,
+        recipient: &str,
+    ) -> Option<attitude_layers::fleet::FleetFuture<Verdict>> {
+        let fleet = self.config.fleet.as_ref()?;
+        Some(fleet.greylist(network, sender, recipient, &self.config.timing))
     }
 
     /// Saves the store to its file, if it has one. Sessions are not held up while it writes:

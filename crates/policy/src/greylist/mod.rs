@@ -5,8 +5,9 @@
 //! senders retry and wait a few minutes once; spam engines that never retry give up.
 //!
 //! Authenticated clients, trusted networks and sessions marked exempt (an access-list `skip`)
-//! are not greylisted. The store is in memory, bounded, and saved to a file on shutdown so a
-//! restart does not greylist everyone again.
+//! are not greylisted. The store is in memory, bounded, and saved to a file periodically and on
+//! shutdown so a restart does not greylist everyone again; with the fleet's store (Redis), the
+//! triplets are there, exact for every replica, and `on_error` says what happens without it.
 
 mod layer;
 mod service;
@@ -16,5 +17,9 @@ pub use layer::{Greylist, GreylistConfig, GreylistError, GreylistLayer};
 pub use service::GreylistService;
 pub use store::{Clock, Store, Timing, Verdict, system_clock};
 
-/// The response future of [`GreylistService`].
-pub type ResponseFuture<F> = attitude_service::ReplyOr<F>;
+/// The response future of [`GreylistService`]: decided at once, or (with the fleet's store)
+/// after asking it.
+pub type ResponseFuture<F> = attitude_layers::Either<
+    attitude_service::ReplyOr<F>,
+    attitude_service::BoxFuture<Result<attitude_codec::Reply, attitude_service::BoxError>>,
+>;

@@ -1,0 +1,97 @@
+//! A memory several processes share (the replicas of a fleet), as the keyed layers use it: a
+//! rate limit's GCRA and a concurrency limit's leases. This crate defines what it asks of such a
+//! store; `attitude-state` implements it over Redis. Every call may fail (the store is away,
+//! slow, or its circuit breaker is open): the layers then fall back to what they keep in the
+//! process, so a store that is down costs a session nothing but the fleet-wide view.
+//!
+//! Keys are the caller's (a rule name and a key, as text); the store adds its own prefix. Every
+//! entry the store makes expires by itself: a GCRA key when it is back at full burst, a lease
+//! when its holder stops renewing it (a process that dies leaves no stuck count).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed, sendable future (the store's calls are dynamic: one store serves every rule).
+pub type FleetFuture<T> = Pin<Box<dyn Future<Output = Result<T, FleetError>> + Send>>;
+
+/// Why a store call gave no answer. The caller falls back to its local state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetError {
+    /// The store did not answer within its command timeout.
+    Timeout,
+    /// The circuit breaker is open: the store failed recently and is not asked for a while.
+    Open,
+    /// The store answered with an error, or the connection failed.
+    Failed(String),
+}
+
+impl fmt::Display for FleetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("the shared store did not answer in time"),
+            Self::Open => f.write_str("the shared store is away (circuit open)"),
+            Self::Failed(why) => write!(f, "the shared store failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for FleetError {}
+
+/// What the keyed layers ask of a shared store.
+pub trait FleetStore: Send + Sync + fmt::Debug + 'static {
+    /// GCRA: takes one cell of `key` (emission interval `interval`, burst `burst`), on the
+    /// store's own clock. `Ok(None)`: allowed; `Ok(Some(wait))`: refused, a cell is free in
+    /// `wait`. The key expires when it is back at full burst.
+    fn gcra(&self, key: String, interval: Duration, burst: u32) -> FleetFuture<Option<Duration>>;
+
+    /// Takes one of the `limit` leases of `key` for `holder` (unique per session), valid for
+    /// `ttl` unless renewed. `Ok(false)`: all `limit` are held (by live holders).
+    fn acquire(&self, key: String, holder: String, limit: u32, ttl: Duration) -> FleetFuture<bool>;
+
+    /// Extends the leases `(key, holder)` by `ttl` from now.
+    fn renew(&self, leases: Vec<(String, String)>, ttl: Duration) -> FleetFuture<()>;
+
+    /// Gives a lease back.
+    fn release(&self, key: String, holder: String) -> FleetFuture<()>;
+}
+
+/// A layer's link to the store: the store, and the rule's name in its keys.
+pub struct Fleet<K> {
+    pub(crate) store: Arc<dyn FleetStore>,
+    /// The key as the store sees it (`None`: this key is not shared, counted locally only).
+    pub(crate) encode: fn(&K) -> Option<String>,
+}
+
+impl<K> Clone for Fleet<K> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            encode: self.encode,
+        }
+    }
+}
+
+impl<K> fmt::Debug for Fleet<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> Fleet<K> {
+    /// `store`, with keys written by `encode` (`None`: not shared).
+    pub fn new(store: Arc<dyn FleetStore>, encode: fn(&K) -> Option<String>) -> Self {
+        Self { store, encode }
+    }
+}
+
+impl<K: fmt::Display> Fleet<K> {
+    /// `store`, with each key as it displays.
+    pub fn display(store: Arc<dyn FleetStore>) -> Self {
+        Self::new(store, |k| Some(k.to_string()))
+    }
+}

@@ -1,0 +1,58 @@
+//! What the SMTP policies ask of the fleet's shared store (`[state] redis`; attitude-state
+//! implements it over Redis, the binary links the two). Every call may fail: each policy says
+//! what it does then (the greylist passes or asks its own store, the AUTH guard keeps to its
+//! local bans), and never fails a session for it.
+
+use std::time::Duration;
+
+use attitude_layers::fleet::FleetFuture;
+
+use crate::greylist::{Timing, Verdict};
+
+/// The policies' operations on the shared store.
+pub trait FleetPolicies: Send + Sync + std::fmt::Debug + 'static {
+    /// Greylists one attempt (`network` as text, `sender` and `recipient` normalised), exactly:
+    /// a retry on any replica passes.
+    fn greylist(
+        &self,
+        network: &str,
+        sender: &str,
+        recipient: &str,
+        timing: &Timing,
+    ) -> FleetFuture<Verdict>;
+
+    /// Counts one failure of `subject` within `window`; at `limit` it is banned for `ban`
+    /// (unless `dry_run`). True when this failure crossed the limit.
+    fn tally(
+        &self,
+        subject: &str,
+        limit: u32,
+        window: Duration,
+        ban: Duration,
+        dry_run: bool,
+    ) -> FleetFuture<bool>;
+
+    /// The ban left on each of `subjects` (`None`: not banned), in their order.
+    fn banned(&self, subjects: Vec<String>) -> FleetFuture<Vec<Option<Duration>>>;
+
+    /// Keeps a verdict (`table`: `pregreet`, `dnsbl:...`) for `ttl`.
+    fn put(&self, table: &str, key: &str, value: String, ttl: Duration) -> FleetFuture<()>;
+
+    /// A verdict kept, and how long it has left.
+    fn get(&self, table: &str, key: &str) -> FleetFuture<Option<(String, Duration)>>;
+}
+
+/// What a greylist does when the shared store does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
+pub enum OnStoreError {
+    /// Let the recipient through (fail open: mail is not delayed because Redis is).
+    #[default]
+    Accept,
+    /// Greylist with this process's own store (a retry on another replica is greylisted again).
+    Local,
+}

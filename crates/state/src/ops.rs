@@ -1,0 +1,374 @@
+//! The operations, each one script (or one command) that sets its keys' expiry in the same
+//! step, on Redis's clock. Times in the scripts: `TIME` in microseconds (GCRA), milliseconds
+//! (leases, tallies) or seconds (greylist).
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use attitude_layers::fleet::{FleetFuture, FleetStore};
+use redis::Script;
+
+use crate::{Op, Redis};
+
+/// GCRA: KEYS[1] holds the theoretical arrival time (µs); ARGV interval (µs), burst. Returns -1
+/// (allowed) or the wait in µs. The key expires when it is back at full burst.
+static GCRA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tau = interval * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tau then return tat - now - tau end
+local new = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.ceil((new - now) / 1000))
+return -1
+",
+    )
+});
+
+/// Lease: KEYS[1] a sorted set of holders scored by expiry (ms); ARGV holder, limit, ttl (ms).
+/// Expired holders are dropped first; returns 1 when taken.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+",
+    )
+});
+
+/// Renewal: as taking, without the limit (a session held stays counted, even when Redis lost
+/// it for a while).
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+",
+    )
+});
+
+/// Failure tally: KEYS[1] the count, KEYS[2] the ban; ARGV limit, window (ms), ban (ms),
+/// dry-run (1: count, never ban). Returns 1 when this failure crossed the limit.
+static TALLY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if n < tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[4] ~= '1' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+return 1
+",
+    )
+});
+
+/// Greylist: KEYS[1] the triplet (hash: first, passed), KEYS[2] its client network (hash:
+/// passes, until); ARGV delay, retry window, pass ttl, allowlist after, allowlist ttl (s).
+/// Returns {0} allowlisted, {1} pass, {2, wait} defer. Same rules as the process's store.
+static GREYLIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = tonumber(redis.call('TIME')[1])
+local delay, window, pass_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local after, allow_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local client_ttl = math.max(pass_ttl, allow_ttl)
+local allowed = tonumber(redis.call('HGET', KEYS[2], 'until') or '0')
+if allowed > now then
+  redis.call('HSET', KEYS[2], 'until', now + allow_ttl)
+  redis.call('EXPIRE', KEYS[2], client_ttl)
+  return {0, 0}
+end
+local first = tonumber(redis.call('HGET', KEYS[1], 'first') or '-1')
+local passed = tonumber(redis.call('HGET', KEYS[1], 'passed') or '0')
+if first >= 0 and passed > now then
+  redis.call('HSET', KEYS[1], 'passed', now + pass_ttl)
+  redis.call('EXPIRE', KEYS[1], pass_ttl)
+  return {1, 0}
+end
+if first >= 0 and passed == 0 and now <= first + window then
+  if now < first + delay then return {2, first + delay - now} end
+  redis.call('HSET', KEYS[1], 'passed', now + pass_ttl)
+  redis.call('EXPIRE', KEYS[1], pass_ttl)
+  local passes = redis.call('HINCRBY', KEYS[2], 'passes', 1)
+  if passes >= after then redis.call('HSET', KEYS[2], 'until', now + allow_ttl) end
+  redis.call('EXPIRE', KEYS[2], client_ttl)
+  return {1, 0}
+end
+redis.call('HSET', KEYS[1], 'first', now, 'passed', 0)
+redis.call('EXPIRE', KEYS[1], window)
+return {2, delay}
+",
+    )
+});
+
+/// Greylisting times, as the store applies them.
+#[derive(Debug, Clone, Copy)]
+pub struct GreylistTiming {
+    /// A retry passes once this long after the first attempt ...
+    pub delay: Duration,
+    /// ... within this long of it.
+    pub retry_window: Duration,
+    /// A passed triplet is remembered this long after its last message.
+    pub pass_ttl: Duration,
+    /// Passed triplets that allowlist their client network ...
+    pub allowlist_after: u32,
+    /// ... for this long after its last message.
+    pub allowlist_ttl: Duration,
+}
+
+/// The store's verdict on one greylisting attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GreylistVerdict {
+    /// The client network is allowlisted.
+    Allowlisted,
+    /// The triplet passed before, or passes now.
+    Pass,
+    /// Try again in this long.
+    Defer(Duration),
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Redis {
+    /// Greylists one attempt of `network` (its text), `sender` to `recipient`.
+    pub fn greylist(
+        self: &Arc<Self>,
+        network: &str,
+        sender: &str,
+        recipient: &str,
+        timing: GreylistTiming,
+    ) -> FleetFuture<GreylistVerdict> {
+        let tag = self.tagged(&format!("gl:{network}"));
+        let triplet = format!("{tag}:t:{sender}\t{recipient}");
+        let client = format!("{tag}:c");
+        let mut conn = self.conn();
+        let redis = self.clone();
+        Box::pin(async move {
+            let reply: (u8, u64) = redis
+                .run(Op::Greylist, async {
+                    GREYLIST
+                        .key(triplet)
+                        .key(client)
+                        .arg(timing.delay.as_secs())
+                        .arg(timing.retry_window.as_secs())
+                        .arg(timing.pass_ttl.as_secs().max(1))
+                        .arg(timing.allowlist_after)
+                        .arg(timing.allowlist_ttl.as_secs().max(1))
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(match reply {
+                (0, _) => GreylistVerdict::Allowlisted,
+                (1, _) => GreylistVerdict::Pass,
+                (_, wait) => GreylistVerdict::Defer(Duration::from_secs(wait)),
+            })
+        })
+    }
+
+    /// Counts one failure of `subject` (`net:...`, `login:...`) in `window`; at `limit` the
+    /// count starts over and the subject is banned for `ban` (unless `dry_run`). True when this
+    /// failure crossed the limit.
+    pub fn tally(
+        self: &Arc<Self>,
+        subject: &str,
+        limit: u32,
+        window: Duration,
+        ban: Duration,
+        dry_run: bool,
+    ) -> FleetFuture<bool> {
+        let count = self.key("auth", subject);
+        let banned = format!("{count}:ban");
+        let mut conn = self.conn();
+        let redis = self.clone();
+        Box::pin(async move {
+            let crossed: u8 = redis
+                .run(Op::Tally, async {
+                    TALLY
+                        .key(count)
+                        .key(banned)
+                        .arg(limit)
+                        .arg(ms(window))
+                        .arg(ms(ban))
+                        .arg(u8::from(dry_run))
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(crossed == 1)
+        })
+    }
+
+    /// The ban left on each of `subjects` (`None`: not banned), in their order.
+    pub fn banned(self: &Arc<Self>, subjects: Vec<String>) -> FleetFuture<Vec<Option<Duration>>> {
+        let mut pipe = redis::pipe();
+        for subject in &subjects {
+            pipe.cmd("PTTL")
+                .arg(format!("{}:ban", self.key("auth", subject)));
+        }
+        let mut conn = self.conn();
+        let redis = self.clone();
+        Box::pin(async move {
+            let ttls: Vec<i64> = redis
+                .run(Op::Banned, async { pipe.query_async(&mut conn).await })
+                .await?;
+            Ok(ttls
+                .into_iter()
+                .map(|ms| (ms > 0).then(|| Duration::from_millis(ms.unsigned_abs())))
+                .collect())
+        })
+    }
+
+    /// Stores `value` under `table`/`key` for `ttl` (a verdict: pregreet, DNSBL).
+    pub fn put(
+        self: &Arc<Self>,
+        table: &str,
+        key: &str,
+        value: String,
+        ttl: Duration,
+    ) -> FleetFuture<()> {
+        let key = self.key(table, key);
+        let mut conn = self.conn();
+        let redis = self.clone();
+        Box::pin(async move {
+            redis
+                .run(Op::Put, async {
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(value)
+                        .arg("PX")
+                        .arg(ms(ttl))
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await
+        })
+    }
+
+    /// The value under `table`/`key` and how long it has left, if any.
+    pub fn get(
+        self: &Arc<Self>,
+        table: &str,
+        key: &str,
+    ) -> FleetFuture<Option<(String, Duration)>> {
+        let key = self.key(table, key);
+        let mut conn = self.conn();
+        let redis = self.clone();
+        Box::pin(async move {
+            let (value, ttl): (Option<String>, i64) = redis
+                .run(Op::Get, async {
+                    redis::pipe()
+                        .cmd("GET")
+                        .arg(&key)
+                        .cmd("PTTL")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(value
+                .filter(|_| ttl > 0)
+                .map(|v| (v, Duration::from_millis(ttl.unsigned_abs()))))
+        })
+    }
+}
+
+/// The generic layers' store: `Arc<Redis>` as `Arc<dyn FleetStore>` through this wrapper.
+#[derive(Debug, Clone)]
+pub struct FleetRedis(pub Arc<Redis>);
+
+impl FleetStore for FleetRedis {
+    fn gcra(&self, key: String, interval: Duration, burst: u32) -> FleetFuture<Option<Duration>> {
+        let redis = self.0.clone();
+        let key = redis.key("rate", &key);
+        let mut conn = redis.conn();
+        let interval = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Box::pin(async move {
+            let wait: i64 = redis
+                .run(Op::Gcra, async {
+                    GCRA.key(key)
+                        .arg(interval)
+                        .arg(burst.max(1))
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok((wait >= 0).then(|| Duration::from_micros(wait.unsigned_abs())))
+        })
+    }
+
+    fn acquire(&self, key: String, holder: String, limit: u32, ttl: Duration) -> FleetFuture<bool> {
+        let redis = self.0.clone();
+        let key = redis.key("lease", &key);
+        let mut conn = redis.conn();
+        Box::pin(async move {
+            let taken: u8 = redis
+                .run(Op::Acquire, async {
+                    ACQUIRE
+                        .key(key)
+                        .arg(holder)
+                        .arg(limit)
+                        .arg(ms(ttl))
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok(taken == 1)
+        })
+    }
+
+    fn renew(&self, leases: Vec<(String, String)>, ttl: Duration) -> FleetFuture<()> {
+        let redis = self.0.clone();
+        let mut conn = redis.conn();
+        Box::pin(async move {
+            redis
+                .run(Op::Renew, async {
+                    for (key, holder) in leases {
+                        let _: u8 = RENEW
+                            .key(redis.key("lease", &key))
+                            .arg(holder)
+                            .arg(ms(ttl))
+                            .invoke_async(&mut conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+                .await
+        })
+    }
+
+    fn release(&self, key: String, holder: String) -> FleetFuture<()> {
+        let redis = self.0.clone();
+        let key = redis.key("lease", &key);
+        let mut conn = redis.conn();
+        Box::pin(async move {
+            redis
+                .run(Op::Release, async {
+                    redis::cmd("ZREM")
+                        .arg(key)
+                        .arg(holder)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await
+        })
+    }
+}
