@@ -504,3 +504,51 @@ fn a_password_from_a_file_a_wrong_one_refused_at_start_and_tls_with_a_test_ca() 
     no_key_without_ttl(&redis);
     no_key_without_ttl(&tls);
 }
+
+#[test]
+fn pregreet_verdicts_and_dnsbl_scores_made_on_one_replica_hold_on_the_other() {
+    let redis = RedisServer::start();
+    let backend = Recorder::start();
+    let dns = attitude_test_support::DnsServer::start(
+        "test.",
+        &[("2.0.0.127.bl.test.", attitude_test_support::Rr::A(Ipv4Addr::new(127, 0, 0, 2)))],
+    );
+    let config = format!(
+        "{OPEN}[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\n\
+         [dnsbl]\nenabled = true\nthreshold = 3\nzones = [\"bl.test*3\"]\n\
+         [pregreet]\nenabled = true\npause = \"1s\"\n{}",
+        dns.addr,
+        state(&redis, "")
+    );
+    let (a, b) = replicas(&config, &backend);
+    // DNSBL: scored on A, refused on B without a lookup of B's own.
+    let (_, greeting) = session(&a, ip(2));
+    assert!(greeting.starts_with("554 5.7.1") && greeting.contains("bl.test"), "{greeting}");
+    let (_, greeting) = session(&b, ip(2));
+    assert!(greeting.starts_with("554 5.7.1"), "{greeting}");
+    let lookups = "attitude_dnsbl_lookups_total{zone=\"bl.test\",result=\"listed\"}";
+    assert_eq!(a.metric(lookups), Some(1.0));
+    assert_eq!(b.metric(lookups).unwrap_or(0.0), 0.0, "B used A's score");
+
+    // Pregreet: an early talker on A is refused at once on B.
+    let mut early = Client::connect_raw_from(a.smtp, ip(12));
+    early.send(b"EHLO early.test\r\n");
+    let _greeting = early.reply();
+    assert!(early.reply().starts_with("554 5.5.1"));
+    assert!(wait_for(Duration::from_secs(2), || redis.keys("attitude:{pregreet:127.0.0.12}").len() == 1));
+    let started = Instant::now();
+    let (_, greeting) = session(&b, ip(12));
+    assert!(greeting.starts_with("554 5.5.1"), "{greeting}");
+    assert!(started.elapsed() < Duration::from_millis(500), "at once");
+    // A patient client waits once, on A; B greets it at once.
+    let (mut c, greeting) = session(&a, ip(13));
+    assert!(greeting.starts_with("220"), "{greeting}");
+    c.cmd("QUIT");
+    assert!(wait_for(Duration::from_secs(2), || redis.keys("attitude:{pregreet:127.0.0.13}").len() == 1));
+    let started = Instant::now();
+    let (mut c, greeting) = session(&b, ip(13));
+    assert!(greeting.starts_with("220"), "{greeting}");
+    assert!(started.elapsed() < Duration::from_millis(500), "no second pause: {:?}", started.elapsed());
+    c.cmd("QUIT");
+    no_key_without_ttl(&redis);
+}

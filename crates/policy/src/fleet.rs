@@ -3,6 +3,7 @@
 //! what it does then (the greylist passes or asks its own store, the AUTH guard keeps to its
 //! local bans), and never fails a session for it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use attitude_layers::fleet::FleetFuture;
@@ -40,6 +41,34 @@ pub trait FleetPolicies: Send + Sync + std::fmt::Debug + 'static {
 
     /// A verdict kept, and how long it has left.
     fn get(&self, table: &str, key: &str) -> FleetFuture<Option<(String, Duration)>>;
+}
+
+/// Verdicts kept in one table of the shared store (pregreet's, a DNSBL zone list's), with a
+/// short local cache in front (the policy's own): the store is asked only when this process
+/// does not know the client, and told each new verdict in the background.
+#[derive(Debug, Clone)]
+pub struct VerdictTable {
+    /// The store.
+    pub store: Arc<dyn FleetPolicies>,
+    /// The table's name in its keys.
+    pub table: String,
+}
+
+impl VerdictTable {
+    /// The verdict on `key`, and how long it has left (`None`: unknown, or the store is away).
+    pub async fn get(&self, key: &str) -> Option<(String, Duration)> {
+        self.store.get(&self.table, key).await.ok().flatten()
+    }
+
+    /// Keeps `value` for `key` for `ttl`, in the background (a lost write costs one more test).
+    pub fn put(&self, key: &str, value: String, ttl: Duration) {
+        let put = self.store.put(&self.table, key, value, ttl);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = put.await;
+            });
+        }
+    }
 }
 
 /// What a greylist does when the shared store does not answer.

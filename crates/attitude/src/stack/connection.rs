@@ -261,6 +261,7 @@ fn dnsbl_layer(
             mode: d.mode,
             decisions: Decisions::register("dnsbl"),
             sessions: stack.driver_metrics.clone(),
+            fleet: shared.state.dnsbl_verdicts(&d.zones),
         },
         cache,
     );
@@ -285,6 +286,7 @@ fn pregreet_layer(config: &Config, stack: &Stack, shared: &Shared) -> Option<Pre
                 mode: p.mode,
                 decisions: Decisions::register("pregreet"),
                 sessions: stack.driver_metrics.clone(),
+                fleet: shared.state.verdicts("pregreet"),
             },
             shared.state.pregreet.clone(),
         )

@@ -16,6 +16,7 @@ use attitude_layers::keyed_concurrency::KeyedConcurrencyState;
 use attitude_layers::rate_limit::RateLimitState;
 use attitude_policy::auth_guard::AuthGuardState;
 use attitude_policy::dnsbl::DnsblCache;
+use attitude_policy::fleet::VerdictTable;
 use attitude_policy::pregreet::PregreetMemory;
 use governor::Quota;
 
@@ -89,6 +90,23 @@ impl ProcessState {
             .entry(DnsblCache::key(zones))
             .or_default()
             .clone()
+    }
+
+    /// The fleet's table `table` of verdicts, if there is a fleet.
+    pub(crate) fn verdicts(&self, table: &str) -> Option<VerdictTable> {
+        self.fleet.as_ref().map(|f| VerdictTable {
+            store: f.policies.clone(),
+            table: table.to_owned(),
+        })
+    }
+
+    /// The fleet's table of DNSBL scores for `zones` (as configured; another list or weight is
+    /// another table, named by a hash of the list: every replica runs the same binary).
+    pub(crate) fn dnsbl_verdicts(&self, zones: &[String]) -> Option<VerdictTable> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        DnsblCache::key(zones).hash(&mut hasher);
+        self.verdicts(&format!("dnsbl:{:016x}", hasher.finish()))
     }
 
     /// The connection rate's buckets, with `quota` and `max_keys` applied to them (a reload

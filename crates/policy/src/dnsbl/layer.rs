@@ -12,6 +12,7 @@ use tower_layer::Layer;
 
 use super::{DnsblService, Zone};
 use crate::Decisions;
+use crate::fleet::VerdictTable;
 
 /// DNSBL settings.
 pub struct DnsblConfig {
@@ -35,6 +36,9 @@ pub struct DnsblConfig {
     pub decisions: Decisions,
     /// Refusals count as refused sessions.
     pub sessions: Arc<DriverMetrics>,
+    /// The fleet's scores for these zones (`[state] redis`): a client scored on any replica is
+    /// not looked up again by the others.
+    pub fleet: Option<VerdictTable>,
 }
 
 impl std::fmt::Debug for DnsblConfig {
@@ -52,6 +56,26 @@ pub struct Score {
     pub listed_by: Vec<String>,
     /// Zones that did not answer in time (they count as not listing).
     pub errors: usize,
+}
+
+impl Score {
+    /// As the fleet's store keeps it: the total, a tab, the listing zones.
+    fn encode(&self) -> String {
+        format!("{}\t{}", self.total, self.listed_by.join(","))
+    }
+
+    fn decode(text: &str) -> Option<Score> {
+        let (total, zones) = text.split_once('\t')?;
+        Some(Score {
+            total: total.parse().ok()?,
+            listed_by: zones
+                .split(',')
+                .filter(|z| !z.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            errors: 0,
+        })
+    }
 }
 
 struct ZoneMetrics {
@@ -136,6 +160,15 @@ impl Dnsbl {
             self.cache_hits.increment(1);
             return score.clone();
         }
+        let fleet = self.config.fleet.as_ref();
+        if let Some(fleet) = fleet
+            && let Some((value, left)) = fleet.get(&ip.to_string()).await
+            && let Some(score) = Score::decode(&value)
+        {
+            self.cache_hits.increment(1);
+            self.keep(ip, &score, left);
+            return score;
+        }
         let lookups = self.config.zones.iter().zip(&self.zone_metrics).map(|(zone, m)| async move {
             let name = zone.query(ip);
             match tokio::time::timeout(self.config.timeout, self.resolver.ipv4_lookup(name)).await {
@@ -177,17 +210,24 @@ impl Dnsbl {
         }
         if score.errors == 0 {
             // A score with failed lookups is not kept: the next connection asks again.
-            let now = Instant::now();
-            let mut cache = self.cache.scores.lock().expect("dnsbl cache");
-            if cache.len() >= self.config.max_cache {
-                cache.retain(|_, (_, until)| *until > now);
-                if cache.len() >= self.config.max_cache {
-                    cache.clear();
-                }
+            self.keep(ip, &score, self.config.cache_ttl);
+            if let Some(fleet) = fleet {
+                fleet.put(&ip.to_string(), score.encode(), self.config.cache_ttl);
             }
-            cache.insert(ip, (score.clone(), now + self.config.cache_ttl));
         }
         score
+    }
+
+    fn keep(&self, ip: IpAddr, score: &Score, ttl: Duration) {
+        let now = Instant::now();
+        let mut cache = self.cache.scores.lock().expect("dnsbl cache");
+        if cache.len() >= self.config.max_cache {
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= self.config.max_cache {
+                cache.clear();
+            }
+        }
+        cache.insert(ip, (score.clone(), now + ttl));
     }
 }
 

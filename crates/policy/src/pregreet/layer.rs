@@ -8,6 +8,7 @@ use tower_layer::Layer;
 
 use super::Pregreet;
 use crate::Decisions;
+use crate::fleet::VerdictTable;
 
 /// What happens to an early talker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,9 @@ pub struct PregreetConfig {
     pub decisions: Decisions,
     /// Refusals count as refused sessions.
     pub sessions: Arc<DriverMetrics>,
+    /// The fleet's verdicts (`[state] redis`): a client that passed or failed on any replica is
+    /// known to all.
+    pub fleet: Option<VerdictTable>,
 }
 
 impl std::fmt::Debug for PregreetConfig {
@@ -90,11 +94,32 @@ impl Shared {
             .map(|(m, _)| *m)
     }
 
-    pub(super) fn remember(&self, client: IpAddr, what: Memory) {
-        let ttl = match what {
-            Memory::Passed => self.config.pass_ttl,
-            Memory::Failed => self.config.fail_ttl,
+    /// The fleet's verdict on a client this process does not know (kept here too).
+    pub(super) async fn recall_fleet(&self, client: IpAddr) -> Option<Memory> {
+        let fleet = self.config.fleet.as_ref()?;
+        let (value, left) = fleet.get(&client.to_string()).await?;
+        let what = match value.as_str() {
+            "pass" => Memory::Passed,
+            "fail" => Memory::Failed,
+            _ => return None,
         };
+        self.keep(client, what, left);
+        Some(what)
+    }
+
+    /// A verdict of this process's: kept here and told to the fleet.
+    pub(super) fn remember(&self, client: IpAddr, what: Memory) {
+        let (ttl, word) = match what {
+            Memory::Passed => (self.config.pass_ttl, "pass"),
+            Memory::Failed => (self.config.fail_ttl, "fail"),
+        };
+        self.keep(client, what, ttl);
+        if let Some(fleet) = &self.config.fleet {
+            fleet.put(&client.to_string(), word.into(), ttl);
+        }
+    }
+
+    fn keep(&self, client: IpAddr, what: Memory, ttl: Duration) {
         let now = Instant::now();
         let mut memory = self.memory.memory.lock().expect("pregreet lock");
         if memory.len() >= self.config.max_entries {

@@ -75,6 +75,14 @@ where
         let shared = self.shared.clone();
         Box::pin(async move {
             let config = &shared.config;
+            let memory = match memory {
+                None => shared.recall_fleet(client).await,
+                known => known,
+            };
+            if memory == Some(Memory::Passed) {
+                config.decisions.allow.increment(1);
+                return inner.call(conn).await;
+            }
             if memory == Some(Memory::Failed) && config.mode == Mode::Enforce {
                 config.decisions.reject.increment(1);
                 let text =
