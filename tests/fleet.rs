@@ -511,7 +511,10 @@ fn pregreet_verdicts_and_dnsbl_scores_made_on_one_replica_hold_on_the_other() {
     let backend = Recorder::start();
     let dns = attitude_test_support::DnsServer::start(
         "test.",
-        &[("2.0.0.127.bl.test.", attitude_test_support::Rr::A(Ipv4Addr::new(127, 0, 0, 2)))],
+        &[(
+            "2.0.0.127.bl.test.",
+            attitude_test_support::Rr::A(Ipv4Addr::new(127, 0, 0, 2)),
+        )],
     );
     let config = format!(
         "{OPEN}[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\n\
@@ -523,7 +526,10 @@ fn pregreet_verdicts_and_dnsbl_scores_made_on_one_replica_hold_on_the_other() {
     let (a, b) = replicas(&config, &backend);
     // DNSBL: scored on A, refused on B without a lookup of B's own.
     let (_, greeting) = session(&a, ip(2));
-    assert!(greeting.starts_with("554 5.7.1") && greeting.contains("bl.test"), "{greeting}");
+    assert!(
+        greeting.starts_with("554 5.7.1") && greeting.contains("bl.test"),
+        "{greeting}"
+    );
     let (_, greeting) = session(&b, ip(2));
     assert!(greeting.starts_with("554 5.7.1"), "{greeting}");
     let lookups = "attitude_dnsbl_lookups_total{zone=\"bl.test\",result=\"listed\"}";
@@ -535,7 +541,10 @@ fn pregreet_verdicts_and_dnsbl_scores_made_on_one_replica_hold_on_the_other() {
     early.send(b"EHLO early.test\r\n");
     let _greeting = early.reply();
     assert!(early.reply().starts_with("554 5.5.1"));
-    assert!(wait_for(Duration::from_secs(2), || redis.keys("attitude:{pregreet:127.0.0.12}").len() == 1));
+    assert!(wait_for(Duration::from_secs(2), || redis
+        .keys("attitude:{pregreet:127.0.0.12}")
+        .len()
+        == 1));
     let started = Instant::now();
     let (_, greeting) = session(&b, ip(12));
     assert!(greeting.starts_with("554 5.5.1"), "{greeting}");
@@ -544,11 +553,57 @@ fn pregreet_verdicts_and_dnsbl_scores_made_on_one_replica_hold_on_the_other() {
     let (mut c, greeting) = session(&a, ip(13));
     assert!(greeting.starts_with("220"), "{greeting}");
     c.cmd("QUIT");
-    assert!(wait_for(Duration::from_secs(2), || redis.keys("attitude:{pregreet:127.0.0.13}").len() == 1));
+    assert!(wait_for(Duration::from_secs(2), || redis
+        .keys("attitude:{pregreet:127.0.0.13}")
+        .len()
+        == 1));
     let started = Instant::now();
     let (mut c, greeting) = session(&b, ip(13));
     assert!(greeting.starts_with("220"), "{greeting}");
-    assert!(started.elapsed() < Duration::from_millis(500), "no second pause: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "no second pause: {:?}",
+        started.elapsed()
+    );
     c.cmd("QUIT");
+    no_key_without_ttl(&redis);
+}
+
+#[test]
+fn the_greylist_file_of_a_lone_replica_is_imported_into_redis_once() {
+    let redis = RedisServer::start();
+    let backend = Recorder::start();
+    let file = scratch_dir("fleet-import").join("greylist.db");
+    let greylist = format!(
+        "{OPEN}[greylist]\nenabled = true\ndelay = \"1s\"\nretry_window = \"1h\"\nfile = \"{}\"\n",
+        file.display()
+    );
+    // Alone: a triplet passes, and the file is written at shutdown.
+    let mut alone = Attitude::start(&greylist, &[backend.addr]);
+    assert!(rcpt(&alone, ip(42), "old@sender.example", "bob@example.com").starts_with("451"));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(rcpt(&alone, ip(42), "old@sender.example", "bob@example.com").starts_with("250"));
+    alone.peer.signal("TERM");
+    alone
+        .peer
+        .wait_exit(Duration::from_secs(10))
+        .expect("stopped");
+    assert!(file.exists());
+    // With Redis: imported at start, then renamed; another replica without the file knows it.
+    let config = format!("{greylist}{}", state(&redis, ""));
+    let a = Attitude::start(&config, &[backend.addr]);
+    let imported = file.with_extension("imported");
+    assert!(
+        wait_for(Duration::from_secs(5), || imported.exists()),
+        "renamed once imported"
+    );
+    assert!(!file.exists());
+    let b = Attitude::start(
+        &format!("{OPEN}[greylist]\nenabled = true\n{}", state(&redis, "")),
+        &[backend.addr],
+    );
+    let r = rcpt(&b, ip(42), "old@sender.example", "bob@example.com");
+    assert!(r.starts_with("250"), "the imported pass holds on B: {r}");
+    assert!(rcpt(&a, ip(43), "new@sender.example", "bob@example.com").starts_with("451"));
     no_key_without_ttl(&redis);
 }

@@ -23,7 +23,7 @@ use redis::aio::ConnectionManager;
 use attitude_layers::fleet::FleetError;
 pub use breaker::BreakerConfig;
 pub use connect::StateError;
-pub use ops::{FleetRedis, GreylistTiming, GreylistVerdict};
+pub use ops::{FleetRedis, GreylistEntry, GreylistTiming, GreylistVerdict};
 
 /// Where the shared state is and how it is used.
 #[derive(Debug, Clone)]

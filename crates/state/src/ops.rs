@@ -115,6 +115,27 @@ return {2, delay}
     )
 });
 
+/// Import of one greylist triplet or client network, unless Redis already has it (Redis's
+/// state is newer): KEYS[1]; ARGV the hash's fields and values, then the expiry (Unix seconds).
+/// (Sent with `EVAL` in a pipeline: it runs once per start at most.)
+const IMPORT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local at = tonumber(ARGV[#ARGV])
+if at <= tonumber(redis.call('TIME')[1]) then return 0 end
+for i = 1, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIREAT', KEYS[1], at)
+return 1
+";
+
+/// A greylist entry to import: a triplet or a client network, as the file has them.
+#[derive(Debug, Clone)]
+pub enum GreylistEntry {
+    /// (network, sender, recipient, first attempt, passed until or 0), Unix seconds.
+    Triplet(String, String, String, u64, u64),
+    /// (network, passed triplets, allowlisted until or 0).
+    Client(String, u32, u64),
+}
+
 /// Greylisting times, as the store applies them.
 #[derive(Debug, Clone, Copy)]
 pub struct GreylistTiming {
@@ -139,6 +160,12 @@ pub enum GreylistVerdict {
     Pass,
     /// Try again in this long.
     Defer(Duration),
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn ms(d: Duration) -> u64 {
@@ -180,6 +207,53 @@ impl Redis {
                 (_, wait) => GreylistVerdict::Defer(Duration::from_secs(wait)),
             })
         })
+    }
+
+    /// Imports greylist entries (a file of the process's store) that Redis does not have yet;
+    /// entries already expired are skipped. The number imported.
+    pub async fn import_greylist(
+        self: &Arc<Self>,
+        entries: Vec<GreylistEntry>,
+        timing: GreylistTiming,
+    ) -> redis::RedisResult<usize> {
+        let mut conn = self.conn();
+        let mut imported = 0;
+        for batch in entries.chunks(500) {
+            let mut pipe = redis::pipe();
+            for entry in batch {
+                let call = pipe.cmd("EVAL").arg(IMPORT).arg(1);
+                match entry {
+                    GreylistEntry::Triplet(net, sender, rcpt, first, passed) => {
+                        let tag = self.tagged(&format!("gl:{net}"));
+                        let until = if *passed > 0 {
+                            *passed
+                        } else {
+                            first + timing.retry_window.as_secs()
+                        };
+                        call.arg(format!("{tag}:t:{sender}\t{rcpt}"))
+                            .arg("first")
+                            .arg(first)
+                            .arg("passed")
+                            .arg(passed)
+                            .arg(until);
+                    }
+                    GreylistEntry::Client(net, passes, until) => {
+                        let tag = self.tagged(&format!("gl:{net}"));
+                        let keep = timing.pass_ttl.max(timing.allowlist_ttl).as_secs();
+                        let at = (*until).max(unix_now() + keep);
+                        call.arg(format!("{tag}:c"))
+                            .arg("passes")
+                            .arg(passes)
+                            .arg("until")
+                            .arg(until)
+                            .arg(at);
+                    }
+                }
+            }
+            let done: Vec<u8> = pipe.query_async(&mut conn).await?;
+            imported += done.iter().filter(|d| **d == 1).count();
+        }
+        Ok(imported)
     }
 
     /// Counts one failure of `subject` (`net:...`, `login:...`) in `window`; at `limit` the

@@ -39,12 +39,30 @@ async fn gcra_gives_the_burst_then_names_the_wait_and_its_key_expires() {
         let verdict = store.gcra("r:k".into(), interval, 3).await.unwrap();
         assert_eq!(verdict, None, "cell {i} of the burst");
     }
-    let wait = store.gcra("r:k".into(), interval, 3).await.unwrap().expect("refused");
-    assert!(wait > Duration::from_millis(400) && wait <= interval, "{wait:?}");
-    let ttl: i64 = redis.cli(&["PTTL", "attitude:{rate:r:k}"]).trim().parse().unwrap();
-    assert!(ttl > 1000 && ttl <= 1500, "expires when back at full burst: {ttl} ms");
+    let wait = store
+        .gcra("r:k".into(), interval, 3)
+        .await
+        .unwrap()
+        .expect("refused");
+    assert!(
+        wait > Duration::from_millis(400) && wait <= interval,
+        "{wait:?}"
+    );
+    let ttl: i64 = redis
+        .cli(&["PTTL", "attitude:{rate:r:k}"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        ttl > 1000 && ttl <= 1500,
+        "expires when back at full burst: {ttl} ms"
+    );
     tokio::time::sleep(wait).await;
-    assert_eq!(store.gcra("r:k".into(), interval, 3).await.unwrap(), None, "the next cell");
+    assert_eq!(
+        store.gcra("r:k".into(), interval, 3).await.unwrap(),
+        None,
+        "the next cell"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,18 +70,55 @@ async fn leases_are_limited_expire_unless_renewed_and_are_given_back() {
     let redis = RedisServer::start();
     let store = store(&redis, Duration::from_secs(1)).await;
     let ttl = Duration::from_millis(600);
-    assert!(store.acquire("l:c".into(), "a:1".into(), 2, ttl).await.unwrap());
-    assert!(store.acquire("l:c".into(), "b:1".into(), 2, ttl).await.unwrap());
-    assert!(!store.acquire("l:c".into(), "b:2".into(), 2, ttl).await.unwrap(), "two held");
+    assert!(
+        store
+            .acquire("l:c".into(), "a:1".into(), 2, ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .acquire("l:c".into(), "b:1".into(), 2, ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .acquire("l:c".into(), "b:2".into(), 2, ttl)
+            .await
+            .unwrap(),
+        "two held"
+    );
     store.release("l:c".into(), "b:1".into()).await.unwrap();
-    assert!(store.acquire("l:c".into(), "b:2".into(), 2, ttl).await.unwrap(), "one given back");
+    assert!(
+        store
+            .acquire("l:c".into(), "b:2".into(), 2, ttl)
+            .await
+            .unwrap(),
+        "one given back"
+    );
     // b renews its lease, a (a dead replica) does not: a's expires, b's does not.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        store.renew(vec![("l:c".into(), "b:2".into())], ttl).await.unwrap();
+        store
+            .renew(vec![("l:c".into(), "b:2".into())], ttl)
+            .await
+            .unwrap();
     }
-    assert!(store.acquire("l:c".into(), "c:1".into(), 2, ttl).await.unwrap(), "a's expired");
-    assert!(!store.acquire("l:c".into(), "c:2".into(), 2, ttl).await.unwrap(), "b's held");
+    assert!(
+        store
+            .acquire("l:c".into(), "c:1".into(), 2, ttl)
+            .await
+            .unwrap(),
+        "a's expired"
+    );
+    assert!(
+        !store
+            .acquire("l:c".into(), "c:2".into(), 2, ttl)
+            .await
+            .unwrap(),
+        "b's held"
+    );
     assert!(redis.keys_without_ttl("attitude:").is_empty());
 }
 
@@ -83,12 +138,17 @@ async fn a_million_client_keys_leave_redis_memory_bounded_by_the_expiry() {
         if tasks.len() as u32 >= IN_FLIGHT {
             match tasks.join_next().await.expect("a task").expect("joined") {
                 Ok(None) => {}
-                Ok(Some(_)) | Err(FleetError::Timeout | FleetError::Open | FleetError::Failed(_)) => {
+                Ok(Some(_))
+                | Err(FleetError::Timeout | FleetError::Open | FleetError::Failed(_)) => {
                     failed += 1
                 }
             }
         }
-        let ask = store.gcra(format!("flood:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255), Duration::from_secs(1), 1);
+        let ask = store.gcra(
+            format!("flood:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+            Duration::from_secs(1),
+            1,
+        );
         tasks.spawn(ask);
         if i % 100_000 == 0 {
             let size: u64 = redis.cli(&["DBSIZE"]).trim().parse().unwrap_or(0);

@@ -1,16 +1,20 @@
 //! `[state] redis`: the fleet's shared memory, connected once per process and handed to what
 //! remembers (`stack::state`): the rate rules, the per-client session leases, the AUTH guard,
 //! the greylist. The policies' operations reach `attitude_state::Redis` through
-//! [`PolicyRedis`], the generic layers' through `Redis::fleet_store`.
+//! [`PolicyRedis`], the generic layers' through `Redis::fleet_store`. The greylist file of a
+//! process that ran alone is imported into Redis once ([`Fleet::import_greylist`]).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use attitude_layers::fleet::{FleetFuture, FleetStore};
 use attitude_layers::keyed_concurrency::LeaseTerms;
 use attitude_policy::fleet::FleetPolicies;
-use attitude_policy::greylist::{Timing, Verdict};
-use attitude_state::{BreakerConfig, GreylistTiming, GreylistVerdict, Redis, StateConfig};
+use attitude_policy::greylist::{Greylist, Timing, Verdict};
+use attitude_state::{
+    BreakerConfig, GreylistEntry, GreylistTiming, GreylistVerdict, Redis, StateConfig,
+};
 
 use crate::config;
 
@@ -23,6 +27,55 @@ pub(crate) struct Fleet {
     pub policies: Arc<dyn FleetPolicies>,
     /// How sessions' leases are held.
     pub leases: LeaseTerms,
+    redis: Arc<Redis>,
+}
+
+impl Fleet {
+    /// Imports the greylist file of the process's store into Redis (the first start with
+    /// `[state] redis`: what the replicas learnt alone is not lost), then renames the file to
+    /// `*.imported` so that it is imported once. In the background: sessions do not wait.
+    pub(crate) fn import_greylist(&self, greylist: &Greylist, file: &Path) {
+        let store = greylist.snapshot();
+        if store.is_empty() {
+            return;
+        }
+        let entries: Vec<GreylistEntry> = store
+            .triplets()
+            .map(|(n, s, r, first, passed)| {
+                GreylistEntry::Triplet(n.into(), s.into(), r.into(), first, passed)
+            })
+            .chain(
+                store
+                    .clients()
+                    .map(|(n, passes, until)| GreylistEntry::Client(n.into(), passes, until)),
+            )
+            .collect();
+        let timing = greylist_timing(greylist.timing());
+        let (redis, file) = (self.redis.clone(), file.to_owned());
+        tokio::spawn(async move {
+            let total = entries.len();
+            match redis.import_greylist(entries, timing).await {
+                Ok(imported) => {
+                    let done = file.with_extension("imported");
+                    let renamed = std::fs::rename(&file, &done);
+                    tracing::info!(file = %file.display(), entries = total, imported, renamed_to = %done.display(), ok = renamed.is_ok(), "greylist file imported into Redis");
+                }
+                Err(error) => {
+                    tracing::warn!(file = %file.display(), %error, "greylist file not imported into Redis; it will be tried again at the next start")
+                }
+            }
+        });
+    }
+}
+
+fn greylist_timing(timing: &Timing) -> GreylistTiming {
+    GreylistTiming {
+        delay: timing.delay,
+        retry_window: timing.retry_window,
+        pass_ttl: timing.pass_ttl,
+        allowlist_after: timing.allowlist_after,
+        allowlist_ttl: timing.allowlist_ttl,
+    }
 }
 
 /// Connects to `[state] redis`, if set (see `attitude_state::connect` for what is fatal).
@@ -49,7 +102,8 @@ pub(crate) async fn connect(state: &config::State) -> Result<Option<Fleet>, Stri
     .map_err(|e| e.to_string())?;
     Ok(Some(Fleet {
         store: redis.fleet_store(),
-        policies: Arc::new(PolicyRedis(redis)),
+        policies: Arc::new(PolicyRedis(redis.clone())),
+        redis,
         leases: LeaseTerms {
             ttl: state.lease_ttl,
             refusal_memory: state.refusal_memory,
@@ -85,18 +139,9 @@ impl FleetPolicies for PolicyRedis {
         recipient: &str,
         timing: &Timing,
     ) -> FleetFuture<Verdict> {
-        let ask = self.0.greylist(
-            network,
-            sender,
-            recipient,
-            GreylistTiming {
-                delay: timing.delay,
-                retry_window: timing.retry_window,
-                pass_ttl: timing.pass_ttl,
-                allowlist_after: timing.allowlist_after,
-                allowlist_ttl: timing.allowlist_ttl,
-            },
-        );
+        let ask = self
+            .0
+            .greylist(network, sender, recipient, greylist_timing(timing));
         Box::pin(async move {
             Ok(match ask.await? {
                 GreylistVerdict::Allowlisted => Verdict::Allowlisted,

@@ -117,10 +117,12 @@ impl Shared {
         }
         if self.greylist.is_none() && any(|c| c.greylist.enabled) {
             // The store's settings are the top level's, whichever listener turned it on.
-            self.greylist = Some(
-                command::greylist_store(config, self.state.fleet.as_ref())
-                    .map_err(|e| e.to_string())?,
-            );
+            let greylist = command::greylist_store(config, self.state.fleet.as_ref())
+                .map_err(|e| e.to_string())?;
+            if let (Some(fleet), Some(file)) = (&self.state.fleet, &config.greylist.file) {
+                fleet.import_greylist(&greylist, file);
+            }
+            self.greylist = Some(greylist);
         }
         Ok(())
     }

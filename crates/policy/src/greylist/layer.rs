@@ -126,11 +126,27 @@ impl Greylist {
         Some(fleet.greylist(network, sender, recipient, &self.config.timing))
     }
 
-    /// Saves the store to its file, if it has one. Sessions are not held up while it writes:
+    /// Its times and bounds.
+    pub fn timing(&self) -> &Timing {
+        &self.config.timing
+    }
+
+    /// A copy of the process's store (what the file holds), e.g. to import it into the fleet's.
+    pub fn snapshot(&self) -> Store {
+        self.store.lock().expect("greylist lock").clone()
+    }
+
+    /// Saves the store to its file, if it has one (not with the fleet's store, which is the
+    /// greylist then: Redis keeps it). Sessions are not held up while it writes:
     /// the store is copied under the lock and written from the copy (call it off the runtime's
     /// threads, `spawn_blocking`: it syncs the file).
     pub fn save(&self) {
-        let Some(path) = &self.config.file else {
+        let Some(path) = self
+            .config
+            .file
+            .as_ref()
+            .filter(|_| self.config.fleet.is_none())
+        else {
             return;
         };
         let now = (self.config.clock)();

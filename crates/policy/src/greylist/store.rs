@@ -208,6 +208,27 @@ impl Store {
         self.triplets.len()
     }
 
+    /// Every triplet: (client network, sender, recipient, first attempt, passed until or 0).
+    pub fn triplets(&self) -> impl Iterator<Item = (&str, &str, &str, u64, u64)> {
+        self.triplets.iter().filter_map(|(key, t)| {
+            let mut parts = key.splitn(3, '\t');
+            Some((
+                parts.next()?,
+                parts.next()?,
+                parts.next()?,
+                t.first,
+                t.passed_until,
+            ))
+        })
+    }
+
+    /// Every client network: (network, passed triplets, allowlisted until or 0).
+    pub fn clients(&self) -> impl Iterator<Item = (&str, u32, u64)> {
+        self.clients
+            .iter()
+            .map(|(client, c)| (client.as_str(), c.passes, c.until))
+    }
+
     /// True when nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.triplets.is_empty() && self.clients.is_empty()
