@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use attitude_test_support::{
-    Attitude, Client, DnsServer, Peer, Rr, Sink, TestCa, attitude_bin, free_port, http_get,
-    require_tool, run, scratch_dir, tls_client, wait_for,
+    Attitude, Client, DnsServer, Peer, RedisServer, Rr, Sink, TestCa, attitude_bin, free_port,
+    http_get, require_tool, run, scratch_dir, tls_client, wait_for,
 };
 use serde_json::Value;
 
@@ -270,8 +270,15 @@ fn dashboard_queries() -> Vec<(String, String)> {
 
 /// Writes a configuration for the dashboard's traffic: three listeners (MX with greylisting,
 /// submission without, one behind PROXY protocol), TLS, DNSBL on a local DNS server, dry-run
-/// rules, a rate rule, a throttle, a tarpit, a live backend and a dead one.
-fn traffic_config(c: &Path, dns: SocketAddr, sink: SocketAddr, dead: SocketAddr) -> String {
+/// rules, a rate rule, a throttle, a tarpit, a live backend and a dead one, and the fleet's
+/// state in a real Redis.
+fn traffic_config(
+    c: &Path,
+    dns: SocketAddr,
+    sink: SocketAddr,
+    dead: SocketAddr,
+    redis: &str,
+) -> String {
     format!(
         "[[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
          [[listeners]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\npolicy.greylist.enabled = false\n\
@@ -289,7 +296,8 @@ fn traffic_config(c: &Path, dns: SocketAddr, sink: SocketAddr, dead: SocketAddr)
          [[rates]]\nname = \"sender-messages\"\nkey = \"sender\"\ncount = \"messages\"\nlimit = 3\nper = \"1h\"\n\
          [[rates]]\nname = \"client-recipients\"\nkey = \"client\"\ncount = \"recipients\"\nlimit = 1\nper = \"1h\"\nmode = \"dry-run\"\n\
          [backend]\nservers = [\"{sink}\", \"{dead}\"]\n\
-         [backend.health]\ninterval = \"1s\"\nrise = 1\nfall = 1\n",
+         [backend.health]\ninterval = \"1s\"\nrise = 1\nfall = 1\n\
+         [state]\nredis = \"{redis}\"\n",
         cert = c.join("tls/tls.crt").display(),
         key = c.join("tls/tls.key").display(),
     )
@@ -331,7 +339,11 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
     );
     let sink = Sink::start();
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let attitude = Attitude::start(&traffic_config(&dir, dns.addr, sink.addr, dead), &[]);
+    let redis = RedisServer::start();
+    let attitude = Attitude::start(
+        &traffic_config(&dir, dns.addr, sink.addr, dead, &redis.url()),
+        &[],
+    );
     let prometheus = Prometheus::start(&[attitude.admin]);
     let (mx, submission, proxied) = (
         attitude.listener("mx"),
