@@ -3,8 +3,8 @@
 #   make test   install what the tests need (make deps), then formatting, lints and every test
 #   make release the release binary, target/release/attitude (what deploy/Dockerfile runs)
 #   make bench  release build against smtp-sink, HAProxy and nginx (../shared/bench), a BDAT row against Postfix, figures for the README
-#   make bench-flood  the DoS scenario (../shared/bench/flood.sh) in hold and slow modes
-#   make bench-limits what the limit stack costs: limits on vs off, same build, same run
+#   make bench-flood  the DoS scenario (../shared/bench/flood.sh) in hold and slow modes (REDIS=1: limits in Redis)
+#   make bench-limits what the limit stack costs: limits on vs off, then limits in Redis vs in the process, same build, same run
 #   make bench-policies what the filtering policies cost: policies on vs off (local DNS server)
 #   make bench-ab BASE=BIN  this tree against another build (scripts/ab-build.sh): 1 KB and 100 KB, new and reuse, idle memory
 #   make fuzz   a fuzz target (FUZZ_TARGET=decode|reply) for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
@@ -65,6 +65,7 @@ bench-flood:
 
 bench-limits:
 	bash scripts/ab-cost.sh deploy/bench/limits-on.toml deploy/bench/limits-off.toml
+	bash scripts/fleet-cost.sh
 
 bench-policies:
 	bash scripts/policies-cost.sh

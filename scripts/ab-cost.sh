@@ -6,6 +6,8 @@
 # and many, REPS repetitions (default 3). Each instance gets a warm-up run first.
 #   make bench-limits    = scripts/ab-cost.sh deploy/bench/limits-on.toml deploy/bench/limits-off.toml
 #   make bench-policies  = scripts/policies-cost.sh (starts a DNS server, then this)
+#   the Redis row         = scripts/fleet-cost.sh (starts a Redis, then this)
+# A configuration may be several files, comma-separated (merged in order, as `--config` does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ON_CONFIG=${1:?ON_CONFIG}
@@ -18,9 +20,12 @@ mkdir -p "$STATE"
 cargo build --release -p attitude
 bash "$BENCH/setup.sh" >/dev/null
 bash "$BENCH/backends.sh" start 2 12525 >/dev/null
-target/release/attitude serve --config "$ON_CONFIG" >"$STATE/on.out" 2>"$STATE/on.log" &
+configs() { local f; IFS=, read -ra files <<<"$1"; for f in "${files[@]}"; do printf -- '--config\n%s\n' "$f"; done; }
+mapfile -t on_args < <(configs "$ON_CONFIG")
+mapfile -t off_args < <(configs "$OFF_CONFIG")
+target/release/attitude serve "${on_args[@]}" >"$STATE/on.out" 2>"$STATE/on.log" &
 ON=$!
-target/release/attitude serve --config "$OFF_CONFIG" >"$STATE/off.out" 2>"$STATE/off.log" &
+target/release/attitude serve "${off_args[@]}" >"$STATE/off.out" 2>"$STATE/off.log" &
 OFF=$!
 trap 'kill $ON $OFF 2>/dev/null; wait $ON $OFF 2>/dev/null; bash "$BENCH/backends.sh" stop 2 12525 >/dev/null' EXIT
 sleep 1
@@ -47,5 +52,10 @@ awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2
        return a[int((k + 1) / 2)] }
      END { for (row in rows) printf "MEDIAN %s on=%.0f off=%.0f ratio=%.2f\n", row, median("on", row), median("off", row), median("on", row) / median("off", row) }' \
     "$STATE/ab-cost.txt"
+# With the fleet's state on: Redis round trips per message (every operation, warm-up included).
+curl -s http://127.0.0.1:12891/metrics | awk '
+    /^attitude_state_operations_total/ { ops += $NF; if ($0 ~ /result="ok"/) ok += $NF }
+    /^attitude_messages_total\{outcome="accepted"\}/ { msgs += $NF }
+    END { if (ops > 0) printf "REDIS round trips per message: %.2f (%d operations, %d ok, %d messages)\n", ops / msgs, ops, ok, msgs }'
 echo "refusals on the ON instance (must be 0 for a fair comparison):"
 curl -s http://127.0.0.1:12891/metrics | grep -E '^attitude_policy_decisions_total\{.*action="(reject|defer)"\} [1-9]' || echo "none"

@@ -4,6 +4,11 @@
 //! slow, or its circuit breaker is open): the layers then fall back to what they keep in the
 //! process, so a store that is down costs a session nothing but the fleet-wide view.
 //!
+//! A rate limit takes cells in batches (a small share of the burst, at most
+//! [`MAX_BATCH`]) and spends them locally, so a rule whose rate is far above what one key sends
+//! costs far less than a round trip per request, and one of a few per hour costs one per request
+//! and stays exact; a process can hold at most a batch of a key's cells unspent.
+//!
 //! Keys are the caller's (a rule name and a key, as text); the store adds its own prefix. Every
 //! entry the store makes expires by itself: a GCRA key when it is back at full burst, a lease
 //! when its holder stops renewing it (a process that dies leaves no stuck count).
@@ -13,6 +18,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Most cells a rate limit takes from the store at once.
+pub const MAX_BATCH: u32 = 64;
+
+/// The cells a rate limit asks for at once, for a burst of `burst`: a hundredth of it, at least
+/// one, at most [`MAX_BATCH`].
+pub fn batch(burst: u32) -> u32 {
+    (burst / 100).clamp(1, MAX_BATCH)
+}
 
 /// A boxed, sendable future (the store's calls are dynamic: one store serves every rule).
 pub type FleetFuture<T> = Pin<Box<dyn Future<Output = Result<T, FleetError>> + Send>>;
@@ -42,10 +56,17 @@ impl std::error::Error for FleetError {}
 
 /// What the keyed layers ask of a shared store.
 pub trait FleetStore: Send + Sync + fmt::Debug + 'static {
-    /// GCRA: takes one cell of `key` (emission interval `interval`, burst `burst`), on the
-    /// store's own clock. `Ok(None)`: allowed; `Ok(Some(wait))`: refused, a cell is free in
-    /// `wait`. The key expires when it is back at full burst.
-    fn gcra(&self, key: String, interval: Duration, burst: u32) -> FleetFuture<Option<Duration>>;
+    /// GCRA: takes up to `want` cells of `key` (emission interval `interval`, burst `burst`),
+    /// as many as are free, on the store's own clock. `Ok(Ok(n))`: `n` cells taken (at least
+    /// one); `Ok(Err(wait))`: none free, one is in `wait`. The key expires when it is back at
+    /// full burst.
+    fn gcra(
+        &self,
+        key: String,
+        interval: Duration,
+        burst: u32,
+        want: u32,
+    ) -> FleetFuture<Result<u32, Duration>>;
 
     /// Takes one of the `limit` leases of `key` for `holder` (unique per session), valid for
     /// `ttl` unless renewed. `Ok(false)`: all `limit` are held (by live holders).

@@ -10,8 +10,9 @@ use redis::Script;
 
 use crate::{Op, Redis};
 
-/// GCRA: KEYS[1] holds the theoretical arrival time (µs); ARGV interval (µs), burst. Returns -1
-/// (allowed) or the wait in µs. The key expires when it is back at full burst.
+/// GCRA: KEYS[1] holds the theoretical arrival time (µs); ARGV interval (µs), burst, cells
+/// wanted. Takes as many of those as are free: returns {cells, 0}, or {0, wait in µs} when none
+/// is. The key expires when it is back at full burst.
 static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -21,10 +22,11 @@ local interval = tonumber(ARGV[1])
 local tau = interval * (tonumber(ARGV[2]) - 1)
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-if tat - now > tau then return tat - now - tau end
-local new = tat + interval
+if tat - now > tau then return {0, tat - now - tau} end
+local cells = math.min(tonumber(ARGV[3]), math.floor((tau - (tat - now)) / interval) + 1)
+local new = tat + cells * interval
 redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.ceil((new - now) / 1000))
-return -1
+return {cells, 0}
 ",
     )
 });
@@ -368,7 +370,13 @@ impl Redis {
 pub struct FleetRedis(pub Arc<Redis>);
 
 impl FleetStore for FleetRedis {
-    fn gcra(&self, key: String, interval: Duration, burst: u32) -> FleetFuture<Option<Duration>> {
+    fn gcra(
+        &self,
+        key: String,
+        interval: Duration,
+        burst: u32,
+        want: u32,
+    ) -> FleetFuture<Result<u32, Duration>> {
         let redis = self.0.clone();
         let key = redis.key("rate", &key);
         let mut conn = redis.conn();
@@ -376,16 +384,21 @@ impl FleetStore for FleetRedis {
             .unwrap_or(u64::MAX)
             .max(1);
         Box::pin(async move {
-            let wait: i64 = redis
+            let (cells, wait): (u32, u64) = redis
                 .run(Op::Gcra, async {
                     GCRA.key(key)
                         .arg(interval)
                         .arg(burst.max(1))
+                        .arg(want.max(1))
                         .invoke_async(&mut conn)
                         .await
                 })
                 .await?;
-            Ok((wait >= 0).then(|| Duration::from_micros(wait.unsigned_abs())))
+            Ok(if cells > 0 {
+                Ok(cells)
+            } else {
+                Err(Duration::from_micros(wait))
+            })
         })
     }
 

@@ -35,15 +35,20 @@ async fn gcra_gives_the_burst_then_names_the_wait_and_its_key_expires() {
     let redis = RedisServer::start();
     let store = store(&redis, Duration::from_secs(1)).await;
     let interval = Duration::from_millis(500);
-    for i in 0..3 {
-        let verdict = store.gcra("r:k".into(), interval, 3).await.unwrap();
-        assert_eq!(verdict, None, "cell {i} of the burst");
-    }
+    assert_eq!(
+        store.gcra("r:k".into(), interval, 3, 1).await.unwrap(),
+        Ok(1)
+    );
+    assert_eq!(
+        store.gcra("r:k".into(), interval, 3, 5).await.unwrap(),
+        Ok(2),
+        "the rest of the burst, not more"
+    );
     let wait = store
-        .gcra("r:k".into(), interval, 3)
+        .gcra("r:k".into(), interval, 3, 1)
         .await
         .unwrap()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         wait > Duration::from_millis(400) && wait <= interval,
         "{wait:?}"
@@ -59,8 +64,8 @@ async fn gcra_gives_the_burst_then_names_the_wait_and_its_key_expires() {
     );
     tokio::time::sleep(wait).await;
     assert_eq!(
-        store.gcra("r:k".into(), interval, 3).await.unwrap(),
-        None,
+        store.gcra("r:k".into(), interval, 3, 2).await.unwrap(),
+        Ok(1),
         "the next cell"
     );
 }
@@ -137,9 +142,8 @@ async fn a_million_client_keys_leave_redis_memory_bounded_by_the_expiry() {
     for i in 0..KEYS {
         if tasks.len() as u32 >= IN_FLIGHT {
             match tasks.join_next().await.expect("a task").expect("joined") {
-                Ok(None) => {}
-                Ok(Some(_))
-                | Err(FleetError::Timeout | FleetError::Open | FleetError::Failed(_)) => {
+                Ok(Ok(1)) => {}
+                Ok(_) | Err(FleetError::Timeout | FleetError::Open | FleetError::Failed(_)) => {
                     failed += 1
                 }
             }
@@ -147,6 +151,7 @@ async fn a_million_client_keys_leave_redis_memory_bounded_by_the_expiry() {
         let ask = store.gcra(
             format!("flood:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
             Duration::from_secs(1),
+            1,
             1,
         );
         tasks.spawn(ask);
@@ -156,7 +161,7 @@ async fn a_million_client_keys_leave_redis_memory_bounded_by_the_expiry() {
         }
     }
     while let Some(done) = tasks.join_next().await {
-        if !matches!(done.expect("joined"), Ok(None)) {
+        if !matches!(done.expect("joined"), Ok(Ok(1))) {
             failed += 1;
         }
     }

@@ -127,7 +127,7 @@ fn renew_while_alive<K: Send + 'static>(leases: Weak<Leases<K>>) {
             Some(l) => (l.terms.ttl / 3).max(Duration::from_millis(10)),
             None => return,
         };
-        let mut tick = tokio::time::interval(period);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

@@ -83,6 +83,7 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> RateLimitState<K, C> {
                 metrics,
                 fleet: None,
                 refused: Mutex::default(),
+                spare: Mutex::default(),
             }),
         }
     }
@@ -140,6 +141,8 @@ pub(super) struct Shared<K: Hash + Eq + Clone, C: Clock> {
     /// Keys the store refused, until when (the limiter's nanoseconds): refused again from here
     /// without a round trip until their next cell is due.
     refused: Mutex<HashMap<K, u64>>,
+    /// Cells the store granted in a batch and not spent yet, by key.
+    spare: Mutex<HashMap<K, u32>>,
 }
 
 impl<K, F, R> RateLimitLayer<K, F, R, DefaultClock>
@@ -233,6 +236,35 @@ where
         let refused = self.refused.lock().expect("refusal cache lock");
         let until = *refused.get(key)?;
         (until > now).then(|| Duration::from_nanos(until - now))
+    }
+
+    /// Spends one of `key`'s spare cells, if it has one.
+    pub(super) fn take_spare(&self, key: &K) -> bool {
+        let mut spare = self.spare.lock().expect("spare cells lock");
+        match spare.get_mut(key) {
+            Some(1) => {
+                spare.remove(key);
+                true
+            }
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The store granted `cells` for `key`; one is spent now, the rest kept (bounded by the
+    /// key bound: over it, the spare cells are forgotten, which only admits less).
+    pub(super) fn keep_spare(&self, key: K, cells: u32) {
+        if cells <= 1 {
+            return;
+        }
+        let mut spare = self.spare.lock().expect("spare cells lock");
+        if spare.len() >= self.max_keys.load(Ordering::Relaxed) {
+            spare.clear();
+        }
+        spare.insert(key, cells - 1);
     }
 
     /// The store refused `key` for `wait`.

@@ -130,10 +130,17 @@ where
                 Some(why) => Either::inner(Either::rejected(self.reject.reject(req, why))),
             };
         }
+        // Cells taken in an earlier batch are spent here, with no round trip.
+        if shared.take_spare(&key) {
+            return Either::inner(Either::inner(self.inner.call(req)));
+        }
         let (interval, burst) = shared.gcra.terms();
-        let ask = fleet
-            .store
-            .gcra(format!("{}:{name}", shared.name), interval, burst);
+        let ask = fleet.store.gcra(
+            format!("{}:{name}", shared.name),
+            interval,
+            burst,
+            crate::fleet::batch(burst),
+        );
         let inner = self
             .inner
             .handle()
@@ -141,8 +148,11 @@ where
         let reject = self.reject.clone();
         Either::rejected(Box::pin(async move {
             let verdict = match ask.await {
-                Ok(None) => Ok(()),
-                Ok(Some(wait)) => {
+                Ok(Ok(cells)) => {
+                    shared.keep_spare(key, cells);
+                    Ok(())
+                }
+                Ok(Err(wait)) => {
                     shared.remember_refusal(key, wait);
                     Err(wait)
                 }
