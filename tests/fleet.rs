@@ -530,6 +530,10 @@ fn pregreet_verdicts_and_dnsbl_scores_made_on_one_replica_hold_on_the_other() {
         greeting.starts_with("554 5.7.1") && greeting.contains("bl.test"),
         "{greeting}"
     );
+    // (A tells Redis in the background.)
+    assert!(wait_for(Duration::from_secs(2), || !redis
+        .keys("attitude:{dnsbl:")
+        .is_empty()));
     let (_, greeting) = session(&b, ip(2));
     assert!(greeting.starts_with("554 5.7.1"), "{greeting}");
     let lookups = "attitude_dnsbl_lookups_total{zone=\"bl.test\",result=\"listed\"}";

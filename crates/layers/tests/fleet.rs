@@ -118,7 +118,7 @@ async fn a_refused_key_is_refused_locally_until_its_next_cell_and_a_failing_stor
         quota,
         100,
         LimitMetrics::noop(),
-        TokioClock::default(),
+        TokioClock,
     )
     .fleet(Fleet::display(store.clone()));
     let layer = RateLimitLayer::with_state(state, key as fn(&Req) -> _, refuse as fn(_, _) -> _);

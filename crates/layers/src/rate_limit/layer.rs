@@ -82,8 +82,7 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> RateLimitState<K, C> {
                 calls: AtomicU64::new(0),
                 metrics,
                 fleet: None,
-                refused: Mutex::default(),
-                spare: Mutex::default(),
+                local: Mutex::default(),
             }),
         }
     }
@@ -138,11 +137,28 @@ pub(super) struct Shared<K: Hash + Eq + Clone, C: Clock> {
     pub(super) metrics: LimitMetrics,
     /// The shared store, when the rule's state is the fleet's.
     pub(super) fleet: Option<Fleet<K>>,
-    /// Keys the store refused, until when (the limiter's nanoseconds): refused again from here
-    /// without a round trip until their next cell is due.
-    refused: Mutex<HashMap<K, u64>>,
-    /// Cells the store granted in a batch and not spent yet, by key.
-    spare: Mutex<HashMap<K, u32>>,
+    /// What this process knows of a fleet rule's keys without asking the store.
+    local: Mutex<HashMap<K, Known>>,
+}
+
+/// A fleet rule's key, as this process knows it between round trips.
+#[derive(Debug, Clone, Copy)]
+enum Known {
+    /// The store refused it until then (the limiter's nanoseconds): refused again from here
+    /// without a round trip until its next cell is due.
+    RefusedUntil(u64),
+    /// Cells the store granted in a batch and not spent yet.
+    Spare(u32),
+}
+
+/// What a fleet rule decides without the store.
+pub(super) enum Local {
+    /// A spare cell was spent: allowed.
+    Spent,
+    /// Still refused, for this long.
+    Refused(Duration),
+    /// Ask the store.
+    Ask,
 }
 
 impl<K, F, R> RateLimitLayer<K, F, R, DefaultClock>
@@ -230,55 +246,52 @@ where
     K: Hash + Eq + Clone,
     C: Clock + Clone,
 {
-    /// How long `key` stays refused after the store refused it, if it still does.
-    pub(super) fn refused_for(&self, key: &K) -> Option<Duration> {
-        let now = self.gcra.now();
-        let refused = self.refused.lock().expect("refusal cache lock");
-        let until = *refused.get(key)?;
-        (until > now).then(|| Duration::from_nanos(until - now))
-    }
-
-    /// Spends one of `key`'s spare cells, if it has one.
-    pub(super) fn take_spare(&self, key: &K) -> bool {
-        let mut spare = self.spare.lock().expect("spare cells lock");
-        match spare.get_mut(key) {
-            Some(1) => {
-                spare.remove(key);
-                true
-            }
-            Some(n) => {
+    /// A fleet rule's verdict on `key` from what this process knows (one lock, one lookup).
+    pub(super) fn local(&self, key: &K) -> Local {
+        let mut local = self.local.lock().expect("fleet keys lock");
+        match local.get_mut(key) {
+            None => Local::Ask,
+            Some(Known::Spare(n)) if *n > 1 => {
                 *n -= 1;
-                true
+                Local::Spent
             }
-            None => false,
+            Some(Known::Spare(_)) => {
+                local.remove(key);
+                Local::Spent
+            }
+            Some(Known::RefusedUntil(until)) => {
+                let now = self.gcra.now();
+                if *until > now {
+                    Local::Refused(Duration::from_nanos(*until - now))
+                } else {
+                    local.remove(key);
+                    Local::Ask
+                }
+            }
         }
     }
 
-    /// The store granted `cells` for `key`; one is spent now, the rest kept (bounded by the
-    /// key bound: over it, the spare cells are forgotten, which only admits less).
-    pub(super) fn keep_spare(&self, key: K, cells: u32) {
-        if cells <= 1 {
-            return;
-        }
-        let mut spare = self.spare.lock().expect("spare cells lock");
-        if spare.len() >= self.max_keys.load(Ordering::Relaxed) {
-            spare.clear();
-        }
-        spare.insert(key, cells - 1);
-    }
-
-    /// The store refused `key` for `wait`.
-    pub(super) fn remember_refusal(&self, key: K, wait: Duration) {
-        let now = self.gcra.now();
-        let until = now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
-        let mut refused = self.refused.lock().expect("refusal cache lock");
-        if refused.len() >= self.max_keys.load(Ordering::Relaxed) {
-            refused.retain(|_, until| *until > now);
-            if refused.len() >= self.max_keys.load(Ordering::Relaxed) {
-                refused.clear();
+    /// The store granted `cells` for `key` (one is spent now) or refused it for `wait`.
+    pub(super) fn learn(&self, key: K, granted: Result<u32, Duration>) {
+        let known = match granted {
+            Ok(cells) if cells > 1 => Known::Spare(cells - 1),
+            Ok(_) => return,
+            Err(wait) => Known::RefusedUntil(
+                self.gcra
+                    .now()
+                    .saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX)),
+            ),
+        };
+        let mut local = self.local.lock().expect("fleet keys lock");
+        if local.len() >= self.max_keys.load(Ordering::Relaxed) {
+            // Over the key bound: forget (spare cells forgotten only admit less).
+            let now = self.gcra.now();
+            local.retain(|_, k| matches!(k, Known::RefusedUntil(until) if *until > now));
+            if local.len() >= self.max_keys.load(Ordering::Relaxed) {
+                local.clear();
             }
         }
-        refused.insert(key, until);
+        local.insert(key, known);
     }
 
     pub(super) fn tick(&self) {
@@ -294,10 +307,10 @@ where
             self.gcra.retain_recent();
             len = self.gcra.len();
             let now = self.gcra.now();
-            self.refused
+            self.local
                 .lock()
-                .expect("refusal cache lock")
-                .retain(|_, until| *until > now);
+                .expect("fleet keys lock")
+                .retain(|_, k| !matches!(k, Known::RefusedUntil(until) if *until <= now));
         }
         if len > max_keys {
             self.gcra.clear();

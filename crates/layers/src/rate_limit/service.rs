@@ -7,7 +7,7 @@ use governor::clock::Clock;
 use tower_service::Service;
 
 use super::ResponseFuture;
-use super::layer::Shared;
+use super::layer::{Local, Shared};
 use crate::slot::{Slot, call_later};
 use crate::{Either, Mode, Reject, Rejection};
 
@@ -106,34 +106,19 @@ where
         };
         let (shared, mode) = (self.shared.clone(), self.mode);
         shared.tick();
-        let fleet_key = shared
-            .fleet
-            .as_ref()
-            .and_then(|fleet| Some((fleet, (fleet.encode)(&key)?)));
-        let Some((fleet, name)) = fleet_key else {
-            // The process decides at once.
-            return match shared
-                .gcra
-                .check(&key)
-                .err()
-                .and_then(|w| refuse(&shared, mode, w))
-            {
-                None => Either::inner(Either::inner(self.inner.call(req))),
-                Some(why) => Either::inner(Either::rejected(self.reject.reject(req, why))),
-            };
+        // Decided at once: without a fleet, by the process's GCRA; with one, from what the
+        // process knows (a cell of an earlier batch spent, or a key the store refused, refused
+        // until its next cell: neither costs a round trip, so a flood costs none).
+        let (fleet, name) = match shared.fleet.as_ref().map(|f| (f, shared.local(&key))) {
+            None => return self.at_once(req, shared.gcra.check(&key)),
+            Some((_, Local::Spent)) => return self.at_once(req, Ok(())),
+            Some((_, Local::Refused(wait))) => return self.at_once(req, Err(wait)),
+            Some((fleet, Local::Ask)) => match (fleet.encode)(&key) {
+                Some(name) => (fleet, name),
+                // A key the fleet does not share.
+                None => return self.at_once(req, shared.gcra.check(&key)),
+            },
         };
-        // A key the store refused is refused from here until its next cell: a flood costs no
-        // round trip per refused request.
-        if let Some(wait) = shared.refused_for(&key) {
-            return match refuse(&shared, mode, wait) {
-                None => Either::inner(Either::inner(self.inner.call(req))),
-                Some(why) => Either::inner(Either::rejected(self.reject.reject(req, why))),
-            };
-        }
-        // Cells taken in an earlier batch are spent here, with no round trip.
-        if shared.take_spare(&key) {
-            return Either::inner(Either::inner(self.inner.call(req)));
-        }
         let (interval, burst) = shared.gcra.terms();
         let ask = fleet.store.gcra(
             format!("{}:{name}", shared.name),
@@ -148,13 +133,10 @@ where
         let reject = self.reject.clone();
         Either::rejected(Box::pin(async move {
             let verdict = match ask.await {
-                Ok(Ok(cells)) => {
-                    shared.keep_spare(key, cells);
-                    Ok(())
-                }
-                Ok(Err(wait)) => {
-                    shared.remember_refusal(key, wait);
-                    Err(wait)
+                Ok(granted) => {
+                    let verdict = granted.map(|_| ());
+                    shared.learn(key, granted);
+                    verdict
                 }
                 // The store is away: this process's own buckets decide (the store counts the
                 // error and the degraded mode).
@@ -165,5 +147,30 @@ where
                 Some(why) => reject.reject(req, why).await,
             }
         }))
+    }
+}
+
+impl<S, K, F, R, C> RateLimit<S, K, F, R, C>
+where
+    K: Hash + Eq + Clone,
+    C: Clock + Clone,
+{
+    /// A verdict reached without waiting: the inner service's answer, or the rejection's.
+    fn at_once<Req>(
+        &mut self,
+        req: Req,
+        verdict: Result<(), Duration>,
+    ) -> ResponseFuture<S::Future, R::Future, S::Response, S::Error>
+    where
+        S: Service<Req>,
+        R: Reject<Req, Response = S::Response, Error = S::Error>,
+    {
+        match verdict
+            .err()
+            .and_then(|w| refuse(&self.shared, self.mode, w))
+        {
+            None => Either::inner(Either::inner(self.inner.call(req))),
+            Some(why) => Either::inner(Either::rejected(self.reject.reject(req, why))),
+        }
     }
 }
