@@ -611,3 +611,32 @@ fn the_greylist_file_of_a_lone_replica_is_imported_into_redis_once() {
     assert!(rcpt(&a, ip(43), "new@sender.example", "bob@example.com").starts_with("451"));
     no_key_without_ttl(&redis);
 }
+
+#[test]
+fn with_sentinel_the_master_is_the_one_the_sentinels_name() {
+    let master = RedisServer::start();
+    let sentinel = RedisServer::sentinel(&master, "mymaster");
+    let backend = Recorder::start();
+    let config = format!(
+        "{OPEN}[greylist]\nenabled = true\n\
+         [state]\nredis = \"redis://mymaster/0\"\nsentinels = [\"127.0.0.1:{}\"]\nmaster_name = \"mymaster\"\n",
+        sentinel.port
+    );
+    let a = Attitude::start(&config, &[backend.addr]);
+    assert!(rcpt(&a, ip(44), "s@example.org", "bob@example.com").starts_with("451"));
+    assert!(
+        !master.keys("attitude:{gl:").is_empty(),
+        "the triplet is in the master the sentinel named"
+    );
+    assert_eq!(a.metric("attitude_state_up"), Some(1.0));
+    // A master name the sentinels do not know is a start-up error that says so.
+    let error = refused_start(&format!(
+        "[state]\nredis = \"redis://x/0\"\nsentinels = [\"127.0.0.1:{}\"]\nmaster_name = \"nosuch\"\n",
+        sentinel.port
+    ));
+    assert!(
+        error.contains("named no master") && error.contains("nosuch"),
+        "{error}"
+    );
+    no_key_without_ttl(&master);
+}

@@ -75,8 +75,8 @@ pub trait FleetStore: Send + Sync + fmt::Debug + 'static {
     /// Extends the leases `(key, holder)` by `ttl` from now.
     fn renew(&self, leases: Vec<(String, String)>, ttl: Duration) -> FleetFuture<()>;
 
-    /// Gives a lease back.
-    fn release(&self, key: String, holder: String) -> FleetFuture<()>;
+    /// Gives the leases `(key, holder)` back.
+    fn release(&self, leases: Vec<(String, String)>) -> FleetFuture<()>;
 }
 
 /// A layer's link to the store: the store, and the rule's name in its keys.

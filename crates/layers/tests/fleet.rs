@@ -88,8 +88,10 @@ impl FleetStore for Scripted {
         Box::pin(async { Ok(()) })
     }
 
-    fn release(&self, key: String, holder: String) -> FleetFuture<()> {
-        self.record(format!("release {key} {holder}"));
+    fn release(&self, leases: Vec<(String, String)>) -> FleetFuture<()> {
+        for (key, holder) in leases {
+            self.record(format!("release {key} {holder}"));
+        }
         Box::pin(async { Ok(()) })
     }
 }
@@ -198,7 +200,7 @@ async fn leases_are_taken_renewed_while_held_given_back_and_refusals_remembered(
     assert!(renewals >= 1, "{:?}", store.calls());
     respond.send_response("done".into());
     assert_eq!(held.await.unwrap().unwrap(), "done");
-    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
     assert!(
         store
             .calls()

@@ -442,18 +442,20 @@ impl FleetStore for FleetRedis {
         })
     }
 
-    fn release(&self, key: String, holder: String) -> FleetFuture<()> {
+    fn release(&self, leases: Vec<(String, String)>) -> FleetFuture<()> {
         let redis = self.0.clone();
-        let key = redis.key("lease", &key);
+        let mut pipe = redis::pipe();
+        for (key, holder) in &leases {
+            pipe.cmd("ZREM")
+                .arg(redis.key("lease", key))
+                .arg(holder)
+                .ignore();
+        }
         let mut conn = redis.conn();
         Box::pin(async move {
             redis
                 .run(Op::Release, async {
-                    redis::cmd("ZREM")
-                        .arg(key)
-                        .arg(holder)
-                        .query_async::<()>(&mut conn)
-                        .await
+                    pipe.query_async::<()>(&mut conn).await
                 })
                 .await
         })

@@ -94,7 +94,10 @@ async fn leases_are_limited_expire_unless_renewed_and_are_given_back() {
             .unwrap(),
         "two held"
     );
-    store.release("l:c".into(), "b:1".into()).await.unwrap();
+    store
+        .release(vec![("l:c".into(), "b:1".into())])
+        .await
+        .unwrap();
     assert!(
         store
             .acquire("l:c".into(), "b:2".into(), 2, ttl)

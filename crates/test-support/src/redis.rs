@@ -64,6 +64,44 @@ impl RedisServer {
         )
     }
 
+    /// A Sentinel (the same binary, `--sentinel`) that watches `master` under the name
+    /// `name`; `port` is the sentinel's.
+    pub fn sentinel(master: &RedisServer, name: &str) -> RedisServer {
+        let mut sentinel = RedisServer {
+            peer: None,
+            port: free_port(),
+            args: Vec::new(),
+            password: None,
+            tls: None,
+            dir: scratch_dir("sentinel"),
+        };
+        // A sentinel rewrites its configuration file: it must be its own and writable.
+        let conf = sentinel.dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n",
+                sentinel.port, master.port
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut cmd = Command::new(require_tool("/usr/bin/redis-server"));
+        cmd.arg(&conf).arg("--sentinel");
+        let addr = format!("127.0.0.1:{}", sentinel.port)
+            .parse()
+            .expect("address");
+        sentinel.peer = Some(Peer::spawn_listening("redis-sentinel", cmd, addr));
+        let port = master.port.to_string();
+        assert!(
+            wait_for(Duration::from_secs(10), || sentinel
+                .cli(&["SENTINEL", "get-master-addr-by-name", name])
+                .contains(&port)),
+            "the sentinel does not know its master"
+        );
+        sentinel
+    }
+
     fn start_with(extra: &[&str], tls: Option<PathBuf>, password: Option<&str>) -> RedisServer {
         let mut redis = RedisServer {
             peer: None,

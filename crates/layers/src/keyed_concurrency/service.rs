@@ -15,13 +15,14 @@ use crate::{Mode, Reject, Rejection};
 pub struct Permit<K: Hash + Eq + Clone + Send + 'static> {
     shared: Arc<Shared<K>>,
     key: Option<K>,
-    lease: Option<Lease>,
+    /// Boxed: every session's permit carries the field, few hold a lease.
+    lease: Option<Box<Lease>>,
 }
 
 impl<K: Hash + Eq + Clone + Send + 'static> Drop for Permit<K> {
     fn drop(&mut self) {
         if let (Some(lease), Some(leases)) = (self.lease.take(), &self.shared.leases) {
-            leases.release(lease);
+            leases.release(*lease);
         }
         let Some(key) = self.key.take() else {
             return;
@@ -168,7 +169,7 @@ where
             match ask.await {
                 Ok(true) => {
                     leases.hold(&lease);
-                    permit.lease = Some(lease);
+                    permit.lease = Some(Box::new(lease));
                 }
                 Ok(false) => {
                     leases.remember_refusal(key);
