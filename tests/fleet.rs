@@ -640,3 +640,28 @@ fn with_sentinel_the_master_is_the_one_the_sentinels_name() {
     );
     no_key_without_ttl(&master);
 }
+
+#[test]
+fn a_redis_away_at_start_is_not_fatal_and_is_used_once_it_answers() {
+    let backend = Recorder::start();
+    let port = attitude_test_support::free_port();
+    let config = format!(
+        "{OPEN}[greylist]\nenabled = true\n\
+         [state]\nredis = \"redis://127.0.0.1:{port}\"\nbreaker_open = \"300ms\"\n"
+    );
+    let a = Attitude::start(&config, &[backend.addr]);
+    assert_eq!(
+        a.metric("attitude_state_degraded"),
+        Some(1.0),
+        "degraded from the start"
+    );
+    // Served meanwhile (greylisting fails open), without a Redis round trip.
+    assert!(rcpt(&a, ip(45), "x@example.org", "bob@example.com").starts_with("250"));
+    let redis = RedisServer::start_on(port);
+    assert!(wait_for(Duration::from_secs(5), || a
+        .metric("attitude_state_up")
+        == Some(1.0)));
+    assert!(rcpt(&a, ip(46), "y@example.org", "bob@example.com").starts_with("451"));
+    assert!(!redis.keys("attitude:{gl:").is_empty());
+    no_key_without_ttl(&redis);
+}

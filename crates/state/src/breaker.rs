@@ -89,14 +89,20 @@ impl Breaker {
                 false
             }
             Status::Closed { .. } => {
-                tracing::warn!(error = why, probe_every = ?self.config.open_for, "shared state (Redis) is away: each replica limits on its own (degraded mode)");
-                *status = Status::Open;
-                self.up.set(0.0);
-                self.degraded.set(1.0);
+                drop(status);
+                self.open(why);
                 true
             }
             Status::Open => false,
         }
+    }
+
+    /// Opens the circuit now (Redis away, or unreachable at start).
+    pub(crate) fn open(&self, why: &str) {
+        tracing::warn!(error = why, probe_every = ?self.config.open_for, "shared state (Redis) is away: each replica limits on its own (degraded mode)");
+        *self.status.lock().expect("breaker lock") = Status::Open;
+        self.up.set(0.0);
+        self.degraded.set(1.0);
     }
 
     /// True while the store is not used.

@@ -51,6 +51,7 @@ impl Redis {
             master(&config, &info).await?
         };
         // Try once: a refusal is a start-up error; an unreachable server is degraded mode.
+        let mut away: Option<String> = None;
         match tokio::time::timeout(
             config.connect_timeout,
             client.get_multiplexed_async_connection(),
@@ -76,23 +77,26 @@ impl Redis {
                     error: error.to_string(),
                 });
             }
-            Ok(Err(error)) => {
-                tracing::warn!(url = %shown, %error, "shared state: Redis unreachable at start; degraded mode until it answers");
-            }
-            Err(_) => {
-                tracing::warn!(url = %shown, "shared state: Redis did not answer at start; degraded mode until it does");
-            }
+            Ok(Err(error)) => away = Some(error.to_string()),
+            Err(_) => away = Some("no answer within connect_timeout".into()),
         }
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config(&config))
             .map_err(|e| StateError::Config(e.to_string()))?;
-        Ok(Arc::new(Redis {
+        let redis = Arc::new(Redis {
             conn: ArcSwap::from_pointee(conn),
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             breaker: Breaker::new(config.breaker.clone()),
             metrics: Metrics::register(),
             sentinel: (!config.sentinels.is_empty()).then_some(Sentinel { config, info }),
-        }))
+        });
+        if let Some(why) = away {
+            // Degraded from the start: no session asks it until the probe finds it.
+            tracing::warn!(url = %shown, error = %why, "shared state: Redis unreachable at start");
+            redis.breaker.open(&why);
+            redis.probe();
+        }
+        Ok(redis)
     }
 
     /// With Sentinel: asks the sentinels for the master again (the circuit is open: the master

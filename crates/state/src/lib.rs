@@ -199,7 +199,7 @@ impl Redis {
 
     /// While the circuit is open: `PING` every `open_for` until Redis answers (with Sentinel,
     /// the master is asked of the sentinels again before each try).
-    fn probe(self: &Arc<Self>) {
+    pub(crate) fn probe(self: &Arc<Self>) {
         let redis = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

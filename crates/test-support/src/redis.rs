@@ -32,6 +32,20 @@ impl RedisServer {
         Self::start_with(&[], None, None)
     }
 
+    /// A plain Redis on `port` (one the test chose, e.g. where attitude was told to look).
+    pub fn start_on(port: u16) -> RedisServer {
+        let mut redis = RedisServer {
+            peer: None,
+            port,
+            args: Vec::new(),
+            password: None,
+            tls: None,
+            dir: scratch_dir("redis"),
+        };
+        redis.spawn();
+        redis
+    }
+
     /// A Redis that requires `password`.
     pub fn with_password(password: &str) -> RedisServer {
         Self::start_with(&["--requirepass", password], None, Some(password))
