@@ -80,10 +80,13 @@ impl Redis {
             Ok(Err(error)) => away = Some(error.to_string()),
             Err(_) => away = Some("no answer within connect_timeout".into()),
         }
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config(&config))
+        // Checks the settings once: every thread's manager is made the same way.
+        ConnectionManager::new_lazy_with_config(client.clone(), manager_config(&config))
             .map_err(|e| StateError::Config(e.to_string()))?;
         let redis = Arc::new(Redis {
-            conn: ArcSwap::from_pointee(conn),
+            client: ArcSwap::from_pointee((0, client)),
+            manager: manager_config(&config),
+            id: crate::NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             breaker: Breaker::new(config.breaker.clone()),
@@ -105,16 +108,20 @@ impl Redis {
         let Some(sentinel) = &self.sentinel else {
             return;
         };
-        let found = master(&sentinel.config, &sentinel.info)
-            .await
-            .and_then(|client| {
-                ConnectionManager::new_lazy_with_config(client, manager_config(&sentinel.config))
-                    .map_err(|e| StateError::Config(e.to_string()))
-            });
-        match found {
-            Ok(conn) => {
-                self.conn.store(Arc::new(conn));
-                tracing::info!(master = %sentinel.config.master_name, "shared state: master asked of the sentinels again");
+        match master(&sentinel.config, &sentinel.info).await {
+            Ok(client) => {
+                let now = client.get_connection_info().addr().to_string();
+                let before = self
+                    .client
+                    .load()
+                    .1
+                    .get_connection_info()
+                    .addr()
+                    .to_string();
+                if now != before {
+                    self.replace_client(client);
+                    tracing::info!(master = %sentinel.config.master_name, was = %before, now = %now, "shared state: the sentinels name another master");
+                }
             }
             Err(error) => tracing::warn!(%error, "shared state: the sentinels named no master"),
         }

@@ -20,6 +20,15 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Histogram};
 use redis::aio::ConnectionManager;
 
+thread_local! {
+    /// Each thread's connections: (instance, client generation, connection).
+    static THREAD_CONNS: std::cell::RefCell<Vec<(u64, u64, ConnectionManager)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Instance ids, for the threads' caches.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 use attitude_layers::fleet::FleetError;
 pub use breaker::BreakerConfig;
 pub use connect::StateError;
@@ -52,9 +61,15 @@ pub struct StateConfig {
     pub breaker: BreakerConfig,
 }
 
-/// The connection to the fleet's Redis, shared by every layer of the process.
+/// The connection to the fleet's Redis, shared by every layer of the process: one multiplexed
+/// connection per runtime thread (attitude's workers each run their own runtime; an operation
+/// on a connection whose driver runs on another thread would cost two thread hops).
 pub struct Redis {
-    conn: arc_swap::ArcSwap<ConnectionManager>,
+    /// The client (and its generation: Sentinel rediscovery makes a new one).
+    client: arc_swap::ArcSwap<(u64, redis::Client)>,
+    manager: redis::aio::ConnectionManagerConfig,
+    /// This instance, in the threads' connection caches.
+    id: u64,
     sentinel: Option<connect::Sentinel>,
     prefix: String,
     timeout: Duration,
@@ -225,9 +240,32 @@ impl Redis {
         });
     }
 
-    /// A connection handle for one operation (cheap: the manager multiplexes).
+    /// A connection handle for one operation: this thread's (made on its first use, lazily
+    /// connected by the manager, which also reconnects it).
     pub(crate) fn conn(&self) -> ConnectionManager {
-        (**self.conn.load()).clone()
+        let client = self.client.load();
+        let generation = client.0;
+        THREAD_CONNS.with(|conns| {
+            let mut conns = conns.borrow_mut();
+            if let Some((_, _, conn)) = conns
+                .iter()
+                .find(|(id, g, _)| *id == self.id && *g == generation)
+            {
+                return conn.clone();
+            }
+            conns.retain(|(id, _, _)| *id != self.id);
+            let conn =
+                ConnectionManager::new_lazy_with_config(client.1.clone(), self.manager.clone())
+                    .expect("a lazy connection manager (checked at start)");
+            conns.push((self.id, generation, conn.clone()));
+            conn
+        })
+    }
+
+    /// Uses `client` from now on (Sentinel named another master).
+    pub(crate) fn replace_client(&self, client: redis::Client) {
+        let generation = self.client.load().0 + 1;
+        self.client.store(Arc::new((generation, client)));
     }
 
     /// This store as the generic layers take it.

@@ -154,11 +154,7 @@ impl Shared {
         let dry_run = config.mode == attitude_layers::Mode::DryRun;
         let mut after = After::Counted;
         for key in Self::subjects(network, login) {
-            let limit = if key.starts_with("net:") {
-                config.max_failures_per_client
-            } else {
-                config.max_failures_per_login
-            };
+            let limit = self.limit_of(&key);
             match fleet
                 .tally(&key, limit, config.window, config.ban, dry_run)
                 .await
@@ -183,6 +179,15 @@ impl Shared {
             }
         }
         after
+    }
+
+    /// The failures `key` (a network's or a login's) may have in a window.
+    fn limit_of(&self, key: &str) -> u32 {
+        if key.starts_with("net:") {
+            self.config.max_failures_per_client
+        } else {
+            self.config.max_failures_per_login
+        }
     }
 
     /// Counts and logs a ban of `key`.
@@ -212,11 +217,7 @@ impl Shared {
         }
         let mut after = After::Counted;
         for key in Self::subjects(network, login) {
-            let limit = if key.starts_with("net:") {
-                config.max_failures_per_client
-            } else {
-                config.max_failures_per_login
-            };
+            let limit = self.limit_of(&key);
             let entry = tally.failures.entry(key.clone()).or_insert((0, now));
             if now.duration_since(entry.1) >= config.window {
                 *entry = (0, now);
