@@ -87,6 +87,7 @@ impl Redis {
             client: ArcSwap::from_pointee((0, client)),
             manager: manager_config(&config),
             id: crate::NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            releases: std::sync::Mutex::default(),
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             breaker: Breaker::new(config.breaker.clone()),

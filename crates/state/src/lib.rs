@@ -70,6 +70,8 @@ pub struct Redis {
     manager: redis::aio::ConnectionManagerConfig,
     /// This instance, in the threads' connection caches.
     id: u64,
+    /// Leases given back and not sent yet (full keys, holders).
+    releases: std::sync::Mutex<Vec<(String, String)>>,
     sentinel: Option<connect::Sentinel>,
     prefix: String,
     timeout: Duration,
@@ -260,6 +262,19 @@ impl Redis {
             conns.push((self.id, generation, conn.clone()));
             conn
         })
+    }
+
+    /// Queues leases given back; true when the queue was empty (the caller schedules a flush).
+    pub(crate) fn queue_releases(&self, leases: Vec<(String, String)>) -> bool {
+        let mut queue = self.releases.lock().expect("release queue lock");
+        let was_empty = queue.is_empty();
+        queue.extend(leases);
+        was_empty
+    }
+
+    /// The leases queued for release, taken out of the queue.
+    pub(crate) fn take_releases(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.releases.lock().expect("release queue lock"))
     }
 
     /// Uses `client` from now on (Sentinel named another master).

@@ -406,12 +406,38 @@ impl FleetStore for FleetRedis {
         let redis = self.0.clone();
         let key = redis.key("lease", &key);
         let mut conn = redis.conn();
+        // Leases given back meanwhile go in the same write (one round trip for both).
+        let releases = redis.take_releases();
         Box::pin(async move {
             let taken: u8 = redis
                 .run(Op::Acquire, async {
+                    if !releases.is_empty() {
+                        let mut pipe = redis::pipe();
+                        for (key, holder) in &releases {
+                            pipe.cmd("ZREM").arg(key).arg(holder).ignore();
+                        }
+                        pipe.cmd("EVALSHA")
+                            .arg(ACQUIRE.get_hash())
+                            .arg(1)
+                            .arg(&key)
+                            .arg(&holder)
+                            .arg(limit)
+                            .arg(ms(ttl));
+                        match pipe.query_async::<(u8,)>(&mut conn).await {
+                            Ok((taken,)) => return Ok(taken),
+                            // Not loaded yet (a new or restarted Redis): the releases are done,
+                            // the script is loaded and run below.
+                            Err(e)
+                                if e.kind()
+                                    == redis::ErrorKind::Server(
+                                        redis::ServerErrorKind::NoScript,
+                                    ) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
                     ACQUIRE
-                        .key(key)
-                        .arg(holder)
+                        .key(&key)
+                        .arg(&holder)
                         .arg(limit)
                         .arg(ms(ttl))
                         .invoke_async(&mut conn)
@@ -444,20 +470,35 @@ impl FleetStore for FleetRedis {
 
     fn release(&self, leases: Vec<(String, String)>) -> FleetFuture<()> {
         let redis = self.0.clone();
-        let mut pipe = redis::pipe();
-        for (key, holder) in &leases {
-            pipe.cmd("ZREM")
-                .arg(redis.key("lease", key))
-                .arg(holder)
-                .ignore();
+        let full: Vec<(String, String)> = leases
+            .into_iter()
+            .map(|(key, holder)| (redis.key("lease", &key), holder))
+            .collect();
+        // Queued: the next acquire takes them along, or a flush a moment later sends them.
+        if redis.queue_releases(full) {
+            let flush = redis.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RELEASE_FLUSH).await;
+                let releases = flush.take_releases();
+                if releases.is_empty() {
+                    return;
+                }
+                let mut pipe = redis::pipe();
+                for (key, holder) in &releases {
+                    pipe.cmd("ZREM").arg(key).arg(holder).ignore();
+                }
+                let mut conn = flush.conn();
+                // A lost release only means the lease expires by itself.
+                let _ = flush
+                    .run(Op::Release, async {
+                        pipe.query_async::<()>(&mut conn).await
+                    })
+                    .await;
+            });
         }
-        let mut conn = redis.conn();
-        Box::pin(async move {
-            redis
-                .run(Op::Release, async {
-                    pipe.query_async::<()>(&mut conn).await
-                })
-                .await
-        })
+        Box::pin(std::future::ready(Ok(())))
     }
 }
+
+/// How long given-back leases wait for an acquire to take them along before they are sent.
+const RELEASE_FLUSH: Duration = Duration::from_millis(2);
