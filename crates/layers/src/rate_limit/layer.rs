@@ -271,10 +271,20 @@ where
         }
     }
 
-    /// The store granted `cells` for `key` (one is spent now) or refused it for `wait`.
-    pub(super) fn learn(&self, key: K, granted: Result<u32, Duration>) {
+    /// The store granted `cells` for `key` (one is spent now) or refused it for `wait`. Spare
+    /// cells add up (requests that asked at the same time each got a batch), up to four
+    /// batches; more are dropped, which only admits less.
+    pub(super) fn learn(&self, key: K, granted: Result<u32, Duration>, batch: u32) {
         let known = match granted {
-            Ok(cells) if cells > 1 => Known::Spare(cells - 1),
+            Ok(cells) if cells > 1 => {
+                let mut local = self.local.lock().expect("fleet keys lock");
+                if let Some(Known::Spare(n)) = local.get_mut(&key) {
+                    *n = (*n + cells - 1).min(batch.saturating_mul(4));
+                    return;
+                }
+                drop(local);
+                Known::Spare(cells - 1)
+            }
             Ok(_) => return,
             Err(wait) => Known::RefusedUntil(
                 self.gcra

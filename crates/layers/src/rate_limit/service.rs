@@ -120,12 +120,10 @@ where
             },
         };
         let (interval, burst) = shared.gcra.terms();
-        let ask = fleet.store.gcra(
-            format!("{}:{name}", shared.name),
-            interval,
-            burst,
-            crate::fleet::batch(burst),
-        );
+        let batch = crate::fleet::batch(burst);
+        let ask = fleet
+            .store
+            .gcra(format!("{}:{name}", shared.name), interval, burst, batch);
         let inner = self
             .inner
             .handle()
@@ -135,7 +133,7 @@ where
             let verdict = match ask.await {
                 Ok(granted) => {
                     let verdict = granted.map(|_| ());
-                    shared.learn(key, granted);
+                    shared.learn(key, granted, batch);
                     verdict
                 }
                 // The store is away: this process's own buckets decide (the store counts the
