@@ -8,20 +8,9 @@ use std::time::Duration;
 
 use attitude_layers::fleet::FleetFuture;
 
-use crate::greylist::{Timing, Verdict};
-
-/// The policies' operations on the shared store.
+/// The policies' operations on the shared store (the greylist's own is
+/// [`FleetGreylist`](crate::greylist::FleetGreylist)).
 pub trait FleetPolicies: Send + Sync + std::fmt::Debug + 'static {
-    /// Greylists one attempt (`network` as text, `sender` and `recipient` normalised), exactly:
-    /// a retry on any replica passes.
-    fn greylist(
-        &self,
-        network: &str,
-        sender: &str,
-        recipient: &str,
-        timing: &Timing,
-    ) -> FleetFuture<Verdict>;
-
     /// Counts one failure of `subject` within `window`; at `limit` it is banned for `ban`
     /// (unless `dry_run`). True when this failure crossed the limit.
     fn tally(
@@ -69,19 +58,4 @@ impl VerdictTable {
             });
         }
     }
-}
-
-/// What a greylist does when the shared store does not answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "kebab-case")
-)]
-pub enum OnStoreError {
-    /// Let the recipient through (fail open: mail is not delayed because Redis is).
-    #[default]
-    Accept,
-    /// Greylist with this process's own store (a retry on another replica is greylisted again).
-    Local,
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use attitude_policy::fleet::OnStoreError;
+use attitude_policy::greylist::OnStoreError;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, duration};

@@ -346,7 +346,7 @@ pub(super) fn greylist_store(
         decisions: Decisions::register("greylist"),
         entries: metrics::gauge!("attitude_greylist_entries"),
         clock: system_clock(),
-        fleet: fleet.map(|f| f.policies.clone()),
+        fleet: fleet.map(|f| f.greylist.clone()),
         on_error: config.state.greylist_on_error,
         store_errors: metrics::counter!("attitude_greylist_store_errors_total"),
     })

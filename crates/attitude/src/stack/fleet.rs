@@ -11,7 +11,7 @@ use std::time::Duration;
 use attitude_layers::fleet::{FleetFuture, FleetStore};
 use attitude_layers::keyed_concurrency::LeaseTerms;
 use attitude_policy::fleet::FleetPolicies;
-use attitude_policy::greylist::{Greylist, Timing, Verdict};
+use attitude_policy::greylist::{FleetGreylist, Greylist, Timing, Verdict};
 use attitude_state::{
     BreakerConfig, GreylistEntry, GreylistTiming, GreylistVerdict, Redis, StateConfig,
 };
@@ -23,8 +23,10 @@ use crate::config;
 pub(crate) struct Fleet {
     /// For the generic layers (GCRA, leases).
     pub store: Arc<dyn FleetStore>,
-    /// For the policies (greylist, AUTH tallies, verdicts).
+    /// For the policies (AUTH tallies, verdicts).
     pub policies: Arc<dyn FleetPolicies>,
+    /// For the greylist.
+    pub greylist: Arc<dyn FleetGreylist>,
     /// How sessions' leases are held.
     pub leases: LeaseTerms,
     redis: Arc<Redis>,
@@ -103,6 +105,7 @@ pub(crate) async fn connect(state: &config::State) -> Result<Option<Fleet>, Stri
     Ok(Some(Fleet {
         store: redis.fleet_store(),
         policies: Arc::new(PolicyRedis(redis.clone())),
+        greylist: Arc::new(PolicyRedis(redis.clone())),
         redis,
         leases: LeaseTerms {
             ttl: state.lease_ttl,
@@ -131,7 +134,7 @@ fn replica_name() -> String {
 #[derive(Debug)]
 struct PolicyRedis(Arc<Redis>);
 
-impl FleetPolicies for PolicyRedis {
+impl FleetGreylist for PolicyRedis {
     fn greylist(
         &self,
         network: &str,
@@ -150,7 +153,9 @@ impl FleetPolicies for PolicyRedis {
             })
         })
     }
+}
 
+impl FleetPolicies for PolicyRedis {
     fn tally(
         &self,
         subject: &str,

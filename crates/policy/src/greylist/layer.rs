@@ -8,9 +8,9 @@ use ipnet::IpNet;
 use metrics::Gauge;
 use tower_layer::Layer;
 
+use super::fleet::{FleetGreylist, OnStoreError};
 use super::{Clock, GreylistService, Store, Timing, Verdict};
 use crate::Decisions;
-use crate::fleet::{FleetPolicies, OnStoreError};
 
 /// Greylisting settings.
 pub struct GreylistConfig {
@@ -34,7 +34,7 @@ pub struct GreylistConfig {
     pub clock: Clock,
     /// The fleet's store: when set, it decides (exactly, for every replica), and `on_error`
     /// says what happens when it does not answer.
-    pub fleet: Option<Arc<dyn FleetPolicies>>,
+    pub fleet: Option<Arc<dyn FleetGreylist>>,
     /// Without an answer from the fleet's store.
     pub on_error: OnStoreError,
     /// Attempts the fleet's store did not answer (`on_error` decided).

@@ -9,10 +9,12 @@
 //! shutdown so a restart does not greylist everyone again; with the fleet's store (Redis), the
 //! triplets are there, exact for every replica, and `on_error` says what happens without it.
 
+mod fleet;
 mod layer;
 mod service;
 mod store;
 
+pub use fleet::{FleetGreylist, OnStoreError};
 pub use layer::{Greylist, GreylistConfig, GreylistError, GreylistLayer};
 pub use service::GreylistService;
 pub use store::{Clock, Store, Timing, Verdict, system_clock};

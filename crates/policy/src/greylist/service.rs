@@ -9,8 +9,8 @@ use attitude_service::errors::retry_hint;
 use attitude_service::{BoxError, Event, Request, Session, answer};
 use tower_service::Service;
 
+use super::OnStoreError;
 use super::{Greylist, ResponseFuture, Verdict};
-use crate::fleet::OnStoreError;
 
 /// Greylists at RCPT TO; see the module docs.
 pub struct GreylistService<S> {
