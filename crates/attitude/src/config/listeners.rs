@@ -71,6 +71,7 @@ const PROCESS_KEYS: &[&str] = &[
     "workers",
     "backend",
     "state",
+    "stress",
     "dns",
     "log",
     "proxy_protocol",

@@ -30,6 +30,7 @@ mod relay;
 mod smtp;
 mod spf;
 mod state;
+mod stress;
 mod tarpit;
 mod throttle;
 mod timeouts;
@@ -58,6 +59,7 @@ pub(crate) use relay::Relay;
 pub(crate) use smtp::Smtp;
 pub(crate) use spf::SpfSection;
 pub(crate) use state::State;
+pub(crate) use stress::StressSection;
 pub(crate) use tarpit::Tarpit;
 pub(crate) use throttle::Throttle;
 pub(crate) use timeouts::Timeouts;
@@ -117,6 +119,8 @@ pub(crate) struct Config {
     pub backend: Backend,
     /// The fleet's shared memory (Redis), if any.
     pub state: State,
+    /// Stress mode: shorter timeouts and lower limits while the sessions are nearly all taken.
+    pub stress: StressSection,
     /// Logging.
     pub log: Log,
 }
@@ -149,6 +153,7 @@ impl Default for Config {
             smtp: Smtp::default(),
             backend: Backend::default(),
             state: State::default(),
+            stress: StressSection::default(),
             log: Log::default(),
         }
     }
@@ -219,6 +224,7 @@ impl Config {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_one()?;
         self.state.validate()?;
+        self.stress.validate()?;
         self.tls.validate()?;
         self.backend.tls.validate()?;
         let listeners = self.effective_listeners()?;

@@ -31,7 +31,7 @@ use attitude_policy::greylist::{Greylist, GreylistConfig, GreylistLayer, Timing,
 use attitude_policy::relay_control::{RelayControlConfig, RelayControlLayer, RelayControlMetrics};
 use attitude_policy::spf::{SpfConfig, SpfLayer};
 use attitude_service::address::{domain_of, normalize_address, normalize_domain};
-use attitude_service::driver::{DriverConfig, DriverMetrics};
+use attitude_service::driver::{DriverConfig, DriverMetrics, StressLimits};
 use attitude_service::metrics::{SmtpMetrics, SmtpMetricsLayer, SmtpMetricsService};
 use attitude_service::protocol::{BackendOffer, ProtocolConfig, ProtocolLayer};
 use attitude_service::relay::{Relay, RelayShared};
@@ -170,6 +170,20 @@ fn driver(listener: &EffectiveListener, shared: &Shared) -> DriverConfig {
             .tls
             .clone()
             .filter(|_| listener.tls == ListenerTls::Starttls),
+        stress: config.stress.enabled.then(|| {
+            let s = &config.stress;
+            (
+                shared.stress.stress.clone(),
+                StressLimits {
+                    command_timeout: s.command_timeout,
+                    data_timeout: s.data_timeout,
+                    min_data_rate: s.min_data_rate,
+                    max_errors: s.max_errors,
+                    junk_command_limit: s.junk_command_limit,
+                    exempt: config.relay.trusted_networks.clone(),
+                },
+            )
+        }),
     }
 }
 

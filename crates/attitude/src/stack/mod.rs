@@ -14,6 +14,7 @@ pub(crate) mod command;
 pub(crate) mod connection;
 pub(crate) mod fleet;
 pub(crate) mod state;
+pub(crate) mod stress;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) state: ProcessState,
     /// Session metric handles.
     pub driver_metrics: Arc<DriverMetrics>,
+    /// Stress mode's switch.
+    pub stress: Arc<stress::StressMonitor>,
 }
 
 impl Shared {
@@ -83,7 +86,9 @@ impl Shared {
             backend_auth,
             state: ProcessState::new(fleet),
             driver_metrics: DriverMetrics::register(),
+            stress: stress::StressMonitor::new(),
         };
+        shared.stress.watch(shared.state.sessions.clone());
         shared.provide(config, listeners)?;
         if let Some(resolver) = &shared.resolver {
             for source in config.dns_backends() {
@@ -101,6 +106,7 @@ impl Shared {
         config: &Config,
         listeners: &[EffectiveListener],
     ) -> Result<(), String> {
+        self.stress.configure(config);
         let any = |f: fn(&Config) -> bool| listeners.iter().any(|l| f(&l.config));
         // One resolver, with one cache, for every DNS policy (DNSBL and SPF).
         if self.resolver.is_none()

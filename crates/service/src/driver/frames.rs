@@ -37,7 +37,7 @@ where
                 };
                 if junk {
                     self.junk += 1;
-                    let limit = self.config.junk_command_limit;
+                    let limit = self.limits().junk_command_limit;
                     if limit > 0 && self.junk > limit {
                         tracing::info!(target: "attitude::session", session = self.session.id, client = %self.session.client, limit, "too many junk commands; closing");
                         self.push(&replies::too_many_junk_commands());

@@ -14,6 +14,7 @@
 
 mod frames;
 mod outcome;
+mod stress;
 mod update;
 
 use std::sync::Arc;
@@ -38,6 +39,19 @@ use crate::replies;
 use crate::request::{Event, Helo, Request, Session};
 
 pub use outcome::{DriverMetrics, SessionResult, SessionSummary, Shutdown};
+pub use stress::{Stress, StressLimits};
+
+use stress::Limits;
+
+/// Resolves when stress mode is no longer `was` (never without stress mode).
+async fn stress_changed(rx: Option<&mut tokio::sync::watch::Receiver<bool>>, was: bool) {
+    match rx {
+        Some(rx) => {
+            let _ = rx.wait_for(|on| *on != was).await;
+        }
+        None => std::future::pending().await,
+    }
+}
 
 /// Settings of the session driver.
 #[derive(Debug, Clone)]
@@ -62,6 +76,8 @@ pub struct DriverConfig {
     pub junk_command_limit: u32,
     /// The certificate for STARTTLS (`None`: STARTTLS is not offered).
     pub tls: Option<Arc<ServerTls>>,
+    /// Stress mode: the switch, and the limits while it is on (`None`: never).
+    pub stress: Option<(Arc<Stress>, StressLimits)>,
 }
 
 impl Default for DriverConfig {
@@ -75,6 +91,7 @@ impl Default for DriverConfig {
             max_errors: 20,
             junk_command_limit: 100,
             tls: None,
+            stress: None,
         }
     }
 }
@@ -153,7 +170,10 @@ struct Driver<IO, S> {
     bdat_refused: Option<Box<Reply>>,
     /// Junk commands so far (see `DriverConfig::junk_command_limit`).
     junk: u32,
-    command_deadline: Instant,
+    /// When the wait for the current command began (its deadline is the limits' timeout on).
+    waiting_since: Instant,
+    /// Stress mode as this session sees it (`None`: no stress mode, or an exempt client).
+    stress: Option<tokio::sync::watch::Receiver<bool>>,
     /// The read deadline, one timer for the session (moving it later is cheap; a new timer
     /// per read would wake the runtime's driver each time).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -179,8 +199,13 @@ where
     let started = session.started;
     let mut driver = Driver {
         codec: ServerCodec::new(config.codec.clone()),
-        command_deadline: Instant::now() + config.command_timeout,
+        waiting_since: Instant::now(),
         timer: Box::pin(tokio::time::sleep(config.command_timeout)),
+        stress: config
+            .stress
+            .as_ref()
+            .filter(|(_, limits)| !limits.exempts(session.client.ip()))
+            .map(|(stress, _)| stress.subscribe()),
         io,
         service,
         config,
@@ -277,8 +302,9 @@ where
             }
             let (want, deadline) = match self.codec.mode() {
                 Mode::Data | Mode::Bdat => (DATA_READ, self.data_deadline()),
-                _ => (COMMAND_READ, self.command_deadline),
+                _ => (COMMAND_READ, self.command_deadline()),
             };
+            let stressed = self.stressed();
             self.rbuf.reserve(want);
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
@@ -289,6 +315,8 @@ where
                 _ = shutdown.drain.cancelled(), if idle => None,
                 read = self.io.read_buf(&mut self.rbuf) => Some(Ok(read)),
                 _ = self.timer.as_mut() => Some(Err(())),
+                // Stress began (or ended): the deadlines are computed again.
+                _ = stress_changed(self.stress.as_mut(), stressed) => continue,
             };
             match read {
                 None => {
@@ -322,16 +350,49 @@ where
         }
     }
 
+    /// True while stress mode is on for this session (not for an authenticated one).
+    fn stressed(&self) -> bool {
+        self.session.auth.is_none() && self.stress.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+
+    /// The limits this session has now: its configuration's, or under stress the stress ones.
+    fn limits(&self) -> Limits {
+        match (&self.config.stress, self.stressed()) {
+            (Some((_, stress)), true) => Limits {
+                command_timeout: stress.command_timeout.min(self.config.command_timeout),
+                data_timeout: stress.data_timeout.min(self.config.data_timeout),
+                min_data_rate: stress.min_data_rate.max(self.config.min_data_rate),
+                max_errors: stress.max_errors.min(self.config.max_errors),
+                junk_command_limit: match self.config.junk_command_limit {
+                    0 => stress.junk_command_limit,
+                    normal => stress.junk_command_limit.min(normal),
+                },
+            },
+            _ => Limits {
+                command_timeout: self.config.command_timeout,
+                data_timeout: self.config.data_timeout,
+                min_data_rate: self.config.min_data_rate,
+                max_errors: self.config.max_errors,
+                junk_command_limit: self.config.junk_command_limit,
+            },
+        }
+    }
+
+    fn command_deadline(&self) -> Instant {
+        self.waiting_since + self.limits().command_timeout
+    }
+
     fn data_deadline(&self) -> Instant {
         let Some(data) = &self.data else {
-            return self.command_deadline;
+            return self.command_deadline();
         };
-        let idle = data.last_read + self.config.data_timeout;
-        if self.config.min_data_rate == 0 {
+        let limits = self.limits();
+        let idle = data.last_read + limits.data_timeout;
+        if limits.min_data_rate == 0 {
             return idle;
         }
-        let earned = Duration::from_secs_f64(data.bytes as f64 / self.config.min_data_rate as f64);
-        idle.min(data.started + self.config.data_timeout + earned)
+        let earned = Duration::from_secs_f64(data.bytes as f64 / limits.min_data_rate as f64);
+        idle.min(data.started + limits.data_timeout + earned)
     }
 
     fn push(&mut self, reply: &Reply) {
@@ -342,7 +403,7 @@ where
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let deadline = Instant::now() + self.config.data_timeout;
+        let deadline = Instant::now() + self.limits().data_timeout;
         let n = self.wbuf.len();
         match timeout_at(deadline, self.io.write_all(&self.wbuf)).await {
             Ok(result) => result?,

@@ -118,7 +118,7 @@ where
             _ => {}
         }
         if self.codec.mode() == Mode::Command {
-            self.command_deadline = Instant::now() + self.config.command_timeout;
+            self.waiting_since = Instant::now();
         }
         self.push(&reply);
         if quit {
@@ -134,7 +134,7 @@ where
         if reply.is_error() {
             let session = Arc::make_mut(&mut self.session);
             session.errors += 1;
-            if session.errors >= self.config.max_errors {
+            if session.errors >= self.limits().max_errors {
                 self.push(&replies::too_many_errors());
                 return Step::Close(SessionResult::TooManyErrors);
             }
@@ -168,7 +168,7 @@ where
                 if let Some(info) = &info {
                     self.metrics.record_tls(info);
                 }
-                self.command_deadline = Instant::now() + self.config.command_timeout;
+                self.waiting_since = Instant::now();
                 Step::Continue
             }
             Err(error) => {
