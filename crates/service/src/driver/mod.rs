@@ -304,7 +304,9 @@ where
                 Mode::Data | Mode::Bdat => (DATA_READ, self.data_deadline()),
                 _ => (COMMAND_READ, self.command_deadline()),
             };
-            let stressed = self.stressed();
+            // The switch as it is now (not the session's view: an authenticated session ignores
+            // it, and must not be woken again and again while it is on).
+            let switch = self.stress.as_ref().is_some_and(|rx| *rx.borrow());
             self.rbuf.reserve(want);
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
@@ -316,7 +318,7 @@ where
                 read = self.io.read_buf(&mut self.rbuf) => Some(Ok(read)),
                 _ = self.timer.as_mut() => Some(Err(())),
                 // Stress began (or ended): the deadlines are computed again.
-                _ = stress_changed(self.stress.as_mut(), stressed) => continue,
+                _ = stress_changed(self.stress.as_mut(), switch) => continue,
             };
             match read {
                 None => {
