@@ -86,3 +86,45 @@ fn stress_begins_at_its_share_closes_a_dripping_client_and_ends_with_hysteresis(
         "{log}"
     );
 }
+
+#[test]
+fn under_stress_the_pregreet_pause_and_the_refusal_delay_are_the_stress_ones() {
+    let backend = Recorder::start();
+    let attitude = Attitude::start(
+        "[connections]\nmax_sessions = 10\nexempt_networks = []\n\
+         [connections.per_client]\nlimit = 1\n[connections.rate]\nper_minute = 0\n\
+         [relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = [\"127.0.0.8/29\"]\n\
+         [tarpit]\nsuspicious_delay = \"0s\"\nrefusal_delay = \"5s\"\n\
+         [pregreet]\nenabled = true\npause = \"6s\"\n\
+         [stress]\nenter_at = 0.5\nleave_at = 0.2\n",
+        &[backend.addr],
+    );
+    let _idle: Vec<Client> = (0..5)
+        .map(|i| Client::connect_from(attitude.smtp, ip(10 + i)).0)
+        .collect();
+    assert!(
+        wait_for(Duration::from_secs(2), || attitude
+            .metric("attitude_stress")
+            == Some(1.0)),
+        "stress mode on"
+    );
+    // The pregreet pause is 2 s under stress, not 6.
+    let started = Instant::now();
+    let (mut first, greeting) = Client::connect_from(attitude.smtp, ip(50));
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let paused = started.elapsed();
+    assert!(
+        paused >= Duration::from_millis(1900) && paused < Duration::from_secs(4),
+        "paused {paused:?}"
+    );
+    // A second session from that client is over its limit: refused after 1 s, not 5.
+    let started = Instant::now();
+    let (_, greeting) = Client::connect_from(attitude.smtp, ip(50));
+    assert!(greeting.starts_with("421"), "{greeting}");
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_millis(900) && held < Duration::from_secs(3),
+        "held {held:?}"
+    );
+    first.cmd("QUIT");
+}

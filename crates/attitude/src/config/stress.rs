@@ -10,7 +10,8 @@ use super::{ConfigError, duration};
 /// more (until they are below `leave_at`), every session, new and running, has these limits
 /// instead of its own (each is the stricter of the two); authenticated sessions and trusted
 /// networks keep theirs. The defaults are Postfix's stress values (`postconf -d | grep stress`):
-/// 10 s for `smtpd_timeout`, 1 for `smtpd_hard_error_limit` and `smtpd_junk_command_limit`.
+/// 10 s for `smtpd_timeout`, 1 for `smtpd_hard_error_limit` and `smtpd_junk_command_limit`,
+/// 2 s for `postscreen_greet_wait`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct StressSection {
@@ -32,6 +33,13 @@ pub(crate) struct StressSection {
     pub max_errors: u32,
     /// Junk commands after which the session is closed.
     pub junk_command_limit: u32,
+    /// The pregreet pause (Postfix: `postscreen_greet_wait` 2 s under stress, 6 s otherwise).
+    #[serde(with = "duration")]
+    pub pregreet_pause: Duration,
+    /// How long a client over its own limits waits for its 421 (`[tarpit] refusal_delay`):
+    /// shorter under stress, so held refusals give their budget back sooner.
+    #[serde(with = "duration")]
+    pub refusal_delay: Duration,
 }
 
 impl Default for StressSection {
@@ -45,6 +53,8 @@ impl Default for StressSection {
             min_data_rate: 5000,
             max_errors: 1,
             junk_command_limit: 1,
+            pregreet_pause: Duration::from_secs(2),
+            refusal_delay: Duration::from_secs(1),
         }
     }
 }

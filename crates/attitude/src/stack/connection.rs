@@ -171,10 +171,16 @@ fn refusal_hold(refusal: &Refusal) -> Duration {
 struct Refuse {
     answer: Tarpit<Answer, fn(&Refusal) -> Duration, Answer>,
     delay: Duration,
+    /// Stress mode, and the delay under it (the shorter of the two applies).
+    stress: Option<(Arc<attitude_service::driver::Stress>, Duration)>,
 }
 
 impl Refuse {
-    fn new(metrics: Arc<DriverMetrics>, tarpit: &config::Tarpit) -> Self {
+    fn new(
+        metrics: Arc<DriverMetrics>,
+        tarpit: &config::Tarpit,
+        stress: Option<(Arc<attitude_service::driver::Stress>, Duration)>,
+    ) -> Self {
         let answer = Answer { metrics };
         let layer = TarpitLayer::new(
             tarpit.refusal_budget,
@@ -192,6 +198,7 @@ impl Refuse {
         Self {
             answer: layer.layer(answer),
             delay: tarpit.refusal_delay,
+            stress,
         }
     }
 
@@ -212,7 +219,11 @@ impl Refuse {
         reply: Reply,
         held: bool,
     ) -> BoxFuture<Result<SessionSummary, Infallible>> {
-        let hold = if held { self.delay } else { Duration::ZERO };
+        let hold = match (&self.stress, held) {
+            (_, false) => Duration::ZERO,
+            (Some((stress, under)), true) if stress.is_on() => self.delay.min(*under),
+            (_, true) => self.delay,
+        };
         // `Answer` is always ready, and so is the tarpit around it.
         Box::pin(self.answer.clone().oneshot(Refusal { conn, reply, hold }))
     }
@@ -287,6 +298,10 @@ fn pregreet_layer(config: &Config, stack: &Stack, shared: &Shared) -> Option<Pre
                 decisions: Decisions::register("pregreet"),
                 sessions: stack.driver_metrics.clone(),
                 fleet: shared.state.verdicts("pregreet"),
+                stress: config
+                    .stress
+                    .enabled
+                    .then(|| (shared.stress.stress.clone(), config.stress.pregreet_pause)),
             },
             shared.state.pregreet.clone(),
         )
@@ -302,7 +317,11 @@ pub(crate) fn build(
     shutdown: Shutdown,
 ) -> Result<impl Fn() -> ConnectionService + Send + Sync + 'static, String> {
     let config = &full.connections;
-    let refuse = Refuse::new(stack.driver_metrics.clone(), &full.tarpit);
+    let stress = full
+        .stress
+        .enabled
+        .then(|| (shared.stress.stress.clone(), full.stress.refusal_delay));
+    let refuse = Refuse::new(stack.driver_metrics.clone(), &full.tarpit, stress);
     let pregreet = pregreet_layer(full, &stack, shared);
     let dnsbl = dnsbl_layer(full, &stack, shared)?;
     let stop = stack.housekeeping.clone();

@@ -51,6 +51,8 @@ pub struct PregreetConfig {
     /// The fleet's verdicts (`[state] redis`): a client that passed or failed on any replica is
     /// known to all.
     pub fleet: Option<VerdictTable>,
+    /// Stress mode, and the pause under it (the shorter of the two applies).
+    pub stress: Option<(Arc<attitude_service::driver::Stress>, Duration)>,
 }
 
 impl std::fmt::Debug for PregreetConfig {

@@ -107,8 +107,11 @@ where
                 }
             }
             let mut byte = [0u8; 1];
-            let test = match tokio::time::timeout(config.pause, conn.stream().peek(&mut byte)).await
-            {
+            let pause = match &config.stress {
+                Some((stress, under)) if stress.is_on() => config.pause.min(*under),
+                _ => config.pause,
+            };
+            let test = match tokio::time::timeout(pause, conn.stream().peek(&mut byte)).await {
                 Err(_elapsed) => Test::Waited,
                 Ok(Ok(0) | Err(_)) => Test::Gone,
                 Ok(Ok(_)) => Test::TalkedEarly,
