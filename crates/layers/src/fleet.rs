@@ -75,7 +75,9 @@ pub trait FleetStore: Send + Sync + fmt::Debug + 'static {
     /// Extends the leases `(key, holder)` by `ttl` from now.
     fn renew(&self, leases: Vec<(String, String)>, ttl: Duration) -> FleetFuture<()>;
 
-    /// Gives the leases `(key, holder)` back.
+    /// Gives the leases `(key, holder)` back. Nobody waits for it: a store may queue the
+    /// releases and send them with a later call (the future is polled once, and driven in the
+    /// background only if it is not ready).
     fn release(&self, leases: Vec<(String, String)>) -> FleetFuture<()>;
 }
 

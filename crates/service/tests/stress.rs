@@ -69,12 +69,11 @@ async fn under_stress_a_dripping_client_is_closed_within_15_s_and_one_error_clos
     let (mut c, session) = harness.session();
     c.reply().await;
     let started = Instant::now();
-    for byte in b"EHLO a-very-slow-client.example.org" {
-        if !c.try_send(&[*byte]).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-    }
+    c.drip(
+        b"EHLO a-very-slow-client.example.org",
+        Duration::from_secs(3),
+    )
+    .await;
     let reply = c.reply().await;
     assert!(reply.starts_with("421 4.4.2"), "{reply}");
     assert!(

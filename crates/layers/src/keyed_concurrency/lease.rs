@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -39,9 +40,6 @@ pub(super) struct Leases<K> {
     next: AtomicU64,
     /// Leases held now, by id: what the renewal task renews.
     held: Mutex<HashMap<u64, (String, String)>>,
-    /// Leases given back, waiting for the background task to send them (a few at once).
-    releasing: Mutex<Vec<(String, String)>>,
-    wake: Arc<tokio::sync::Notify>,
     refused: Mutex<HashMap<K, Instant>>,
     renewing: Once,
 }
@@ -64,8 +62,6 @@ impl<K: Hash + Eq + Clone + Send + 'static> Leases<K> {
             terms,
             next: AtomicU64::new(0),
             held: Mutex::default(),
-            releasing: Mutex::default(),
-            wake: Arc::default(),
             refused: Mutex::default(),
             renewing: Once::new(),
         }
@@ -108,23 +104,25 @@ impl<K: Hash + Eq + Clone + Send + 'static> Leases<K> {
         self.renewing.call_once(|| renew_while_alive(weak));
     }
 
-    /// Gives `lease` back, in the background (a permit is dropped anywhere): the background
-    /// task sends the leases given back meanwhile in one round trip.
+    /// Gives `lease` back. The store may queue it (Redis's sends it with the next acquire);
+    /// a store whose release must wait is driven in the background, since a permit is dropped
+    /// anywhere. A lost release only means the lease expires by itself.
     pub(super) fn release(&self, lease: Lease) {
         self.held.lock().expect("lease lock").remove(&lease.id);
-        self.releasing
-            .lock()
-            .expect("lease lock")
-            .push((lease.key, lease.holder));
-        self.wake.notify_one();
+        let mut release = self.fleet.store.release(vec![(lease.key, lease.holder)]);
+        let mut cx = Context::from_waker(Waker::noop());
+        if release.as_mut().poll(&mut cx).is_pending()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = release.await;
+            });
+        }
     }
 }
 
-/// How long the background task lets releases gather before it sends them.
-const RELEASE_GATHER: Duration = Duration::from_millis(1);
-
-/// Renews every held lease three times per `ttl`, and sends the leases given back, until the
-/// leases are dropped. A lost renewal or release only means a lease expires by itself.
+/// Renews every held lease three times per `ttl`, until the leases are dropped. A lost renewal
+/// only means a lease expires by itself.
 fn renew_while_alive<K: Send + 'static>(leases: Weak<Leases<K>>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::warn!("concurrency leases taken outside a runtime are not renewed");
@@ -135,32 +133,13 @@ fn renew_while_alive<K: Send + 'static>(leases: Weak<Leases<K>>) {
             Some(l) => (l.terms.ttl / 3).max(Duration::from_millis(10)),
             None => return,
         };
-        let Some(wake) = leases.upgrade().map(|l| l.wake.clone()) else {
-            return;
-        };
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let renewing = tokio::select! {
-                _ = tick.tick() => true,
-                _ = wake.notified() => false,
-            };
-            if !renewing {
-                tokio::time::sleep(RELEASE_GATHER).await;
-            }
+            tick.tick().await;
             let Some(leases) = leases.upgrade() else {
                 return;
             };
-            let given_back = std::mem::take(&mut *leases.releasing.lock().expect("lease lock"));
-            if !given_back.is_empty() {
-                let release = leases.fleet.store.release(given_back);
-                if let Err(error) = release.await {
-                    tracing::debug!(%error, "concurrency leases not given back (they expire)");
-                }
-            }
-            if !renewing {
-                continue;
-            }
             let held: Vec<(String, String)> = leases
                 .held
                 .lock()

@@ -199,6 +199,17 @@ impl Client {
         self.io.get_mut().write_all(bytes).await.is_ok()
     }
 
+    /// Sends `bytes` one at a time, `every` apart, until they are all sent or the session
+    /// closed (a slowloris client).
+    pub async fn drip(&mut self, bytes: &[u8], every: std::time::Duration) {
+        for byte in bytes {
+            if !self.try_send(&[*byte]).await {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// The next whole reply, lines joined with `\n` (without CRLF); empty when the session
     /// closed.
     pub async fn reply(&mut self) -> String {
