@@ -1,7 +1,8 @@
 //! Stress mode in process (paused clock): the real driver and stack over a duplex stream. A
 //! session that waits when stress begins gets the stress timeout at once; under stress a client
 //! that drips a byte every 3 s is closed within 15 s, and one error closes a session; trusted
-//! clients keep their own limits; when stress ends, the normal ones are back.
+//! clients keep their own limits; when stress ends, the normal ones are back; an upload is held to
+//! the stress data rate, also when stress begins while it streams.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,4 +121,72 @@ async fn trusted_clients_keep_their_limits_and_the_normal_ones_come_back() {
         c.cmd("EHLO back.test").await.starts_with("250"),
         "normal limits again"
     );
+}
+
+/// Issue 16, item 8: an upload just above the normal minimum rate (500 B/s) may hold a slot for
+/// hours; under stress it must keep the stress rate (5000 B/s), also when stress begins while
+/// the message streams. Without stress the same upload is delivered.
+#[tokio::test(start_paused = true)]
+async fn under_stress_a_slow_upload_is_held_to_the_stress_data_rate() {
+    use attitude_test_support::session::{Client, Script};
+    const A: &str = "198.51.100.1:25";
+    async fn start_data(c: &mut Client) {
+        assert!(c.reply().await.starts_with("220"));
+        assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+        assert!(
+            c.cmd("MAIL FROM:<alice@example.org>")
+                .await
+                .starts_with("250")
+        );
+        assert!(c.cmd("RCPT TO:<bob@example.com>").await.starts_with("250"));
+        assert!(c.cmd("DATA").await.starts_with("354"));
+    }
+    /// 1000 bytes a second for `seconds`; false once attitude stopped reading.
+    async fn upload(c: &mut Client, seconds: u32) -> bool {
+        let line = [b'x'; 998];
+        for _ in 0..seconds {
+            if !c.try_send(&[&line[..], b"\r\n"].concat()).await {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        true
+    }
+    let up_to_data = || {
+        Script::smtp(&["PIPELINING", "8BITMIME"])
+            .read("MAIL FROM:<alice@example.org>")
+            .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
+            .expect("DATA", "354 go ahead")
+    };
+
+    // No stress: 60 s at 1000 B/s is within the normal rate, and the message is delivered.
+    let backends = Backends::new();
+    backends.script(addr(A), up_to_data().content("250 2.0.0 queued"));
+    let (harness, _stress) = stressed(&backends, &[]);
+    let (mut c, _session) = harness.session();
+    start_data(&mut c).await;
+    assert!(upload(&mut c, 60).await);
+    assert!(c.cmd(".").await.starts_with("250 2.0.0"));
+    assert_eq!(backends.messages(addr(A)).len(), 1);
+
+    // Stress begins 5 s into the upload: the 10 s it allows plus 1 s per 5000 bytes ends it at
+    // about 12.5 s; the message is never delivered.
+    let backends = Backends::new();
+    backends.script(addr(A), up_to_data().hold());
+    let (harness, stress) = stressed(&backends, &[]);
+    let (mut c, session) = harness.session();
+    start_data(&mut c).await;
+    let started = Instant::now();
+    assert!(upload(&mut c, 5).await);
+    stress.set(true);
+    upload(&mut c, 60).await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("421 4.4.2"), "{reply}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(12) && took <= Duration::from_secs(14),
+        "{took:?}"
+    );
+    assert_eq!(session.await.unwrap().result, SessionResult::Timeout);
+    assert!(backends.messages(addr(A)).is_empty());
 }
