@@ -25,6 +25,7 @@ pub mod fleet;
 pub mod greylist;
 pub mod pregreet;
 pub mod relay_control;
+pub mod scan;
 pub mod spf;
 
 pub use decisions::Decisions;

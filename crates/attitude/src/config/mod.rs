@@ -27,6 +27,7 @@ mod pregreet;
 mod proxy_protocol;
 mod rates;
 mod relay;
+mod scan;
 mod smtp;
 mod spf;
 mod state;
@@ -56,6 +57,7 @@ pub(crate) use pregreet::Pregreet;
 pub(crate) use proxy_protocol::ProxyProtocol;
 pub(crate) use rates::{RateCount, RateKey, RateRule};
 pub(crate) use relay::Relay;
+pub(crate) use scan::{Clamav, OnOversize, Rspamd};
 pub(crate) use smtp::Smtp;
 pub(crate) use spf::SpfSection;
 pub(crate) use state::State;
@@ -95,6 +97,10 @@ pub(crate) struct Config {
     pub tarpit: Tarpit,
     /// Content policies: header checks and attachment blocking.
     pub content: Content,
+    /// Virus scanning with clamd.
+    pub clamav: Clamav,
+    /// Spam checks with rspamd.
+    pub rspamd: Rspamd,
     /// Access lists on client, HELO, sender and recipient.
     pub access: Access,
     /// Greylisting at RCPT TO.
@@ -141,6 +147,8 @@ impl Default for Config {
             throttle: Throttle::default(),
             tarpit: Tarpit::default(),
             content: Content::default(),
+            clamav: Clamav::default(),
+            rspamd: Rspamd::default(),
             access: Access::default(),
             greylist: Greylist::default(),
             pregreet: Pregreet::default(),
@@ -268,6 +276,8 @@ impl Config {
         self.pregreet.validate()?;
         self.greylist.validate()?;
         self.content.validate()?;
+        self.clamav.validate()?;
+        self.rspamd.validate()?;
         self.throttle.validate()?;
         rates::validate(&self.rates)
     }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! SmtpMetrics ─► Tarpit ─► Protocol ─► AuthGuard ─► Access ─► RelayControl ─► SPF ─► Greylist
-//!   ─► Throttle ─► [[rates]] ─► Content ─► Relay (backend.rs)
+//!   ─► Throttle ─► [[rates]] ─► Content ─► Scan (scan.rs) ─► Relay (backend.rs)
 //! ```
 //!
 //! Metrics see everything; the tarpit, outside the protocol layer, also holds replies to bad
@@ -54,7 +54,7 @@ pub(crate) type CommandService = SmtpMetricsService<BoxCommand>;
 
 /// `layer` as a [`CommandLayer`]: each session's service is boxed, so that every stack has one
 /// type whatever the configuration turned on.
-fn boxed<L>(layer: L) -> CommandLayer
+pub(super) fn boxed<L>(layer: L) -> CommandLayer
 where
     L: Layer<BoxCommand> + Send + Sync + 'static,
     L::Service: Service<Request, Response = Reply, Error = BoxError> + Send + 'static,
@@ -99,6 +99,11 @@ impl Stack {
         let resolver = shared.resolver.clone();
         let greylist = shared.greylist.clone().filter(|_| config.greylist.enabled);
         let stop = &housekeeping;
+        // Message copies held at once, by the content checks and the scanners together.
+        let budget = Arc::new(ByteBudget::new(
+            config.content.buffer_budget,
+            metrics::gauge!("attitude_content_buffered_bytes"),
+        ));
         let policies = auth_guard(
             config,
             &shared.state.auth_guard,
@@ -116,7 +121,8 @@ impl Stack {
                 .iter()
                 .map(|rule| rate(rule, &client, shared, stop)),
         )
-        .chain(content(config))
+        .chain(content(config, &budget))
+        .chain(super::scan::scan(config, &budget))
         .collect();
         Self {
             driver: Arc::new(driver(listener, shared)),
@@ -480,7 +486,7 @@ fn rate_key_label(key: RateKey) -> &'static str {
 
 /// `[content]`, innermost: it sees only messages the other policies let through, and refuses
 /// at end of data by aborting the relay's backend transaction.
-fn content(config: &Config) -> Option<CommandLayer> {
+fn content(config: &Config, budget: &Arc<ByteBudget>) -> Option<CommandLayer> {
     let c = &config.content;
     let header_checks: Vec<HeaderCheck> = c
         .header_checks
@@ -500,10 +506,7 @@ fn content(config: &Config) -> Option<CommandLayer> {
         header_checks,
         attachments,
         max_message: usize::try_from(config.limits.max_message_size).unwrap_or(usize::MAX),
-        budget: Arc::new(ByteBudget::new(
-            c.buffer_budget,
-            metrics::gauge!("attitude_content_buffered_bytes"),
-        )),
+        budget: budget.clone(),
         mode: c.mode,
         header_decisions: Decisions::register("header"),
         attachment_decisions: Decisions::register("attachment"),

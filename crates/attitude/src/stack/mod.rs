@@ -13,6 +13,7 @@ pub(crate) mod backend;
 pub(crate) mod command;
 pub(crate) mod connection;
 pub(crate) mod fleet;
+mod scan;
 pub(crate) mod state;
 pub(crate) mod stress;
 
