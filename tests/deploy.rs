@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use attitude_test_support::{
-    Attitude, Client, DnsServer, Peer, RedisServer, Rr, Sink, TestCa, attitude_bin, free_port,
-    http_get, require_tool, run, scratch_dir, tls_client, wait_for,
+    Attitude, Clamd, Client, DnsServer, Peer, RedisServer, Rr, Sink, TestCa, attitude_bin,
+    free_port, http_get, require_tool, run, scratch_dir, tls_client, wait_for,
 };
 use serde_json::Value;
 
@@ -307,6 +307,7 @@ fn traffic_config(
     sink: SocketAddr,
     dead: SocketAddr,
     redis: &str,
+    clamd: SocketAddr,
 ) -> String {
     format!(
         "[[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
@@ -326,7 +327,8 @@ fn traffic_config(
          [[rates]]\nname = \"client-recipients\"\nkey = \"client\"\ncount = \"recipients\"\nlimit = 1\nper = \"1h\"\nmode = \"dry-run\"\n\
          [backend]\nservers = [\"{sink}\", \"{dead}\"]\n\
          [backend.health]\ninterval = \"1s\"\nrise = 1\nfall = 1\n\
-         [state]\nredis = \"{redis}\"\n",
+         [state]\nredis = \"{redis}\"\n\
+         [clamav]\nenabled = true\naddress = [\"{clamd}\"]\n",
         cert = c.join("tls/tls.crt").display(),
         key = c.join("tls/tls.key").display(),
     )
@@ -369,8 +371,9 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
     let sink = Sink::start();
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let redis = RedisServer::start();
+    let clamd = Clamd::start(10 * 1024 * 1024);
     let attitude = Attitude::start(
-        &traffic_config(&dir, dns.addr, sink.addr, dead, &redis.url()),
+        &traffic_config(&dir, dns.addr, sink.addr, dead, &redis.url(), clamd.addr),
         &[],
     );
     let prometheus = Prometheus::start(&[attitude.admin]);

@@ -160,8 +160,18 @@ impl Peer {
 
     /// Starts `cmd`, then waits until `addr` accepts connections.
     pub fn spawn_listening(name: &str, cmd: Command, addr: SocketAddr) -> Peer {
+        Self::spawn_listening_within(name, cmd, addr, Duration::from_secs(20))
+    }
+
+    /// [`Peer::spawn_listening`] for a peer that takes up to `limit` to listen.
+    pub fn spawn_listening_within(
+        name: &str,
+        cmd: Command,
+        addr: SocketAddr,
+        limit: Duration,
+    ) -> Peer {
         let (mut peer, _) = Self::start(name, cmd);
-        let up = wait_for(Duration::from_secs(20), || {
+        let up = wait_for(limit, || {
             TcpStream::connect(addr).is_ok() || peer.child.try_wait().ok().flatten().is_some()
         });
         if !up || peer.child.try_wait().ok().flatten().is_some() {

@@ -1,0 +1,311 @@
+//! The scan policy in process, over scripted engines on loopback (a clamd that speaks INSTREAM,
+//! an rspamd that answers checkv2) that take their time on purpose: what the inner service (the
+//! relay) is given, and when. The real engines are in `tests/scan.rs`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use attitude_codec::{Command, MailFrom, Reply};
+use attitude_engines::clamav::Clamd;
+use attitude_engines::rspamd::Rspamd;
+use attitude_layers::Mode;
+use attitude_policy::Decisions;
+use attitude_policy::content::ByteBudget;
+use attitude_policy::scan::{
+    ClamavPolicy, Fallback, RspamdPolicy, ScanConfig, ScanLayer, ScanMetrics,
+};
+use attitude_service::{BoxError, DataOutcome, Event, Request, Session, Transaction, replies};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tower::{Layer, Service, ServiceExt};
+
+/// A clamd that reads a whole INSTREAM, waits `delay`, then answers `reply`.
+async fn scripted_clamd(delay: Duration, reply: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut command = [0u8; 10];
+                s.read_exact(&mut command).await.unwrap();
+                assert_eq!(&command, b"zINSTREAM\0");
+                loop {
+                    let len = s.read_u32().await.unwrap();
+                    if len == 0 {
+                        break;
+                    }
+                    let mut chunk = vec![0; len as usize];
+                    s.read_exact(&mut chunk).await.unwrap();
+                }
+                tokio::time::sleep(delay).await;
+                let _ = s.write_all(format!("stream: {reply}\0").as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An rspamd that reads a request, waits `delay`, then answers `json`.
+async fn scripted_rspamd(delay: Duration, json: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // Headers, then Content-Length octets of body.
+                    let body_at = loop {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&request[..body_at]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap();
+                    while request.len() < body_at + length {
+                        let n = s.read(&mut buf).await.unwrap();
+                        request.extend_from_slice(&buf[..n]);
+                    }
+                    tokio::time::sleep(delay).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\n\r\n{json}",
+                        json.len()
+                    );
+                    s.write_all(response.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn config(clamd: Option<SocketAddr>, rspamd: Option<(SocketAddr, bool)>) -> ScanConfig {
+    ScanConfig {
+        clamav: clamd.map(|addr| ClamavPolicy {
+            clamd: Clamd::new(
+                vec![addr.to_string().parse().unwrap()],
+                Duration::from_secs(5),
+            ),
+            max_size: 1 << 20,
+            on_oversize: Fallback::Accept,
+            on_error: Fallback::Tempfail,
+            mode: Mode::Enforce,
+            decisions: Decisions::noop(),
+        }),
+        rspamd: rspamd.map(|(addr, headers)| RspamdPolicy {
+            rspamd: Rspamd::new(&format!("http://{addr}"), Duration::from_secs(5), headers)
+                .unwrap(),
+            max_size: 1 << 20,
+            on_error: Fallback::Accept,
+            headers,
+            settings_id: None,
+            skip_authenticated: false,
+            skip_trusted: false,
+            spam_headers: vec![("X-Spam".into(), "Yes".into())],
+            mode: Mode::Enforce,
+            decisions: Decisions::noop(),
+        }),
+        budget: Arc::new(ByteBudget::new(1 << 24, metrics::gauge!("test_budget"))),
+        on_over_budget: Fallback::Tempfail,
+        trusted: Vec::new(),
+        metrics: ScanMetrics::register(),
+    }
+}
+
+/// What the inner service (the relay's place) was given, in order.
+type Seen = Arc<Mutex<Vec<Event>>>;
+
+fn inner(
+    seen: Seen,
+) -> impl Service<
+    Request,
+    Response = Reply,
+    Error = BoxError,
+    Future = std::future::Ready<Result<Reply, BoxError>>,
+> + Send
++ 'static {
+    tower::service_fn(move |req: Request| {
+        let reply = match &req.event {
+            Event::Command(Command::Data) => replies::start_data(),
+            Event::DataEnd(DataOutcome::Failed(reply)) => reply.clone(),
+            Event::DataEnd(DataOutcome::Complete) => Reply::plain(250, "2.0.0 queued"),
+            _ => replies::ok(),
+        };
+        seen.lock().unwrap().push(req.event);
+        std::future::ready(Ok(reply))
+    })
+}
+
+fn session() -> Arc<Session> {
+    let mut s = Session::new(
+        1,
+        "192.0.2.7:40000".parse().unwrap(),
+        "198.51.100.1:25".parse().unwrap(),
+    );
+    s.transaction = Some(Transaction {
+        mail: MailFrom {
+            address: "alice@example.org".into(),
+            size: None,
+            body: None,
+            smtputf8: false,
+            params: Vec::new(),
+        },
+        rcpts: vec!["bob@example.com".into()],
+        started: std::time::Instant::now(),
+        data_bytes: 0,
+        bdat: false,
+    });
+    Arc::new(s)
+}
+
+/// Sends one DATA message through `service`; the replies to DATA and to end of data.
+async fn message<S>(service: &mut S, content: &[u8]) -> (Reply, Reply)
+where
+    S: Service<Request, Response = Reply, Error = BoxError>,
+{
+    let session = session();
+    let mut call = async |event| {
+        service
+            .ready()
+            .await
+            .unwrap()
+            .call(Request {
+                session: session.clone(),
+                event,
+            })
+            .await
+            .unwrap()
+    };
+    let data = call(Event::Command(Command::Data)).await;
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        call(Event::DataChunk(Bytes::copy_from_slice(line))).await;
+    }
+    let end = call(Event::DataEnd(DataOutcome::Complete)).await;
+    (data, end)
+}
+
+const NO_ACTION: &str = r#"{"action":"no action","score":1.0,"required_score":15.0,
+    "milter":{"add_headers":{"X-Spamd-Result":{"value":"default: False [1.00 / 15.00]","order":0}},
+    "remove_headers":{"X-Spamd-Result":0}}}"#;
+
+const MESSAGE: &[u8] = b"X-Spamd-Result: forged by the sender\r\nSubject: hi\r\n\r\nbody\r\n";
+
+#[tokio::test]
+async fn both_engines_run_at_once_the_slower_one_bounds_the_wait() {
+    let clamd = scripted_clamd(Duration::from_millis(300), "OK").await;
+    let rspamd = scripted_rspamd(Duration::from_millis(300), NO_ACTION).await;
+    let seen = Seen::default();
+    let mut service =
+        ScanLayer::new(config(Some(clamd), Some((rspamd, false)))).layer(inner(seen.clone()));
+    let started = Instant::now();
+    let (_, end) = message(&mut service, MESSAGE).await;
+    let took = started.elapsed();
+    assert_eq!(end.code(), 250);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(550),
+        "two 300 ms scans took {took:?}: not at once"
+    );
+}
+
+#[tokio::test]
+async fn a_held_message_reaches_the_relay_only_after_the_verdict_with_rspamds_headers() {
+    let rspamd = scripted_rspamd(Duration::from_millis(50), NO_ACTION).await;
+    let seen = Seen::default();
+    let mut service = ScanLayer::new(config(None, Some((rspamd, true)))).layer(inner(seen.clone()));
+    let session = session();
+    let mut call = async |event| {
+        service
+            .ready()
+            .await
+            .unwrap()
+            .call(Request {
+                session: session.clone(),
+                event,
+            })
+            .await
+            .unwrap()
+    };
+    // DATA and the content: answered, but nothing is passed on yet.
+    assert_eq!(call(Event::Command(Command::Data)).await.code(), 354);
+    for line in MESSAGE.split_inclusive(|&b| b == b'\n') {
+        call(Event::DataChunk(Bytes::copy_from_slice(line))).await;
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the backend was asked before the verdict"
+    );
+    let end = call(Event::DataEnd(DataOutcome::Complete)).await;
+    assert_eq!(end.code(), 250);
+    let seen = seen.lock().unwrap();
+    assert!(matches!(seen[0], Event::Command(Command::Data)));
+    let content: Vec<u8> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::DataChunk(c) => Some(c.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(
+        String::from_utf8(content).unwrap(),
+        "X-Spamd-Result: default: False [1.00 / 15.00]\r\nSubject: hi\r\n\r\nbody\r\n",
+        "rspamd's header replaces the sender's forgery; the rest is as sent"
+    );
+    assert!(matches!(
+        seen.last().unwrap(),
+        Event::DataEnd(DataOutcome::Complete)
+    ));
+}
+
+#[tokio::test]
+async fn a_refused_message_ends_failed_and_the_next_one_gets_its_own_verdict() {
+    let virus = scripted_clamd(Duration::ZERO, "Worm.Test FOUND").await;
+    let seen = Seen::default();
+    let mut service = ScanLayer::new(config(Some(virus), None)).layer(inner(seen.clone()));
+    let (data, end) = message(&mut service, MESSAGE).await;
+    assert_eq!(data.code(), 354);
+    assert_eq!(
+        end.to_string().trim_end(),
+        "554 5.7.1 Virus found: Worm.Test"
+    );
+    assert!(matches!(
+        seen.lock().unwrap().last().unwrap(),
+        Event::DataEnd(DataOutcome::Failed(_))
+    ));
+
+    // A message that ends another way (RSET mid-transaction) leaves nothing behind: the next
+    // message is scanned on its own connection and gets its own verdict.
+    let clean = scripted_clamd(Duration::ZERO, "OK").await;
+    let seen = Seen::default();
+    let mut service = ScanLayer::new(config(Some(clean), None)).layer(inner(seen.clone()));
+    let session = session();
+    for event in [
+        Event::Command(Command::Data),
+        Event::DataChunk(Bytes::from_static(b"half a message\r\n")),
+        Event::DataEnd(DataOutcome::Failed(Reply::plain(552, "too big"))),
+        Event::Command(Command::Rset),
+    ] {
+        let req = Request {
+            session: session.clone(),
+            event,
+        };
+        service.ready().await.unwrap().call(req).await.unwrap();
+    }
+    let (_, end) = message(&mut service, MESSAGE).await;
+    assert_eq!(end.code(), 250);
+}
