@@ -6,6 +6,7 @@
 #   make bench-flood  the DoS scenario (../shared/bench/flood.sh) in hold and slow modes (REDIS=1: limits in Redis)
 #   make bench-limits what the limit stack costs: limits on vs off, then limits in Redis vs in the process, same build, same run
 #   make bench-policies what the filtering policies cost: policies on vs off (local DNS server)
+#   make bench-scan  what ClamAV and rspamd add: 1 KB and 100 KB, each engine on/off, against the engines alone
 #   make bench-ab BASE=BIN  this tree against another build (scripts/ab-build.sh): 1 KB and 100 KB, new and reuse, idle memory
 #   make fuzz   a fuzz target (FUZZ_TARGET=decode|reply) for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
 
@@ -15,7 +16,7 @@ LISTEN ?= 127.0.0.1:2525
 SINK ?= 127.0.0.1:2526
 ADMIN ?= 127.0.0.1:9325
 
-.PHONY: run deps test lint unit build release bench bench-ab bench-flood bench-limits bench-policies fuzz clean
+.PHONY: run deps test lint unit build release bench bench-ab bench-flood bench-limits bench-policies bench-scan fuzz clean
 
 run:
 	$(CARGO) build --release -p attitude
@@ -69,6 +70,9 @@ bench-limits:
 
 bench-policies:
 	bash scripts/policies-cost.sh
+
+bench-scan:
+	bash scripts/scan-cost.sh
 
 # New inputs go to a scratch corpus; the committed seeds in corpus/decode are only read.
 # A crash lands in crates/codec/fuzz/artifacts/: copy it into corpus/decode as a regression test.
