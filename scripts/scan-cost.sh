@@ -13,6 +13,11 @@ BENCH=${BENCH_DIR:-$(cd .. && pwd)/shared/bench}
 STATE=${BENCH_STATE:-/tmp/smtp-bench}/scan
 REPS=${REPS:-3}
 mkdir -p "$STATE"
+# The engines come with make deps; clamdscan (the engine-alone row) is a package of its own.
+if ! command -v clamdscan >/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends clamdscan >/dev/null
+fi
 cargo build --release -p attitude
 cargo build --release -p attitude-test-support --example engines
 bash "$BENCH/setup.sh" >/dev/null

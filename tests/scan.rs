@@ -161,7 +161,7 @@ fn clamav_refuses_eicar_plain_and_zipped_and_delivers_a_clean_message_byte_exact
 }
 
 #[test]
-fn clamav_away_tempfails_by_default_and_accepts_with_on_error_accept() {
+fn clamav_away_tempfails_by_default_accepts_with_on_error_accept_and_the_next_daemon_is_tried() {
     let mut clamd = Clamd::start(10 * 1024 * 1024);
     let backend = Recorder::start();
     let closed = Attitude::start(&clamav(&clamd, ""), &[backend.addr]);
@@ -186,6 +186,19 @@ fn clamav_away_tempfails_by_default_and_accepts_with_on_error_accept() {
     clamd.restart();
     let reply = send(closed.smtp, &with_attachment("notes.txt", EICAR));
     assert!(reply.starts_with("554 5.7.1"), "{reply}");
+
+    // Several daemons are tried in turn: one that is not there, then clamd's unix socket.
+    let dead = format!("127.0.0.1:{}", attitude_test_support::free_port());
+    let in_turn = Attitude::start(
+        &format!(
+            "{BASE}[clamav]\nenabled = true\naddress = [\"{dead}\", \"{}\"]\n",
+            clamd.socket.display()
+        ),
+        &[backend.addr],
+    );
+    let reply = send(in_turn.smtp, &with_attachment("notes.txt", EICAR));
+    assert!(reply.starts_with("554 5.7.1"), "{reply}");
+    assert!(send(in_turn.smtp, &clean_message()).starts_with("250"));
 }
 
 #[test]

@@ -48,13 +48,24 @@ async fn scripted_clamd(delay: Duration, reply: &'static str) -> SocketAddr {
     addr
 }
 
+/// The request heads a scripted rspamd was sent.
+type Heads = Arc<Mutex<Vec<String>>>;
+
 /// An rspamd that reads a request, waits `delay`, then answers `json`.
 async fn scripted_rspamd(delay: Duration, json: &'static str) -> SocketAddr {
+    scripted_rspamd_seeing(delay, json).await.0
+}
+
+/// [`scripted_rspamd`], with the heads of the requests it got.
+async fn scripted_rspamd_seeing(delay: Duration, json: &'static str) -> (SocketAddr, Heads) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let heads = Heads::default();
+    let seen = heads.clone();
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 loop {
                     let mut request = Vec::new();
@@ -71,6 +82,7 @@ async fn scripted_rspamd(delay: Duration, json: &'static str) -> SocketAddr {
                         }
                     };
                     let head = String::from_utf8_lossy(&request[..body_at]).to_lowercase();
+                    seen.lock().unwrap().push(head.clone());
                     let length: usize = head
                         .lines()
                         .find_map(|l| l.strip_prefix("content-length:"))
@@ -91,7 +103,7 @@ async fn scripted_rspamd(delay: Duration, json: &'static str) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, heads)
 }
 
 fn config(clamd: Option<SocketAddr>, rspamd: Option<(SocketAddr, bool)>) -> ScanConfig {
@@ -308,4 +320,132 @@ async fn a_refused_message_ends_failed_and_the_next_one_gets_its_own_verdict() {
     }
     let (_, end) = message(&mut service, MESSAGE).await;
     assert_eq!(end.code(), 250);
+}
+
+/// The content the inner service was given, put together.
+fn passed_on(seen: &Seen) -> String {
+    let content: Vec<u8> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::DataChunk(c) => Some(c.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    String::from_utf8(content).unwrap()
+}
+
+#[tokio::test]
+async fn rspamd_is_told_the_envelope_and_its_settings_id() {
+    let (rspamd, heads) = scripted_rspamd_seeing(Duration::ZERO, NO_ACTION).await;
+    let mut config = config(None, Some((rspamd, true)));
+    config.rspamd.as_mut().unwrap().settings_id = Some("inbound".into());
+    let mut service = ScanLayer::new(config).layer(inner(Seen::default()));
+    message(&mut service, MESSAGE).await;
+    let head = heads.lock().unwrap().pop().unwrap();
+    for line in [
+        "post /checkv2 http/1.1",
+        "ip: 192.0.2.7",
+        "from: alice@example.org",
+        "rcpt: bob@example.com",
+        "queue-id: 1.1",
+        "settings-id: inbound",
+        "flags: milter",
+    ] {
+        assert!(head.contains(line), "{line:?} not in:\n{head}");
+    }
+    assert!(!head.contains("hostname:"), "no unverified host name");
+}
+
+#[tokio::test]
+async fn rspamds_actions_become_replies_or_header_changes() {
+    let cases: [(&'static str, u16, &str); 6] = [
+        (
+            r#"{"action":"add header","score":7.0}"#,
+            250,
+            "X-Spam: Yes\r\nX-Spamd-Result: forged by the sender\r\nSubject: hi\r\n\r\nbody\r\n",
+        ),
+        (
+            r#"{"action":"rewrite subject","score":8.0,"subject":"*** SPAM *** hi"}"#,
+            250,
+            "X-Spamd-Result: forged by the sender\r\nSubject: *** SPAM *** hi\r\n\r\nbody\r\n",
+        ),
+        (
+            r#"{"action":"quarantine","score":12.0}"#,
+            250,
+            "X-Spam: Yes\r\nX-Spam-Quarantine: rspamd, score 12.00\r\n\
+             X-Spamd-Result: forged by the sender\r\nSubject: hi\r\n\r\nbody\r\n",
+        ),
+        (r#"{"action":"greylist","score":4.0}"#, 451, ""),
+        (
+            r#"{"action":"discard","score":20.0,"messages":{"smtp_message":"Go away\r\nBcc: x"}}"#,
+            554,
+            "",
+        ),
+        (
+            r#"{"action":"no action","score":0.0}"#,
+            250,
+            "X-Spamd-Result: forged by the sender\r\nSubject: hi\r\n\r\nbody\r\n",
+        ),
+    ];
+    for (json, code, delivered) in cases {
+        let rspamd = scripted_rspamd(Duration::ZERO, json).await;
+        let seen = Seen::default();
+        let mut service =
+            ScanLayer::new(config(None, Some((rspamd, true)))).layer(inner(seen.clone()));
+        let (_, end) = message(&mut service, MESSAGE).await;
+        assert_eq!(end.code(), code, "{json}: {end}");
+        if code == 554 {
+            assert_eq!(
+                end.to_string().trim_end(),
+                "554 5.7.1 Go away Bcc: x",
+                "one safe line"
+            );
+        }
+        if code >= 400 {
+            // Held and refused: the backend was never given the message.
+            assert!(passed_on(&seen).is_empty(), "{json}");
+            assert!(matches!(
+                seen.lock().unwrap().last().unwrap(),
+                Event::DataEnd(DataOutcome::Failed(_))
+            ));
+        } else {
+            assert_eq!(passed_on(&seen), delivered, "{json}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn in_dry_run_nothing_is_held_or_changed_and_nothing_refused() {
+    let rspamd = scripted_rspamd(Duration::ZERO, r#"{"action":"reject","score":20.0}"#).await;
+    let seen = Seen::default();
+    let mut config = config(None, Some((rspamd, true)));
+    config.rspamd.as_mut().unwrap().mode = Mode::DryRun;
+    let mut service = ScanLayer::new(config).layer(inner(seen.clone()));
+    let session = session();
+    let req = |event| Request {
+        session: session.clone(),
+        event,
+    };
+    let data = req(Event::Command(Command::Data));
+    service.ready().await.unwrap().call(data).await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "DATA went on at once: streamed"
+    );
+    for line in MESSAGE.split_inclusive(|&b| b == b'\n') {
+        let chunk = req(Event::DataChunk(Bytes::copy_from_slice(line)));
+        service.ready().await.unwrap().call(chunk).await.unwrap();
+    }
+    assert_eq!(
+        passed_on(&seen).as_bytes(),
+        MESSAGE,
+        "as it came, unchanged"
+    );
+    let end = req(Event::DataEnd(DataOutcome::Complete));
+    let end = service.ready().await.unwrap().call(end).await.unwrap();
+    assert_eq!(end.code(), 250, "the would-be refusal is only counted");
 }

@@ -32,6 +32,8 @@ pub struct Clamd {
     peer: Option<Peer>,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its unix socket (it listens on both).
+    pub socket: PathBuf,
     dir: PathBuf,
 }
 
@@ -67,8 +69,9 @@ impl Clamd {
             &conf,
             format!(
                 "Foreground yes\nDatabaseDirectory {}\nTCPSocket {port}\nTCPAddr 127.0.0.1\n\
-                 StreamMaxLength {stream_max}\nLogFile {}\nPidFile {}\n{}",
+                 LocalSocket {}\nStreamMaxLength {stream_max}\nLogFile {}\nPidFile {}\n{}",
                 db.display(),
+                dir.join("clamd.sock").display(),
                 dir.join("clamd.log").display(),
                 dir.join("clamd.pid").display(),
                 if root { "User root\n" } else { "" }
@@ -78,6 +81,7 @@ impl Clamd {
         let mut clamd = Clamd {
             peer: None,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            socket: dir.join("clamd.sock"),
             dir,
         };
         clamd.spawn();
