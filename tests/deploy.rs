@@ -109,6 +109,22 @@ fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
             assert!(rendered.contains("aws-load-balancer-proxy-protocol"));
             assert!(rendered.contains("proxy-protocol.toml"));
         }
+        if name == "scanners" {
+            // Both engines beside attitude, reached by their Services, only attitude let in;
+            // attitude runs with scan.toml merged over its configuration.
+            for needle in [
+                "image: clamav/clamav:",
+                "image: rspamd/rspamd:",
+                "name: attitude-clamav",
+                "name: attitude-rspamd",
+                "port: 3310",
+                "port: 11333",
+                "/etc/attitude/config/scan.toml",
+                "mountPath: /etc/rspamd/local.d/milter_headers.conf",
+            ] {
+                assert!(rendered.contains(needle), "scanners: no {needle:?}");
+            }
+        }
         if name == "redis" {
             // Persistence (a Redis restart greylists nobody again), no eviction (an evicted
             // lease or ban breaks a limit), the password from a Secret, only attitude let in.
@@ -132,10 +148,12 @@ fn the_shipped_configurations_load_and_keep_the_drain_inside_the_grace_period() 
     let base = repo().join("deploy/kubernetes/base/attitude.toml");
     let proxy = repo().join("deploy/kubernetes/overlays/aws-nlb-proxy/proxy-protocol.toml");
     let state = repo().join("deploy/kubernetes/overlays/redis/state.toml");
+    let scan = repo().join("deploy/kubernetes/overlays/scanners/scan.toml");
     for files in [
         vec![base.clone()],
         vec![base.clone(), proxy],
         vec![base.clone(), state],
+        vec![base.clone(), scan],
     ] {
         let (ok, out) = run(Command::new(attitude_bin())
             .arg("check-config")
@@ -156,6 +174,14 @@ fn the_shipped_configurations_load_and_keep_the_drain_inside_the_grace_period() 
             .any(|f| f.ends_with("proxy-protocol.toml"))
         {
             assert!(out.contains("[proxy_protocol]\nenabled = true"), "{out}");
+        }
+        if files[1..].iter().any(|f| f.ends_with("scan.toml")) {
+            for needle in [
+                "[clamav]\nenabled = true\naddress = [\"attitude-clamav:3310\"]",
+                "[rspamd]\nenabled = true\nurl = \"http://attitude-rspamd:11333\"",
+            ] {
+                assert!(out.contains(needle), "{needle:?} not in:\n{out}");
+            }
         }
         if files[1..].iter().any(|f| f.ends_with("state.toml")) {
             assert!(
@@ -502,10 +528,12 @@ fn the_effective_configurations_are_pinned() {
     let base = repo().join("deploy/kubernetes/base/attitude.toml");
     let proxy = repo().join("deploy/kubernetes/overlays/aws-nlb-proxy/proxy-protocol.toml");
     let state = repo().join("deploy/kubernetes/overlays/redis/state.toml");
+    let scan = repo().join("deploy/kubernetes/overlays/scanners/scan.toml");
     let mut sets = vec![
         ("kubernetes-base", vec![base.clone()]),
         ("kubernetes-aws-nlb-proxy", vec![base.clone(), proxy]),
-        ("kubernetes-redis", vec![base, state]),
+        ("kubernetes-redis", vec![base.clone(), state]),
+        ("kubernetes-scanners", vec![base, scan]),
     ];
     let mut bench: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/bench"))
         .unwrap()
