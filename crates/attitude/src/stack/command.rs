@@ -54,7 +54,7 @@ pub(crate) type CommandService = SmtpMetricsService<BoxCommand>;
 
 /// `layer` as a [`CommandLayer`]: each session's service is boxed, so that every stack has one
 /// type whatever the configuration turned on.
-pub(super) fn boxed<L>(layer: L) -> CommandLayer
+fn boxed<L>(layer: L) -> CommandLayer
 where
     L: Layer<BoxCommand> + Send + Sync + 'static,
     L::Service: Service<Request, Response = Reply, Error = BoxError> + Send + 'static,
@@ -122,7 +122,7 @@ impl Stack {
                 .map(|rule| rate(rule, &client, shared, stop)),
         )
         .chain(content(config, &budget))
-        .chain(super::scan::scan(config, &budget))
+        .chain(super::scan::scan(config, &budget).map(boxed))
         .collect();
         Self {
             driver: Arc::new(driver(listener, shared)),

@@ -12,11 +12,10 @@ use attitude_policy::scan::{
     ClamavPolicy, Fallback, RspamdPolicy, ScanConfig, ScanLayer, ScanMetrics,
 };
 
-use super::command::{CommandLayer, boxed};
 use crate::config::{Config, OnOversize};
 
 /// The scan layer, when an engine is on for this listener; `budget` is shared with `[content]`.
-pub(super) fn scan(config: &Config, budget: &Arc<ByteBudget>) -> Option<CommandLayer> {
+pub(super) fn scan(config: &Config, budget: &Arc<ByteBudget>) -> Option<ScanLayer> {
     let (c, r) = (&config.clamav, &config.rspamd);
     if !c.enabled && !r.enabled {
         return None;
@@ -46,12 +45,12 @@ pub(super) fn scan(config: &Config, budget: &Arc<ByteBudget>) -> Option<CommandL
         mode: r.mode,
         decisions: Decisions::register("rspamd"),
     });
-    Some(boxed(ScanLayer::new(ScanConfig {
+    Some(ScanLayer::new(ScanConfig {
         clamav,
         rspamd,
         budget: budget.clone(),
         on_over_budget: r.on_over_budget,
         trusted: config.relay.trusted_networks.clone(),
         metrics: ScanMetrics::register(),
-    })))
+    }))
 }
