@@ -185,29 +185,38 @@ fn session() -> Arc<Session> {
     Arc::new(s)
 }
 
+/// Calls `service` with `event` in `session`, once it is ready.
+async fn call<S>(service: &mut S, session: &Arc<Session>, event: Event) -> Reply
+where
+    S: Service<Request, Response = Reply, Error = BoxError>,
+{
+    let req = Request {
+        session: session.clone(),
+        event,
+    };
+    service.ready().await.unwrap().call(req).await.unwrap()
+}
+
+/// Sends `content` as chunks of one line each.
+async fn chunks<S>(service: &mut S, session: &Arc<Session>, content: &[u8])
+where
+    S: Service<Request, Response = Reply, Error = BoxError>,
+{
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        let chunk = Event::DataChunk(Bytes::copy_from_slice(line));
+        call(service, session, chunk).await;
+    }
+}
+
 /// Sends one DATA message through `service`; the replies to DATA and to end of data.
 async fn message<S>(service: &mut S, content: &[u8]) -> (Reply, Reply)
 where
     S: Service<Request, Response = Reply, Error = BoxError>,
 {
     let session = session();
-    let mut call = async |event| {
-        service
-            .ready()
-            .await
-            .unwrap()
-            .call(Request {
-                session: session.clone(),
-                event,
-            })
-            .await
-            .unwrap()
-    };
-    let data = call(Event::Command(Command::Data)).await;
-    for line in content.split_inclusive(|&b| b == b'\n') {
-        call(Event::DataChunk(Bytes::copy_from_slice(line))).await;
-    }
-    let end = call(Event::DataEnd(DataOutcome::Complete)).await;
+    let data = call(service, &session, Event::Command(Command::Data)).await;
+    chunks(service, &session, content).await;
+    let end = call(service, &session, Event::DataEnd(DataOutcome::Complete)).await;
     (data, end)
 }
 
@@ -240,46 +249,32 @@ async fn a_held_message_reaches_the_relay_only_after_the_verdict_with_rspamds_he
     let seen = Seen::default();
     let mut service = ScanLayer::new(config(None, Some((rspamd, true)))).layer(inner(seen.clone()));
     let session = session();
-    let mut call = async |event| {
-        service
-            .ready()
-            .await
-            .unwrap()
-            .call(Request {
-                session: session.clone(),
-                event,
-            })
-            .await
-            .unwrap()
-    };
     // DATA and the content: answered, but nothing is passed on yet.
-    assert_eq!(call(Event::Command(Command::Data)).await.code(), 354);
-    for line in MESSAGE.split_inclusive(|&b| b == b'\n') {
-        call(Event::DataChunk(Bytes::copy_from_slice(line))).await;
-    }
+    let data = call(&mut service, &session, Event::Command(Command::Data)).await;
+    assert_eq!(data.code(), 354);
+    chunks(&mut service, &session, MESSAGE).await;
     assert!(
         seen.lock().unwrap().is_empty(),
         "the backend was asked before the verdict"
     );
-    let end = call(Event::DataEnd(DataOutcome::Complete)).await;
+    let end = call(
+        &mut service,
+        &session,
+        Event::DataEnd(DataOutcome::Complete),
+    )
+    .await;
     assert_eq!(end.code(), 250);
-    let seen = seen.lock().unwrap();
-    assert!(matches!(seen[0], Event::Command(Command::Data)));
-    let content: Vec<u8> = seen
-        .iter()
-        .filter_map(|e| match e {
-            Event::DataChunk(c) => Some(c.to_vec()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    assert!(matches!(
+        seen.lock().unwrap()[0],
+        Event::Command(Command::Data)
+    ));
     assert_eq!(
-        String::from_utf8(content).unwrap(),
+        passed_on(&seen),
         "X-Spamd-Result: default: False [1.00 / 15.00]\r\nSubject: hi\r\n\r\nbody\r\n",
         "rspamd's header replaces the sender's forgery; the rest is as sent"
     );
     assert!(matches!(
-        seen.last().unwrap(),
+        seen.lock().unwrap().last().unwrap(),
         Event::DataEnd(DataOutcome::Complete)
     ));
 }
@@ -312,11 +307,7 @@ async fn a_refused_message_ends_failed_and_the_next_one_gets_its_own_verdict() {
         Event::DataEnd(DataOutcome::Failed(Reply::plain(552, "too big"))),
         Event::Command(Command::Rset),
     ] {
-        let req = Request {
-            session: session.clone(),
-            event,
-        };
-        service.ready().await.unwrap().call(req).await.unwrap();
+        call(&mut service, &session, event).await;
     }
     let (_, end) = message(&mut service, MESSAGE).await;
     assert_eq!(end.code(), 250);
@@ -425,27 +416,23 @@ async fn in_dry_run_nothing_is_held_or_changed_and_nothing_refused() {
     config.rspamd.as_mut().unwrap().mode = Mode::DryRun;
     let mut service = ScanLayer::new(config).layer(inner(seen.clone()));
     let session = session();
-    let req = |event| Request {
-        session: session.clone(),
-        event,
-    };
-    let data = req(Event::Command(Command::Data));
-    service.ready().await.unwrap().call(data).await.unwrap();
+    call(&mut service, &session, Event::Command(Command::Data)).await;
     assert_eq!(
         seen.lock().unwrap().len(),
         1,
         "DATA went on at once: streamed"
     );
-    for line in MESSAGE.split_inclusive(|&b| b == b'\n') {
-        let chunk = req(Event::DataChunk(Bytes::copy_from_slice(line)));
-        service.ready().await.unwrap().call(chunk).await.unwrap();
-    }
+    chunks(&mut service, &session, MESSAGE).await;
     assert_eq!(
         passed_on(&seen).as_bytes(),
         MESSAGE,
         "as it came, unchanged"
     );
-    let end = req(Event::DataEnd(DataOutcome::Complete));
-    let end = service.ready().await.unwrap().call(end).await.unwrap();
+    let end = call(
+        &mut service,
+        &session,
+        Event::DataEnd(DataOutcome::Complete),
+    )
+    .await;
     assert_eq!(end.code(), 250, "the would-be refusal is only counted");
 }

@@ -20,10 +20,7 @@ fn addr(a: &str) -> SocketAddr {
 
 /// A backend connection that takes alice's transaction for bob, up to its 354.
 fn up_to_data() -> Script {
-    Script::smtp(&["PIPELINING", "8BITMIME"])
-        .read("MAIL FROM:<alice@example.org>")
-        .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-        .expect("DATA", "354 go ahead")
+    Script::alice_to_bob_up_to_data()
 }
 
 /// A backend connection that takes one message from alice to bob.
@@ -33,15 +30,7 @@ fn one_message(reply: &str) -> Script {
 
 /// The client side up to the 354 of alice's transaction for bob.
 async fn start_data(c: &mut Client) {
-    assert!(c.reply().await.starts_with("220"));
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    assert!(
-        c.cmd("MAIL FROM:<alice@example.org>")
-            .await
-            .starts_with("250")
-    );
-    assert!(c.cmd("RCPT TO:<bob@example.com>").await.starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.start_alice_to_bob().await;
 }
 
 #[tokio::test(start_paused = true)]

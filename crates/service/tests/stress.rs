@@ -130,17 +130,6 @@ async fn trusted_clients_keep_their_limits_and_the_normal_ones_come_back() {
 async fn under_stress_a_slow_upload_is_held_to_the_stress_data_rate() {
     use attitude_test_support::session::{Client, Script};
     const A: &str = "198.51.100.1:25";
-    async fn start_data(c: &mut Client) {
-        assert!(c.reply().await.starts_with("220"));
-        assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-        assert!(
-            c.cmd("MAIL FROM:<alice@example.org>")
-                .await
-                .starts_with("250")
-        );
-        assert!(c.cmd("RCPT TO:<bob@example.com>").await.starts_with("250"));
-        assert!(c.cmd("DATA").await.starts_with("354"));
-    }
     /// 1000 bytes a second for `seconds`; false once attitude stopped reading.
     async fn upload(c: &mut Client, seconds: u32) -> bool {
         let line = [b'x'; 998];
@@ -152,19 +141,14 @@ async fn under_stress_a_slow_upload_is_held_to_the_stress_data_rate() {
         }
         true
     }
-    let up_to_data = || {
-        Script::smtp(&["PIPELINING", "8BITMIME"])
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-            .expect("DATA", "354 go ahead")
-    };
+    let up_to_data = Script::alice_to_bob_up_to_data;
 
     // No stress: 60 s at 1000 B/s is within the normal rate, and the message is delivered.
     let backends = Backends::new();
     backends.script(addr(A), up_to_data().content("250 2.0.0 queued"));
     let (harness, _stress) = stressed(&backends, &[]);
     let (mut c, _session) = harness.session();
-    start_data(&mut c).await;
+    c.start_alice_to_bob().await;
     assert!(upload(&mut c, 60).await);
     assert!(c.cmd(".").await.starts_with("250 2.0.0"));
     assert_eq!(backends.messages(addr(A)).len(), 1);
@@ -175,7 +159,7 @@ async fn under_stress_a_slow_upload_is_held_to_the_stress_data_rate() {
     backends.script(addr(A), up_to_data().hold());
     let (harness, stress) = stressed(&backends, &[]);
     let (mut c, session) = harness.session();
-    start_data(&mut c).await;
+    c.start_alice_to_bob().await;
     let started = Instant::now();
     assert!(upload(&mut c, 5).await);
     stress.set(true);

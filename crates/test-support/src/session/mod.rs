@@ -228,6 +228,24 @@ impl Client {
         }
     }
 
+    /// The greeting, EHLO, then alice's transaction for bob up to the 354; panics unless each
+    /// step is accepted.
+    pub async fn start_alice_to_bob(&mut self) {
+        assert!(self.reply().await.starts_with("220"));
+        assert!(self.cmd("EHLO client.test").await.starts_with("250"));
+        assert!(
+            self.cmd("MAIL FROM:<alice@example.org>")
+                .await
+                .starts_with("250")
+        );
+        assert!(
+            self.cmd("RCPT TO:<bob@example.com>")
+                .await
+                .starts_with("250")
+        );
+        assert!(self.cmd("DATA").await.starts_with("354"));
+    }
+
     /// Sends `line` with CRLF and returns the reply.
     pub async fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes()).await;

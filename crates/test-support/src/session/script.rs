@@ -54,6 +54,15 @@ impl Script {
             .expect("EHLO", &ehlo.join("\r\n"))
     }
 
+    /// A connection that takes alice's transaction for bob, up to its 354 (what
+    /// [`Client::start_alice_to_bob`](super::Client::start_alice_to_bob) sends).
+    pub fn alice_to_bob_up_to_data() -> Self {
+        Self::smtp(&["PIPELINING", "8BITMIME"])
+            .read("MAIL FROM:<alice@example.org>")
+            .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
+            .expect("DATA", "354 go ahead")
+    }
+
     /// Writes `reply` (lines joined with CRLF).
     pub fn send(mut self, reply: &str) -> Self {
         self.steps.push(Step::Send(reply.to_string()));
