@@ -436,3 +436,76 @@ async fn in_dry_run_nothing_is_held_or_changed_and_nothing_refused() {
     .await;
     assert_eq!(end.code(), 250, "the would-be refusal is only counted");
 }
+
+#[tokio::test]
+async fn trusted_and_authenticated_sessions_can_be_left_unchecked() {
+    let (rspamd, heads) =
+        scripted_rspamd_seeing(Duration::ZERO, r#"{"action":"reject","score":20.0}"#).await;
+    // The session's client, 192.0.2.7, is in a trusted network.
+    let mut trusted = config(None, Some((rspamd, true)));
+    trusted.rspamd.as_mut().unwrap().skip_trusted = true;
+    trusted.trusted = vec!["192.0.2.0/24".parse().unwrap()];
+    let mut service = ScanLayer::new(trusted).layer(inner(Seen::default()));
+    assert_eq!(message(&mut service, MESSAGE).await.1.code(), 250);
+
+    // skip_authenticated: an authenticated session is not checked, an anonymous one is.
+    let mut config = config(None, Some((rspamd, true)));
+    config.rspamd.as_mut().unwrap().skip_authenticated = true;
+    let mut service = ScanLayer::new(config).layer(inner(Seen::default()));
+    let mut authenticated = (*session()).clone();
+    authenticated.auth = Some("alice".into());
+    let authenticated = Arc::new(authenticated);
+    call(&mut service, &authenticated, Event::Command(Command::Data)).await;
+    chunks(&mut service, &authenticated, MESSAGE).await;
+    let end = Event::DataEnd(DataOutcome::Complete);
+    assert_eq!(call(&mut service, &authenticated, end).await.code(), 250);
+    assert!(heads.lock().unwrap().is_empty(), "rspamd was never asked");
+    assert_eq!(message(&mut service, MESSAGE).await.1.code(), 554);
+    assert_eq!(heads.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_held_message_past_the_budget_or_max_size_streams_on_unchecked_or_is_deferred() {
+    let (rspamd, heads) =
+        scripted_rspamd_seeing(Duration::ZERO, r#"{"action":"reject","score":20.0}"#).await;
+    // MESSAGE is 58 octets: a 40-octet budget, then a 40-octet max_size, with "accept".
+    for small in ["budget", "max_size"] {
+        let mut config = config(None, Some((rspamd, true)));
+        if small == "budget" {
+            config.budget = Arc::new(ByteBudget::new(40, metrics::gauge!("test_budget")));
+        } else {
+            config.rspamd.as_mut().unwrap().max_size = 40;
+        }
+        config.on_over_budget = Fallback::Accept;
+        let seen = Seen::default();
+        let mut service = ScanLayer::new(config).layer(inner(seen.clone()));
+        let (data, end) = message(&mut service, MESSAGE).await;
+        assert_eq!((data.code(), end.code()), (354, 250), "{small}");
+        assert_eq!(
+            passed_on(&seen).as_bytes(),
+            MESSAGE,
+            "{small}: all of it, in order"
+        );
+        assert!(matches!(
+            seen.lock().unwrap()[0],
+            Event::Command(Command::Data)
+        ));
+    }
+    assert!(heads.lock().unwrap().is_empty(), "rspamd was never asked");
+
+    // "tempfail": the chunk that does not fit fails the message with 451 4.3.1.
+    let mut config = config(None, Some((rspamd, true)));
+    config.budget = Arc::new(ByteBudget::new(40, metrics::gauge!("test_budget")));
+    let mut service = ScanLayer::new(config).layer(inner(Seen::default()));
+    let session = session();
+    call(&mut service, &session, Event::Command(Command::Data)).await;
+    let mut replies = Vec::new();
+    for line in MESSAGE.split_inclusive(|&b| b == b'\n') {
+        let chunk = Event::DataChunk(Bytes::copy_from_slice(line));
+        replies.push(call(&mut service, &session, chunk).await.to_string());
+    }
+    assert!(
+        replies.iter().any(|r| r.starts_with("451 4.3.1")),
+        "{replies:?}"
+    );
+}
