@@ -46,7 +46,7 @@ fn greylist(clock: &Clock, file: Option<std::path::PathBuf>, mode: Mode) -> Arc<
 fn rcpt(client: &str, sender: &str, to: &str) -> Request {
     let addr: SocketAddr = format!("{client}:40000").parse().unwrap();
     let mut session = Session::new(1, addr, "127.0.0.1:25".parse().unwrap());
-    session.transaction = Some(Transaction {
+    session.transaction = Some(Box::new(Transaction {
         mail: MailFrom {
             address: sender.into(),
             ..MailFrom::default()
@@ -55,7 +55,7 @@ fn rcpt(client: &str, sender: &str, to: &str) -> Request {
         started: Instant::now(),
         data_bytes: 0,
         bdat: false,
-    });
+    }));
     Request {
         session: Arc::new(session),
         event: Event::Command(Command::Rcpt(RcptTo::new(to))),

@@ -169,7 +169,7 @@ fn session() -> Arc<Session> {
         "192.0.2.7:40000".parse().unwrap(),
         "198.51.100.1:25".parse().unwrap(),
     );
-    s.transaction = Some(Transaction {
+    s.transaction = Some(Box::new(Transaction {
         mail: MailFrom {
             address: "alice@example.org".into(),
             size: None,
@@ -181,7 +181,7 @@ fn session() -> Arc<Session> {
         started: std::time::Instant::now(),
         data_bytes: 0,
         bdat: false,
-    });
+    }));
     Arc::new(s)
 }
 

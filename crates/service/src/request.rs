@@ -52,8 +52,9 @@ pub struct Session {
     pub tls: Option<attitude_edge::TlsInfo>,
     /// Whether STARTTLS may be offered (a certificate is configured for this listener).
     pub starttls: bool,
-    /// Transaction in progress.
-    pub transaction: Option<Transaction>,
+    /// Transaction in progress (boxed: the session is held by every idle session, the
+    /// transaction only between MAIL and its end).
+    pub transaction: Option<Box<Transaction>>,
     /// Messages accepted in this session.
     pub messages: u32,
     /// Error replies sent in this session.

@@ -28,7 +28,7 @@ fn greeted() -> Session {
 
 fn in_transaction(rcpts: &[&str], data_bytes: u64) -> Session {
     let mut s = greeted();
-    s.transaction = Some(Transaction {
+    s.transaction = Some(Box::new(Transaction {
         mail: MailFrom {
             address: "a@example.org".into(),
             ..MailFrom::default()
@@ -37,7 +37,7 @@ fn in_transaction(rcpts: &[&str], data_bytes: u64) -> Session {
         started: Instant::now(),
         data_bytes,
         bdat: false,
-    });
+    }));
     s
 }
 

@@ -27,6 +27,7 @@ use attitude_policy::pregreet::{PregreetConfig, PregreetLayer};
 use attitude_policy::{Accepted, Decisions};
 use attitude_service::driver::{self, DriverMetrics, SessionResult, SessionSummary, Shutdown};
 use attitude_service::{BoxFuture, Marks, Session, replies};
+use futures::FutureExt;
 use governor::Quota;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -82,26 +83,32 @@ impl Service<Connection> for SessionService {
         let metrics = self.stack.driver_metrics.clone();
         let shutdown = self.shutdown.clone();
         let implicit = self.stack.implicit_tls.clone();
+        let Some(tls) = implicit else {
+            // The session's future is the driver's own: nothing around it.
+            let io = Stream::Plain(conn.io);
+            return Box::pin(
+                driver::drive(io, session, service, config, shutdown, metrics).map(Ok),
+            );
+        };
         Box::pin(async move {
-            let io = match implicit {
-                // Implicit TLS (port 465): the handshake comes before the greeting.
-                Some(tls) => match tls.accept(conn.io).await {
-                    Ok(stream) => {
-                        session.tls = stream.tls_info();
-                        if let Some(info) = &session.tls {
-                            metrics.record_tls(info);
-                        }
-                        stream
+            // Implicit TLS (port 465): the handshake comes before the greeting. Boxed, as the
+            // STARTTLS one: not part of the session's own future.
+            let io = match Box::pin(tls.accept(conn.io)).await {
+                Ok(stream) => {
+                    session.tls = stream.tls_info();
+                    if let Some(info) = &session.tls {
+                        metrics.record_tls(info);
                     }
-                    Err(error) => {
-                        tracing::debug!(target: "attitude::session", session = conn.id, client = %conn.client, %error, "TLS handshake failed");
-                        metrics.record_unstarted(SessionResult::IoError);
-                        return Ok(SessionSummary::unstarted(SessionResult::IoError, 0));
-                    }
-                },
-                None => Stream::Plain(conn.io),
+                    stream
+                }
+                Err(error) => {
+                    tracing::debug!(target: "attitude::session", session = conn.id, client = %conn.client, %error, "TLS handshake failed");
+                    metrics.record_unstarted(SessionResult::IoError);
+                    return Ok(SessionSummary::unstarted(SessionResult::IoError, 0));
+                }
             };
-            Ok(driver::drive(io, session, service, config, shutdown, metrics).await)
+            let session = driver::drive(io, session, service, config, shutdown, metrics);
+            Ok(Box::pin(session).await)
         })
     }
 }

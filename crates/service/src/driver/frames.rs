@@ -74,7 +74,7 @@ where
                     }
                     Command::StartTls => Pending::StartTls,
                     Command::Auth { mechanism, initial } => {
-                        self.auth = Some(Exchange::new(mechanism, initial.as_deref()));
+                        self.auth = Some(Box::new(Exchange::new(mechanism, initial.as_deref())));
                         Pending::Auth
                     }
                     _ => Pending::Other,

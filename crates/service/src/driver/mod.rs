@@ -163,9 +163,10 @@ struct Driver<IO, S> {
     session: Arc<Session>,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    data: Option<DataState>,
+    /// Boxed, as `auth`: an idle session has neither, and the driver is part of its future.
+    data: Option<Box<DataState>>,
     /// The AUTH exchange in progress, for the login once the backend says 235.
-    auth: Option<Exchange>,
+    auth: Option<Box<Exchange>>,
     /// The reply to a refused BDAT command, given once its chunk is read.
     bdat_refused: Option<Box<Reply>>,
     /// Junk commands so far (see `DriverConfig::junk_command_limit`).
@@ -182,22 +183,24 @@ struct Driver<IO, S> {
 }
 
 /// Runs one SMTP session on `io` until it ends, calling `service` once per frame.
-pub async fn drive<IO, S>(
+///
+/// Not an `async fn`: the returned future holds the session's state once (the driver), not also
+/// the arguments it was made from, and it is what every idle session costs.
+pub fn drive<IO, S>(
     io: Stream<IO>,
     session: Session,
     service: S,
     config: Arc<DriverConfig>,
     shutdown: Shutdown,
     metrics: Arc<DriverMetrics>,
-) -> SessionSummary
+) -> impl Future<Output = SessionSummary>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: Service<Request, Response = Reply, Error = BoxError>,
 {
     metrics.total.increment(1);
     metrics.active.increment(1.0);
-    let started = session.started;
-    let mut driver = Driver {
+    let driver = Driver {
         codec: ServerCodec::new(config.codec.clone()),
         waiting_since: Instant::now(),
         timer: Box::pin(tokio::time::sleep(config.command_timeout)),
@@ -209,7 +212,7 @@ where
         io,
         service,
         config,
-        metrics: metrics.clone(),
+        metrics,
         session: Arc::new(session),
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
@@ -220,40 +223,7 @@ where
         bytes_in: 0,
         bytes_out: 0,
     };
-    let result = driver.run(&shutdown).await;
-    // Let the stack release what it holds for this session (the relay QUITs its backend).
-    let close = Request {
-        session: driver.session.clone(),
-        event: Event::Close,
-    };
-    if let Ok(service) = driver.service.ready().await {
-        let _ = service.call(close).await;
-    }
-    metrics.active.decrement(1.0);
-    metrics.record_end(result);
-    let summary = SessionSummary {
-        result,
-        messages: driver.session.messages,
-        bytes_in: driver.bytes_in,
-        bytes_out: driver.bytes_out,
-        helo: driver.session.helo.as_ref().map(|h| h.name.clone()),
-        duration: started.elapsed(),
-    };
-    tracing::info!(
-        target: "attitude::session",
-        session = driver.session.id,
-        client = %driver.session.client,
-        helo = summary.helo.as_deref().unwrap_or("-"),
-        tls = %driver.session.tls.map_or("-", |t| t.version),
-        cipher = %driver.session.tls.map_or("-", |t| t.cipher),
-        messages = summary.messages,
-        bytes_in = summary.bytes_in,
-        bytes_out = summary.bytes_out,
-        result = result.as_str(),
-        duration_ms = summary.duration.as_millis() as u64,
-        "session end"
-    );
-    summary
+    driver.session(shutdown)
 }
 
 impl<IO, S> Driver<IO, S>
@@ -261,6 +231,45 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: Service<Request, Response = Reply, Error = BoxError>,
 {
+    /// The whole session: the run loop, then `Close` down the stack, the metrics and the log.
+    async fn session(mut self, shutdown: Shutdown) -> SessionSummary {
+        let result = self.run(&shutdown).await;
+        // Let the stack release what it holds for this session (the relay QUITs its backend).
+        let close = Request {
+            session: self.session.clone(),
+            event: Event::Close,
+        };
+        if let Ok(service) = self.service.ready().await {
+            let _ = service.call(close).await;
+        }
+        self.metrics.active.decrement(1.0);
+        self.metrics.record_end(result);
+        let session = &self.session;
+        let summary = SessionSummary {
+            result,
+            messages: session.messages,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            helo: session.helo.as_ref().map(|h| h.name.clone()),
+            duration: session.started.elapsed(),
+        };
+        tracing::info!(
+            target: "attitude::session",
+            session = session.id,
+            client = %session.client,
+            helo = summary.helo.as_deref().unwrap_or("-"),
+            tls = %session.tls.map_or("-", |t| t.version),
+            cipher = %session.tls.map_or("-", |t| t.cipher),
+            messages = summary.messages,
+            bytes_in = summary.bytes_in,
+            bytes_out = summary.bytes_out,
+            result = result.as_str(),
+            duration_ms = summary.duration.as_millis() as u64,
+            "session end"
+        );
+        summary
+    }
+
     async fn run(&mut self, shutdown: &Shutdown) -> SessionResult {
         if shutdown.drain.is_cancelled() {
             self.push(&replies::shutting_down());
@@ -272,7 +281,9 @@ where
         loop {
             match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(frame)) => {
-                    if let Step::Close(result) = self.handle(frame).await {
+                    // Boxed: a command's state is held only while it is handled, not by every
+                    // session that waits for its next one (the run loop's future is).
+                    if let Step::Close(result) = Box::pin(self.handle(frame)).await {
                         let _ = self.flush().await;
                         return result;
                     }

@@ -63,7 +63,7 @@ where
                 {
                     txn.bdat = true;
                     self.codec.begin_bdat_message(txn.mail.body);
-                    self.data = Some(DataState::new());
+                    self.data = Some(Box::new(DataState::new()));
                 }
                 if let Some(data) = self.data.as_mut() {
                     data.chunk = size;
@@ -71,13 +71,13 @@ where
                 return Step::Continue;
             }
             Pending::Mail(mail) if reply.is_positive() => {
-                session.transaction = Some(Transaction {
+                session.transaction = Some(Box::new(Transaction {
                     mail: *mail,
                     rcpts: Vec::new(),
                     started: std::time::Instant::now(),
                     data_bytes: 0,
                     bdat: false,
-                });
+                }));
             }
             Pending::Rcpt(rcpt) if reply.is_positive() => {
                 if let Some(txn) = session.transaction.as_mut() {
@@ -85,7 +85,7 @@ where
                 }
             }
             Pending::Data if reply.code() == 354 => {
-                self.data = Some(DataState::new());
+                self.data = Some(Box::new(DataState::new()));
                 self.codec.set_mode(Mode::Data);
             }
             Pending::DataEnd => {
@@ -125,7 +125,9 @@ where
             return Step::Close(SessionResult::Quit);
         }
         if starttls && reply.code() == 220 {
-            return self.start_tls().await;
+            // Boxed: the handshake's state (rustls' and the accept future's) would otherwise be
+            // part of every session's future, idle or not.
+            return Box::pin(self.start_tls()).await;
         }
         if reply.code() == 421 {
             // 421 means "closing the transmission channel" (RFC 5321 §3.8).

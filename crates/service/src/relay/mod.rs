@@ -110,7 +110,8 @@ impl RelayShared {
 #[derive(Debug, Clone)]
 pub struct Relay {
     shared: Arc<RelayShared>,
-    state: Arc<Mutex<RelayState>>,
+    /// Made at the first event that needs it (a session that only greets and waits has none).
+    state: Option<Arc<Mutex<RelayState>>>,
 }
 
 impl Relay {
@@ -118,7 +119,7 @@ impl Relay {
     pub fn new(shared: Arc<RelayShared>) -> Self {
         Self {
             shared,
-            state: Arc::new(Mutex::new(RelayState::new())),
+            state: None,
         }
     }
 }
@@ -253,8 +254,24 @@ impl Service<Request> for Relay {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        if self.state.is_none() {
+            // Nothing to reset or to close yet: answered without a state.
+            let answer = match &req.event {
+                Event::Command(Command::Ehlo(_) | Command::Helo(_) | Command::Rset) => {
+                    Some(replies::ok())
+                }
+                Event::Command(Command::Quit) | Event::Close => Some(replies::bye()),
+                _ => None,
+            };
+            if let Some(reply) = answer {
+                return Box::pin(std::future::ready(Ok(reply)));
+            }
+        }
         let shared = self.shared.clone();
-        let state = self.state.clone();
+        let state = self
+            .state
+            .get_or_insert_with(|| Arc::new(Mutex::new(RelayState::new())))
+            .clone();
         Box::pin(async move {
             let mut state = state.lock_owned().await;
             let end = matches!(req.event, Event::DataEnd(DataOutcome::Complete));
