@@ -509,3 +509,28 @@ async fn a_held_message_past_the_budget_or_max_size_streams_on_unchecked_or_is_d
         "{replies:?}"
     );
 }
+
+#[tokio::test]
+async fn a_virus_in_dry_run_is_delivered_and_clamd_away_can_fail_open() {
+    let virus = scripted_clamd(Duration::ZERO, "Worm.Test FOUND").await;
+    let mut dry_run = config(Some(virus), None);
+    dry_run.clamav.as_mut().unwrap().mode = Mode::DryRun;
+    let mut service = ScanLayer::new(dry_run).layer(inner(Seen::default()));
+    assert_eq!(message(&mut service, MESSAGE).await.1.code(), 250);
+
+    // Nothing listens there: tempfail by default, delivered with on_error = accept.
+    let gone = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut service = ScanLayer::new(config(Some(gone), None)).layer(inner(Seen::default()));
+    let end = message(&mut service, MESSAGE).await.1;
+    assert_eq!(
+        end.to_string().trim_end(),
+        "451 4.3.0 Virus scanner unavailable; try again later"
+    );
+    let mut accept = config(Some(gone), None);
+    accept.clamav.as_mut().unwrap().on_error = Fallback::Accept;
+    let mut service = ScanLayer::new(accept).layer(inner(Seen::default()));
+    assert_eq!(message(&mut service, MESSAGE).await.1.code(), 250);
+}

@@ -219,78 +219,7 @@ where
                 }
                 Either::inner(self.inner.call(req))
             }
-            Event::DataChunk(chunk) => {
-                let Some(txn) = self.txn.as_mut() else {
-                    return Either::inner(self.inner.call(req));
-                };
-                let config = &self.config;
-                let chunk = chunk.clone();
-                txn.size += chunk.len() as u64;
-                let mut feeder = None;
-                if let Some(policy) = &config.clamav {
-                    if txn.size > policy.max_size {
-                        txn.clam = None;
-                        txn.clam_oversize = true;
-                    } else if let Some(scan) = &txn.clam {
-                        config.metrics.clamav_bytes.increment(chunk.len() as u64);
-                        feeder = Some(scan.feeder());
-                    }
-                }
-                let mut flush = None;
-                if let Some(policy) = &config.rspamd
-                    && txn.copy.is_some()
-                {
-                    if txn.size > policy.max_size {
-                        flush = Self::stop_copy(txn, "oversize");
-                    } else if config.budget.try_reserve(chunk.len()) {
-                        let copy = txn.copy.as_mut().expect("checked above");
-                        copy.reserved += chunk.len();
-                        copy.bytes.extend_from_slice(&chunk);
-                    } else {
-                        config.metrics.over_budget.increment(1);
-                        if config.on_over_budget == Fallback::Tempfail {
-                            self.txn = None;
-                            return local(Reply::new(
-                                451,
-                                EnhancedStatus::new(4, 3, 1),
-                                "Too many messages being checked; try again later",
-                            ));
-                        }
-                        flush = Self::stop_copy(txn, "budget");
-                    }
-                }
-                let held = txn.held.is_some();
-                if held {
-                    return Either::rejected(Box::pin(async move {
-                        if let Some(feeder) = feeder {
-                            feeder.feed(chunk).await;
-                        }
-                        Ok(replies::ok())
-                    }));
-                }
-                match (flush, feeder) {
-                    (None, None) => Either::inner(self.inner.call(req)),
-                    (None, Some(feeder)) => {
-                        let future = self.inner.call(req);
-                        Either::rejected(Box::pin(async move {
-                            feeder.feed(chunk).await;
-                            future.await
-                        }))
-                    }
-                    (Some((opening, content)), feeder) => {
-                        let inner = self.inner.handle().expect("a shared inner service");
-                        Either::rejected(Box::pin(async move {
-                            if let Some(feeder) = feeder {
-                                feeder.feed(chunk).await;
-                            }
-                            if let Some(failed) = replay(&inner, opening, content).await? {
-                                return Ok(failed);
-                            }
-                            ready_call(&inner, req).await
-                        }))
-                    }
-                }
-            }
+            Event::DataChunk(_) => self.chunk(req),
             Event::DataEnd(DataOutcome::Complete) => match self.txn.take() {
                 None => Either::inner(self.inner.call(req)),
                 Some(txn) => {
@@ -304,6 +233,92 @@ where
                 Either::inner(self.inner.call(req))
             }
             _ => Either::inner(self.inner.call(req)),
+        }
+    }
+}
+
+impl<S> Scan<S>
+where
+    S: Service<Request, Response = Reply, Error = BoxError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// A chunk of the message: to clamd, to rspamd's copy, and on to the backend unless held.
+    fn chunk(&mut self, req: Request) -> ResponseFuture<S::Future> {
+        let local = |reply: Reply| -> ResponseFuture<S::Future> {
+            Either::rejected(Box::pin(std::future::ready(Ok(reply))))
+        };
+        let Event::DataChunk(chunk) = &req.event else {
+            unreachable!("called for chunks only")
+        };
+        let Some(txn) = self.txn.as_mut() else {
+            return Either::inner(self.inner.call(req));
+        };
+        let config = &self.config;
+        let chunk = chunk.clone();
+        txn.size += chunk.len() as u64;
+        let mut feeder = None;
+        if let Some(policy) = &config.clamav {
+            if txn.size > policy.max_size {
+                txn.clam = None;
+                txn.clam_oversize = true;
+            } else if let Some(scan) = &txn.clam {
+                config.metrics.clamav_bytes.increment(chunk.len() as u64);
+                feeder = Some(scan.feeder());
+            }
+        }
+        let mut flush = None;
+        if let Some(policy) = &config.rspamd
+            && txn.copy.is_some()
+        {
+            if txn.size > policy.max_size {
+                flush = Self::stop_copy(txn, "oversize");
+            } else if config.budget.try_reserve(chunk.len()) {
+                let copy = txn.copy.as_mut().expect("checked above");
+                copy.reserved += chunk.len();
+                copy.bytes.extend_from_slice(&chunk);
+            } else {
+                config.metrics.over_budget.increment(1);
+                if config.on_over_budget == Fallback::Tempfail {
+                    self.txn = None;
+                    return local(Reply::new(
+                        451,
+                        EnhancedStatus::new(4, 3, 1),
+                        "Too many messages being checked; try again later",
+                    ));
+                }
+                flush = Self::stop_copy(txn, "budget");
+            }
+        }
+        let held = txn.held.is_some();
+        if held {
+            return Either::rejected(Box::pin(async move {
+                if let Some(feeder) = feeder {
+                    feeder.feed(chunk).await;
+                }
+                Ok(replies::ok())
+            }));
+        }
+        match (flush, feeder) {
+            (None, None) => Either::inner(self.inner.call(req)),
+            (None, Some(feeder)) => {
+                let future = self.inner.call(req);
+                Either::rejected(Box::pin(async move {
+                    feeder.feed(chunk).await;
+                    future.await
+                }))
+            }
+            (Some((opening, content)), feeder) => {
+                let inner = self.inner.handle().expect("a shared inner service");
+                Either::rejected(Box::pin(async move {
+                    if let Some(feeder) = feeder {
+                        feeder.feed(chunk).await;
+                    }
+                    if let Some(failed) = replay(&inner, opening, content).await? {
+                        return Ok(failed);
+                    }
+                    ready_call(&inner, req).await
+                }))
+            }
         }
     }
 }
