@@ -2,7 +2,7 @@
 #   make run    build, start `attitude sink` on 127.0.0.1:2526 and attitude in front of it on 127.0.0.1:2525
 #   make test   install what the tests need (make deps), then formatting, lints and every test
 #   make release the release binary, target/release/attitude (what deploy/Dockerfile runs)
-#   make bench  release build against smtp-sink, HAProxy and nginx (../shared/bench), a BDAT row against Postfix, figures for the README
+#   make bench  release build against smtp-sink, HAProxy, nginx and Postfix's proxy (../shared/bench), idle memory (checked), a BDAT row, charts
 #   make bench-flood  the DoS scenario (../shared/bench/flood.sh) in hold and slow modes (REDIS=1: limits in Redis)
 #   make bench-limits what the limit stack costs: limits on vs off, then limits in Redis vs in the process, same build, same run
 #   make bench-policies what the filtering policies cost: policies on vs off (local DNS server)

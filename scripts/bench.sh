@@ -62,4 +62,12 @@ check_idle "$STATE/results/idle-attitude-starttls.txt" "$IDLE_TLS_MAX" starttls
 
 # 3. BDAT: 100 KB in chunks, direct to a private Postfix and through attitude to it.
 bash scripts/bdat-bench.sh
-echo "bench: results in $STATE/results/"
+# 4. Charts of this run (SVG, Debian's python3-matplotlib): throughput, CPU per message, idle.
+if ! /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-matplotlib >/dev/null
+fi
+raw=$(ls -t "$STATE"/results/baselines-*.raw.txt | head -1)
+/usr/bin/python3 scripts/plots.py --out "$STATE/results/plots" --baselines "$raw" \
+    --idle "$STATE/results/idle-attitude-fresh.txt" --idle "$STATE/results/idle-attitude-starttls.txt"
+echo "bench: results in $STATE/results/ (copy plots/ to docs/bench/plots/ to update the README's)"
