@@ -324,8 +324,9 @@ where
             }
             let read = tokio::select! {
                 biased;
-                _ = shutdown.hard.cancelled() => None,
-                _ = shutdown.drain.cancelled(), if idle => None,
+                // Between transactions a drain ends the session (a hard shutdown drains too);
+                // in one, only a hard shutdown does.
+                _ = if idle { shutdown.drain.cancelled() } else { shutdown.hard.cancelled() } => None,
                 read = self.io.read_buf(&mut self.rbuf) => Some(Ok(read)),
                 _ = self.timer.as_mut() => Some(Err(())),
                 // Stress began (or ended): the deadlines are computed again.

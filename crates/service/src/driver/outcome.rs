@@ -61,13 +61,24 @@ impl DriverMetrics {
 }
 
 /// The two stages of a shutdown: `drain` closes sessions that are between transactions,
-/// `hard` closes every session (with 421 4.3.2).
-#[derive(Debug, Clone, Default)]
+/// `hard` closes every session (with 421 4.3.2). `drain` is a child of `hard`: a hard shutdown
+/// drains too, so a waiting session watches one token, not two.
+#[derive(Debug, Clone)]
 pub struct Shutdown {
     /// Stop taking new transactions.
     pub drain: CancellationToken,
     /// Close now.
     pub hard: CancellationToken,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        let hard = CancellationToken::new();
+        Self {
+            drain: hard.child_token(),
+            hard,
+        }
+    }
 }
 
 /// How a session ended.
