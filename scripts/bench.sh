@@ -2,7 +2,8 @@
 # make bench: attitude (release) in the same interleaved run as direct smtp-sink, HAProxy and
 # nginx (the harness in ../shared/bench), then idle memory on a fresh process (5000 plain
 # sessions, 2000 after STARTTLS; each checked against a bound: IDLE_PLAIN_MAX, IDLE_TLS_MAX KiB),
-# then the BDAT row (scripts/bdat-bench.sh: direct to a Postfix and through attitude to it).
+# then the BDAT row (scripts/bdat-bench.sh: direct to a Postfix and through attitude to it), the
+# STARTTLS row (scripts/starttls-bench.sh: attitude and Postfix's proxy with TLS), and charts.
 # Loopback only; everything started here is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +63,9 @@ check_idle "$STATE/results/idle-attitude-starttls.txt" "$IDLE_TLS_MAX" starttls
 
 # 3. BDAT: 100 KB in chunks, direct to a private Postfix and through attitude to it.
 bash scripts/bdat-bench.sh
+# 3b. STARTTLS: 1 KB, 10 sessions, many per session, through attitude and Postfix's proxy with TLS.
+bash scripts/starttls-bench.sh
+
 # 4. Charts of this run (SVG, Debian's python3-matplotlib): throughput, CPU per message, idle.
 if ! /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
