@@ -43,11 +43,12 @@ pub use stress::{Stress, StressLimits};
 
 use stress::Limits;
 
-/// Resolves when stress mode is no longer `was` (never without stress mode).
-async fn stress_changed(rx: Option<&mut tokio::sync::watch::Receiver<bool>>, was: bool) {
+/// Resolves when stress mode changes after the value last seen (`borrow_and_update`; the switch
+/// notifies only when it flips), never without stress mode.
+async fn stress_changed(rx: Option<&mut tokio::sync::watch::Receiver<bool>>) {
     match rx {
         Some(rx) => {
-            let _ = rx.wait_for(|on| *on != was).await;
+            let _ = rx.changed().await;
         }
         None => std::future::pending().await,
     }
@@ -315,9 +316,11 @@ where
                 Mode::Data | Mode::Bdat => (DATA_READ, self.data_deadline()),
                 _ => (COMMAND_READ, self.command_deadline()),
             };
-            // The switch as it is now (not the session's view: an authenticated session ignores
-            // it, and must not be woken again and again while it is on).
-            let switch = self.stress.as_ref().is_some_and(|rx| *rx.borrow());
+            // The switch as seen now (not the session's view: an authenticated session ignores
+            // it, and must not be woken again and again while it is on): woken at its next flip.
+            if let Some(rx) = self.stress.as_mut() {
+                rx.mark_unchanged();
+            }
             self.rbuf.reserve(want);
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
@@ -330,7 +333,7 @@ where
                 read = self.io.read_buf(&mut self.rbuf) => Some(Ok(read)),
                 _ = self.timer.as_mut() => Some(Err(())),
                 // Stress began (or ended): the deadlines are computed again.
-                _ = stress_changed(self.stress.as_mut(), switch) => continue,
+                _ = stress_changed(self.stress.as_mut()) => continue,
             };
             match read {
                 None => {
