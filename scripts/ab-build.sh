@@ -59,15 +59,12 @@ for rep in $(seq "$REPS"); do
     done
 done
 # Medians per row: base, new, new/base (msgs/s), and the CPU of each.
-awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-       split(v["label"], l, "-"); row = l[2] "-" l[3]; n[l[1], row]++
-       x[l[1], row, n[l[1], row]] = v["msgs_per_s"]; c[l[1], row, n[l[1], row]] = v["cpu_p_pct"]; rows[row] = 1 }
-     function median(a, side, row,   k, i, j, t, b) { k = n[side, row]; for (i = 1; i <= k; i++) b[i] = a[side, row, i]
-       for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (b[j] < b[i]) { t = b[i]; b[i] = b[j]; b[j] = t }
-       return b[int((k + 1) / 2)] }
+awk "$(<scripts/results.awk)"'
+     /^RESULT/ { result(); split(v["label"], l, "-"); row = l[2] "-" l[3]; rows[row] = 1
+                 add(x, l[1] SUBSEP row, v["msgs_per_s"]); add(c, l[1] SUBSEP row, v["cpu_p_pct"]) }
+     function m(a, side) { return median(a, side SUBSEP row) }
      END { for (row in rows) printf "MEDIAN %s base=%.0f new=%.0f ratio=%.2f cpu_base=%s%% cpu_new=%s%%\n", row,
-       median(x, "base", row), median(x, "new", row), median(x, "new", row) / median(x, "base", row),
-       median(c, "base", row), median(c, "new", row) }' "$STATE/ab-build.txt" | sort
+       m(x, "base"), m(x, "new"), m(x, "new") / m(x, "base"), m(c, "base"), m(c, "new") }' "$STATE/ab-build.txt" | sort
 # Idle memory: each build freshly started, alone, as `make bench` runs it (bench.toml, one
 # worker per CPU).
 cleanup

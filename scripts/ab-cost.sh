@@ -45,12 +45,11 @@ for rep in $(seq "$REPS"); do
     done
 done
 # Medians per row: on, off, on/off.
-awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-       split(v["label"], l, "-"); row = l[2] "-" l[3]; n[l[1], row]++; x[l[1], row, n[l[1], row]] = v["msgs_per_s"]; rows[row] = 1 }
-     function median(side, row,   k, i, j, t, a) { k = n[side, row]; for (i = 1; i <= k; i++) a[i] = x[side, row, i]
-       for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-       return a[int((k + 1) / 2)] }
-     END { for (row in rows) printf "MEDIAN %s on=%.0f off=%.0f ratio=%.2f\n", row, median("on", row), median("off", row), median("on", row) / median("off", row) }' \
+awk "$(<scripts/results.awk)"'
+     /^RESULT/ { result(); split(v["label"], l, "-"); row = l[2] "-" l[3]; rows[row] = 1
+                 add(x, l[1] SUBSEP row, v["msgs_per_s"]) }
+     function m(side) { return median(x, side SUBSEP row) }
+     END { for (row in rows) printf "MEDIAN %s on=%.0f off=%.0f ratio=%.2f\n", row, m("on"), m("off"), m("on") / m("off") }' \
     "$STATE/ab-cost.txt"
 # With the fleet's state on: Redis round trips per message (every operation, warm-up included).
 curl -s http://127.0.0.1:12891/metrics | awk '

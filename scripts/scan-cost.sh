@@ -104,15 +104,14 @@ EOF
 done
 
 # Medians per row; for 1 session, the time per message and what each scanner adds to it.
-awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-       split(v["label"], l, "-"); row = l[2] "-" l[3]; n[l[1], row]++; x[l[1], row, n[l[1], row]] = v["msgs_per_s"]; rows[row] = 1 }
-     function median(side, row,   k, i, j, t, a) { k = n[side, row]; for (i = 1; i <= k; i++) a[i] = x[side, row, i]
-       for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-       return a[int((k + 1) / 2)] }
+awk "$(<scripts/results.awk)"'
+     /^RESULT/ { result(); split(v["label"], l, "-"); row = l[2] "-" l[3]; rows[row] = 1
+                 add(x, l[1] SUBSEP row, v["msgs_per_s"]) }
+     function m(side) { return median(x, side SUBSEP row) }
      END { for (row in rows) {
-             off = median("off", row)
-             printf "MEDIAN %s msgs/s: off=%.0f clamav=%.0f rspamd=%.0f both=%.0f", row, off, median("clamav", row), median("rspamd", row), median("both", row)
-             if (row ~ /-s1$/) printf "  added ms/msg: clamav=%.2f rspamd=%.2f both=%.2f", 1000 / median("clamav", row) - 1000 / off, 1000 / median("rspamd", row) - 1000 / off, 1000 / median("both", row) - 1000 / off
+             off = m("off")
+             printf "MEDIAN %s msgs/s: off=%.0f clamav=%.0f rspamd=%.0f both=%.0f", row, off, m("clamav"), m("rspamd"), m("both")
+             if (row ~ /-s1$/) printf "  added ms/msg: clamav=%.2f rspamd=%.2f both=%.2f", 1000 / m("clamav") - 1000 / off, 1000 / m("rspamd") - 1000 / off, 1000 / m("both") - 1000 / off
              printf "\n" } }' "$STATE/scan-cost.txt" | sort
 echo "refused or unscanned on the scanning instances (must be 0 for a fair comparison):"
 for port in 12892 12893 12894; do

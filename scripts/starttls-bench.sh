@@ -49,10 +49,7 @@ for rep in $(seq "$REPS"); do
             --timeout 120 --label "${target%%=*}-$rep" | tee -a "$out"
     done
 done
-awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-       split(v["label"], l, "-"); n[l[1]]++; x[l[1], n[l[1]]] = v["msgs_per_s"]; bad += v["errors"] }
-     function median(t,   k, i, j, s, a) { k = n[t]; for (i = 1; i <= k; i++) a[i] = x[t, i]
-       for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { s = a[i]; a[i] = a[j]; a[j] = s }
-       return a[int((k + 1) / 2)] }
+awk "$(<scripts/results.awk)"'
+     /^RESULT/ { result(); split(v["label"], l, "-"); add(x, l[1], v["msgs_per_s"]); bad += v["errors"] }
      END { printf "STARTTLS 1 KB, 10 sessions, many per session: attitude %.0f msgs/s, Postfix proxy %.0f, ratio %.2f (errors %d)\n",
-             median("attitude"), median("postfix"), median("attitude") / median("postfix"), bad }' "$out" | tee -a "$out"
+             median(x, "attitude"), median(x, "postfix"), median(x, "attitude") / median(x, "postfix"), bad }' "$out" | tee -a "$out"

@@ -152,16 +152,7 @@ impl Rspamd {
     /// A client for the worker at `base` (`http://127.0.0.1:11333`); `timeout` bounds a whole
     /// check; `milter` asks for header changes (`Flags: milter`).
     pub fn new(base: &str, timeout: Duration, milter: bool) -> Result<Self, String> {
-        let base = base.trim_end_matches('/');
-        let url: Uri = format!("{base}/checkv2")
-            .parse()
-            .map_err(|e| format!("{base:?} is not a URL: {e}"))?;
-        if url.scheme_str() != Some("http") || url.host().is_none() {
-            return Err(format!(
-                "{base:?}: give the worker as http://host:port (rspamd's normal worker speaks \
-                 plain HTTP; put it on loopback or a private network)"
-            ));
-        }
+        let url = Self::checkv2(base)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
@@ -175,6 +166,21 @@ impl Rspamd {
             timeout,
             milter,
         })
+    }
+
+    /// The `checkv2` address of the worker at `base`, or what is wrong with `base`.
+    pub fn checkv2(base: &str) -> Result<Uri, String> {
+        let base = base.trim_end_matches('/');
+        let url: Uri = format!("{base}/checkv2")
+            .parse()
+            .map_err(|e| format!("{base:?} is not a URL: {e}"))?;
+        if url.scheme_str() != Some("http") || url.host().is_none() {
+            return Err(format!(
+                "{base:?}: give the worker as http://host:port (rspamd's normal worker speaks \
+                 plain HTTP; put it on loopback or a private network)"
+            ));
+        }
+        Ok(url)
     }
 
     /// Checks `message` (the whole message, CRLF lines) sent with `envelope`.

@@ -98,9 +98,7 @@ impl Clamd {
     pub fn stop(&mut self) {
         self.peer = None;
         let addr = self.addr;
-        assert!(wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(addr).is_err()
-        }));
+        assert!(wait_for(Duration::from_secs(10), || port_closed(addr)));
     }
 
     /// Starts it again on the same port.
@@ -278,28 +276,31 @@ impl Rspamd {
 
     /// Stops it (by its PID) and waits until the port is closed.
     pub fn stop(&mut self) {
-        if let Some(peer) = &self.peer {
-            // rspamd's main process stops its workers on TERM.
-            peer.signal("TERM");
-        }
+        assert!(
+            self.terminate(Duration::from_secs(15)),
+            "rspamd did not stop"
+        );
+    }
+
+    /// TERM to the main process (its workers are its children: it stops them), then up to
+    /// `limit` for the port to close; true when it did (or nothing ran).
+    fn terminate(&mut self, limit: Duration) -> bool {
+        let Some(peer) = self.peer.take() else {
+            return true;
+        };
+        peer.signal("TERM");
         let addr = self.addr;
-        let closed = wait_for(Duration::from_secs(15), || {
-            std::net::TcpStream::connect(addr).is_err()
-        });
-        self.peer = None;
-        assert!(closed, "rspamd did not stop");
+        wait_for(limit, || port_closed(addr))
     }
 }
 
 impl Drop for Rspamd {
     fn drop(&mut self) {
-        if let Some(peer) = &self.peer {
-            // Its workers are its children: TERM lets the main process stop them.
-            peer.signal("TERM");
-            let addr = self.addr;
-            wait_for(Duration::from_secs(10), || {
-                std::net::TcpStream::connect(addr).is_err()
-            });
-        }
+        self.terminate(Duration::from_secs(10));
     }
+}
+
+/// True when nothing listens on `addr` any more.
+fn port_closed(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect(addr).is_err()
 }

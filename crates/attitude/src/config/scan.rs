@@ -156,7 +156,7 @@ impl Rspamd {
         if !self.enabled {
             return Ok(());
         }
-        if let Err(e) = attitude_engines::rspamd::Rspamd::new(&self.url, self.timeout, false) {
+        if let Err(e) = attitude_engines::rspamd::Rspamd::checkv2(&self.url) {
             return invalid(format!("[rspamd] url {e}"));
         }
         if self.timeout.is_zero() || self.max_size == 0 {

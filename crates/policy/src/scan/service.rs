@@ -46,7 +46,7 @@ struct Txn {
     clam_oversize: bool,
     /// rspamd's copy.
     copy: Option<Copy>,
-    /// Why rspamd does not check this message.
+    /// Why rspamd does not check this message: its `attitude_scans_total` result.
     rspamd_skip: Option<&'static str>,
     /// Octets so far.
     size: u64,
@@ -64,6 +64,11 @@ impl<S> std::fmt::Debug for Scan<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scan").finish_non_exhaustive()
     }
+}
+
+/// This layer's own answer (the inner service is not called).
+fn local<F>(reply: Reply) -> ResponseFuture<F> {
+    Either::rejected(Box::pin(std::future::ready(Ok(reply))))
 }
 
 /// Calls `inner` from a response future, once it is ready.
@@ -155,9 +160,9 @@ impl<S> Scan<S> {
         if let Some(rspamd) = &config.rspamd {
             let ip = session.client.ip().to_canonical();
             if rspamd.skip_authenticated && session.auth.is_some() {
-                txn.rspamd_skip = Some("authenticated");
+                txn.rspamd_skip = Some("skipped_authenticated");
             } else if rspamd.skip_trusted && config.trusted.iter().any(|n| n.contains(&ip)) {
-                txn.rspamd_skip = Some("trusted");
+                txn.rspamd_skip = Some("skipped_trusted");
             } else {
                 txn.copy = Some(Copy {
                     bytes: Vec::new(),
@@ -195,9 +200,6 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let local = |reply: Reply| -> Self::Future {
-            Either::rejected(Box::pin(std::future::ready(Ok(reply))))
-        };
         match &req.event {
             Event::Command(cmd @ (Command::Data | Command::Bdat { .. })) => {
                 let data = matches!(cmd, Command::Data);
@@ -244,9 +246,6 @@ where
 {
     /// A chunk of the message: to clamd, to rspamd's copy, and on to the backend unless held.
     fn chunk(&mut self, req: Request) -> ResponseFuture<S::Future> {
-        let local = |reply: Reply| -> ResponseFuture<S::Future> {
-            Either::rejected(Box::pin(std::future::ready(Ok(reply))))
-        };
         let Event::DataChunk(chunk) = &req.event else {
             unreachable!("called for chunks only")
         };
@@ -271,7 +270,7 @@ where
             && txn.copy.is_some()
         {
             if txn.size > policy.max_size {
-                flush = Self::stop_copy(txn, "oversize");
+                flush = Self::stop_copy(txn, "skipped_oversize");
             } else if config.budget.try_reserve(chunk.len()) {
                 let copy = txn.copy.as_mut().expect("checked above");
                 copy.reserved += chunk.len();
@@ -286,7 +285,7 @@ where
                         "Too many messages being checked; try again later",
                     ));
                 }
-                flush = Self::stop_copy(txn, "budget");
+                flush = Self::stop_copy(txn, "skipped_budget");
             }
         }
         let held = txn.held.is_some();
@@ -371,7 +370,9 @@ where
                     .record(started.elapsed().as_secs_f64());
                 outcome
             }
-            (None, why) => RspamdOutcome::Skipped(why.unwrap_or("trusted")),
+            (None, why) => {
+                RspamdOutcome::Skipped(why.expect("a reason whenever rspamd has no copy"))
+            }
         }
     };
     let (clam, rspamd) = futures::join!(clam, rspamd);

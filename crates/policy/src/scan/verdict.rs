@@ -27,7 +27,8 @@ pub(super) enum ClamOutcome {
 pub(super) enum RspamdOutcome {
     /// Not configured for this listener.
     Off,
-    /// Not checked: `oversize`, `budget`, `authenticated`, `trusted`.
+    /// Not checked, and its result: `skipped_oversize`, `skipped_budget`,
+    /// `skipped_authenticated`, `skipped_trusted`.
     Skipped(&'static str),
     /// rspamd's answer.
     Checked(Result<Verdict, RspamdError>),
@@ -163,16 +164,8 @@ fn rspamd_decision(
     let s = &req.session;
     let verdict = match outcome {
         RspamdOutcome::Off => return None,
-        RspamdOutcome::Skipped(why) => {
-            ScanMetrics::result(
-                "rspamd",
-                match why {
-                    "oversize" => "skipped_oversize",
-                    "budget" => "skipped_budget",
-                    "authenticated" => "skipped_authenticated",
-                    _ => "skipped_trusted",
-                },
-            );
+        RspamdOutcome::Skipped(result) => {
+            ScanMetrics::result("rspamd", result);
             policy.decisions.allow.increment(1);
             return None;
         }
