@@ -2,6 +2,7 @@
 #   make run    build, start `attitude sink` on 127.0.0.1:2526 and attitude in front of it on 127.0.0.1:2525
 #   make test   install what the tests need (make deps), then formatting, lints and every test
 #   make release the release binary, target/release/attitude (what deploy/Dockerfile runs)
+#   make deb    the Debian package, target/debian/attitude_<version>_<arch>.deb (docs/install.md)
 #   make bench  release build against smtp-sink, HAProxy, nginx and Postfix's proxy (../shared/bench), idle memory (checked), a BDAT row, charts
 #   make bench-flood  the DoS scenario (../shared/bench/flood.sh) in hold and slow modes (REDIS=1: limits in Redis)
 #   make bench-limits what the limit stack costs: limits on vs off, then limits in Redis vs in the process, same build, same run
@@ -16,7 +17,7 @@ LISTEN ?= 127.0.0.1:2525
 SINK ?= 127.0.0.1:2526
 ADMIN ?= 127.0.0.1:9325
 
-.PHONY: run deps test lint unit build release bench bench-ab bench-flood bench-limits bench-policies bench-scan fuzz clean
+.PHONY: run deps test lint unit build release deb bench bench-ab bench-flood bench-limits bench-policies bench-scan fuzz clean
 
 run:
 	$(CARGO) build --release -p attitude
@@ -39,6 +40,9 @@ build:
 release:
 	$(CARGO) build --release --locked -p attitude
 
+deb:
+	bash scripts/deb.sh
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -46,7 +50,7 @@ lint:
 	@long=$$(find crates -path '*/src/*.rs' -exec wc -l {} + | awk '$$2 != "total" && $$1 > 600 {print $$2 " (" $$1 " lines)"}'); \
 	if [ -n "$$long" ]; then echo "files over 600 lines, split them: $$long"; exit 1; fi
 
-unit: build
+unit: build deb
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

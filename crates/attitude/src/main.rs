@@ -2,104 +2,35 @@
 //!
 //! ```text
 //! attitude serve [--config FILE]... [--listen ADDR] [--backend ADDR,...] [--admin ADDR] ...
-//! attitude check-config FILE [FILE...]
+//! attitude check-config [--quiet] FILE [FILE...]
 //! attitude sink --listen ADDR [--maildir DIR]
+//! attitude generate --out DIR
 //! ```
 
 mod admin;
+mod cli;
 mod config;
+mod generate;
 mod keys;
 mod server;
 mod sink;
 mod stack;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 
+use crate::cli::{Cli, Cmd, ServeArgs, SinkArgs};
 use crate::config::{Config, LogFormat};
-
-#[derive(Debug, Parser)]
-#[command(name = "attitude", version, about = "An SMTP proxy with an attitude")]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Run the proxy. Flags and environment variables override the configuration file.
-    Serve(ServeArgs),
-    /// Validate configuration files (later ones merged over earlier ones) and print the
-    /// effective configuration.
-    CheckConfig {
-        /// The TOML files.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-    /// Run a test SMTP backend that accepts and counts every message (delivers nothing).
-    Sink(SinkArgs),
-}
-
-#[derive(Debug, Clone, Args)]
-struct ServeArgs {
-    /// TOML configuration file; given several times (or comma-separated), later files are
-    /// merged over earlier ones, table by table.
-    #[arg(long, env = "ATTITUDE_CONFIG", value_delimiter = ',')]
-    config: Vec<PathBuf>,
-    /// SMTP listen address (IP:PORT).
-    #[arg(long, env = "ATTITUDE_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Backend mail servers (IP:PORT, comma-separated), balanced per transaction.
-    #[arg(long, env = "ATTITUDE_BACKEND", value_delimiter = ',')]
-    backend: Vec<SocketAddr>,
-    /// Admin HTTP address for /metrics, /healthz, /readyz (IP:PORT, or "off").
-    #[arg(long, env = "ATTITUDE_ADMIN")]
-    admin: Option<String>,
-    /// Name in the greeting and EHLO reply.
-    #[arg(long, env = "ATTITUDE_HOSTNAME")]
-    hostname: Option<String>,
-    /// Largest message in octets.
-    #[arg(long, env = "ATTITUDE_MAX_MESSAGE_SIZE")]
-    max_message_size: Option<u64>,
-    /// Log format.
-    #[arg(long, env = "ATTITUDE_LOG_FORMAT")]
-    log_format: Option<LogFormat>,
-    /// TLS certificate chain (PEM) for STARTTLS and implicit TLS; with --tls-key.
-    #[arg(long, env = "ATTITUDE_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM); with --tls-cert.
-    #[arg(long, env = "ATTITUDE_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-struct SinkArgs {
-    /// Listen address (IP:PORT).
-    #[arg(long, env = "ATTITUDE_SINK_LISTEN", default_value = "127.0.0.1:2526")]
-    listen: SocketAddr,
-    /// Also write each message to this Maildir.
-    #[arg(long)]
-    maildir: Option<PathBuf>,
-    /// Name in the greeting.
-    #[arg(long, default_value = "sink.localdomain")]
-    hostname: String,
-    /// Largest message in octets.
-    #[arg(long, default_value_t = 50 * 1024 * 1024)]
-    max_message_size: u64,
-    /// Log format.
-    #[arg(long, default_value = "text")]
-    log_format: LogFormat,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Serve(args) => serve(args),
-        Cmd::CheckConfig { files } => check_config(&files),
+        Cmd::CheckConfig { quiet, files } => check_config(&files, quiet),
         Cmd::Sink(args) => sink(args),
+        Cmd::Generate { out } => generate::run(&out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,13 +122,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     server::serve(config, metrics, load, watch)
 }
 
-fn check_config(files: &[PathBuf]) -> Result<(), String> {
+fn check_config(files: &[PathBuf], quiet: bool) -> Result<(), String> {
     let config = Config::load_files(files).map_err(|e| e.to_string())?;
     config.validate().map_err(|e| {
         let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
         format!("{}: {e}", names.join(" + "))
     })?;
-    print!("{}", config.to_toml());
+    if !quiet {
+        print!("{}", config.to_toml());
+    }
     Ok(())
 }
 

@@ -289,6 +289,15 @@ impl Attitude {
     /// Starts `attitude serve` with this TOML configuration (listen and admin are set to
     /// loopback port 0 unless `config` sets them) in front of `backends`.
     pub fn start(config: &str, backends: &[SocketAddr]) -> Attitude {
+        Self::start_with_env(config, backends, &[])
+    }
+
+    /// [`Attitude::start`] with these environment variables set for the process.
+    pub fn start_with_env(
+        config: &str,
+        backends: &[SocketAddr],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Attitude {
         let dir = scratch_dir("attitude");
         let path = dir.join("attitude.toml");
         let mut text = String::new();
@@ -308,6 +317,7 @@ impl Attitude {
         let mut cmd = Command::new(attitude_bin());
         cmd.arg("serve").arg("--config").arg(&path);
         cmd.env("RUST_LOG", "info");
+        cmd.envs(env.iter().copied());
         let (peer, pairs) = Peer::spawn_announced("attitude", cmd);
         Attitude {
             smtp: addr_of(&pairs, "smtp").expect("smtp address"),

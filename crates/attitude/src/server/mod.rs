@@ -4,12 +4,13 @@
 //! 2. the shared parts (`stack::Shared`) and the first generation of stacks (`reload`);
 //! 3. the admin server, then one worker thread per core, each accepting on its own sockets
 //!    (`accept`);
-//! 4. the announcement, then signals and file changes until SIGTERM (`reload` on SIGHUP or a
-//!    changed file);
+//! 4. the announcement (and `READY=1` to systemd, `notify`), then signals and file changes
+//!    until SIGTERM (`reload` on SIGHUP or a changed file);
 //! 5. the drain.
 
 mod accept;
 mod listen;
+mod notify;
 mod proxy_in;
 mod reload;
 
@@ -31,6 +32,7 @@ use crate::config::Config;
 use crate::stack::Shared;
 use accept::Accept;
 pub(crate) use listen::{announce, bind};
+use notify::{Notifier, status_line};
 use reload::{Generation, Running, live, watch_files};
 
 /// How long sessions get to write their 421 after the drain grace has run out.
@@ -153,6 +155,13 @@ pub(crate) fn serve(
             announced.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         announce(&parts);
         tracing::info!(listeners = ?bound, workers, backends = ?config.backend.servers, "attitude serving");
+        let mut notifier = Notifier::from_env();
+        notifier.ready(status_line(&shared, 0, None));
+        let mut status = tokio::time::interval(notify::STATUS_EVERY);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        status.tick().await;
+        // What the last reload left to say in STATUS=.
+        let mut note: Option<&str> = None;
 
         let mut running = Running::new(
             config,
@@ -166,10 +175,18 @@ pub(crate) fn serve(
                 _ = &mut stopping => break,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
+                    notifier.reloading();
                     if let Some(tls) = &running.shared.tls {
                         let _ = tls.reload();
                     }
-                    running.reload(load.as_ref());
+                    note = (!running.reload(load.as_ref()))
+                        .then_some("the last reload was refused, see the log");
+                    let sessions = workers_share.tracker.len();
+                    notifier.ready(status_line(&running.shared, sessions, note));
+                }
+                _ = status.tick() => {
+                    let sessions = workers_share.tracker.len();
+                    notifier.status(status_line(&running.shared, sessions, note));
                 }
                 _ = save.tick(), if !save_every.is_zero() => {
                     if let Some(greylist) = running.shared.greylist.clone() {
@@ -180,11 +197,13 @@ pub(crate) fn serve(
                     // Let a burst of events (an editor's save, a ConfigMap swap) settle.
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     while changed.try_recv().is_ok() {}
-                    running.reload(load.as_ref());
+                    note = (!running.reload(load.as_ref()))
+                        .then_some("the last reload was refused, see the log");
                 }
             }
         }
         ready.store(false, Ordering::Relaxed);
+        notifier.stopping(workers_share.tracker.len());
         workers_share.drain(&running.config, &shutdown).await;
         running.shared.save_state();
         admin_stop.cancel();

@@ -155,8 +155,11 @@ impl Running {
     }
 
     /// Loads and applies; counts and logs the outcome (a configuration that did not change is
-    /// neither applied nor counted).
-    pub(super) fn reload(&mut self, load: &(dyn Fn() -> Result<Config, String> + Send + Sync)) {
+    /// neither applied nor counted). False when the new configuration was refused.
+    pub(super) fn reload(
+        &mut self,
+        load: &(dyn Fn() -> Result<Config, String> + Send + Sync),
+    ) -> bool {
         let result = load().and_then(|new| {
             if new.to_toml() == self.config.to_toml() {
                 tracing::debug!("configuration unchanged");
@@ -165,7 +168,7 @@ impl Running {
             self.apply(new).map(|()| true)
         });
         match result {
-            Ok(false) => {}
+            Ok(false) => true,
             Ok(true) => {
                 self.reloads[0].increment(1);
                 self.last_reload_ok.set(1.0);
@@ -174,11 +177,13 @@ impl Running {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64()),
                 );
+                true
             }
             Err(error) => {
                 self.reloads[1].increment(1);
                 self.last_reload_ok.set(0.0);
                 tracing::error!(%error, "configuration reload refused; the running configuration stays");
+                false
             }
         }
     }
