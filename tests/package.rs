@@ -53,14 +53,18 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn ok(program: &str, args: &[&str]) -> String {
-    let out = run(program, args);
+/// What `program args` printed, once it succeeded (panics with its output otherwise).
+fn stdout_of(program: &str, args: &[&str], out: Output) -> String {
     assert!(
         out.status.success(),
         "{program} {args:?} failed:\n{}",
         text(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ok(program: &str, args: &[&str]) -> String {
+    stdout_of(program, args, run(program, args))
 }
 
 #[test]
@@ -146,13 +150,7 @@ fn root(program: &str, args: &[&str]) -> Output {
 }
 
 fn root_ok(program: &str, args: &[&str]) -> String {
-    let out = root(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed:\n{}",
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(program, args, root(program, args))
 }
 
 /// dpkg's state of the package: "install ok installed", "deinstall ok config-files", or None.
