@@ -34,8 +34,8 @@ stop_attitude
 # 2. Idle memory on a fresh process (the harness's own note: a warm process reports less):
 # 5000 plain sessions after EHLO, then 2000 after STARTTLS and a second EHLO (a throwaway
 # certificate), each checked against its bound so that a regression fails the run.
-IDLE_PLAIN_MAX=${IDLE_PLAIN_MAX:-3.5}
-IDLE_TLS_MAX=${IDLE_TLS_MAX:-11.5}
+IDLE_PLAIN_MAX=${IDLE_PLAIN_MAX:-3.0}
+IDLE_TLS_MAX=${IDLE_TLS_MAX:-11.0}
 bash "$BENCH/backends.sh" start 2 12525 >/dev/null
 start_attitude
 bash "$BENCH/idle_conns.sh" 127.0.0.1 "$PORT" 5000 "$ATT_PID" | tee "$STATE/results/idle-attitude-fresh.txt"

@@ -185,8 +185,10 @@ struct Driver<IO, S> {
 
 /// Runs one SMTP session on `io` until it ends, calling `service` once per frame.
 ///
-/// Not an `async fn`: the returned future holds the session's state once (the driver), not also
-/// the arguments it was made from, and it is what every idle session costs.
+/// Not an `async fn`, and the future is an `async` block over the driver rather than an `async fn`
+/// taking it by value: either would hold the session's state twice (rustc keeps an `async fn`'s
+/// arguments beside the locals they are moved into), and this future is what every idle session
+/// costs.
 pub fn drive<IO, S>(
     io: Stream<IO>,
     session: Session,
@@ -201,7 +203,7 @@ where
 {
     metrics.total.increment(1);
     metrics.active.increment(1.0);
-    let driver = Driver {
+    let mut driver = Driver {
         codec: ServerCodec::new(config.codec.clone()),
         waiting_since: Instant::now(),
         timer: Box::pin(tokio::time::sleep(config.command_timeout)),
@@ -224,7 +226,10 @@ where
         bytes_in: 0,
         bytes_out: 0,
     };
-    driver.session(shutdown)
+    async move {
+        let result = driver.run(&shutdown).await;
+        driver.finish(result).await
+    }
 }
 
 impl<IO, S> Driver<IO, S>
@@ -232,9 +237,8 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: Service<Request, Response = Reply, Error = BoxError>,
 {
-    /// The whole session: the run loop, then `Close` down the stack, the metrics and the log.
-    async fn session(mut self, shutdown: Shutdown) -> SessionSummary {
-        let result = self.run(&shutdown).await;
+    /// After the run loop: `Close` down the stack, the metrics and the log.
+    async fn finish(&mut self, result: SessionResult) -> SessionSummary {
         // Let the stack release what it holds for this session (the relay QUITs its backend).
         let close = Request {
             session: self.session.clone(),
@@ -277,24 +281,39 @@ where
             let _ = self.flush().await;
             return SessionResult::Shutdown;
         }
-        let greeting = Reply::plain(220, format!("{} ESMTP attitude", self.config.hostname));
-        self.push(&greeting);
+        self.push(&Reply::plain(
+            220,
+            format!("{} ESMTP attitude", self.config.hostname),
+        ));
+        loop {
+            let frame = match self.next_frame(shutdown).await {
+                Ok(frame) => frame,
+                Err(end) => return end,
+            };
+            // Boxed: a command's state is held only while it is handled, not by every session
+            // that waits for its next one (the run loop's future is).
+            let handling = Box::pin(self.handle(frame));
+            let step = handling.await;
+            if let Step::Close(result) = step {
+                let _ = self.flush().await;
+                return result;
+            }
+        }
+    }
+
+    /// The next frame: decoded from what is buffered, or else the replies so far are flushed
+    /// and more input is read within the current deadline; `Err` is how the session ends
+    /// instead. The frame is returned whole (moved into its boxed handling), so the future a
+    /// waiting session is made of keeps no room for one.
+    async fn next_frame(&mut self, shutdown: &Shutdown) -> Result<Frame, SessionResult> {
         loop {
             match self.codec.decode(&mut self.rbuf) {
-                Ok(Some(frame)) => {
-                    // Boxed: a command's state is held only while it is handled, not by every
-                    // session that waits for its next one (the run loop's future is).
-                    if let Step::Close(result) = Box::pin(self.handle(frame)).await {
-                        let _ = self.flush().await;
-                        return result;
-                    }
-                    continue;
-                }
+                Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
-                Err(_) => return SessionResult::IoError,
+                Err(_) => return Err(SessionResult::IoError),
             }
             if self.flush().await.is_err() {
-                return SessionResult::IoError;
+                return Err(SessionResult::IoError);
             }
             let idle = self.codec.mode() == Mode::Command
                 && self.session.transaction.is_none()
@@ -302,7 +321,7 @@ where
             if idle && shutdown.drain.is_cancelled() {
                 self.push(&replies::shutting_down());
                 let _ = self.flush().await;
-                return SessionResult::Shutdown;
+                return Err(SessionResult::Shutdown);
             }
             if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
                 self.rbuf = BytesMut::new();
@@ -339,7 +358,7 @@ where
                 None => {
                     self.push(&replies::shutting_down());
                     let _ = self.flush().await;
-                    return SessionResult::Shutdown;
+                    return Err(SessionResult::Shutdown);
                 }
                 Some(Err(_elapsed)) => {
                     self.push(&if matches!(self.codec.mode(), Mode::Data | Mode::Bdat) {
@@ -348,11 +367,11 @@ where
                         replies::command_timeout()
                     });
                     let _ = self.flush().await;
-                    return SessionResult::Timeout;
+                    return Err(SessionResult::Timeout);
                 }
                 Some(Ok(Ok(0))) => {
                     // The client is gone: an unfinished message is never passed on as complete.
-                    return SessionResult::ClientClosed;
+                    return Err(SessionResult::ClientClosed);
                 }
                 Some(Ok(Ok(n))) => {
                     self.bytes_in += n as u64;
@@ -362,7 +381,7 @@ where
                         data.last_read = Instant::now();
                     }
                 }
-                Some(Ok(Err(_))) => return SessionResult::IoError,
+                Some(Ok(Err(_))) => return Err(SessionResult::IoError),
             }
         }
     }
