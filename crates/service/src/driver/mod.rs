@@ -41,18 +41,7 @@ use crate::request::{Event, Helo, Request, Session};
 pub use outcome::{DriverMetrics, SessionResult, SessionSummary, Shutdown};
 pub use stress::{Stress, StressLimits};
 
-use stress::Limits;
-
-/// Resolves when stress mode changes after the value last seen (`borrow_and_update`; the switch
-/// notifies only when it flips), never without stress mode.
-async fn stress_changed(rx: Option<&mut tokio::sync::watch::Receiver<bool>>) {
-    match rx {
-        Some(rx) => {
-            let _ = rx.changed().await;
-        }
-        None => std::future::pending().await,
-    }
-}
+use stress::{Flip, Limits};
 
 /// Settings of the session driver.
 #[derive(Debug, Clone)]
@@ -175,7 +164,7 @@ struct Driver<IO, S> {
     /// When the wait for the current command began (its deadline is the limits' timeout on).
     waiting_since: Instant,
     /// Stress mode as this session sees it (`None`: no stress mode, or an exempt client).
-    stress: Option<tokio::sync::watch::Receiver<bool>>,
+    stress: Option<Arc<Stress>>,
     /// The read deadline, one timer for the session (moving it later is cheap; a new timer
     /// per read would wake the runtime's driver each time).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -211,7 +200,7 @@ where
             .stress
             .as_ref()
             .filter(|(_, limits)| !limits.exempts(session.client.ip()))
-            .map(|(stress, _)| stress.subscribe()),
+            .map(|(stress, _)| stress.clone()),
         io,
         service,
         config,
@@ -331,28 +320,30 @@ where
                 // are what a flood is made of.
                 self.wbuf = BytesMut::new();
             }
-            let (want, deadline) = match self.codec.mode() {
-                Mode::Data | Mode::Bdat => (DATA_READ, self.data_deadline()),
-                _ => (COMMAND_READ, self.command_deadline()),
-            };
-            // The switch as seen now (not the session's view: an authenticated session ignores
-            // it, and must not be woken again and again while it is on): woken at its next flip.
-            if let Some(rx) = self.stress.as_mut() {
-                rx.mark_unchanged();
-            }
-            self.rbuf.reserve(want);
-            if self.timer.deadline() != deadline {
-                self.timer.as_mut().reset(deadline);
-            }
-            let read = tokio::select! {
-                biased;
-                // Between transactions a drain ends the session (a hard shutdown drains too);
-                // in one, only a hard shutdown does.
-                _ = if idle { shutdown.drain.cancelled() } else { shutdown.hard.cancelled() } => None,
-                read = self.io.read_buf(&mut self.rbuf) => Some(Ok(read)),
-                _ = self.timer.as_mut() => Some(Err(())),
-                // Stress began (or ended): the deadlines are computed again.
-                _ = stress_changed(self.stress.as_mut()) => continue,
+            let read = {
+                // Woken at the switch's next flip (armed before the deadlines read it; an
+                // authenticated session ignores the switch but is woken all the same).
+                let mut flipped =
+                    std::pin::pin!(Flip::new(self.stress.as_deref(), self.session.id));
+                flipped.as_mut().arm();
+                let (want, deadline) = match self.codec.mode() {
+                    Mode::Data | Mode::Bdat => (DATA_READ, self.data_deadline()),
+                    _ => (COMMAND_READ, self.command_deadline()),
+                };
+                self.rbuf.reserve(want);
+                if self.timer.deadline() != deadline {
+                    self.timer.as_mut().reset(deadline);
+                }
+                tokio::select! {
+                    biased;
+                    // Between transactions a drain ends the session (a hard shutdown drains
+                    // too); in one, only a hard shutdown does.
+                    _ = if idle { shutdown.drain.cancelled() } else { shutdown.hard.cancelled() } => None,
+                    read = self.io.read_buf(&mut self.rbuf) => Some(Ok(read)),
+                    _ = self.timer.as_mut() => Some(Err(())),
+                    // Stress began (or ended): the deadlines are computed again.
+                    _ = flipped => continue,
+                }
             };
             match read {
                 None => {
@@ -388,7 +379,7 @@ where
 
     /// True while stress mode is on for this session (not for an authenticated one).
     fn stressed(&self) -> bool {
-        self.session.auth.is_none() && self.stress.as_ref().is_some_and(|rx| *rx.borrow())
+        self.session.auth.is_none() && self.stress.as_ref().is_some_and(|s| s.is_on())
     }
 
     /// The limits this session has now: its configuration's, or under stress the stress ones.

@@ -5,40 +5,79 @@
 //! Who turns it on and off is the caller's (attitude samples its session count); the driver only
 //! reads it, and a session waiting for its next command is woken when it changes.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::sync::watch;
+use pin_project_lite::pin_project;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
-/// The switch every session watches.
-#[derive(Debug)]
+/// Waits are spread over this many notifiers (each registration takes its notifier's lock, once
+/// per read of every session), as tokio's own watch channel does.
+const SHARDS: usize = 8;
+
+/// The switch every session watches: a flag, and a notification at each flip. A waiting session
+/// holds one `Notified` (64 bytes) rather than a watch receiver and its `changed()` future.
+#[derive(Debug, Default)]
 pub struct Stress {
-    tx: watch::Sender<bool>,
-}
-
-impl Default for Stress {
-    fn default() -> Self {
-        Self {
-            tx: watch::Sender::new(false),
-        }
-    }
+    on: AtomicBool,
+    flipped: [Notify; SHARDS],
 }
 
 impl Stress {
-    /// Turns stress on or off; true when that changed it.
+    /// Turns stress on or off; true when that changed it (then every waiting session wakes).
     pub fn set(&self, on: bool) -> bool {
-        self.tx
-            .send_if_modified(|now| std::mem::replace(now, on) != on)
+        if self.on.swap(on, Ordering::SeqCst) == on {
+            return false;
+        }
+        self.flipped.iter().for_each(Notify::notify_waiters);
+        true
     }
 
     /// On now?
     pub fn is_on(&self) -> bool {
-        *self.tx.borrow()
+        self.on.load(Ordering::SeqCst)
+    }
+}
+
+pin_project! {
+    /// Resolves at the switch's next flip after [`Flip::arm`]; never without a switch.
+    pub(super) struct Flip<'a> {
+        #[pin]
+        notified: Option<Notified<'a>>,
+    }
+}
+
+impl<'a> Flip<'a> {
+    /// The wait of session `id` (which spreads sessions over the notifiers).
+    pub(super) fn new(stress: Option<&'a Stress>, id: u64) -> Self {
+        Self {
+            notified: stress.map(|s| s.flipped[id as usize % SHARDS].notified()),
+        }
     }
 
-    pub(super) fn subscribe(&self) -> watch::Receiver<bool> {
-        self.tx.subscribe()
+    /// Registers the wait now: a flip after this (while the caller reads the switch to compute
+    /// its deadlines) still wakes it.
+    pub(super) fn arm(self: Pin<&mut Self>) {
+        if let Some(notified) = self.project().notified.as_pin_mut() {
+            notified.enable();
+        }
+    }
+}
+
+impl Future for Flip<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project().notified.as_pin_mut() {
+            Some(notified) => notified.poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 
