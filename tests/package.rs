@@ -226,6 +226,11 @@ fn the_package_installs_checks_its_configuration_removes_and_purges() {
     );
 
     // The unit as installed, with its man page now on the system.
+    assert!(
+        Path::new("/usr/share/man/man8/attitude.8.gz").exists(),
+        "dpkg did not install attitude(8): a path-exclude in /etc/dpkg/dpkg.cfg.d/ drops man \
+         pages on this machine"
+    );
     let unit = [
         "/usr/lib/systemd/system/attitude.service",
         "/lib/systemd/system/attitude.service",
