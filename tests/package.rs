@@ -124,15 +124,13 @@ fn the_package_holds_the_binary_conffile_unit_man_pages_and_completions_and_lint
     );
     assert!(read("postrm").contains("rm -rf /var/lib/attitude"));
 
-    let lintian = require_tool("lintian");
-    let out = Command::new(lintian)
-        .args(["--fail-on", "error"])
-        .arg(deb)
-        .output()
-        .expect("run lintian");
-    let report = text(&out);
+    let (passed, report) = attitude_test_support::run(
+        Command::new(require_tool("lintian"))
+            .args(["--fail-on", "error"])
+            .arg(deb),
+    );
     assert!(
-        out.status.success() && !report.lines().any(|l| l.starts_with("E: ")),
+        passed && !report.lines().any(|l| l.starts_with("E: ")),
         "lintian:\n{report}"
     );
 }
@@ -238,14 +236,14 @@ fn the_package_installs_checks_its_configuration_removes_and_purges() {
     .into_iter()
     .find(|p| Path::new(p).exists())
     .expect("the unit is installed");
-    let verify = run(
-        require_tool("systemd-analyze").to_str().unwrap(),
-        &["verify", unit],
+    let (verified, report) = attitude_test_support::run(
+        Command::new(require_tool("systemd-analyze"))
+            .arg("verify")
+            .arg(unit),
     );
     assert!(
-        verify.status.success() && text(&verify).trim().is_empty(),
-        "systemd-analyze verify {unit}:\n{}",
-        text(&verify)
+        verified && report.trim().is_empty(),
+        "systemd-analyze verify {unit}:\n{report}"
     );
     assert!(
         Path::new("/etc/systemd/system/multi-user.target.wants/attitude.service").exists(),

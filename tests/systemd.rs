@@ -5,13 +5,13 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use attitude_test_support::{
-    Attitude, Recorder, attitude_bin, free_port, require_tool, scratch_dir,
+    Attitude, Recorder, attitude_bin, free_port, require_tool, run, scratch_dir,
 };
 
 /// The first line a connection to `addr` reads (the greeting), if it connects.
@@ -155,27 +155,23 @@ fn without_notify_socket_nothing_is_sent_and_attitude_serves() {
 /// `systemd-analyze verify` on `unit`: its exit status and everything it printed (it exits 0
 /// on settings it ignores, so the output must be empty too).
 fn verify(unit: &Path, man: bool) -> (bool, String) {
-    let tool = require_tool("systemd-analyze");
-    let out = Command::new(tool)
+    run(Command::new(require_tool("systemd-analyze"))
         .arg("verify")
         .arg(format!("--man={}", if man { "yes" } else { "no" }))
-        .arg(unit)
-        .output()
-        .expect("run systemd-analyze");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+        .arg(unit))
+}
+
+/// A file of `deploy/debian/`.
+fn debian(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/debian")
+        .join(name)
 }
 
 /// The repository's unit with `/usr/bin/attitude` replaced by the binary under test.
-fn unit_for_this_build(dir: &Path) -> std::path::PathBuf {
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/debian/attitude.service"),
-    )
-    .expect("read deploy/debian/attitude.service");
+fn unit_for_this_build(dir: &Path) -> PathBuf {
+    let unit = std::fs::read_to_string(debian("attitude.service"))
+        .expect("read deploy/debian/attitude.service");
     let path = dir.join("attitude.service");
     std::fs::write(
         &path,
@@ -209,10 +205,7 @@ fn the_unit_passes_systemd_analyze_verify_without_a_warning() {
 
 #[test]
 fn the_unit_waits_longer_than_the_drain_and_checks_the_file_first() {
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/debian/attitude.service"),
-    )
-    .unwrap();
+    let unit = std::fs::read_to_string(debian("attitude.service")).unwrap();
     let value = |key: &str| -> Vec<String> {
         unit.lines()
             .filter_map(|l| l.strip_prefix(&format!("{key}=")))
@@ -247,8 +240,8 @@ fn the_unit_waits_longer_than_the_drain_and_checks_the_file_first() {
     assert!(reload[0].contains("check-config") && reload[1].contains("-HUP $MAINPID"));
 }
 
-fn shipped_config() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/debian/attitude.toml")
+fn shipped_config() -> PathBuf {
+    debian("attitude.toml")
 }
 
 /// `attitude check-config FILE`: the effective configuration it prints (panics if refused).

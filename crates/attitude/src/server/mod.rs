@@ -155,13 +155,6 @@ pub(crate) fn serve(
             announced.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         announce(&parts);
         tracing::info!(listeners = ?bound, workers, backends = ?config.backend.servers, "attitude serving");
-        let mut notifier = Notifier::from_env();
-        notifier.ready(status_line(&shared, 0, None));
-        let mut status = tokio::time::interval(notify::STATUS_EVERY);
-        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        status.tick().await;
-        // What the last reload left to say in STATUS=.
-        let mut note: Option<&str> = None;
 
         let mut running = Running::new(
             config,
@@ -170,6 +163,11 @@ pub(crate) fn serve(
             shutdown.clone(),
             workers_share.live.clone(),
         );
+        let mut notifier = Notifier::from_env();
+        notifier.ready(status_line(&running, 0));
+        let mut status = tokio::time::interval(notify::STATUS_EVERY);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        status.tick().await;
         loop {
             tokio::select! {
                 _ = &mut stopping => break,
@@ -179,14 +177,11 @@ pub(crate) fn serve(
                     if let Some(tls) = &running.shared.tls {
                         let _ = tls.reload();
                     }
-                    note = (!running.reload(load.as_ref()))
-                        .then_some("the last reload was refused, see the log");
-                    let sessions = workers_share.tracker.len();
-                    notifier.ready(status_line(&running.shared, sessions, note));
+                    running.reload(load.as_ref());
+                    notifier.ready(status_line(&running, workers_share.tracker.len()));
                 }
-                _ = status.tick() => {
-                    let sessions = workers_share.tracker.len();
-                    notifier.status(status_line(&running.shared, sessions, note));
+                _ = status.tick(), if notifier.enabled() => {
+                    notifier.status(status_line(&running, workers_share.tracker.len()));
                 }
                 _ = save.tick(), if !save_every.is_zero() => {
                     if let Some(greylist) = running.shared.greylist.clone() {
@@ -197,8 +192,7 @@ pub(crate) fn serve(
                     // Let a burst of events (an editor's save, a ConfigMap swap) settle.
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     while changed.try_recv().is_ok() {}
-                    note = (!running.reload(load.as_ref()))
-                        .then_some("the last reload was refused, see the log");
+                    running.reload(load.as_ref());
                 }
             }
         }

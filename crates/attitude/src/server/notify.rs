@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::stack::Shared;
+use super::reload::Running;
 
 /// How often `STATUS=` is brought up to date while serving.
 pub(super) const STATUS_EVERY: Duration = Duration::from_secs(5);
@@ -36,6 +36,11 @@ impl Notifier {
         if let Err(error) = sd_notify::notify(states) {
             tracing::warn!(%error, "cannot notify the service manager (NOTIFY_SOCKET)");
         }
+    }
+
+    /// Whether there is a service manager to tell.
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// Every listener is bound and accepting.
@@ -67,8 +72,9 @@ impl Notifier {
     }
 }
 
-/// What `systemctl status` shows: sessions, backends up, stress.
-pub(super) fn status_line(shared: &Shared, sessions: usize, note: Option<&str>) -> String {
+/// What `systemctl status` shows: sessions, backends up, stress, a refused reload.
+pub(super) fn status_line(running: &Running, sessions: usize) -> String {
+    let shared = &running.shared;
     let backends = shared.pool.backends();
     let usable = backends.iter().filter(|b| b.is_usable()).count();
     let mut line = format!(
@@ -78,9 +84,8 @@ pub(super) fn status_line(shared: &Shared, sessions: usize, note: Option<&str>) 
     if shared.stress.stress.is_on() {
         line.push_str("; stress mode on");
     }
-    if let Some(note) = note {
-        line.push_str("; ");
-        line.push_str(note);
+    if running.reload_refused {
+        line.push_str("; the last reload was refused, see the log");
     }
     line
 }

@@ -60,6 +60,8 @@ pub(super) struct Running {
     last_reload: Gauge,
     /// 1 when the last reload was applied (or none was tried), 0 when it was refused.
     last_reload_ok: Gauge,
+    /// The last reload's configuration was refused (the running one stayed).
+    pub(super) reload_refused: bool,
 }
 
 impl Running {
@@ -86,6 +88,7 @@ impl Running {
             ],
             last_reload: metrics::gauge!("attitude_config_last_reload_success_timestamp_seconds"),
             last_reload_ok: metrics::gauge!("attitude_config_last_reload_successful"),
+            reload_refused: false,
         };
         running.last_reload_ok.set(1.0);
         running.reloads.iter().for_each(|c| c.increment(0));
@@ -155,11 +158,8 @@ impl Running {
     }
 
     /// Loads and applies; counts and logs the outcome (a configuration that did not change is
-    /// neither applied nor counted). False when the new configuration was refused.
-    pub(super) fn reload(
-        &mut self,
-        load: &(dyn Fn() -> Result<Config, String> + Send + Sync),
-    ) -> bool {
+    /// neither applied nor counted).
+    pub(super) fn reload(&mut self, load: &(dyn Fn() -> Result<Config, String> + Send + Sync)) {
         let result = load().and_then(|new| {
             if new.to_toml() == self.config.to_toml() {
                 tracing::debug!("configuration unchanged");
@@ -167,8 +167,9 @@ impl Running {
             }
             self.apply(new).map(|()| true)
         });
+        self.reload_refused = result.is_err();
         match result {
-            Ok(false) => true,
+            Ok(false) => {}
             Ok(true) => {
                 self.reloads[0].increment(1);
                 self.last_reload_ok.set(1.0);
@@ -177,13 +178,11 @@ impl Running {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64()),
                 );
-                true
             }
             Err(error) => {
                 self.reloads[1].increment(1);
                 self.last_reload_ok.set(0.0);
                 tracing::error!(%error, "configuration reload refused; the running configuration stays");
-                false
             }
         }
     }
