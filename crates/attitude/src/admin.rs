@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use attitude_balance::Pool;
+use crate::config::DEFAULT_POOL;
+use crate::stack::pools::Pools;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -42,14 +43,15 @@ pub(crate) fn install_recorder() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))
 }
 
-/// What `/readyz` reports: not ready while draining, nor while no backend is up (a load
-/// balancer then sends clients to another replica).
+/// What `/readyz` reports: not ready while draining, nor while the default pool or a pool
+/// marked `required` has no backend up (a load balancer then sends clients to another
+/// replica).
 #[derive(Clone)]
 pub(crate) struct Readiness {
     /// Cleared on SIGTERM.
     pub serving: Arc<AtomicBool>,
-    /// The backend pool.
-    pub pool: Pool,
+    /// The backend pools.
+    pub pools: Arc<Pools>,
 }
 
 /// Runs the admin server until `stop`.
@@ -125,11 +127,17 @@ fn respond(
         "/readyz" if !ready.serving.load(Ordering::Relaxed) => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
         }
-        "/readyz" if !ready.pool.available() => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no backend mail server up\n".into(),
-        ),
-        "/readyz" => text(StatusCode::OK, "ready\n".into()),
+        "/readyz" => match ready.pools.unready().as_slice() {
+            [] => text(StatusCode::OK, "ready\n".into()),
+            [one] if one == DEFAULT_POOL => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no backend mail server up\n".into(),
+            ),
+            pools => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no backend mail server up in pool {}\n", pools.join(", ")),
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /healthz or /readyz\n".into(),

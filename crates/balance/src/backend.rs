@@ -105,28 +105,29 @@ pub(crate) struct BackendMetrics {
 }
 
 impl BackendMetrics {
-    fn register(addr: SocketAddr) -> Self {
+    fn register(pool: &str, addr: SocketAddr) -> Self {
         let b = addr.to_string();
-        let checks = |result: &'static str| metrics::counter!("attitude_backend_health_checks_total", "backend" => b.clone(), "result" => result);
-        let pool = |result: &'static str| metrics::counter!("attitude_backend_pool_total", "backend" => b.clone(), "result" => result);
+        let p = pool.to_owned();
+        let checks = |result: &'static str| metrics::counter!("attitude_backend_health_checks_total", "pool" => p.clone(), "backend" => b.clone(), "result" => result);
+        let pool = |result: &'static str| metrics::counter!("attitude_backend_pool_total", "pool" => p.clone(), "backend" => b.clone(), "result" => result);
         Self {
-            up: metrics::gauge!("attitude_backend_up", "backend" => b.clone()),
-            ejected: metrics::gauge!("attitude_backend_ejected", "backend" => b.clone()),
-            weight: metrics::gauge!("attitude_backend_weight", "backend" => b.clone()),
+            up: metrics::gauge!("attitude_backend_up", "pool" => p.clone(), "backend" => b.clone()),
+            ejected: metrics::gauge!("attitude_backend_ejected", "pool" => p.clone(), "backend" => b.clone()),
+            weight: metrics::gauge!("attitude_backend_weight", "pool" => p.clone(), "backend" => b.clone()),
             checks_ok: checks("ok"),
             checks_failed: checks("failed"),
-            open: metrics::gauge!("attitude_backend_connections_open", "backend" => b.clone()),
-            idle: metrics::gauge!("attitude_backend_connections_idle", "backend" => b.clone()),
-            in_flight: metrics::gauge!("attitude_backend_in_flight", "backend" => b.clone()),
-            transaction_seconds: metrics::histogram!("attitude_backend_transaction_seconds", "backend" => b.clone()),
+            open: metrics::gauge!("attitude_backend_connections_open", "pool" => p.clone(), "backend" => b.clone()),
+            idle: metrics::gauge!("attitude_backend_connections_idle", "pool" => p.clone(), "backend" => b.clone()),
+            in_flight: metrics::gauge!("attitude_backend_in_flight", "pool" => p.clone(), "backend" => b.clone()),
+            transaction_seconds: metrics::histogram!("attitude_backend_transaction_seconds", "pool" => p.clone(), "backend" => b.clone()),
             failures: FailureKind::ALL
                 .iter()
                 .map(|k| {
-                    metrics::counter!("attitude_backend_failures_total", "backend" => b.clone(), "kind" => k.label())
+                    metrics::counter!("attitude_backend_failures_total", "pool" => p.clone(), "backend" => b.clone(), "kind" => k.label())
                 })
                 .collect(),
-            failovers: metrics::counter!("attitude_backend_failovers_total", "backend" => b.clone()),
-            ejections: metrics::counter!("attitude_backend_ejections_total", "backend" => b.clone()),
+            failovers: metrics::counter!("attitude_backend_failovers_total", "pool" => p.clone(), "backend" => b.clone()),
+            ejections: metrics::counter!("attitude_backend_ejections_total", "pool" => p.clone(), "backend" => b.clone()),
             pool_hit: pool("hit"),
             pool_miss: pool("miss"),
         }
@@ -256,7 +257,7 @@ impl Backend {
     }
 
     pub(crate) fn new(spec: BackendSpec, config: &PoolConfig) -> Self {
-        let metrics = BackendMetrics::register(spec.addr);
+        let metrics = BackendMetrics::register(&config.name, spec.addr);
         metrics.up.set(1.0);
         metrics.ejected.set(0.0);
         metrics.weight.set(f64::from(spec.weight));

@@ -5,6 +5,8 @@ use std::time::Duration;
 /// The pool's settings (the binary maps `[backend]` onto these).
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
+    /// The pool's name (the `pool` label of its metrics; `default` for `[backend]`).
+    pub name: String,
     /// Name attitude gives in its EHLO to backends.
     pub helo_name: String,
     /// TCP connect limit.
@@ -49,6 +51,7 @@ pub struct BackendTls {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
+            name: "default".into(),
             helo_name: "localhost".into(),
             connect_timeout: Duration::from_secs(10),
             greeting_timeout: Duration::from_secs(60),

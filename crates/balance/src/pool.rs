@@ -22,7 +22,7 @@ use attitude_codec::Extensions;
 
 use crate::backend::{Backend, BackendSpec};
 use crate::balancer::ThreadBalancer;
-use crate::caps::Offer;
+use crate::caps::{BackendCaps, Offer};
 use crate::config::PoolConfig;
 use crate::conn::CapsHook;
 use crate::connector::{CheckoutError, Connector};
@@ -63,6 +63,7 @@ impl Pool {
     /// [`Pool::new`].
     pub fn with_dial(config: PoolConfig, on_caps: Option<CapsHook>, dial: Arc<dyn Dial>) -> Self {
         let config = Arc::new(config);
+        let name = config.name.clone();
         let stop = CancellationToken::new();
         let checker = Arc::new(Checker {
             config: config.health.clone(),
@@ -85,10 +86,15 @@ impl Pool {
                 connector,
                 balancers: Mutex::default(),
                 stop,
-                no_backend: metrics::counter!("attitude_backend_unavailable_total", "reason" => "none_up"),
-                busy: metrics::counter!("attitude_backend_unavailable_total", "reason" => "busy"),
+                no_backend: metrics::counter!("attitude_backend_unavailable_total", "pool" => name.clone(), "reason" => "none_up"),
+                busy: metrics::counter!("attitude_backend_unavailable_total", "pool" => name, "reason" => "busy"),
             }),
         }
+    }
+
+    /// The same pool (a clone of this one), not merely one with equal settings.
+    pub fn same(&self, other: &Pool) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The settings.
@@ -150,7 +156,18 @@ impl Pool {
 
     /// What attitude may offer clients now: what every usable backend offered.
     pub fn offer(&self) -> Offer {
-        Offer::of(self.inner.registry.usable().iter().map(|b| b.offered()))
+        Offer::of(self.usable_caps())
+    }
+
+    /// What each usable backend offered (`None`: not seen yet), for an offer over several
+    /// pools.
+    pub fn usable_caps(&self) -> Vec<Option<BackendCaps>> {
+        self.inner
+            .registry
+            .usable()
+            .iter()
+            .map(|b| b.offered())
+            .collect()
     }
 
     /// A backend connection for a transaction of `identity`'s client. With `exclude` empty the

@@ -67,6 +67,8 @@ impl Registry {
     ) -> Self {
         let (usable, _) = watch::channel(UsableSet::default());
         Self {
+            usable_gauge: metrics::gauge!("attitude_backends_usable", "pool" => config.name.clone()),
+            members_gauge: metrics::gauge!("attitude_backends", "pool" => config.name.clone()),
             config,
             checker,
             sources: Mutex::default(),
@@ -74,8 +76,6 @@ impl Registry {
             usable,
             changed: Arc::new(Notify::new()),
             stop,
-            usable_gauge: metrics::gauge!("attitude_backends_usable"),
-            members_gauge: metrics::gauge!("attitude_backends"),
         }
     }
 

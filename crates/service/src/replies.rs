@@ -171,6 +171,30 @@ pub fn no_backend_offers(needs: attitude_codec::Extensions) -> Reply {
     )
 }
 
+/// `552 5.3.4`: the message is larger than the limit (the session's or its route's).
+pub fn too_big(limit: u64) -> Reply {
+    Reply::new(
+        552,
+        status(5, 3, 4),
+        format!("Message size exceeds fixed limit of {limit} octets"),
+    )
+}
+
+/// `550 5.1.2`: no route for the recipient's domain, and unrouted domains are refused.
+pub fn unknown_domain() -> Reply {
+    Reply::new(550, status(5, 1, 2), "Recipient domain not served here")
+}
+
+/// `452 4.5.3`: the recipient goes to other mail servers than this transaction's first
+/// recipients (RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction).
+pub fn other_route() -> Reply {
+    Reply::new(
+        452,
+        status(4, 5, 3),
+        "Too many recipients for this transaction: send this one in another",
+    )
+}
+
 /// `451 4.4.1`: no backend could take the transaction.
 pub fn no_backend() -> Reply {
     Reply::new(

@@ -259,9 +259,13 @@ impl Default for BackendOutlier {
 }
 
 impl Config {
-    /// The pool's settings; fails when the backend TLS settings do not load.
-    pub(crate) fn pool_config(&self) -> Result<PoolConfig, attitude_edge::tls::TlsError> {
-        let b = &self.backend;
+    /// The settings of pool `name` (`b`: `[backend]` or one of `[[pools]]`), with the
+    /// top-level `[timeouts]` and hostname; fails when its TLS settings do not load.
+    pub(crate) fn pool_config(
+        &self,
+        name: &str,
+        b: &Backend,
+    ) -> Result<PoolConfig, attitude_edge::tls::TlsError> {
         let t = &self.timeouts;
         let tls = match b.tls.mode {
             BackendTlsMode::None => None,
@@ -278,6 +282,7 @@ impl Config {
             }
         };
         Ok(PoolConfig {
+            name: name.to_owned(),
             helo_name: b.helo_name.clone().unwrap_or_else(|| self.hostname.clone()),
             connect_timeout: t.backend_connect,
             greeting_timeout: t.backend_greeting,
@@ -307,16 +312,24 @@ impl Config {
         })
     }
 
+    /// Every pool reaches its backends over TLS with a verified certificate, so REQUIRETLS
+    /// (RFC 8689) may be offered to clients inside TLS.
+    pub(crate) fn requiretls_possible(&self) -> bool {
+        self.pool_sections()
+            .all(|(_, _, b)| b.requiretls_possible())
+    }
+}
+
+impl Backend {
     /// The static backends.
     pub(crate) fn static_backends(&self) -> Vec<BackendSpec> {
-        self.backend
-            .servers
+        self.servers
             .iter()
             .map(|s| match s {
                 Server::Address(addr) => BackendSpec {
                     addr: *addr,
                     weight: 1,
-                    identity: self.backend.identity,
+                    identity: self.identity,
                 },
                 Server::Table {
                     address,
@@ -325,7 +338,7 @@ impl Config {
                 } => BackendSpec {
                     addr: *address,
                     weight: (*weight).max(1),
-                    identity: identity.unwrap_or(self.backend.identity),
+                    identity: identity.unwrap_or(self.identity),
                 },
             })
             .collect()
@@ -333,8 +346,7 @@ impl Config {
 
     /// The DNS-discovered backends.
     pub(crate) fn dns_backends(&self) -> Vec<DnsSource> {
-        self.backend
-            .dns
+        self.dns
             .iter()
             .map(|d| DnsSource {
                 name: d.name.clone(),
@@ -342,16 +354,14 @@ impl Config {
                 srv: d.record == DnsRecord::Srv,
                 interval: d.interval,
                 weight: d.weight.max(1),
-                identity: d.identity.unwrap_or(self.backend.identity),
+                identity: d.identity.unwrap_or(self.identity),
             })
             .collect()
     }
-}
 
-impl Backend {
     /// Every backend is reached over TLS with a verified certificate, so REQUIRETLS (RFC 8689)
     /// may be offered to clients inside TLS.
-    pub(crate) fn requiretls_possible(&self) -> bool {
+    fn requiretls_possible(&self) -> bool {
         self.tls.mode != BackendTlsMode::None && !self.tls.insecure_skip_verify
     }
 

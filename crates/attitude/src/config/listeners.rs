@@ -70,6 +70,7 @@ const PROCESS_KEYS: &[&str] = &[
     "admin",
     "workers",
     "backend",
+    "pools",
     "state",
     "stress",
     "dns",

@@ -27,6 +27,7 @@ mod pregreet;
 mod proxy_protocol;
 mod rates;
 mod relay;
+mod routes;
 mod scan;
 mod smtp;
 mod spf;
@@ -57,6 +58,7 @@ pub(crate) use pregreet::Pregreet;
 pub(crate) use proxy_protocol::ProxyProtocol;
 pub(crate) use rates::{RateCount, RateKey, RateRule};
 pub(crate) use relay::Relay;
+pub(crate) use routes::{CompiledRoute, DEFAULT_POOL, NamedPool, RouteConfig, Routing, Unrouted};
 pub(crate) use scan::{Clamav, OnOversize, Rspamd};
 pub(crate) use smtp::Smtp;
 pub(crate) use spf::SpfSection;
@@ -121,8 +123,17 @@ pub(crate) struct Config {
     pub timeouts: Timeouts,
     /// SMTP protocol policy.
     pub smtp: Smtp,
-    /// Backend mail servers.
+    /// Backend mail servers: the pool named `default`.
     pub backend: Backend,
+    /// More pools of backends (`[[pools]]`), each with the keys of `[backend]` and a name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<NamedPool>,
+    /// Which recipient domains go to which pool (`[[routes]]`, first match wins).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    /// What recipients no route matches get.
+    #[serde(skip_serializing_if = "is_default")]
+    pub routing: Routing,
     /// The fleet's shared memory (Redis), if any.
     pub state: State,
     /// Stress mode: shorter timeouts and lower limits while the sessions are nearly all taken.
@@ -160,6 +171,9 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             smtp: Smtp::default(),
             backend: Backend::default(),
+            pools: Vec::new(),
+            routes: Vec::new(),
+            routing: Routing::default(),
             state: State::default(),
             stress: StressSection::default(),
             log: Log::default(),
@@ -237,18 +251,24 @@ impl Config {
         self.backend.tls.validate()?;
         let listeners = self.effective_listeners()?;
         for l in &listeners {
-            if let Some(s) = self
-                .backend
-                .servers
-                .iter()
-                .find(|s| l.addresses.contains(&s.address()))
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "[backend] servers contains attitude's own listen address {} (listener {}): \
-                     that would relay to itself",
-                    s.address(),
-                    l.name
-                )));
+            for (pool, _, backend) in self.pool_sections() {
+                if let Some(s) = backend
+                    .servers
+                    .iter()
+                    .find(|s| l.addresses.contains(&s.address()))
+                {
+                    let section = if pool == DEFAULT_POOL {
+                        "[backend]".to_string()
+                    } else {
+                        format!("[[pools]] {pool}")
+                    };
+                    return Err(ConfigError::Invalid(format!(
+                        "{section} servers contains attitude's own listen address {} (listener \
+                         {}): that would relay to itself",
+                        s.address(),
+                        l.name
+                    )));
+                }
             }
         }
         Ok(())
@@ -279,6 +299,7 @@ impl Config {
         self.clamav.validate()?;
         self.rspamd.validate()?;
         self.throttle.validate()?;
+        self.validate_routes()?;
         rates::validate(&self.rates)
     }
 
@@ -286,6 +307,10 @@ impl Config {
     pub(crate) fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Text that becomes an SMTP reply line: non-empty printable ASCII.

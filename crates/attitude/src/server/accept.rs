@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use attitude_balance::Pool;
+
 use attitude_service::driver::DriverMetrics;
 use attitude_service::replies;
 use tokio::net::{TcpListener, TcpStream};
@@ -16,6 +16,7 @@ use tower::{Service, ServiceExt};
 
 use super::reload::Generation;
 use crate::stack::connection::Connection;
+use crate::stack::pools::Pools;
 
 /// What an accept loop shares with the rest of the process.
 pub(super) struct Accept<'a> {
@@ -25,8 +26,8 @@ pub(super) struct Accept<'a> {
     /// Set on SIGTERM: new clients get 421 until the listener closes.
     pub(super) draining: &'a AtomicBool,
     pub(super) metrics: &'a DriverMetrics,
-    /// The backend pool: with no backend up, new clients get 421 at the greeting.
-    pub(super) pool: &'a Pool,
+    /// The backend pools: with no backend up in any, new clients get 421 at the greeting.
+    pub(super) pools: &'a Pools,
     /// Every listener's current stack.
     pub(super) live: &'a ArcSwap<Generation>,
 }
@@ -43,7 +44,7 @@ impl Accept<'_> {
             ids,
             draining,
             metrics,
-            pool,
+            pools,
             live,
         } = self;
         // This listener's stack, replaced when a reload makes a new generation.
@@ -78,7 +79,7 @@ impl Accept<'_> {
                 metrics.record_refused();
                 continue;
             }
-            if !pool.available() {
+            if !pools.available() {
                 // Every backend is down: say so now rather than take a session that can only
                 // end in 451s. The client retries later or tries the next MX.
                 let _ = io.try_write(replies::no_mail_server().to_wire().as_bytes());

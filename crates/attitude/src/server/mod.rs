@@ -99,8 +99,13 @@ pub(crate) fn serve(
         let shared = Shared::new(&config, &listeners, fleet)?;
         // The first clients should be offered what the backends offer: their first health
         // checks (or EHLOs) come first, within the health check timeout.
-        if config.backend.health.enabled {
-            shared.pool.settle(config.backend.health.timeout).await;
+        if config.pool_sections().any(|(_, _, b)| b.health.enabled) {
+            let limit = config
+                .pool_sections()
+                .map(|(_, _, b)| b.health.timeout)
+                .max()
+                .unwrap_or_default();
+            shared.pools.settle(limit).await;
         }
         let mut announced = listen::announced(&bound);
         if let Some(addr) = config.admin {
@@ -114,7 +119,7 @@ pub(crate) fn serve(
                 metrics,
                 admin::Readiness {
                     serving: ready.clone(),
-                    pool: shared.pool.clone(),
+                    pools: shared.pools.clone(),
                 },
                 admin_stop.clone(),
             ));
@@ -236,7 +241,7 @@ impl Workers {
         let ids = self.ids.clone();
         let draining = self.draining.clone();
         let metrics = shared.driver_metrics.clone();
-        let pool = shared.pool.clone();
+        let pools = shared.pools.clone();
         std::thread::Builder::new()
             .name(format!("attitude-{n}"))
             .spawn(move || {
@@ -251,7 +256,7 @@ impl Workers {
                         ids: &ids,
                         draining: &draining,
                         metrics: &metrics,
-                        pool: &pool,
+                        pools: &pools,
                         live: &live,
                     };
                     let loops = sockets.into_iter().map(|(i, listener)| {

@@ -75,7 +75,7 @@ impl Notifier {
 /// What `systemctl status` shows: sessions, backends up, stress, a refused reload.
 pub(super) fn status_line(running: &Running, sessions: usize) -> String {
     let shared = &running.shared;
-    let backends = shared.pool.backends();
+    let backends = shared.pools.backends();
     let usable = backends.iter().filter(|b| b.is_usable()).count();
     let mut line = format!(
         "serving: {sessions} sessions, {usable} of {} backends up",

@@ -39,7 +39,7 @@ pub(super) fn live(
     shutdown: &Shutdown,
 ) -> Result<Arc<Live>, String> {
     let housekeeping = CancellationToken::new();
-    let stack = Stack::new(listener, shared, housekeeping.clone());
+    let stack = Stack::new(listener, shared, housekeeping.clone())?;
     let connections = connection::build(&listener.config, stack, shared, shutdown.clone())?;
     Ok(Arc::new(Live {
         connections: Box::new(connections),
@@ -103,6 +103,10 @@ impl Running {
         let mut restart = restart_needed(&self.config, &new);
         // A policy turned on by this reload may need the resolver or the greylist store.
         self.shared.provide(&new, &listeners)?;
+        // New and changed pools start before the stacks that route to them are built.
+        self.shared
+            .pools
+            .apply(&new, self.shared.resolver.as_ref())?;
         let current = self.live.load_full();
         let mut next = Vec::with_capacity(self.bound.len());
         for (i, (name, addr)) in self.bound.iter().enumerate() {
@@ -138,7 +142,6 @@ impl Running {
                 restart.push(format!("listener {} added", l.name));
             }
         }
-        self.shared.pool.set_source("static", new.static_backends());
         let old = self.live.swap(Arc::new(Generation {
             id: current.id + 1,
             listeners: next,
@@ -202,12 +205,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             out.push(format!("[{name}]"));
         }
     }
-    // The greylist store and the pool's settings; the static servers are applied.
-    let mut old_backend = old.backend.clone();
-    old_backend.servers = new.backend.servers.clone();
-    if toml::Value::try_from(&old_backend).ok() != toml::Value::try_from(&new.backend).ok() {
-        out.push("[backend] (other than servers)".into());
-    }
+    // The greylist store's settings (pools and routes are applied: `stack::pools`).
     let mut old_greylist = old.greylist.clone();
     old_greylist.enabled = new.greylist.enabled;
     if toml::Value::try_from(&old_greylist).ok() != toml::Value::try_from(&new.greylist).ok() {

@@ -15,6 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use attitude_balance::{Offer, Pool};
 use attitude_codec::{CodecConfig, Command, Reply};
 use attitude_edge::tls::ServerTls;
 use attitude_layers::rate_limit::RateLimitLayer;
@@ -43,7 +44,9 @@ use tower::{Layer, Service};
 
 use super::fleet::Fleet;
 use super::{Shared, backend, every_minute};
-use crate::config::{Config, EffectiveListener, ListenerTls, RateCount, RateKey, RateRule};
+use crate::config::{
+    Config, EffectiveListener, ListenerTls, RateCount, RateKey, RateRule, Unrouted,
+};
 use crate::keys::ClientKey;
 
 /// Wraps a command service in one policy's layer; the policies' state is shared by all sessions.
@@ -92,8 +95,10 @@ impl Stack {
         listener: &EffectiveListener,
         shared: &Shared,
         housekeeping: CancellationToken,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let config = &listener.config;
+        let pools = backend::reachable(config, &shared.pools)?;
+        let routes = backend::routes(config)?;
         let c = &config.connections;
         let client = ClientKey::new(c.client_prefix_v4, c.client_prefix_v6, &c.exempt_networks);
         let resolver = shared.resolver.clone();
@@ -113,7 +118,16 @@ impl Stack {
         .chain(access(config))
         .chain(Some(relay_control(config)))
         .chain(spf(config, resolver.as_ref()))
-        .chain(greylist.map(|store| boxed(GreylistLayer::new(store))))
+        .chain(greylist.map(|store| {
+            let layer = GreylistLayer::new(store);
+            boxed(match &routes {
+                Some(routes) => layer.exempting({
+                    let routes = routes.clone();
+                    Arc::new(move |rcpt| routes.greylist_exempt(rcpt))
+                }),
+                None => layer,
+            })
+        }))
         .chain(throttle(config, &client, stop))
         .chain(
             config
@@ -124,21 +138,22 @@ impl Stack {
         .chain(content(config, &budget))
         .chain(super::scan::scan(config, &budget).map(boxed))
         .collect();
-        Self {
+        let protocol = protocol(config, shared, offered(config, &pools));
+        Ok(Self {
             driver: Arc::new(driver(listener, shared)),
             driver_metrics: shared.driver_metrics.clone(),
             metrics: SmtpMetricsLayer::new(SmtpMetrics::register()),
             tarpit: tarpit(config),
-            protocol: protocol(config, shared),
+            protocol,
             policies,
-            relay: backend::relay(config, &shared.pool),
+            relay: backend::relay(config, pools, routes),
             resolver,
             implicit_tls: shared
                 .tls
                 .clone()
                 .filter(|_| listener.tls == ListenerTls::Implicit),
             housekeeping,
-        }
+        })
     }
 
     /// The command stack for one session.
@@ -230,7 +245,15 @@ fn tarpit(config: &Config) -> Option<CommandLayer> {
 }
 
 /// RFC 5321 sequencing, the EHLO reply and local answers; AUTH and TLS requirements.
-fn protocol(config: &Config, shared: &Shared) -> ProtocolLayer {
+/// What a listener may offer: what every usable backend of the pools its mail reaches offered
+/// (the default pool's only when unrouted recipients go there).
+fn offered(config: &Config, pools: &[Pool]) -> BackendOffer {
+    let skip = usize::from(config.routing.unrouted == Unrouted::Reject && pools.len() > 1);
+    let pools = pools[skip..].to_vec();
+    BackendOffer::new(move || Offer::of(pools.iter().flat_map(Pool::usable_caps)))
+}
+
+fn protocol(config: &Config, shared: &Shared, backends: BackendOffer) -> ProtocolLayer {
     let auth = config.auth.enabled.then(|| {
         Arc::new(
             shared.backend_auth.sharing_backend(
@@ -251,12 +274,9 @@ fn protocol(config: &Config, shared: &Shared) -> ProtocolLayer {
         auth,
         require_auth: config.auth.require,
         require_tls: config.smtp.require_tls,
-        backends: Some(BackendOffer::new({
-            let pool = shared.pool.clone();
-            move || pool.offer()
-        })),
+        backends: Some(backends),
         size_headroom: config.limits.size_headroom,
-        requiretls: config.backend.requiretls_possible(),
+        requiretls: config.requiretls_possible(),
     })
 }
 

@@ -13,6 +13,8 @@ pub(crate) mod backend;
 pub(crate) mod command;
 pub(crate) mod connection;
 pub(crate) mod fleet;
+pub(crate) mod pools;
+mod routes;
 mod scan;
 pub(crate) mod state;
 pub(crate) mod stress;
@@ -20,7 +22,6 @@ pub(crate) mod stress;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attitude_balance::Pool;
 use attitude_edge::tls::ServerTls;
 use attitude_policy::greylist::Greylist;
 use attitude_service::auth::AuthOffer;
@@ -34,11 +35,11 @@ use state::ProcessState;
 pub(crate) use command::Stack;
 
 /// What every listener's stack shares, built once per process and kept across reloads: the
-/// backend pool, the DNS resolver, the greylist store, the server certificate, and what the
+/// backend pools, the DNS resolver, the greylist store, the server certificate, and what the
 /// backends offer for AUTH.
 pub(crate) struct Shared {
-    /// The backend pool.
-    pub pool: Pool,
+    /// The backend pools (a reload starts, stops and replaces them).
+    pub pools: Arc<pools::Pools>,
     /// The `[dns]` resolver, when a DNS policy or DNS discovery is on anywhere.
     pub resolver: Option<TokioResolver>,
     /// The greylist store, when any listener greylists.
@@ -78,9 +79,9 @@ impl Shared {
             _ => None,
         };
         let backend_auth = backend::auth_offer();
-        let pool = backend::pool(config, &backend_auth)?;
+        let pools = Arc::new(pools::Pools::new(config, backend_auth.clone())?);
         let mut shared = Self {
-            pool,
+            pools,
             resolver: None,
             greylist: None,
             tls,
@@ -91,12 +92,7 @@ impl Shared {
         };
         shared.stress.watch(shared.state.sessions.clone());
         shared.provide(config, listeners)?;
-        if let Some(resolver) = &shared.resolver {
-            for source in config.dns_backends() {
-                shared.pool.discover_dns(resolver.clone(), source);
-            }
-        }
-        shared.pool.start();
+        shared.pools.start(config, shared.resolver.as_ref());
         Ok(shared)
     }
 
@@ -111,7 +107,8 @@ impl Shared {
         let any = |f: fn(&Config) -> bool| listeners.iter().any(|l| f(&l.config));
         // One resolver, with one cache, for every DNS policy (DNSBL and SPF).
         if self.resolver.is_none()
-            && (any(|c| c.dnsbl.enabled || c.spf.enabled) || !config.backend.dns.is_empty())
+            && (any(|c| c.dnsbl.enabled || c.spf.enabled)
+                || config.pool_sections().any(|(_, _, b)| !b.dns.is_empty()))
         {
             let nameservers = &config.dns.nameservers;
             self.resolver = Some(

@@ -160,10 +160,14 @@ impl Greylist {
     }
 }
 
+/// Recipients that are never greylisted (a route's `greylist = false`).
+pub type Exempt = Arc<dyn Fn(&attitude_codec::RcptTo) -> bool + Send + Sync>;
+
 /// Adds [`GreylistService`].
 #[derive(Clone)]
 pub struct GreylistLayer {
     greylist: Arc<Greylist>,
+    exempt: Option<Exempt>,
 }
 
 impl std::fmt::Debug for GreylistLayer {
@@ -175,7 +179,16 @@ impl std::fmt::Debug for GreylistLayer {
 impl GreylistLayer {
     /// A layer over a shared greylist.
     pub fn new(greylist: Arc<Greylist>) -> Self {
-        Self { greylist }
+        Self {
+            greylist,
+            exempt: None,
+        }
+    }
+
+    /// Recipients for which `exempt` holds pass without greylisting.
+    pub fn exempting(mut self, exempt: Exempt) -> Self {
+        self.exempt = Some(exempt);
+        self
     }
 }
 
@@ -183,6 +196,6 @@ impl<S> Layer<S> for GreylistLayer {
     type Service = GreylistService<S>;
 
     fn layer(&self, inner: S) -> GreylistService<S> {
-        GreylistService::new(inner, self.greylist.clone())
+        GreylistService::new(inner, self.greylist.clone(), self.exempt.clone())
     }
 }

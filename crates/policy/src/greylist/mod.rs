@@ -15,7 +15,7 @@ mod service;
 mod store;
 
 pub use fleet::{FleetGreylist, OnStoreError};
-pub use layer::{Greylist, GreylistConfig, GreylistError, GreylistLayer};
+pub use layer::{Exempt, Greylist, GreylistConfig, GreylistError, GreylistLayer};
 pub use service::GreylistService;
 pub use store::{Clock, Store, Timing, Verdict, system_clock};
 

@@ -10,12 +10,13 @@ use attitude_service::{BoxError, Event, Request, Session, answer};
 use tower_service::Service;
 
 use super::OnStoreError;
-use super::{Greylist, ResponseFuture, Verdict};
+use super::{Exempt, Greylist, ResponseFuture, Verdict};
 
 /// Greylists at RCPT TO; see the module docs.
 pub struct GreylistService<S> {
     inner: Slot<S>,
     greylist: Arc<Greylist>,
+    exempt: Option<Exempt>,
 }
 
 impl<S> std::fmt::Debug for GreylistService<S> {
@@ -25,12 +26,13 @@ impl<S> std::fmt::Debug for GreylistService<S> {
 }
 
 impl<S> GreylistService<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S, greylist: Arc<Greylist>) -> Self {
+    /// Wraps `inner`; recipients for which `exempt` holds are not greylisted.
+    pub fn new(inner: S, greylist: Arc<Greylist>, exempt: Option<Exempt>) -> Self {
         let later = greylist.config.fleet.is_some();
         Self {
             inner: Slot::new(inner, later),
             greylist,
+            exempt,
         }
     }
 }
@@ -88,7 +90,10 @@ where
             return Either::inner(Either::inner(self.inner.call(req)));
         };
         let session = &req.session;
-        if session.auth.is_some() || session.marks.exempt().is_some() {
+        if session.auth.is_some()
+            || session.marks.exempt().is_some()
+            || self.exempt.as_ref().is_some_and(|exempt| exempt(rcpt))
+        {
             return Either::inner(Either::inner(self.inner.call(req)));
         }
         let Some(network) = self.greylist.network(session.client.ip()) else {

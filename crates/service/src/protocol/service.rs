@@ -5,8 +5,8 @@ use attitude_codec::{Body, Command, EnhancedStatus, Extension, Extensions, Reply
 use tower_service::Service;
 
 use super::{ProtocolConfig, ResponseFuture, relayed};
-use crate::BoxError;
 use crate::request::{DataOutcome, Event, Request, Session};
+use crate::{BoxError, replies};
 
 /// RFC 5321 sequencing and local replies; see the module docs.
 #[derive(Debug, Clone)]
@@ -77,14 +77,6 @@ impl<S> Protocol<S> {
             .map_or(self.config.max_message_size, |l| l.get())
     }
 
-    fn too_big(limit: u64) -> Reply {
-        Reply::new(
-            552,
-            status(5, 3, 4),
-            format!("Message size exceeds fixed limit of {limit} octets"),
-        )
-    }
-
     /// Parameters of MAIL or RCPT need extensions this session was offered.
     fn not_offered(session: &Session, needs: Extensions) -> Option<Reply> {
         let missing = needs.missing_from(session.offered);
@@ -143,7 +135,7 @@ impl<S> Protocol<S> {
                     }
                     let limit = self.session_limit(session);
                     if mail.size.is_some_and(|s| s.get() > limit) {
-                        return Some(Self::too_big(limit));
+                        return Some(replies::too_big(limit));
                     }
                     None
                 }
@@ -240,7 +232,7 @@ impl<S> Protocol<S> {
                         Some(txn) => {
                             let limit = self.session_limit(session);
                             (txn.data_bytes.saturating_add(*size) > limit)
-                                .then(|| Self::too_big(limit))
+                                .then(|| replies::too_big(limit))
                         }
                     }
                 }
@@ -256,7 +248,7 @@ impl<S> Protocol<S> {
             Event::DataChunk(_) => {
                 let txn = session.transaction.as_ref()?;
                 let limit = self.session_limit(session);
-                (txn.data_bytes > limit).then(|| Self::too_big(limit))
+                (txn.data_bytes > limit).then(|| replies::too_big(limit))
             }
             Event::DataEnd(_) | Event::Close => None,
         }

@@ -21,7 +21,7 @@ impl RelayState {
         if matches!(event, Event::Command(_)) {
             self.reset(shared).await;
             if self.lease.is_none() {
-                match shared.pool.checkout(identity, &[]).await {
+                match shared.pools[0].checkout(identity, &[]).await {
                     Ok(lease) => self.lease = Some(lease),
                     Err(error) => {
                         tracing::warn!(%error, "no backend for AUTH");

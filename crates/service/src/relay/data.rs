@@ -48,7 +48,8 @@ impl RelayState {
                     .expect("a transaction in the DataPending phase");
                 Self::failed_over(shared, txn, &lease);
                 drop(lease);
-                match self.open(shared, identity, &Command::Data).await {
+                let pool = txn.pool.unwrap_or(self.lease_pool);
+                match self.open(shared, identity, pool, &Command::Data).await {
                     Ok(Opened::Reply(reply)) => Ok(reply),
                     Ok(Opened::SenderRefused(_)) | Err(_) => Err(()),
                 }

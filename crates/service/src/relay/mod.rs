@@ -23,6 +23,7 @@
 mod auth;
 mod data;
 mod open;
+mod route;
 mod state;
 mod trace;
 
@@ -37,6 +38,7 @@ use tokio::sync::Mutex;
 use tower_service::Service;
 
 pub use attitude_balance::{BackendCaps, BackendError};
+pub use route::{Route, Router};
 
 use crate::replies;
 use crate::request::{DataOutcome, Event, Request, Session};
@@ -74,6 +76,8 @@ pub struct RelayMetrics {
     pub(crate) failures: Counter,
     pub(crate) failovers: Counter,
     pub(crate) unavailable: Counter,
+    pub(crate) deferred: Counter,
+    pub(crate) unrouted: Counter,
 }
 
 impl RelayMetrics {
@@ -83,24 +87,43 @@ impl RelayMetrics {
             failures: metrics::counter!("attitude_backend_transaction_failures_total"),
             failovers: metrics::counter!("attitude_relay_failovers_total"),
             unavailable: metrics::counter!("attitude_relay_no_backend_total"),
+            deferred: metrics::counter!("attitude_relay_route_deferred_total"),
+            unrouted: metrics::counter!("attitude_relay_unrouted_total"),
         }
     }
 }
 
-/// State shared by every session's relay: time limits, the backend pool, metrics.
+/// State shared by every session's relay: time limits, the backend pools and their routes,
+/// metrics.
 #[derive(Debug)]
 pub struct RelayShared {
     pub(crate) config: RelayConfig,
-    pub(crate) pool: Pool,
+    /// The pools this relay reaches; the first is the default pool (AUTH, unrouted mail).
+    pub(crate) pools: Vec<Pool>,
+    /// Which pool a recipient goes to (`None`: every recipient to the one pool, chosen at MAIL).
+    pub(crate) router: Option<Arc<dyn Router>>,
     pub(crate) metrics: RelayMetrics,
 }
 
 impl RelayShared {
-    /// Shared relay state over `pool`.
+    /// Shared relay state over one pool.
     pub fn new(config: RelayConfig, pool: Pool, metrics: RelayMetrics) -> Arc<Self> {
+        Self::routed(config, vec![pool], None, metrics)
+    }
+
+    /// Shared relay state over `pools` (the first is the default), `router` choosing each
+    /// recipient's (see the `route` module).
+    pub fn routed(
+        config: RelayConfig,
+        pools: Vec<Pool>,
+        router: Option<Arc<dyn Router>>,
+        metrics: RelayMetrics,
+    ) -> Arc<Self> {
+        assert!(!pools.is_empty(), "a relay needs a default pool");
         Arc::new(Self {
             config,
-            pool,
+            pools,
+            router,
             metrics,
         })
     }
@@ -157,6 +180,18 @@ impl RelayState {
                 &txn.ident,
             ));
         }
+        if let Event::DataChunk(_) = &event
+            && matches!(
+                self.phase,
+                Phase::Data { .. } | Phase::DataPending | Phase::Chunks
+            )
+            && let Some(refusal) = session
+                .transaction
+                .as_ref()
+                .and_then(|t| self.over_route_limit(t.data_bytes))
+        {
+            return refusal;
+        }
         match (event, self.phase) {
             (event @ Event::Command(Command::Auth { .. }), _)
             | (event @ Event::AuthLine(_), Phase::Auth) => {
@@ -171,15 +206,16 @@ impl RelayState {
                 self.mail(shared, &identity(session), mail, trace::message_id(session))
                     .await
             }
-            (Event::Command(Command::Rcpt(rcpt)), Phase::MailLocal) => {
-                self.first_rcpt(shared, &identity(session), rcpt).await
+            (Event::Command(Command::Rcpt(rcpt)), Phase::MailLocal | Phase::Mail) => {
+                self.rcpt(shared, &identity(session), rcpt).await
             }
             (Event::Command(Command::Rcpt(_) | Command::Bdat { .. }), Phase::SenderRefused) => self
                 .refusal
                 .clone()
                 .expect("kept with the SenderRefused phase"),
-            (Event::Command(cmd @ (Command::Rcpt(_) | Command::Data)), Phase::Mail) => {
-                self.in_transaction(shared, &identity(session), cmd).await
+            (Event::Command(Command::Data), Phase::Mail) => {
+                self.in_transaction(shared, &identity(session), Command::Data)
+                    .await
             }
             (Event::Command(Command::Bdat { .. }), Phase::Mail) => {
                 self.first_chunk(shared, &identity(session)).await

@@ -44,21 +44,23 @@ fn relayed_mail(mail: &MailFrom, caps: &BackendCaps, authenticated: bool) -> Mai
     relayed
 }
 
-/// A lease from the pool, trying other backends while one cannot open a session, until `tried`
-/// holds `1 + failover_attempts` of them. `Err` is the reply for the client.
+/// A lease from pool `pool`, trying other backends while one cannot open a session, until
+/// `tried` holds `1 + failover_attempts` of them. `Err` is the reply for the client.
 pub(super) async fn checkout(
     shared: &RelayShared,
+    pool: usize,
     identity: &ClientIdentity,
     tried: &mut Vec<SocketAddr>,
     needs: Extensions,
 ) -> Result<Lease, Reply> {
-    let attempts = 1 + shared.pool.config().failover_attempts as usize;
+    let pool = &shared.pools[pool];
+    let attempts = 1 + pool.config().failover_attempts as usize;
     loop {
         if tried.len() >= attempts {
             shared.metrics.unavailable.increment(1);
             return Err(unavailable(&CheckoutError::NoBackend));
         }
-        match shared.pool.checkout_for(identity, tried, needs).await {
+        match pool.checkout_for(identity, tried, needs).await {
             Ok(lease) => return Ok(lease),
             Err(CheckoutError::Backend { addr, error }) => {
                 tracing::warn!(backend = %addr, %error, "backend unavailable; trying another");
@@ -112,8 +114,8 @@ impl RelayState {
         }
     }
 
-    /// Opens the transaction on a backend: the one chosen at MAIL (or the session's pinned
-    /// one), else one from the pool. MAIL, the recipients accepted so far (a replay) and `then`
+    /// Opens the transaction on a backend of pool `pool`: the one chosen at MAIL (or the
+    /// session's pinned one), else one from the pool. MAIL, the recipients accepted so far (a replay) and `then`
     /// (the RCPT or DATA at hand) go in one write when the backend offers PIPELINING. A
     /// backend that fails before DATA (no connection, timeout, 421, 4xx to MAIL, a replayed
     /// recipient refused) is left for the next, up to `failover_attempts` of them; the client
@@ -127,9 +129,10 @@ impl RelayState {
         &mut self,
         shared: &RelayShared,
         identity: &ClientIdentity,
+        pool: usize,
         then: &Command,
     ) -> Result<Opened, Reply> {
-        let attempts = 1 + shared.pool.config().failover_attempts as usize;
+        let attempts = 1 + shared.pools[pool].config().failover_attempts as usize;
         let mut stale_retry = true;
         let mut last_refusal: Option<Reply> = None;
         loop {
@@ -148,6 +151,12 @@ impl RelayState {
                 held
             });
             let held = match held {
+                // A pinned connection of another pool (the session's earlier transaction went
+                // elsewhere): this transaction leaves it.
+                Some(held) if self.lease_pool != pool && !self.authenticated => {
+                    held.quit();
+                    None
+                }
                 // The backend chosen at MAIL (or the session's own) lacks what a recipient
                 // needs: another one, unless the connection is the session's.
                 Some(held) if !held.caps().extensions.contains_all(needs) => {
@@ -163,8 +172,11 @@ impl RelayState {
             let mut lease = match held {
                 Some(held) => held,
                 None if self.authenticated => return Err(replies::auth_lost()),
-                None => match checkout(shared, identity, &mut txn.tried, needs).await {
-                    Ok(lease) => lease,
+                None => match checkout(shared, pool, identity, &mut txn.tried, needs).await {
+                    Ok(lease) => {
+                        self.lease_pool = pool;
+                        lease
+                    }
                     Err(reply) => return Err(last_refusal.map(soften_421).unwrap_or(reply)),
                 },
             };
@@ -240,8 +252,10 @@ impl RelayState {
         shared.metrics.failovers.increment(1);
     }
 
-    /// MAIL: chooses the backend now (so a client hears "no backend" at once), answers 250
-    /// and sends nothing yet: MAIL goes to the backend with the first RCPT, in one write.
+    /// MAIL: with one pool, chooses the backend now (so a client hears "no backend" at once);
+    /// with routes, the first recipient chooses the pool, and MAIL only checks that some pool
+    /// has a backend up. Answers 250 and sends nothing yet: MAIL goes to the backend with the
+    /// first RCPT, in one write.
     pub(super) async fn mail(
         &mut self,
         shared: &RelayShared,
@@ -254,11 +268,17 @@ impl RelayState {
         }
         let mut tried = Vec::new();
         let needs = mail.needs();
-        if self.lease.is_none() {
-            match checkout(shared, identity, &mut tried, needs).await {
-                Ok(lease) => self.lease = Some(lease),
+        if self.lease.is_none() && shared.router.is_none() {
+            match checkout(shared, 0, identity, &mut tried, needs).await {
+                Ok(lease) => {
+                    self.lease = Some(lease);
+                    self.lease_pool = 0;
+                }
                 Err(reply) => return reply,
             }
+        } else if self.lease.is_none() && !shared.pools.iter().any(|p| p.available()) {
+            shared.metrics.unavailable.increment(1);
+            return replies::no_backend();
         }
         if let Some(lease) = self.lease.as_mut() {
             lease.resume();
@@ -270,20 +290,23 @@ impl RelayState {
             ident,
             trace: None,
             tried,
+            pool: None,
+            size_limit: None,
         }));
         self.phase = Phase::MailLocal;
         replies::sender_ok()
     }
 
-    /// The first RCPT: MAIL and this RCPT go to the backend together.
+    /// The first RCPT (on pool `pool`): MAIL and this RCPT go to the backend together.
     pub(super) async fn first_rcpt(
         &mut self,
         shared: &RelayShared,
         identity: &ClientIdentity,
         rcpt: RcptTo,
+        pool: usize,
     ) -> Reply {
         match self
-            .open(shared, identity, &Command::Rcpt(rcpt.clone()))
+            .open(shared, identity, pool, &Command::Rcpt(rcpt.clone()))
             .await
         {
             Ok(Opened::Reply(reply)) => {
@@ -356,7 +379,8 @@ impl RelayState {
                     self.phase = Phase::Broken;
                     return replies::backend_lost("earlier in this transaction");
                 }
-                match self.open(shared, identity, &cmd).await {
+                let pool = txn.pool.unwrap_or(self.lease_pool);
+                match self.open(shared, identity, pool, &cmd).await {
                     Ok(Opened::Reply(reply)) => reply,
                     Ok(Opened::SenderRefused(_)) | Err(_) => {
                         shared.metrics.failures.increment(1);

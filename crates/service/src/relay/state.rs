@@ -47,6 +47,10 @@ pub(super) struct Txn {
     pub(super) trace: Option<String>,
     /// Backends that failed this transaction.
     pub(super) tried: Vec<SocketAddr>,
+    /// The pool the first accepted recipient fixed (index into the relay's pools).
+    pub(super) pool: Option<usize>,
+    /// That recipient's route's message size limit.
+    pub(super) size_limit: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -54,6 +58,8 @@ pub(super) struct RelayState {
     /// The backend connection of the transaction in progress, or one the session keeps
     /// between transactions (pinned: authenticated, or PROXY identity).
     pub(super) lease: Option<Lease>,
+    /// The pool `lease` came from (index into the relay's pools).
+    pub(super) lease_pool: usize,
     pub(super) phase: Phase,
     /// Boxed: most of a session's life is between transactions.
     pub(super) txn: Option<Box<Txn>>,
@@ -70,6 +76,7 @@ impl RelayState {
     pub(super) fn new() -> Self {
         Self {
             lease: None,
+            lease_pool: 0,
             phase: Phase::Idle,
             txn: None,
             authenticated: false,

@@ -1,0 +1,202 @@
+//! The process's backend pools: `default` (`[backend]`) and each of `[[pools]]`, built once and
+//! kept across reloads. A reload starts a new pool, stops a removed one (its transactions in
+//! flight finish) and replaces one whose settings changed; a pool whose only change is its
+//! static servers keeps running with the new list.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use attitude_balance::{Backend, BackendCaps, CapsHook, Pool};
+use attitude_service::auth::AuthOffer;
+use hickory_resolver::TokioResolver;
+
+use crate::config::{self, Config};
+
+/// One running pool.
+pub(crate) struct Named {
+    /// Its name (`default` for `[backend]`).
+    pub name: String,
+    /// Readiness needs a backend of it up.
+    pub required: bool,
+    /// Its settings other than the static servers, to tell a changed pool on reload.
+    settings: String,
+    /// The pool.
+    pub pool: Pool,
+}
+
+/// Every pool of the process.
+pub(crate) struct Pools {
+    current: ArcSwap<Vec<Named>>,
+    /// What the default pool's backends offer for AUTH (AUTH is relayed to the default pool).
+    auth: Arc<AuthOffer>,
+}
+
+impl Pools {
+    /// The pools of `config`, not started yet ([`Pools::start`]).
+    pub(crate) fn new(config: &Config, auth: Arc<AuthOffer>) -> Result<Self, String> {
+        let pools = Self {
+            current: ArcSwap::from_pointee(Vec::new()),
+            auth,
+        };
+        let built = config
+            .pool_sections()
+            .map(|(name, required, b)| pools.build(config, name, required, b))
+            .collect::<Result<Vec<_>, _>>()?;
+        pools.current.store(Arc::new(built));
+        Ok(pools)
+    }
+
+    fn build(
+        &self,
+        config: &Config,
+        name: &str,
+        required: bool,
+        backend: &config::Backend,
+    ) -> Result<Named, String> {
+        let on_caps: Option<CapsHook> = (name == config::DEFAULT_POOL).then(|| {
+            let auth = self.auth.clone();
+            Arc::new(move |caps: &BackendCaps| auth.set_backend(caps.auth_mechanisms())) as CapsHook
+        });
+        let pool = Pool::new(
+            config
+                .pool_config(name, backend)
+                .map_err(|e| format!("pool {name}: {e}"))?,
+            on_caps,
+        );
+        pool.set_source("static", backend.static_backends());
+        Ok(Named {
+            name: name.to_owned(),
+            required,
+            settings: settings(config, backend),
+            pool,
+        })
+    }
+
+    /// Starts every pool not started yet: DNS discovery (with `resolver`), the controller,
+    /// health checks.
+    pub(crate) fn start(&self, config: &Config, resolver: Option<&TokioResolver>) {
+        for named in self.current.load().iter() {
+            start(config, named, resolver);
+        }
+    }
+
+    /// Applies a reloaded configuration (see the module docs); new pools start here, with
+    /// `resolver` for their DNS discovery.
+    pub(crate) fn apply(
+        &self,
+        config: &Config,
+        resolver: Option<&TokioResolver>,
+    ) -> Result<(), String> {
+        let old = self.current.load_full();
+        let mut next = Vec::new();
+        let mut started = Vec::new();
+        for (name, required, backend) in config.pool_sections() {
+            match old
+                .iter()
+                .find(|n| n.name == name && n.settings == settings(config, backend))
+            {
+                Some(kept) => {
+                    kept.pool.set_source("static", backend.static_backends());
+                    next.push(Named {
+                        name: kept.name.clone(),
+                        required,
+                        settings: kept.settings.clone(),
+                        pool: kept.pool.clone(),
+                    });
+                }
+                None => {
+                    let built = match self.build(config, name, required, backend) {
+                        Ok(built) => built,
+                        Err(error) => {
+                            started.iter().for_each(|p: &Pool| p.stop());
+                            return Err(error);
+                        }
+                    };
+                    start(config, &built, resolver);
+                    started.push(built.pool.clone());
+                    next.push(built);
+                }
+            }
+        }
+        for gone in old.iter() {
+            if !next.iter().any(|n| n.pool.same(&gone.pool)) {
+                tracing::info!(pool = %gone.name, "backend pool replaced or removed; its transactions in flight finish");
+                gone.pool.stop();
+            }
+        }
+        for new in &next {
+            if !old.iter().any(|o| o.pool.same(&new.pool)) {
+                tracing::info!(pool = %new.name, "backend pool started");
+            }
+        }
+        self.current.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// The pool named `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<Pool> {
+        self.current
+            .load()
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.pool.clone())
+    }
+
+    /// Some pool has a backend up (else new clients get 421 at the greeting).
+    pub(crate) fn available(&self) -> bool {
+        self.current.load().iter().any(|n| n.pool.available())
+    }
+
+    /// The pools readiness needs (default, and those marked `required`) that have no backend
+    /// up; empty when ready.
+    pub(crate) fn unready(&self) -> Vec<String> {
+        self.current
+            .load()
+            .iter()
+            .filter(|n| n.required && !n.pool.available())
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// Every backend of every pool.
+    pub(crate) fn backends(&self) -> Vec<Arc<Backend>> {
+        self.current
+            .load()
+            .iter()
+            .flat_map(|n| n.pool.backends())
+            .collect()
+    }
+
+    /// Waits, at most `limit`, until every pool's first health checks are in.
+    pub(crate) async fn settle(&self, limit: Duration) {
+        let pools: Vec<Pool> = self.current.load().iter().map(|n| n.pool.clone()).collect();
+        futures::future::join_all(pools.iter().map(|p| p.settle(limit))).await;
+    }
+}
+
+fn start(config: &Config, named: &Named, resolver: Option<&TokioResolver>) {
+    let backend = config
+        .pool_sections()
+        .find(|(name, _, _)| *name == named.name)
+        .map(|(_, _, b)| b);
+    if let (Some(resolver), Some(backend)) = (resolver, backend) {
+        for source in backend.dns_backends() {
+            named.pool.discover_dns(resolver.clone(), source);
+        }
+    }
+    named.pool.start();
+}
+
+/// What makes a pool the same on reload: its section without the static servers, and the
+/// top-level values its settings take (`[timeouts]`, hostname).
+fn settings(config: &Config, backend: &config::Backend) -> String {
+    let mut section = backend.clone();
+    section.servers.clear();
+    format!(
+        "{}{}{}",
+        toml::to_string(&section).unwrap_or_default(),
+        toml::to_string(&config.timeouts).unwrap_or_default(),
+        config.hostname
+    )
+}
