@@ -178,7 +178,7 @@ fn postfix_gets_the_real_client_by_xclient_and_by_proxy() {
         }
         let hits = xclient
             .metric(&format!(
-                "attitude_backend_pool_total{{backend=\"{backend}\",result=\"hit\"}}"
+                "attitude_backend_pool_total{{pool=\"default\",backend=\"{backend}\",result=\"hit\"}}"
             ))
             .unwrap_or(0.0);
         assert_eq!(hits >= 1.0, reused, "pool hits on {backend}: {hits}");
@@ -285,7 +285,7 @@ fn dns_discovery_adding_and_removing_an_address_moves_traffic() {
     );
     let known = |n: f64| {
         wait_for(Duration::from_secs(10), || {
-            attitude.metric("attitude_backends_usable") == Some(n)
+            attitude.metric("attitude_backends_usable{pool=\"default\"}") == Some(n)
         })
     };
     let burst = |tag: &str, n: usize| {
@@ -310,7 +310,7 @@ fn dns_discovery_adding_and_removing_an_address_moves_traffic() {
     drop(dns);
     let _dns = records(&[two.addr.port()]);
     assert!(wait_for(Duration::from_secs(10), || {
-        attitude.metric("attitude_backends") == Some(1.0)
+        attitude.metric("attitude_backends{pool=\"default\"}") == Some(1.0)
     }));
     let before = (one.count(), two.count());
     burst("second", 10);
@@ -586,7 +586,7 @@ fn connections_per_backend_are_capped_and_a_full_pool_answers_451_in_time() {
     // Once the first transaction holds the slot, the second waits 300 ms and is turned away.
     assert!(wait_for(Duration::from_secs(5), || {
         attitude.metric(&format!(
-            "attitude_backend_in_flight{{backend=\"{}\"}}",
+            "attitude_backend_in_flight{{pool=\"default\",backend=\"{}\"}}",
             slow.addr
         )) == Some(1.0)
     }));
@@ -604,14 +604,14 @@ fn connections_per_backend_are_capped_and_a_full_pool_answers_451_in_time() {
     assert!(matches!(outcomes[..], [Outcome::Accepted]), "{outcomes:?}");
     assert_eq!(
         attitude.metric(&format!(
-            "attitude_backend_connections_open{{backend=\"{}\"}}",
+            "attitude_backend_connections_open{{pool=\"default\",backend=\"{}\"}}",
             slow.addr
         )),
         Some(1.0),
         "one connection, kept in the pool"
     );
     assert_eq!(
-        attitude.metric("attitude_backend_unavailable_total{reason=\"busy\"}"),
+        attitude.metric("attitude_backend_unavailable_total{pool=\"default\",reason=\"busy\"}"),
         Some(1.0)
     );
     // The slot is free again: served.
@@ -683,7 +683,7 @@ fn a_backend_that_keeps_failing_is_ejected_for_longer_each_time() {
     assert!(
         attitude
             .metric(&format!(
-                "attitude_backend_ejections_total{{backend=\"{}\"}}",
+                "attitude_backend_ejections_total{{pool=\"default\",backend=\"{}\"}}",
                 bad.addr
             ))
             .unwrap_or(0.0)
@@ -706,7 +706,7 @@ fn never_more_than_the_allowed_share_of_backends_is_ejected() {
             .iter()
             .map(|b| {
                 attitude
-                    .metric(&format!("attitude_backend_ejected{{backend=\"{b}\"}}"))
+                    .metric(&format!("attitude_backend_ejected{{pool=\"default\",backend=\"{b}\"}}"))
                     .unwrap_or(0.0)
             })
             .sum();

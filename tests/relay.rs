@@ -232,7 +232,7 @@ fn dead_backend_is_skipped_and_none_left_means_451_at_mail() {
     assert!(
         nobody
             .metric(&format!(
-                "attitude_backend_failures_total{{backend=\"{dead}\",kind=\"connect\"}}"
+                "attitude_backend_failures_total{{pool=\"default\",backend=\"{dead}\",kind=\"connect\"}}"
             ))
             .unwrap_or(0.0)
             >= 1.0

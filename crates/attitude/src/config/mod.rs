@@ -303,6 +303,30 @@ impl Config {
         rates::validate(&self.rates)
     }
 
+    /// What the files the configuration names for lists hold (route domains, access values),
+    /// the top level's and each listener's: a reload applies a change in them even when the
+    /// configuration itself did not change.
+    pub(crate) fn list_files(&self) -> String {
+        let mut configs = vec![self.clone()];
+        if let Ok(listeners) = self.effective_listeners() {
+            configs.extend(listeners.into_iter().map(|l| l.config));
+        }
+        let mut paths: Vec<&Path> = Vec::new();
+        for c in &configs {
+            paths.extend(c.routes.iter().filter_map(|r| r.file.as_deref()));
+            paths.extend(c.access.rules.iter().filter_map(|r| r.file.as_deref()));
+        }
+        paths.sort();
+        paths.dedup();
+        paths
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
+                format!("{}\n{text}\n", p.display())
+            })
+            .collect()
+    }
+
     /// The configuration as TOML.
     pub(crate) fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))

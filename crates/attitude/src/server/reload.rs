@@ -62,6 +62,8 @@ pub(super) struct Running {
     last_reload_ok: Gauge,
     /// The last reload's configuration was refused (the running one stayed).
     pub(super) reload_refused: bool,
+    /// What the configuration's list files held when it was applied.
+    list_files: String,
 }
 
 impl Running {
@@ -73,6 +75,7 @@ impl Running {
         shutdown: Shutdown,
         live: Arc<ArcSwap<Generation>>,
     ) -> Self {
+        let list_files = config.list_files();
         let running = Self {
             bound: listeners
                 .iter()
@@ -89,6 +92,7 @@ impl Running {
             last_reload: metrics::gauge!("attitude_config_last_reload_success_timestamp_seconds"),
             last_reload_ok: metrics::gauge!("attitude_config_last_reload_successful"),
             reload_refused: false,
+            list_files,
         };
         running.last_reload_ok.set(1.0);
         running.reloads.iter().for_each(|c| c.increment(0));
@@ -164,11 +168,14 @@ impl Running {
     /// neither applied nor counted).
     pub(super) fn reload(&mut self, load: &(dyn Fn() -> Result<Config, String> + Send + Sync)) {
         let result = load().and_then(|new| {
-            if new.to_toml() == self.config.to_toml() {
+            let files = new.list_files();
+            if new.to_toml() == self.config.to_toml() && files == self.list_files {
                 tracing::debug!("configuration unchanged");
                 return Ok(false);
             }
-            self.apply(new).map(|()| true)
+            self.apply(new)?;
+            self.list_files = files;
+            Ok(true)
         });
         self.reload_refused = result.is_err();
         match result {

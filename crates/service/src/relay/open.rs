@@ -326,7 +326,16 @@ impl RelayState {
             }
             Err(reply) => {
                 shared.metrics.failures.increment(1);
-                self.phase = Phase::Broken;
+                if shared.router.is_some() && self.lease.is_none() {
+                    // Routed, and nothing open on any backend: the next recipient (another
+                    // pool's, perhaps) opens the transaction afresh.
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.tried.clear();
+                    }
+                    self.phase = Phase::MailLocal;
+                } else {
+                    self.phase = Phase::Broken;
+                }
                 reply
             }
         }

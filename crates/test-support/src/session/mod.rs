@@ -15,11 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attitude_balance::{BackendSpec, IdentityMode, Pool, PoolConfig};
+use attitude_balance::{BackendSpec, IdentityMode, Offer, Pool, PoolConfig};
 use attitude_edge::Stream;
 use attitude_service::driver::{self, DriverConfig, DriverMetrics, SessionSummary, Shutdown};
 use attitude_service::protocol::{BackendOffer, ProtocolConfig, ProtocolLayer};
-use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared};
+use attitude_service::relay::{Relay, RelayConfig, RelayMetrics, RelayShared, Router};
 use attitude_service::{BoxCommand, Session};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::task::JoinHandle;
@@ -47,6 +47,9 @@ pub struct Harness {
     pub policies: Option<Arc<dyn Fn(BoxCommand) -> BoxCommand + Send + Sync>>,
     /// The shutdown stages every session of this harness watches.
     pub shutdown: Shutdown,
+    /// More pools after `pool` (the default), and the router that chooses among them
+    /// ([`Harness::route`]).
+    pub routed: Option<(Vec<Pool>, Arc<dyn Router>)>,
     ids: std::sync::atomic::AtomicU64,
 }
 
@@ -104,8 +107,43 @@ impl Harness {
             relay: RelayConfig::default(),
             policies: None,
             shutdown: Shutdown::default(),
+            routed: None,
             ids: 1.into(),
         }
+    }
+
+    /// Routes recipients with `router` over the default pool and, after it, one started pool
+    /// per entry of `pools` (a name and its backends' addresses). EHLO then offers what the
+    /// backends of every pool offer.
+    pub fn route(
+        &mut self,
+        backends: &Backends,
+        pools: &[(&str, &[SocketAddr])],
+        router: Arc<dyn Router>,
+    ) {
+        let pools: Vec<Pool> = pools
+            .iter()
+            .map(|(name, addrs)| {
+                let pool = Pool::with_dial(
+                    PoolConfig {
+                        name: (*name).into(),
+                        ..pool_config()
+                    },
+                    None,
+                    Arc::new(backends.clone()),
+                );
+                pool.set_source("static", specs(addrs));
+                pool.start();
+                pool
+            })
+            .collect();
+        let all: Vec<Pool> = std::iter::once(self.pool.clone())
+            .chain(pools.iter().cloned())
+            .collect();
+        self.protocol.backends = Some(BackendOffer::new(move || {
+            Offer::of(all.iter().flat_map(Pool::usable_caps))
+        }));
+        self.routed = Some((pools, router));
     }
 
     /// Opens a connection to each of `addrs` (each runs its next script up to EHLO) and leaves
@@ -150,11 +188,21 @@ impl Harness {
         let (ours, theirs) = tokio::io::duplex(PIPE);
         let mut session = Session::new(id, client_addr, local);
         session.starttls = self.driver.tls.is_some();
-        let relay = RelayShared::new(
-            self.relay.clone(),
-            self.pool.clone(),
-            RelayMetrics::register(),
-        );
+        let relay = match &self.routed {
+            None => RelayShared::new(
+                self.relay.clone(),
+                self.pool.clone(),
+                RelayMetrics::register(),
+            ),
+            Some((pools, router)) => RelayShared::routed(
+                self.relay.clone(),
+                std::iter::once(self.pool.clone())
+                    .chain(pools.iter().cloned())
+                    .collect(),
+                Some(router.clone()),
+                RelayMetrics::register(),
+            ),
+        };
         let mut inner = BoxCommand::new(Relay::new(relay));
         if let Some(policies) = &self.policies {
             inner = policies(inner);
