@@ -325,13 +325,14 @@ fn dashboard_queries() -> Vec<(String, String)> {
 
 /// Writes a configuration for the dashboard's traffic: three listeners (MX with greylisting,
 /// submission without, one behind PROXY protocol), TLS, DNSBL on a local DNS server, dry-run
-/// rules, a rate rule, a throttle, a tarpit, a live backend and a dead one, and the fleet's
-/// state in a real Redis.
+/// rules, a rate rule, a throttle, a tarpit, a live backend and a dead one, a second pool (its
+/// one backend dead) with a route to it, and the fleet's state in a real Redis.
 fn traffic_config(
     c: &Path,
     dns: SocketAddr,
     sink: SocketAddr,
     dead: SocketAddr,
+    partner: SocketAddr,
     redis: &str,
     clamd: SocketAddr,
 ) -> String {
@@ -340,7 +341,7 @@ fn traffic_config(
          [[listeners]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\npolicy.greylist.enabled = false\n\
          [[listeners]]\nname = \"proxied\"\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\n\
          [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
-         [relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n\
+         [relay]\nlocal_domains = [\"example.com\", \"partner.example\"]\ntrusted_networks = []\n\
          [proxy_protocol]\nsources = [\"127.0.0.1/32\"]\n\
          [greylist]\nenabled = true\ndelay = \"1s\"\nretry_window = \"1h\"\n\
          [dns]\nnameservers = [\"{dns}\"]\ntimeout = \"1s\"\n\
@@ -353,6 +354,8 @@ fn traffic_config(
          [[rates]]\nname = \"client-recipients\"\nkey = \"client\"\ncount = \"recipients\"\nlimit = 1\nper = \"1h\"\nmode = \"dry-run\"\n\
          [backend]\nservers = [\"{sink}\", \"{dead}\"]\n\
          [backend.health]\ninterval = \"1s\"\nrise = 1\nfall = 1\n\
+         [[pools]]\nname = \"partner\"\nservers = [\"{partner}\"]\nhealth = {{ interval = \"1s\", rise = 1, fall = 1 }}\n\
+         [[routes]]\ndomains = [\"partner.example\"]\npool = \"partner\"\n\
          [state]\nredis = \"{redis}\"\n\
          [clamav]\nenabled = true\naddress = [\"{clamd}\"]\n",
         cert = c.join("tls/tls.crt").display(),
@@ -396,10 +399,19 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
     );
     let sink = Sink::start();
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let partner: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let redis = RedisServer::start();
     let clamd = Clamd::start(10 * 1024 * 1024);
     let attitude = Attitude::start(
-        &traffic_config(&dir, dns.addr, sink.addr, dead, &redis.url(), clamd.addr),
+        &traffic_config(
+            &dir,
+            dns.addr,
+            sink.addr,
+            dead,
+            partner,
+            &redis.url(),
+            clamd.addr,
+        ),
         &[],
     );
     let prometheus = Prometheus::start(&[attitude.admin]);
@@ -443,6 +455,16 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
     for _ in 0..3 {
         assert!(c.cmd("BOGUS").starts_with("500"));
     }
+    c.cmd("QUIT");
+    // Routes: the partner pool is down (451 at RCPT), and a recipient routed to another pool
+    // than the transaction's first waits for the next transaction (452).
+    let r = send(submission, "grace@example.org", "x@partner.example");
+    assert!(r.starts_with("451 4.4.1"), "pool down: {r}");
+    let mut c = Client::connect(submission);
+    c.cmd("EHLO traffic.test");
+    assert!(c.cmd("MAIL FROM:<grace@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<bob@example.com>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<x@partner.example>").starts_with("452 4.5.3"));
     c.cmd("QUIT");
     // PROXY protocol in.
     let mut c = Client::connect_raw(proxied);
@@ -512,11 +534,39 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
             .iter()
             .all(|r| r["health"] == "ok")
     }));
-    // The dead backend is seen as down by the alert's own expression.
+    // The dead backends are seen as down by the alert's own expression, each in its pool.
     let down = prometheus.query("attitude_backend_up == 0").unwrap();
-    let down = down["result"].as_array().unwrap();
-    assert_eq!(down.len(), 1, "{down:?}");
-    assert_eq!(down[0]["metric"]["backend"], dead.to_string());
+    let mut down: Vec<(String, String)> = down["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let label = |l: &str| s["metric"][l].as_str().unwrap_or("?").to_owned();
+            (label("pool"), label("backend"))
+        })
+        .collect();
+    down.sort();
+    assert_eq!(
+        down,
+        [
+            ("default".to_owned(), dead.to_string()),
+            ("partner".to_owned(), partner.to_string())
+        ]
+    );
+    // The dashboard's pool panel shows the partner pool with no usable backend.
+    let (_, expr) = queries
+        .iter()
+        .find(|(title, _)| title == "Usable backends per pool")
+        .expect("the pool panel");
+    let usable = prometheus.query(expr).unwrap();
+    assert!(
+        usable["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["metric"]["pool"] == "partner" && s["value"][1] == "0"),
+        "{usable}"
+    );
 }
 
 /// The shipped configurations (deploy/ and the benchmark files), each as `check-config`
