@@ -706,7 +706,9 @@ fn never_more_than_the_allowed_share_of_backends_is_ejected() {
             .iter()
             .map(|b| {
                 attitude
-                    .metric(&format!("attitude_backend_ejected{{pool=\"default\",backend=\"{b}\"}}"))
+                    .metric(&format!(
+                        "attitude_backend_ejected{{pool=\"default\",backend=\"{b}\"}}"
+                    ))
                     .unwrap_or(0.0)
             })
             .sum();

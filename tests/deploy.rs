@@ -464,7 +464,10 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
     c.cmd("EHLO traffic.test");
     assert!(c.cmd("MAIL FROM:<grace@example.org>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<bob@example.com>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<x@partner.example>").starts_with("452 4.5.3"));
+    assert!(
+        c.cmd("RCPT TO:<x@partner.example>")
+            .starts_with("452 4.5.3")
+    );
     c.cmd("QUIT");
     // PROXY protocol in.
     let mut c = Client::connect_raw(proxied);

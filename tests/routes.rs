@@ -51,15 +51,11 @@ fn recipients(postcat: &str) -> Vec<String> {
 }
 
 #[test]
-fn each_domain_reaches_only_its_pool_and_a_postfix_client_delivers_the_deferred_recipients_later()
-{
+fn each_domain_reaches_only_its_pool_and_a_postfix_client_delivers_the_deferred_recipients_later() {
     let postfix = Postfix::start();
     let recorder = Recorder::start();
     let sink = Sink::start();
-    let attitude = Attitude::start(
-        &two_pools(sink.addr, postfix.held, recorder.addr, ""),
-        &[],
-    );
+    let attitude = Attitude::start(&two_pools(sink.addr, postfix.held, recorder.addr, ""), &[]);
     settled(&attitude, &[("default", 1.0), ("a", 1.0), ("b", 1.0)]);
 
     // By hand: the first recipient fixes the pool, the other pool's recipient waits.
@@ -118,7 +114,11 @@ fn each_domain_reaches_only_its_pool_and_a_postfix_client_delivers_the_deferred_
             && postfix.held_messages().len() >= 2),
         "not every recipient arrived: b {:?}, a {:?}\n--- client:\n{}",
         delivered_b(),
-        postfix.held_messages().iter().map(|m| recipients(m)).collect::<Vec<_>>(),
+        postfix
+            .held_messages()
+            .iter()
+            .map(|m| recipients(m))
+            .collect::<Vec<_>>(),
         client.log()
     );
     // Give a duplicate time to show, then count: every recipient exactly once, on its pool.
@@ -134,7 +134,12 @@ fn each_domain_reaches_only_its_pool_and_a_postfix_client_delivers_the_deferred_
     a.sort();
     assert_eq!(
         a,
-        ["one@a.example", "p@a.example", "r@a.example", "two@mx.a.example"]
+        [
+            "one@a.example",
+            "p@a.example",
+            "r@a.example",
+            "two@mx.a.example"
+        ]
     );
     assert_eq!(sink.count(), 0, "nothing for the default pool");
     for rcpt in ["p@a.example", "q@b.example", "r@a.example", "s@b.example"] {
@@ -187,7 +192,10 @@ fn a_pool_that_is_down_defers_its_domains_while_the_other_is_served() {
         "[[pools]]\nname = \"b\"\nrequired = true\n",
     );
     let (code, body) = attitude.http_get("/readyz");
-    assert_eq!((code, body.trim()), (503, "no backend mail server up in pool b"));
+    assert_eq!(
+        (code, body.trim()),
+        (503, "no backend mail server up in pool b")
+    );
 }
 
 #[test]
@@ -244,8 +252,5 @@ fn route_files_reload_unrouted_domains_are_refused_and_routes_open_no_relay() {
     attitude.peer.signal("HUP");
     assert!(wait_for(Duration::from_secs(10), || reloads() > before));
     assert!(rcpt(submission, "x@other.example").starts_with("250"));
-    assert_eq!(
-        attitude.metric("attitude_relay_unrouted_total"),
-        Some(1.0)
-    );
+    assert_eq!(attitude.metric("attitude_relay_unrouted_total"), Some(1.0));
 }

@@ -196,7 +196,7 @@ fn metrics_health_and_session_log() {
         "attitude_commands_total{verb=\"DATA\",class=\"3xx\"} 1",
         "attitude_messages_total{outcome=\"accepted\"} 1",
         "result=\"miss\"} 1",
-        "attitude_backend_up{backend=",
+        "attitude_backend_up{pool=\"default\",backend=",
         "attitude_transaction_duration_seconds_bucket{le=\"+Inf\"} 1",
     ] {
         assert!(body.contains(sample), "missing {sample} in\n{body}");

@@ -41,11 +41,7 @@ impl Router for ByDomain {
 /// A harness whose default pool is `DEFAULT`, pool 1 `a`, pool 2 `b`.
 fn harness(backends: &Backends, b: &[SocketAddr]) -> Harness {
     let mut harness = Harness::new(backends, &[addr(DEFAULT)]);
-    harness.route(
-        backends,
-        &[("a", &[addr(A)]), ("b", b)],
-        Arc::new(ByDomain),
-    );
+    harness.route(backends, &[("a", &[addr(A)]), ("b", b)], Arc::new(ByDomain));
     harness
 }
 
@@ -75,7 +71,11 @@ async fn the_first_recipient_fixes_the_pool_and_the_others_wait_for_the_next_tra
     let (mut c, _session) = harness.session();
     assert!(c.reply().await.starts_with("220"));
     assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<alice@example.org>").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@example.org>")
+            .await
+            .starts_with("250")
+    );
     assert!(c.cmd("RCPT TO:<x@a.example>").await.starts_with("250"));
     assert_eq!(
         c.cmd("RCPT TO:<z@b.example>").await,
@@ -88,7 +88,11 @@ async fn the_first_recipient_fixes_the_pool_and_the_others_wait_for_the_next_tra
         "250 2.0.0 queued on a"
     );
     // The deferred recipient, in the next transaction: on its own pool.
-    assert!(c.cmd("MAIL FROM:<alice@example.org>").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@example.org>")
+            .await
+            .starts_with("250")
+    );
     assert!(c.cmd("RCPT TO:<z@b.example>").await.starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
     assert_eq!(
@@ -97,7 +101,11 @@ async fn the_first_recipient_fixes_the_pool_and_the_others_wait_for_the_next_tra
     );
     assert_eq!(backends.messages(addr(A)).len(), 1);
     assert_eq!(backends.messages(addr(B)).len(), 1);
-    assert_eq!(backends.dials(addr(DEFAULT)), 0, "no mail for the default pool");
+    assert_eq!(
+        backends.dials(addr(DEFAULT)),
+        0,
+        "no mail for the default pool"
+    );
     backends.assert_scripted();
 }
 
@@ -108,7 +116,10 @@ async fn a_refused_first_recipient_fixes_nothing() {
         addr(A),
         backend()
             .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<gone@a.example>", "250 2.1.0 ok\r\n550 5.1.1 no such user")
+            .expect(
+                "RCPT TO:<gone@a.example>",
+                "250 2.1.0 ok\r\n550 5.1.1 no such user",
+            )
             .expect("RSET", "250 2.0.0 ok"),
     );
     backends.script(
@@ -122,7 +133,11 @@ async fn a_refused_first_recipient_fixes_nothing() {
     let (mut c, _session) = harness.session();
     assert!(c.reply().await.starts_with("220"));
     assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<alice@example.org>").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@example.org>")
+            .await
+            .starts_with("250")
+    );
     assert_eq!(
         c.cmd("RCPT TO:<gone@a.example>").await,
         "550 5.1.1 no such user"
@@ -151,7 +166,11 @@ async fn an_unknown_domain_is_refused_and_the_transaction_goes_on() {
     let (mut c, _session) = harness.session();
     assert!(c.reply().await.starts_with("220"));
     assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<alice@example.org>").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@example.org>")
+            .await
+            .starts_with("250")
+    );
     assert_eq!(
         c.cmd("RCPT TO:<x@nowhere.example>").await,
         "550 5.1.2 Recipient domain not served here"
@@ -189,7 +208,11 @@ async fn a_route_size_limit_refuses_at_rcpt_or_before_the_final_dot() {
         "552 5.3.4 Message size exceeds fixed limit of 100 octets"
     );
     assert!(c.cmd("RSET").await.starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<alice@example.org>").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@example.org>")
+            .await
+            .starts_with("250")
+    );
     assert!(c.cmd("RCPT TO:<z@b.example>").await.starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
     let body = "x".repeat(200);
@@ -197,7 +220,10 @@ async fn a_route_size_limit_refuses_at_rcpt_or_before_the_final_dot() {
         c.cmd(&format!("Subject: big\r\n\r\n{body}\r\n.")).await,
         "552 5.3.4 Message size exceeds fixed limit of 100 octets"
     );
-    assert!(backends.messages(addr(B)).is_empty(), "no final dot reached pool b");
+    assert!(
+        backends.messages(addr(B)).is_empty(),
+        "no final dot reached pool b"
+    );
     // The session goes on.
     assert!(c.cmd("NOOP").await.starts_with("250"));
 }
@@ -217,7 +243,11 @@ async fn a_pool_that_is_down_defers_its_domains_and_the_others_are_served() {
     let (mut c, _session) = harness.session();
     assert!(c.reply().await.starts_with("220"));
     assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<alice@example.org>").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@example.org>")
+            .await
+            .starts_with("250")
+    );
     let down = c.cmd("RCPT TO:<z@b.example>").await;
     assert!(down.starts_with("451 4.4.1"), "{down}");
     assert!(c.cmd("RCPT TO:<x@a.example>").await.starts_with("250"));

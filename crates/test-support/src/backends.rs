@@ -214,11 +214,14 @@ postlog unix-dgram n - n - 1 postlogd
             .output()
             .expect("run postfix");
         let pid_file = queue.join("pid/master.pid");
+        // Listening is not serving (a master that bound its sockets can still be stuck on a busy
+        // machine): the plain port must greet.
         let up = out.status.success()
             && wait_for(Duration::from_secs(20), || {
-                [plain, proxied, reidentify, held]
+                [proxied, reidentify, held]
                     .iter()
                     .all(|a| std::net::TcpStream::connect(a).is_ok())
+                    && greets(plain)
             });
         let master = std::fs::read_to_string(&pid_file)
             .ok()
@@ -322,4 +325,17 @@ impl Drop for Postfix {
         let proc = PathBuf::from(format!("/proc/{}", self.master));
         wait_for(Duration::from_secs(10), || !proc.exists());
     }
+}
+
+/// Whether the SMTP server at `addr` sends its 220 greeting within two seconds.
+fn greets(addr: SocketAddr) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    let greeted = BufReader::new(&stream).read_line(&mut line).is_ok() && line.starts_with("220");
+    let _ = (&stream).write_all(b"QUIT\r\n");
+    greeted
 }

@@ -275,7 +275,9 @@ mod tests {
             "{base}[[pools]]\nname = \"default\"\nservers = [\"127.0.0.1:1\"]\n"
         ));
         assert!(e.contains("taken"), "{e}");
-        let e = error(&format!("{base}[[routes]]\ndomains = [\"a.example\"]\npool = \"nope\"\n"));
+        let e = error(&format!(
+            "{base}[[routes]]\ndomains = [\"a.example\"]\npool = \"nope\"\n"
+        ));
         assert!(e.contains("\"nope\" is not a pool"), "{e}");
         let e = error(&format!("{base}[[routes]]\npool = \"default\"\n"));
         assert!(e.contains("no domains"), "{e}");
@@ -291,7 +293,9 @@ mod tests {
             "{base}[[routes]]\nfile = \"/nonexistent/routes\"\npool = \"default\"\n"
         ));
         assert!(e.contains("cannot read file /nonexistent/routes"), "{e}");
-        let e = error(&format!("{base}[[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\npolicy.pools = []\n"));
+        let e = error(&format!(
+            "{base}[[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\npolicy.pools = []\n"
+        ));
         assert!(e.contains("pools"), "{e}");
     }
 }
