@@ -254,3 +254,58 @@ fn route_files_reload_unrouted_domains_are_refused_and_routes_open_no_relay() {
     assert!(rcpt(submission, "x@other.example").starts_with("250"));
     assert_eq!(attitude.metric("attitude_relay_unrouted_total"), Some(1.0));
 }
+
+#[test]
+fn a_reload_starts_a_new_pool_and_a_removed_one_stops() {
+    let first = Recorder::start();
+    let second = Recorder::start();
+    let attitude = Attitude::start(
+        &format!("[backend]\nservers = [\"{}\"]\n# pools\n", first.addr),
+        &[],
+    );
+    settled(&attitude, &[("default", 1.0)]);
+    let deliver = |to: &str| {
+        let mut c = Client::connect(attitude.smtp);
+        c.cmd("EHLO client.test");
+        assert!(c.cmd("MAIL FROM:<alice@example.org>").starts_with("250"));
+        assert!(c.cmd(&format!("RCPT TO:<{to}>")).starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+        let reply = c.reply();
+        c.cmd("QUIT");
+        assert!(reply.starts_with("250"), "{reply}");
+    };
+    let to = |r: &Recorder| {
+        r.messages()
+            .iter()
+            .flat_map(|m| m.rcpt_tos.clone())
+            .collect::<Vec<_>>()
+    };
+    deliver("one@b.example");
+    // The pool and its route arrive with a reload: no restart.
+    attitude.reload(
+        "# pools\n",
+        &format!(
+            "[[pools]]\nname = \"b\"\nservers = [\"{}\"]\n\
+             [[routes]]\ndomains = [\"b.example\"]\npool = \"b\"\n# pools\n",
+            second.addr
+        ),
+    );
+    settled(&attitude, &[("default", 1.0), ("b", 1.0)]);
+    deliver("two@b.example");
+    deliver("three@other.example");
+    // And leave with one: b.example goes to the default pool again.
+    let text = std::fs::read_to_string(&attitude.config_path).unwrap();
+    let start = text.find("[[pools]]").unwrap();
+    let end = text.find("# pools").unwrap();
+    attitude.reload(&text[start..end], "");
+    deliver("four@b.example");
+    // The stopped pool counts no backends any more (no alert for a pool that is gone).
+    settled(&attitude, &[("default", 1.0), ("b", 0.0)]);
+    assert_eq!(attitude.metric("attitude_backends{pool=\"b\"}"), Some(0.0));
+    assert_eq!(
+        to(&first),
+        ["one@b.example", "three@other.example", "four@b.example"]
+    );
+    assert_eq!(to(&second), ["two@b.example"]);
+}

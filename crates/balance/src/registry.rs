@@ -184,7 +184,13 @@ impl Registry {
                 wake = wake.min(end);
             }
             tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.stop.cancelled() => {
+                    // A stopped pool (removed by a reload) counts no backends; a pool that
+                    // replaced it under the same name publishes its own within a second.
+                    self.members_gauge.set(0.0);
+                    self.usable_gauge.set(0.0);
+                    return;
+                }
                 _ = self.changed.notified() => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }

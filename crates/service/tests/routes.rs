@@ -255,3 +255,27 @@ async fn a_pool_that_is_down_defers_its_domains_and_the_others_are_served() {
     assert_eq!(c.cmd("Subject: x\r\n\r\nhi\r\n.").await, "250 2.0.0 queued");
     backends.assert_scripted();
 }
+
+#[tokio::test(start_paused = true)]
+async fn ehlo_offers_what_every_pool_offers() {
+    let backends = Backends::new();
+    let utf8 = || Script::smtp(&["PIPELINING", "8BITMIME", "SMTPUTF8", "DSN"]);
+    backends.script(addr(DEFAULT), utf8());
+    backends.script(addr(A), utf8());
+    backends.script(addr(B), Script::smtp(&["PIPELINING", "8BITMIME", "DSN"]));
+    let harness = harness(&backends, &[addr(B)]);
+    harness.learn(&[addr(DEFAULT)]).await;
+    let (pools, _) = harness.routed.as_ref().unwrap();
+    Harness::learn_in(&pools[0], &[addr(A)]).await;
+    Harness::learn_in(&pools[1], &[addr(B)]).await;
+    let (mut c, _session) = harness.session();
+    assert!(c.reply().await.starts_with("220"));
+    let ehlo = c.cmd("EHLO client.test").await;
+    // Pool b lacks SMTPUTF8: no client of this listener is offered it.
+    assert!(ehlo.contains("DSN") && !ehlo.contains("SMTPUTF8"), "{ehlo}");
+    assert!(
+        c.cmd("MAIL FROM:<jö@example.org> SMTPUTF8")
+            .await
+            .starts_with("555 5.6.7")
+    );
+}

@@ -150,6 +150,11 @@ impl Harness {
     /// it idle in the pool: the pool then knows what they offer, as after a health check, and
     /// the next transaction reuses the connection (its script goes on).
     pub async fn learn(&self, addrs: &[SocketAddr]) {
+        Self::learn_in(&self.pool, addrs).await;
+    }
+
+    /// [`Harness::learn`] for the backends of another pool (one of [`Harness::route`]'s).
+    pub async fn learn_in(pool: &Pool, addrs: &[SocketAddr]) {
         let identity = attitude_balance::ClientIdentity {
             addr: "192.0.2.253:40000".parse().expect("address"),
             local: "192.0.2.254:25".parse().expect("address"),
@@ -159,15 +164,13 @@ impl Harness {
         };
         let mut leases = Vec::new();
         for addr in addrs {
-            let others: Vec<SocketAddr> = self
-                .pool
+            let others: Vec<SocketAddr> = pool
                 .backends()
                 .iter()
                 .map(|b| b.addr())
                 .filter(|a| a != addr)
                 .collect();
-            let lease = self
-                .pool
+            let lease = pool
                 .checkout(&identity, &others)
                 .await
                 .expect("a connection to learn what the backend offers");
