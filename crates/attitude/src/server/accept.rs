@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-
 use attitude_service::driver::DriverMetrics;
 use attitude_service::replies;
 use tokio::net::{TcpListener, TcpStream};

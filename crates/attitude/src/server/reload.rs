@@ -107,10 +107,11 @@ impl Running {
         let mut restart = restart_needed(&self.config, &new);
         // A policy turned on by this reload may need the resolver or the greylist store.
         self.shared.provide(&new, &listeners)?;
-        // New and changed pools start before the stacks that route to them are built.
+        // New and changed pools start before the stacks that route to them are built; they
+        // replace the running ones once every stack is.
         self.shared
             .pools
-            .apply(&new, self.shared.resolver.as_ref())?;
+            .stage(&new, self.shared.resolver.as_ref())?;
         let current = self.live.load_full();
         let mut next = Vec::with_capacity(self.bound.len());
         for (i, (name, addr)) in self.bound.iter().enumerate() {
@@ -126,6 +127,7 @@ impl Running {
                         Ok(stack) => next.push(stack),
                         Err(error) => {
                             // Nothing is swapped in: end what was built for nothing.
+                            self.shared.pools.abort();
                             for built in &next {
                                 if !current.listeners.iter().any(|c| Arc::ptr_eq(c, built)) {
                                     built.housekeeping.cancel();
@@ -146,6 +148,7 @@ impl Running {
                 restart.push(format!("listener {} added", l.name));
             }
         }
+        self.shared.pools.commit();
         let old = self.live.swap(Arc::new(Generation {
             id: current.id + 1,
             listeners: next,

@@ -1,13 +1,14 @@
 //! The process's backend pools: `default` (`[backend]`) and each of `[[pools]]`, built once and
 //! kept across reloads. A reload starts a new pool, stops a removed one (its transactions in
 //! flight finish) and replaces one whose settings changed; a pool whose only change is its
-//! static servers keeps running with the new list.
+//! static servers keeps running with the new list. It is staged first (new pools started, the
+//! stacks built over them), then committed, or aborted when the new stacks cannot be built.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use attitude_balance::{Backend, BackendCaps, CapsHook, Pool};
+use attitude_balance::{Backend, BackendCaps, BackendSpec, CapsHook, Pool};
 use attitude_service::auth::AuthOffer;
 use hickory_resolver::TokioResolver;
 
@@ -21,6 +22,8 @@ pub(crate) struct Named {
     pub required: bool,
     /// Its settings other than the static servers, to tell a changed pool on reload.
     settings: String,
+    /// Its static servers (set when a reload is committed).
+    servers: Vec<BackendSpec>,
     /// The pool.
     pub pool: Pool,
 }
@@ -28,6 +31,8 @@ pub(crate) struct Named {
 /// Every pool of the process.
 pub(crate) struct Pools {
     current: ArcSwap<Vec<Named>>,
+    /// A reload's pools while its stacks are built.
+    staged: Mutex<Option<Arc<Vec<Named>>>>,
     /// What the default pool's backends offer for AUTH (AUTH is relayed to the default pool).
     auth: Arc<AuthOffer>,
 }
@@ -37,6 +42,7 @@ impl Pools {
     pub(crate) fn new(config: &Config, auth: Arc<AuthOffer>) -> Result<Self, String> {
         let pools = Self {
             current: ArcSwap::from_pointee(Vec::new()),
+            staged: Mutex::default(),
             auth,
         };
         let built = config
@@ -64,11 +70,13 @@ impl Pools {
                 .map_err(|e| format!("pool {name}: {e}"))?,
             on_caps,
         );
-        pool.set_source("static", backend.static_backends());
+        let servers = backend.static_backends();
+        pool.set_source("static", servers.clone());
         Ok(Named {
             name: name.to_owned(),
             required,
             settings: settings(config, backend),
+            servers,
             pool,
         })
     }
@@ -81,42 +89,57 @@ impl Pools {
         }
     }
 
-    /// Applies a reloaded configuration (see the module docs); new pools start here, with
-    /// `resolver` for their DNS discovery.
-    pub(crate) fn apply(
+    /// Stages a reloaded configuration's pools (see the module docs): new and changed pools
+    /// start now, with `resolver` for their DNS discovery, and [`Pools::get`] finds them, so
+    /// the stacks that route to them can be built; nothing else sees them until
+    /// [`Pools::commit`]. [`Pools::abort`] stops what was started.
+    pub(crate) fn stage(
         &self,
         config: &Config,
         resolver: Option<&TokioResolver>,
     ) -> Result<(), String> {
         let old = self.current.load_full();
         let mut next = Vec::new();
-        let mut started = Vec::new();
         for (name, required, backend) in config.pool_sections() {
-            match old
+            let kept = old
                 .iter()
-                .find(|n| n.name == name && n.settings == settings(config, backend))
-            {
-                Some(kept) => {
-                    kept.pool.set_source("static", backend.static_backends());
-                    next.push(Named {
-                        name: kept.name.clone(),
-                        required,
-                        settings: kept.settings.clone(),
-                        pool: kept.pool.clone(),
-                    });
-                }
-                None => {
-                    let built = match self.build(config, name, required, backend) {
-                        Ok(built) => built,
-                        Err(error) => {
-                            started.iter().for_each(|p: &Pool| p.stop());
-                            return Err(error);
-                        }
-                    };
-                    start(config, &built, resolver);
-                    started.push(built.pool.clone());
-                    next.push(built);
-                }
+                .find(|n| n.name == name && n.settings == settings(config, backend));
+            let named = match kept {
+                Some(kept) => Named {
+                    name: kept.name.clone(),
+                    required,
+                    settings: kept.settings.clone(),
+                    servers: backend.static_backends(),
+                    pool: kept.pool.clone(),
+                },
+                None => match self.build(config, name, required, backend) {
+                    Ok(built) => {
+                        start(config, &built, resolver);
+                        built
+                    }
+                    Err(error) => {
+                        stop_new(&old, &next);
+                        return Err(error);
+                    }
+                },
+            };
+            next.push(named);
+        }
+        *self.staged.lock().expect("staged lock") = Some(Arc::new(next));
+        Ok(())
+    }
+
+    /// Makes the staged pools the process's: kept pools get their new static servers, replaced
+    /// and removed ones stop (their transactions in flight finish).
+    pub(crate) fn commit(&self) {
+        let Some(next) = self.staged.lock().expect("staged lock").take() else {
+            return;
+        };
+        let old = self.current.swap(next.clone());
+        for named in next.iter() {
+            named.pool.set_source("static", named.servers.clone());
+            if !old.iter().any(|o| o.pool.same(&named.pool)) {
+                tracing::info!(pool = %named.name, "backend pool started");
             }
         }
         for gone in old.iter() {
@@ -125,22 +148,27 @@ impl Pools {
                 gone.pool.stop();
             }
         }
-        for new in &next {
-            if !old.iter().any(|o| o.pool.same(&new.pool)) {
-                tracing::info!(pool = %new.name, "backend pool started");
-            }
-        }
-        self.current.store(Arc::new(next));
-        Ok(())
     }
 
-    /// The pool named `name`.
+    /// Drops the staged pools (the reload was refused): those it started stop.
+    pub(crate) fn abort(&self) {
+        if let Some(next) = self.staged.lock().expect("staged lock").take() {
+            stop_new(&self.current.load(), &next);
+        }
+    }
+
+    /// The pool named `name` (a staged one while a reload builds its stacks).
     pub(crate) fn get(&self, name: &str) -> Option<Pool> {
-        self.current
-            .load()
-            .iter()
-            .find(|n| n.name == name)
-            .map(|n| n.pool.clone())
+        let find = |pools: &[Named]| {
+            pools
+                .iter()
+                .find(|n| n.name == name)
+                .map(|n| n.pool.clone())
+        };
+        match self.staged.lock().expect("staged lock").as_ref() {
+            Some(staged) => find(staged),
+            None => find(&self.current.load()),
+        }
     }
 
     /// Some pool has a backend up (else new clients get 421 at the greeting).
@@ -173,6 +201,13 @@ impl Pools {
         let pools: Vec<Pool> = self.current.load().iter().map(|n| n.pool.clone()).collect();
         futures::future::join_all(pools.iter().map(|p| p.settle(limit))).await;
     }
+}
+
+/// Stops the pools of `next` that `old` does not hold.
+fn stop_new(old: &[Named], next: &[Named]) {
+    next.iter()
+        .filter(|n| !old.iter().any(|o| o.pool.same(&n.pool)))
+        .for_each(|n| n.pool.stop());
 }
 
 fn start(config: &Config, named: &Named, resolver: Option<&TokioResolver>) {

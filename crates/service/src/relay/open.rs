@@ -115,11 +115,11 @@ impl RelayState {
     }
 
     /// Opens the transaction on a backend of pool `pool`: the one chosen at MAIL (or the
-    /// session's pinned one), else one from the pool. MAIL, the recipients accepted so far (a replay) and `then`
-    /// (the RCPT or DATA at hand) go in one write when the backend offers PIPELINING. A
-    /// backend that fails before DATA (no connection, timeout, 421, 4xx to MAIL, a replayed
-    /// recipient refused) is left for the next, up to `failover_attempts` of them; the client
-    /// notices nothing.
+    /// session's pinned one), else one from the pool. MAIL, the recipients accepted so far (a
+    /// replay) and `then` (the RCPT or DATA at hand) go in one write when the backend offers
+    /// PIPELINING. A backend that fails before DATA (no connection, timeout, 421, 4xx to MAIL,
+    /// a replayed recipient refused) is left for the next, up to `failover_attempts` of them;
+    /// the client notices nothing.
     ///
     /// Returns the reply to `then` for the client, or `Opened::SenderRefused` with the
     /// backend's permanent refusal of MAIL (the client's MAIL was answered at once, so that is
