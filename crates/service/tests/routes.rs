@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use attitude_codec::RcptTo;
 use attitude_service::relay::{Route, Router};
-use attitude_test_support::session::{Backends, Harness, Script};
+use attitude_test_support::session::{Backends, Client, Harness, Script};
 
 const DEFAULT: &str = "198.51.100.1:25";
 const A: &str = "198.51.100.2:25";
@@ -49,26 +49,15 @@ fn backend() -> Script {
     Script::smtp(&["PIPELINING", "8BITMIME", "SIZE 10000000"])
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_first_recipient_fixes_the_pool_and_the_others_wait_for_the_next_transaction() {
-    let backends = Backends::new();
-    backends.script(
-        addr(A),
-        backend()
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<x@a.example>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-            .expect("RCPT TO:<y@a.example>", "250 2.1.5 ok")
-            .message("250 2.0.0 queued on a"),
-    );
-    backends.script(
-        addr(B),
-        backend()
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<z@b.example>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-            .message("250 2.0.0 queued on b"),
-    );
-    let harness = harness(&backends, &[addr(B)]);
-    let (mut c, _session) = harness.session();
+/// A backend connection that takes alice's transaction for `rcpt` (MAIL and RCPT pipelined).
+fn takes(rcpt: &str) -> Script {
+    backend()
+        .read("MAIL FROM:<alice@example.org>")
+        .expect(&format!("RCPT TO:<{rcpt}>"), "250 2.1.0 ok\r\n250 2.1.5 ok")
+}
+
+/// The greeting, EHLO and alice's MAIL.
+async fn open(c: &mut Client) {
     assert!(c.reply().await.starts_with("220"));
     assert!(c.cmd("EHLO client.test").await.starts_with("250"));
     assert!(
@@ -76,17 +65,37 @@ async fn the_first_recipient_fixes_the_pool_and_the_others_wait_for_the_next_tra
             .await
             .starts_with("250")
     );
+}
+
+/// DATA and a message with `body`: the reply to its end.
+async fn send(c: &mut Client, body: &str) -> String {
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.cmd(&format!("Subject: x\r\n\r\n{body}\r\n.")).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_recipient_fixes_the_pool_and_the_others_wait_for_the_next_transaction() {
+    let backends = Backends::new();
+    backends.script(
+        addr(A),
+        takes("x@a.example")
+            .expect("RCPT TO:<y@a.example>", "250 2.1.5 ok")
+            .message("250 2.0.0 queued on a"),
+    );
+    backends.script(
+        addr(B),
+        takes("z@b.example").message("250 2.0.0 queued on b"),
+    );
+    let harness = harness(&backends, &[addr(B)]);
+    let (mut c, _session) = harness.session();
+    open(&mut c).await;
     assert!(c.cmd("RCPT TO:<x@a.example>").await.starts_with("250"));
     assert_eq!(
         c.cmd("RCPT TO:<z@b.example>").await,
         "452 4.5.3 Too many recipients for this transaction: send this one in another"
     );
     assert!(c.cmd("RCPT TO:<y@a.example>").await.starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    assert_eq!(
-        c.cmd("Subject: one\r\n\r\nfor a\r\n.").await,
-        "250 2.0.0 queued on a"
-    );
+    assert_eq!(send(&mut c, "for a").await, "250 2.0.0 queued on a");
     // The deferred recipient, in the next transaction: on its own pool.
     assert!(
         c.cmd("MAIL FROM:<alice@example.org>")
@@ -94,11 +103,7 @@ async fn the_first_recipient_fixes_the_pool_and_the_others_wait_for_the_next_tra
             .starts_with("250")
     );
     assert!(c.cmd("RCPT TO:<z@b.example>").await.starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    assert_eq!(
-        c.cmd("Subject: two\r\n\r\nfor b\r\n.").await,
-        "250 2.0.0 queued on b"
-    );
+    assert_eq!(send(&mut c, "for b").await, "250 2.0.0 queued on b");
     assert_eq!(backends.messages(addr(A)).len(), 1);
     assert_eq!(backends.messages(addr(B)).len(), 1);
     assert_eq!(
@@ -124,60 +129,34 @@ async fn a_refused_first_recipient_fixes_nothing() {
     );
     backends.script(
         addr(DEFAULT),
-        backend()
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<bob@example.com>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-            .message("250 2.0.0 queued on default"),
+        takes("bob@example.com").message("250 2.0.0 queued on default"),
     );
     let harness = harness(&backends, &[addr(B)]);
     let (mut c, _session) = harness.session();
-    assert!(c.reply().await.starts_with("220"));
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    assert!(
-        c.cmd("MAIL FROM:<alice@example.org>")
-            .await
-            .starts_with("250")
-    );
+    open(&mut c).await;
     assert_eq!(
         c.cmd("RCPT TO:<gone@a.example>").await,
         "550 5.1.1 no such user"
     );
     // No recipient was accepted: this one opens the transaction on its own pool.
     assert!(c.cmd("RCPT TO:<bob@example.com>").await.starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    assert_eq!(
-        c.cmd("Subject: x\r\n\r\nhi\r\n.").await,
-        "250 2.0.0 queued on default"
-    );
+    assert_eq!(send(&mut c, "hi").await, "250 2.0.0 queued on default");
     backends.assert_scripted();
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_unknown_domain_is_refused_and_the_transaction_goes_on() {
     let backends = Backends::new();
-    backends.script(
-        addr(A),
-        backend()
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<x@a.example>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-            .message("250 2.0.0 queued"),
-    );
+    backends.script(addr(A), takes("x@a.example").message("250 2.0.0 queued"));
     let harness = harness(&backends, &[addr(B)]);
     let (mut c, _session) = harness.session();
-    assert!(c.reply().await.starts_with("220"));
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    assert!(
-        c.cmd("MAIL FROM:<alice@example.org>")
-            .await
-            .starts_with("250")
-    );
+    open(&mut c).await;
     assert_eq!(
         c.cmd("RCPT TO:<x@nowhere.example>").await,
         "550 5.1.2 Recipient domain not served here"
     );
     assert!(c.cmd("RCPT TO:<x@a.example>").await.starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    assert_eq!(c.cmd("Subject: x\r\n\r\nhi\r\n.").await, "250 2.0.0 queued");
+    assert_eq!(send(&mut c, "hi").await, "250 2.0.0 queued");
     backends.assert_scripted();
 }
 
@@ -188,11 +167,7 @@ async fn a_route_size_limit_refuses_at_rcpt_or_before_the_final_dot() {
     // refused by closing the connection before it.
     backends.script(
         addr(B),
-        backend()
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<z@b.example>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-            .expect("DATA", "354 go ahead")
-            .hold(),
+        takes("z@b.example").expect("DATA", "354 go ahead").hold(),
     );
     let harness = harness(&backends, &[addr(B)]);
     let (mut c, _session) = harness.session();
@@ -231,28 +206,15 @@ async fn a_route_size_limit_refuses_at_rcpt_or_before_the_final_dot() {
 #[tokio::test(start_paused = true)]
 async fn a_pool_that_is_down_defers_its_domains_and_the_others_are_served() {
     let backends = Backends::new();
-    backends.script(
-        addr(A),
-        backend()
-            .read("MAIL FROM:<alice@example.org>")
-            .expect("RCPT TO:<x@a.example>", "250 2.1.0 ok\r\n250 2.1.5 ok")
-            .message("250 2.0.0 queued"),
-    );
+    backends.script(addr(A), takes("x@a.example").message("250 2.0.0 queued"));
     // Pool b has no backend at all.
     let harness = harness(&backends, &[]);
     let (mut c, _session) = harness.session();
-    assert!(c.reply().await.starts_with("220"));
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    assert!(
-        c.cmd("MAIL FROM:<alice@example.org>")
-            .await
-            .starts_with("250")
-    );
+    open(&mut c).await;
     let down = c.cmd("RCPT TO:<z@b.example>").await;
     assert!(down.starts_with("451 4.4.1"), "{down}");
     assert!(c.cmd("RCPT TO:<x@a.example>").await.starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    assert_eq!(c.cmd("Subject: x\r\n\r\nhi\r\n.").await, "250 2.0.0 queued");
+    assert_eq!(send(&mut c, "hi").await, "250 2.0.0 queued");
     backends.assert_scripted();
 }
 

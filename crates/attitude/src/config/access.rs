@@ -6,7 +6,7 @@ use attitude_layers::Mode;
 use attitude_policy::access::{AccessAction, AccessRule, Field, Matcher};
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{ConfigError, file};
 
 /// `[access]`: rules on the client, HELO name, sender and recipient, checked in order at MAIL
 /// FROM and RCPT TO; the first match decides.
@@ -50,17 +50,7 @@ impl Access {
 
 impl AccessRuleConfig {
     fn build(&self, name: &str) -> Result<AccessRule, String> {
-        let mut values = self.values.clone();
-        if let Some(path) = &self.file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("{name}: cannot read file {}: {e}", path.display()))?;
-            values.extend(
-                text.lines()
-                    .map(|l| l.split('#').next().unwrap_or("").trim())
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_string),
-            );
-        }
+        let values = file::values(&self.values, self.file.as_deref(), name)?;
         if values.is_empty() {
             return Err(format!("{name}: no values (set `values` or `file`)"));
         }

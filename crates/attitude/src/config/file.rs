@@ -25,6 +25,27 @@ pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// A TOML error in `text` (from `origin`), with the line and column it points at.
+/// `inline` and the values of a list file (one per line, `#` starts a comment), for the rule or
+/// route called `name`.
+pub(super) fn values(
+    inline: &[String],
+    file: Option<&Path>,
+    name: &str,
+) -> Result<Vec<String>, String> {
+    let mut values = inline.to_vec();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{name}: cannot read file {}: {e}", path.display()))?;
+        values.extend(
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
+        );
+    }
+    Ok(values)
+}
+
 pub(super) fn parse_error(e: &toml::de::Error, text: &str, origin: &str) -> ConfigError {
     let (line, column) = e
         .span()

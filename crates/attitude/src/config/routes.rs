@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use attitude_policy::access::Matcher;
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, Config, ConfigError};
+use super::{Backend, Config, ConfigError, file};
 
 /// The name of the pool `[backend]` describes.
 pub(crate) const DEFAULT_POOL: &str = "default";
@@ -188,17 +188,7 @@ impl Config {
 
 impl RouteConfig {
     fn compile(&self, name: &str) -> Result<CompiledRoute, String> {
-        let mut domains = self.domains.clone();
-        if let Some(path) = &self.file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("{name}: cannot read file {}: {e}", path.display()))?;
-            domains.extend(
-                text.lines()
-                    .map(|l| l.split('#').next().unwrap_or("").trim())
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_string),
-            );
-        }
+        let domains = file::values(&self.domains, self.file.as_deref(), name)?;
         if domains.is_empty() {
             return Err(format!("{name}: no domains (set `domains` or `file`)"));
         }
