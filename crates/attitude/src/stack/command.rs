@@ -137,6 +137,7 @@ impl Stack {
         )
         .chain(content(config, &budget))
         .chain(super::scan::scan(config, &budget).map(boxed))
+        .chain(super::milter::milters(config, &listener.name, &budget).map(boxed))
         .collect();
         let protocol = protocol(config, shared, offered(config, &pools));
         Ok(Self {

@@ -13,6 +13,7 @@ pub(crate) mod backend;
 pub(crate) mod command;
 pub(crate) mod connection;
 pub(crate) mod fleet;
+mod milter;
 pub(crate) mod pools;
 mod routes;
 mod scan;
