@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use attitude_test_support::{
-    Attitude, BadMilter, Client, Misbehaviour, OpenDkim, Recorder, free_port, silent_nameserver,
-    wait_for,
+    Attitude, BadMilter, Client, GTUBE, Misbehaviour, OpenDkim, Recorder, Rspamd, free_port,
+    silent_nameserver, wait_for,
 };
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
@@ -45,15 +45,17 @@ impl ResolverCache<Box<str>, Txt> for Keys {
     }
 }
 
-/// The DKIM results of `message` against opendkim's key.
-fn verify(dkim: &OpenDkim, message: &[u8]) -> Vec<DkimResult> {
-    let record = dkim.public_key();
-    let key = || Txt::from(DomainKey::parse(record.as_bytes()).expect("the test key parses"));
-    let name = format!("{}._domainkey.{}", OpenDkim::SELECTOR, OpenDkim::DOMAIN);
-    let keys = Keys(Mutex::new(HashMap::from([
-        (format!("{name}.").into_boxed_str(), key()),
-        (name.into_boxed_str(), key()),
-    ])));
+/// The DKIM results of `message` against the keys of `signers`.
+fn verify(signers: &[&OpenDkim], message: &[u8]) -> Vec<DkimResult> {
+    let mut keys = HashMap::new();
+    for dkim in signers {
+        let record = dkim.public_key();
+        let key = || Txt::from(DomainKey::parse(record.as_bytes()).expect("the test key parses"));
+        let name = format!("{}._domainkey.{}", dkim.selector, OpenDkim::DOMAIN);
+        keys.insert(format!("{name}.").into_boxed_str(), key());
+        keys.insert(name.into_boxed_str(), key());
+    }
+    let keys = Keys(Mutex::new(keys));
     let (_socket, silent) = silent_nameserver();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -72,6 +74,15 @@ fn verify(dkim: &OpenDkim, message: &[u8]) -> Vec<DkimResult> {
 
 /// One message from alice@example.org through `listener`; the reply to its end.
 fn send(listener: SocketAddr, subject: &str) -> String {
+    send_body(
+        listener,
+        subject,
+        "Hello Bob,\r\n.. a dotted line\r\nand the end.",
+    )
+}
+
+/// As [`send`], with this body (CRLF lines, dot-stuffed).
+fn send_body(listener: SocketAddr, subject: &str, body: &str) -> String {
     let mut c = Client::connect(listener);
     c.cmd("EHLO client.test");
     let mut reply = c.cmd("MAIL FROM:<alice@example.org>");
@@ -86,7 +97,7 @@ fn send(listener: SocketAddr, subject: &str) -> String {
             format!(
                 "From: Alice <alice@example.org>\r\nTo: bob@example.com\r\nSubject: {subject}\r\n\
                  Date: Wed, 02 Dec 2026 20:00:00 +0000\r\nMessage-ID: <{subject}@example.org>\r\n\
-                 \r\nHello Bob,\r\n.. a dotted line\r\nand the end.\r\n.\r\n"
+                 \r\n{body}\r\n.\r\n"
             )
             .as_bytes(),
         );
@@ -131,12 +142,12 @@ fn opendkim_on_the_submission_listener_signs_and_the_signature_verifies() {
         text.contains("\r\n.. a dotted line\r\n") || text.contains("\r\n. a dotted line\r\n"),
         "{text}"
     );
-    let results = verify(&dkim, signed);
+    let results = verify(&[&dkim], signed);
     assert_eq!(results, [DkimResult::Pass], "{text}");
     // With attitude's own trace header on top, as the backend stored it, it still verifies.
     let mut stored = got[0].trace.clone().unwrap_or_default().into_bytes();
     stored.extend_from_slice(signed);
-    assert_eq!(verify(&dkim, &stored), [DkimResult::Pass]);
+    assert_eq!(verify(&[&dkim], &stored), [DkimResult::Pass]);
     // The MX listener has no milter.
     assert!(!String::from_utf8_lossy(&got[1].content).contains("DKIM-Signature"));
     assert_eq!(
@@ -216,4 +227,79 @@ fn milters_that_fail_get_their_default_action_and_nothing_half_changed_goes_on()
             "{milter}"
         );
     }
+}
+
+#[test]
+fn chained_milters_each_see_the_previous_changes() {
+    // The second signer also signs DKIM-Signature headers: its signature verifies only if it
+    // saw the first one's.
+    let first = OpenDkim::start();
+    let second = OpenDkim::start_with(
+        "second",
+        "SignHeaders From,To,Subject,Date,Message-ID,DKIM-Signature\n",
+    );
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        &format!(
+            "[[milters]]\nname = \"first\"\naddress = \"inet:{}\"\n\
+             [[milters]]\nname = \"second\"\naddress = \"inet:{}\"\n",
+            first.addr, second.addr
+        ),
+        &[recorder.addr],
+    );
+    assert!(wait_for(Duration::from_secs(10), || attitude
+        .http_get("/readyz")
+        .0
+        == 200));
+    assert!(send(attitude.smtp, "chained").starts_with("250"));
+    let got = recorder.messages();
+    let text = String::from_utf8_lossy(&got[0].content);
+    let signatures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("DKIM-Signature:"))
+        .collect();
+    assert_eq!(signatures.len(), 2, "{text}");
+    // The second milter's signature is on top (it inserted it at the top after the first) and
+    // covers the first one's.
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle} in {text}"))
+    };
+    assert!(at("s=second") < at("s=test"), "{text}");
+    assert!(text.contains("h=DKIM-Signature:From"), "{text}");
+    assert_eq!(
+        verify(&[&first, &second], &got[0].content),
+        [DkimResult::Pass, DkimResult::Pass],
+        "{text}"
+    );
+}
+
+#[test]
+fn rspamd_as_a_milter_refuses_gtube_with_its_text_and_adds_its_headers() {
+    let mut rspamd = Rspamd::start();
+    let recorder = Recorder::start();
+    let attitude = Attitude::start(
+        &format!(
+            "[[milters]]\nname = \"rspamd\"\naddress = \"inet:{}\"\ncontent_timeout = \"30s\"\n",
+            rspamd.milter
+        ),
+        &[recorder.addr],
+    );
+    assert!(wait_for(Duration::from_secs(10), || attitude
+        .http_get("/readyz")
+        .0
+        == 200));
+    let reply = send_body(attitude.smtp, "spam", GTUBE);
+    assert!(reply.starts_with("5"), "{reply}\n{}", rspamd.log());
+    assert!(reply.contains("Gtube pattern"), "{reply}");
+    let reply = send(attitude.smtp, "clean");
+    assert!(reply.starts_with("250"), "{reply}\n{}", rspamd.log());
+    let got = recorder.messages();
+    assert_eq!(got.len(), 1, "the GTUBE message never reached the backend");
+    let text = String::from_utf8_lossy(&got[0].content);
+    assert!(
+        text.contains("X-Spamd-Result:") || text.contains("X-Spam-Status:"),
+        "rspamd's headers:\n{text}"
+    );
+    rspamd.stop();
 }

@@ -4,7 +4,7 @@
 //!   writes itself (the EICAR test file's MD5, made with `sigtool --md5`: no freshclam, no
 //!   network); it starts in about a second.
 //! - [`Rspamd`]: `rspamd -f` over Debian's configuration with a `local.d` of the test's: its
-//!   workers on the test's ports, network checks (RBLs, SURBL, DNS-based modules) off, the
+//!   workers on the test's ports (the proxy in milter mode, scanning itself), network checks (RBLs, SURBL, DNS-based modules) off, the
 //!   `milter_headers` module on for local clients, and a multimap that soft-rejects one test
 //!   sender. It takes about 20 s to start, so a test starts it once and runs its cases on it.
 //!   As root its workers run as `_rspamd` (never `--insecure`).
@@ -134,6 +134,8 @@ pub struct Rspamd {
     peer: Option<Peer>,
     /// The normal worker (`POST /checkv2`).
     pub addr: SocketAddr,
+    /// The proxy worker in milter mode, scanning itself.
+    pub milter: SocketAddr,
     dir: PathBuf,
 }
 
@@ -194,9 +196,13 @@ impl Rspamd {
             "worker-controller.inc",
             format!("bind_socket = \"127.0.0.1:{}\";\ncount = 1;\n", free_port()),
         );
+        let milter = SocketAddr::from(([127, 0, 0, 1], free_port()));
         write(
             "worker-proxy.inc",
-            format!("bind_socket = \"127.0.0.1:{}\";\ncount = 1;\n", free_port()),
+            format!(
+                "bind_socket = \"{milter}\";\ncount = 1;\nmilter = yes;\n\
+                 upstream \"local\" {{\n  default = yes;\n  self_scan = yes;\n}}\n"
+            ),
         );
         write(
             "logging.inc",
@@ -259,6 +265,7 @@ impl Rspamd {
         let rspamd = Rspamd {
             peer: Some(peer),
             addr,
+            milter,
             dir,
         };
         assert!(

@@ -24,6 +24,8 @@ pub struct OpenDkim {
     /// Where it listens (`inet:PORT@127.0.0.1`).
     pub addr: SocketAddr,
     dir: PathBuf,
+    /// Its selector.
+    pub selector: String,
 }
 
 impl std::fmt::Debug for OpenDkim {
@@ -42,11 +44,17 @@ impl OpenDkim {
 
     /// Makes a key and starts opendkim in signing mode.
     pub fn start() -> OpenDkim {
+        Self::start_with(Self::SELECTOR, "")
+    }
+
+    /// As [`OpenDkim::start`], with this selector and more configuration lines (a second
+    /// signer: `SignHeaders` with `DKIM-Signature` signs the first one's signature too).
+    pub fn start_with(selector: &str, extra: &str) -> OpenDkim {
         let dir = scratch_dir("opendkim");
         let out = Command::new(require_tool("/usr/sbin/opendkim-genkey"))
             .arg("-D")
             .arg(&dir)
-            .args(["-d", Self::DOMAIN, "-s", Self::SELECTOR])
+            .args(["-d", Self::DOMAIN, "-s", selector])
             .output()
             .expect("run opendkim-genkey");
         assert!(
@@ -65,10 +73,9 @@ impl OpenDkim {
                     "Mode s\nDomain {domain}\nSelector {selector}\nKeyFile {key}\n\
                      Socket inet:{port}@127.0.0.1\nBackground no\nUserID root\n\
                      RequireSafeKeys no\nInternalHosts 0.0.0.0/0\n\
-                     Canonicalization relaxed/relaxed\nSyslog no\nPidFile {pid}\n",
+                     Canonicalization relaxed/relaxed\nSyslog no\nPidFile {pid}\n{extra}",
                     domain = Self::DOMAIN,
-                    selector = Self::SELECTOR,
-                    key = dir.join(format!("{}.private", Self::SELECTOR)).display(),
+                    key = dir.join(format!("{selector}.private")).display(),
                     port = addr.port(),
                     pid = dir.join("opendkim.pid").display(),
                 ),
@@ -84,6 +91,7 @@ impl OpenDkim {
                     _peer: peer,
                     addr,
                     dir,
+                    selector: selector.to_owned(),
                 };
             }
         }
@@ -92,7 +100,7 @@ impl OpenDkim {
 
     /// The key's DNS record (`v=DKIM1; k=rsa; p=...`), from the `.txt` opendkim-genkey wrote.
     pub fn public_key(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join(format!("{}.txt", Self::SELECTOR)))
+        let text = std::fs::read_to_string(self.dir.join(format!("{}.txt", self.selector)))
             .expect("read the key's DNS record");
         // `test._domainkey IN TXT ( "v=DKIM1; h=sha256; k=rsa; " "p=..." ) ; comment`
         text.split('"')
