@@ -9,7 +9,7 @@
 #   make bench-policies what the filtering policies cost: policies on vs off (local DNS server)
 #   make bench-scan  what ClamAV and rspamd add: 1 KB and 100 KB, each engine on/off, against the engines alone
 #   make bench-ab BASE=BIN  this tree against another build (scripts/ab-build.sh): 1 KB and 100 KB, new and reuse, idle memory
-#   make fuzz   a fuzz target (FUZZ_TARGET=decode|reply) for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
+#   make fuzz   a fuzz target (FUZZ_TARGET=decode|reply|milter) for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -80,13 +80,15 @@ bench-scan:
 
 # New inputs go to a scratch corpus; the committed seeds in corpus/decode are only read.
 # A crash lands in crates/codec/fuzz/artifacts/: copy it into corpus/decode as a regression test.
-# FUZZ_TARGET: decode (what a client sends, the session's decoder) or reply (what a backend
-# sends, the backend connections' reply reader).
+# FUZZ_TARGET: decode (what a client sends, the session's decoder), reply (what a backend
+# sends, the backend connections' reply reader) or milter (what a milter sends, the milter
+# client's reply parser: crates/engines/fuzz).
 FUZZ_CORPUS ?= /tmp/attitude-fuzz-corpus
 FUZZ_TARGET ?= decode
+FUZZ_CRATE = $(if $(filter milter,$(FUZZ_TARGET)),engines,codec)
 fuzz:
 	mkdir -p $(FUZZ_CORPUS)/$(FUZZ_TARGET)
-	cd crates/codec/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none $(FUZZ_TARGET) $(FUZZ_CORPUS)/$(FUZZ_TARGET) corpus/$(FUZZ_TARGET) -- -max_total_time=$${FUZZ_SECONDS:-60}
+	cd crates/$(FUZZ_CRATE)/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none $(FUZZ_TARGET) $(FUZZ_CORPUS)/$(FUZZ_TARGET) corpus/$(FUZZ_TARGET) -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 clean:
 	$(CARGO) clean

@@ -402,3 +402,27 @@ impl Conn {
         let _ = self.send(&Command::Quit).await;
     }
 }
+
+/// The fuzz target's body (crates/engines/fuzz), also replayed over its corpus by a normal
+/// test: `data` as a milter's byte stream, cut into packets by their 4-octet lengths (as the
+/// codec does, within [`proto::MAX_PACKET`]), each parsed. Nothing may panic.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::proto;
+
+    /// Parses every packet of `data`.
+    pub fn replies(data: &[u8]) {
+        let mut rest = data;
+        while rest.len() >= 4 {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len > proto::MAX_PACKET || rest.len() < 4 + len {
+                return;
+            }
+            let packet = &rest[4..4 + len];
+            if let Ok(proto::Reply::Modification(m)) = proto::parse(packet) {
+                let _ = (m.label(), m.needs());
+            }
+            rest = &rest[4 + len..];
+        }
+    }
+}
