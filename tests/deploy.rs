@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use attitude_test_support::{
-    Attitude, Clamd, Client, DnsServer, Peer, RedisServer, Rr, Sink, TestCa, attitude_bin,
-    free_port, http_get, require_tool, run, scratch_dir, tls_client, wait_for,
+    Attitude, Clamd, Client, DnsServer, OpenDkim, Peer, RedisServer, Rr, Sink, TestCa,
+    attitude_bin, free_port, http_get, require_tool, run, scratch_dir, tls_client, wait_for,
 };
 use serde_json::Value;
 
@@ -326,7 +326,8 @@ fn dashboard_queries() -> Vec<(String, String)> {
 /// Writes a configuration for the dashboard's traffic: three listeners (MX with greylisting,
 /// submission without, one behind PROXY protocol), TLS, DNSBL on a local DNS server, dry-run
 /// rules, a rate rule, a throttle, a tarpit, a live backend and a dead one, a second pool (its
-/// one backend dead) with a route to it, and the fleet's state in a real Redis.
+/// one backend dead) with a route to it, opendkim as a milter, and the fleet's state in a real
+/// Redis.
 fn traffic_config(
     c: &Path,
     dns: SocketAddr,
@@ -335,6 +336,7 @@ fn traffic_config(
     partner: SocketAddr,
     redis: &str,
     clamd: SocketAddr,
+    milter: SocketAddr,
 ) -> String {
     format!(
         "[[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
@@ -357,7 +359,8 @@ fn traffic_config(
          [[pools]]\nname = \"partner\"\nservers = [\"{partner}\"]\nhealth = {{ interval = \"1s\", rise = 1, fall = 1 }}\n\
          [[routes]]\ndomains = [\"partner.example\"]\npool = \"partner\"\n\
          [state]\nredis = \"{redis}\"\n\
-         [clamav]\nenabled = true\naddress = [\"{clamd}\"]\n",
+         [clamav]\nenabled = true\naddress = [\"{clamd}\"]\n\
+         [[milters]]\nname = \"opendkim\"\naddress = \"inet:{milter}\"\n",
         cert = c.join("tls/tls.crt").display(),
         key = c.join("tls/tls.key").display(),
     )
@@ -402,6 +405,7 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
     let partner: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let redis = RedisServer::start();
     let clamd = Clamd::start(10 * 1024 * 1024);
+    let dkim = OpenDkim::start();
     let attitude = Attitude::start(
         &traffic_config(
             &dir,
@@ -411,6 +415,7 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
             partner,
             &redis.url(),
             clamd.addr,
+            dkim.addr,
         ),
         &[],
     );

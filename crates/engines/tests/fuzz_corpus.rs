@@ -14,8 +14,7 @@ fn milter_corpus_replays_cleanly() {
     assert!(files.len() >= 10, "corpus too small: {}", files.len());
     for file in files {
         let data = std::fs::read(&file).expect("read corpus file");
-        let result =
-            std::panic::catch_unwind(|| attitude_engines::milter::fuzzing::replies(&data));
+        let result = std::panic::catch_unwind(|| attitude_engines::milter::fuzzing::replies(&data));
         assert!(result.is_ok(), "corpus file {} fails", file.display());
     }
 }

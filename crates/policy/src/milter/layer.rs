@@ -39,8 +39,8 @@ pub enum Discard {
 /// One milter's metric handles.
 #[derive(Debug, Clone)]
 pub struct MilterMetrics {
-    /// Stages asked, by result (`attitude_milter_calls_total{milter,stage,result}`), looked up
-    /// by [`MilterMetrics::call`].
+    /// The milter's name: the `milter` label of `attitude_milter_calls_total{stage,result}`,
+    /// `attitude_milter_failures_total{kind}` and `attitude_milter_modifications_total{kind}`.
     name: String,
     /// `attitude_milter_seconds{milter}`: a message's end-of-message exchange.
     pub seconds: Histogram,
@@ -49,6 +49,11 @@ pub struct MilterMetrics {
 impl MilterMetrics {
     /// The handles of milter `name`.
     pub fn register(name: &str) -> Self {
+        // Failures are shown from zero (a dashboard's "none yet" is not "no data").
+        for kind in ["connect", "timeout", "io", "protocol"] {
+            metrics::counter!("attitude_milter_failures_total", "milter" => name.to_owned(), "kind" => kind)
+                .increment(0);
+        }
         Self {
             name: name.to_owned(),
             seconds: metrics::histogram!("attitude_milter_seconds", "milter" => name.to_owned()),
