@@ -8,6 +8,7 @@
 #   make bench-limits what the limit stack costs: limits on vs off, then limits in Redis vs in the process, same build, same run
 #   make bench-policies what the filtering policies cost: policies on vs off (local DNS server)
 #   make bench-scan  what ClamAV and rspamd add: 1 KB and 100 KB, each engine on/off, against the engines alone
+#   make bench-milter what a milter costs: opendkim signing in attitude and in Postfix (smtpd_milters), 1 KB and 100 KB
 #   make bench-ab BASE=BIN  this tree against another build (scripts/ab-build.sh): 1 KB and 100 KB, new and reuse, idle memory
 #   make fuzz   a fuzz target (FUZZ_TARGET=decode|reply|milter) for FUZZ_SECONDS (needs `cargo install cargo-fuzz`)
 
@@ -17,7 +18,7 @@ LISTEN ?= 127.0.0.1:2525
 SINK ?= 127.0.0.1:2526
 ADMIN ?= 127.0.0.1:9325
 
-.PHONY: run deps test lint unit build release deb bench bench-ab bench-flood bench-limits bench-policies bench-scan fuzz clean
+.PHONY: run deps test lint unit build release deb bench bench-ab bench-flood bench-limits bench-policies bench-scan bench-milter fuzz clean
 
 run:
 	$(CARGO) build --release -p attitude
@@ -77,6 +78,9 @@ bench-policies:
 
 bench-scan:
 	bash scripts/scan-cost.sh
+
+bench-milter:
+	bash scripts/milter-cost.sh
 
 # New inputs go to a scratch corpus; the committed seeds in corpus/decode are only read.
 # A crash lands in crates/codec/fuzz/artifacts/: copy it into corpus/decode as a regression test.
