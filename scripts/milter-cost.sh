@@ -12,6 +12,13 @@ BENCH=${BENCH_DIR:-$(cd .. && pwd)/shared/bench}
 STATE=${BENCH_STATE:-/tmp/smtp-bench}/milter
 REPS=${REPS:-3}
 MILTER=127.0.0.1:12895
+stop_postfix() { # DIR: its master, by its pid file
+    local pid
+    pid=$(cat "$1/spool/pid/master.pid" 2>/dev/null | tr -d ' ') || return 0
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+}
+# A run that was cut short may have left its Postfix instances behind.
+for dir in "$STATE"/postfix-*; do [ -d "$dir" ] && stop_postfix "$dir"; done
 rm -rf "$STATE" && mkdir -p "$STATE"
 for tool in /usr/sbin/opendkim /usr/sbin/opendkim-genkey /usr/sbin/postfix; do
     [ -x $tool ] || { echo "$tool is missing: run make deps" >&2; exit 1; }
@@ -24,10 +31,11 @@ PIDS=()
 POSTFIXES=()
 cleanup() {
     [ ${#PIDS[@]} -gt 0 ] && kill "${PIDS[@]}" 2>/dev/null && wait "${PIDS[@]}" 2>/dev/null
-    for dir in "${POSTFIXES[@]}"; do postfix -c "$dir/etc" stop >/dev/null 2>&1 || true; done
+    for dir in "${POSTFIXES[@]}"; do stop_postfix "$dir"; done
     bash "$BENCH/backends.sh" stop 2 12525 >/dev/null
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 opendkim-genkey -D "$STATE" -d example.com -s bench
 cat >"$STATE/opendkim.conf" <<CONF

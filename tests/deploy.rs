@@ -323,21 +323,32 @@ fn dashboard_queries() -> Vec<(String, String)> {
     out
 }
 
+/// The peers of the dashboard's traffic.
+struct TrafficPeers {
+    dns: SocketAddr,
+    sink: SocketAddr,
+    dead: SocketAddr,
+    partner: SocketAddr,
+    redis: String,
+    clamd: SocketAddr,
+    milter: SocketAddr,
+}
+
 /// Writes a configuration for the dashboard's traffic: three listeners (MX with greylisting,
 /// submission without, one behind PROXY protocol), TLS, DNSBL on a local DNS server, dry-run
 /// rules, a rate rule, a throttle, a tarpit, a live backend and a dead one, a second pool (its
 /// one backend dead) with a route to it, opendkim as a milter, and the fleet's state in a real
 /// Redis.
-fn traffic_config(
-    c: &Path,
-    dns: SocketAddr,
-    sink: SocketAddr,
-    dead: SocketAddr,
-    partner: SocketAddr,
-    redis: &str,
-    clamd: SocketAddr,
-    milter: SocketAddr,
-) -> String {
+fn traffic_config(c: &Path, peers: &TrafficPeers) -> String {
+    let TrafficPeers {
+        dns,
+        sink,
+        dead,
+        partner,
+        redis,
+        clamd,
+        milter,
+    } = peers;
     format!(
         "[[listeners]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
          [[listeners]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\npolicy.greylist.enabled = false\n\
@@ -409,13 +420,15 @@ fn every_dashboard_and_alert_query_works_against_a_real_prometheus() {
     let attitude = Attitude::start(
         &traffic_config(
             &dir,
-            dns.addr,
-            sink.addr,
-            dead,
-            partner,
-            &redis.url(),
-            clamd.addr,
-            dkim.addr,
+            &TrafficPeers {
+                dns: dns.addr,
+                sink: sink.addr,
+                dead,
+                partner,
+                redis: redis.url(),
+                clamd: clamd.addr,
+                milter: dkim.addr,
+            },
         ),
         &[],
     );
