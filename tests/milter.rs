@@ -303,3 +303,58 @@ fn rspamd_as_a_milter_refuses_gtube_with_its_text_and_adds_its_headers() {
     );
     rspamd.stop();
 }
+
+#[test]
+fn envelope_changes_pass_relay_control_again_then_the_backend_gets_the_new_envelope() {
+    let recorder = Recorder::start();
+    let local = BadMilter::start(Misbehaviour::Readdresses(false));
+    let elsewhere = BadMilter::start(Misbehaviour::Readdresses(true));
+    // The clients are not trusted: only example.com is accepted from them.
+    let listener = |name: &str, milter: SocketAddr| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\n\
+             policy.milters = [{{ name = \"{name}\", address = \"inet:{milter}\" }}]\n"
+        )
+    };
+    let attitude = Attitude::start(
+        &[
+            "[relay]\nlocal_domains = [\"example.com\"]\ntrusted_networks = []\n".to_string(),
+            listener("local", local.addr),
+            listener("elsewhere", elsewhere.addr),
+        ]
+        .concat(),
+        &[recorder.addr],
+    );
+    assert!(wait_for(Duration::from_secs(10), || attitude
+        .http_get("/readyz")
+        .0
+        == 200));
+    // bob deleted, carol added: the backend gets the message for carol only.
+    let reply = send(attitude.listener("local"), "readdressed");
+    assert!(reply.starts_with("250"), "{reply}");
+    // A recipient the client could not have relayed to: the message fails, nothing delivered.
+    // The client is not slowed for it (the tarpit's suspicious delay is 3 s a reply).
+    let started = std::time::Instant::now();
+    let reply = send(attitude.listener("elsewhere"), "relaying");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(reply.starts_with("451 4.7.1"), "{reply}");
+    let got = recorder.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_tos, ["carol@example.com"]);
+    assert_eq!(
+        attitude.metric(
+            "attitude_milter_modifications_total{milter=\"local\",kind=\"envelope_applied\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        attitude.metric(
+            "attitude_milter_modifications_total{milter=\"elsewhere\",kind=\"envelope_refused\"}"
+        ),
+        Some(1.0)
+    );
+}

@@ -121,6 +121,10 @@ pub enum Misbehaviour {
     /// Answers the negotiation and every stage with CONTINUE, then at end of message sends a
     /// header change and closes before its verdict.
     DiesAtEnd,
+    /// Answers every stage with CONTINUE; at end of message adds `carol@example.com` and
+    /// `x@elsewhere.example` when told so (`true`), else only carol, deletes
+    /// `bob@example.com`, then CONTINUE.
+    Readdresses(bool),
 }
 
 /// A milter that misbehaves ([`Misbehaviour`]), on a loopback port; stops when dropped.
@@ -189,10 +193,11 @@ fn serve(mut conn: std::net::TcpStream, how: Misbehaviour, stop: &AtomicBool) {
             (Misbehaviour::Silent, _, _) => {}
             (_, b'O', false) => {
                 negotiated = true;
-                // Version 6, add headers, every step wanted and answered.
+                // Version 6, add headers and recipients, delete recipients; every step wanted
+                // and answered.
                 let mut optneg = vec![b'O'];
                 optneg.extend_from_slice(&6u32.to_be_bytes());
-                optneg.extend_from_slice(&1u32.to_be_bytes());
+                optneg.extend_from_slice(&0x0du32.to_be_bytes());
                 optneg.extend_from_slice(&0u32.to_be_bytes());
                 reply(&mut conn, &optneg);
             }
@@ -202,8 +207,18 @@ fn serve(mut conn: std::net::TcpStream, how: Misbehaviour, stop: &AtomicBool) {
                 reply(&mut conn, b"hX-Half\0done\0");
                 return;
             }
-            (Misbehaviour::DiesAtEnd, b'A' | b'Q', _) => {}
-            (Misbehaviour::DiesAtEnd, _, _) => reply(&mut conn, b"c"),
+            (Misbehaviour::Readdresses(elsewhere), b'E', _) => {
+                reply(&mut conn, b"+<carol@example.com>\0");
+                if elsewhere {
+                    reply(&mut conn, b"+<x@elsewhere.example>\0");
+                }
+                reply(&mut conn, b"-<bob@example.com>\0");
+                reply(&mut conn, b"c");
+            }
+            (Misbehaviour::DiesAtEnd | Misbehaviour::Readdresses(_), b'A' | b'Q', _) => {}
+            (Misbehaviour::DiesAtEnd | Misbehaviour::Readdresses(_), _, _) => {
+                reply(&mut conn, b"c")
+            }
         }
     }
 }

@@ -51,8 +51,8 @@ pub(crate) struct MilterSection {
     /// A milter's DISCARD: `"reject"` (554 5.7.1) or `"accept"` (250 and dropped, Postfix's
     /// behaviour, logged).
     pub discard: Discard,
-    /// The reply code (451 or 554) of a message whose envelope a milter changed: attitude does
-    /// not apply envelope changes.
+    /// The reply code (451 or 554) of a message whose envelope a milter changed in a way that
+    /// does not pass relay control or the rates.
     pub envelope_code: u16,
 }
 

@@ -109,6 +109,17 @@ impl Stack {
             config.content.buffer_budget,
             metrics::gauge!("attitude_content_buffered_bytes"),
         ));
+        let relay_control = relay_control(config);
+        let rates: Vec<CommandLayer> = config
+            .rates
+            .iter()
+            .map(|rule| rate(rule, &client, shared, stop))
+            .collect();
+        // What an envelope a milter changed must pass again: relay control and the rates (the
+        // same layers, the same budgets); the relay applies the routes.
+        let recheck: Vec<CommandLayer> = std::iter::once(relay_control.clone())
+            .chain(rates.iter().cloned())
+            .collect();
         let policies = auth_guard(
             config,
             &shared.state.auth_guard,
@@ -116,7 +127,7 @@ impl Stack {
         )
         .into_iter()
         .chain(access(config))
-        .chain(Some(relay_control(config)))
+        .chain(Some(relay_control))
         .chain(spf(config, resolver.as_ref()))
         .chain(greylist.map(|store| {
             let layer = GreylistLayer::new(store);
@@ -129,15 +140,10 @@ impl Stack {
             })
         }))
         .chain(throttle(config, &client, stop))
-        .chain(
-            config
-                .rates
-                .iter()
-                .map(|rule| rate(rule, &client, shared, stop)),
-        )
+        .chain(rates)
         .chain(content(config, &budget))
         .chain(super::scan::scan(config, &budget).map(boxed))
-        .chain(super::milter::milters(config, &listener.name, &budget).map(boxed))
+        .chain(super::milter::milters(config, &listener.name, &budget, recheck).map(boxed))
         .collect();
         let protocol = protocol(config, shared, offered(config, &pools));
         Ok(Self {

@@ -1,6 +1,7 @@
 //! `[[milters]]` as the command stack's last policy (after the scanners, right before the
 //! relay, so a signing milter signs the message as it goes to the backend): one layer per
-//! listener, one milter connection per session.
+//! listener, one milter connection per session. An envelope a milter changed passes relay
+//! control and the rates again (`recheck`: the same layers, over a service that takes all).
 
 use std::sync::Arc;
 
@@ -9,6 +10,9 @@ use attitude_policy::Decisions;
 use attitude_policy::content::ByteBudget;
 use attitude_policy::milter::{MilterLayer, MilterMetrics, MilterPolicy, MiltersConfig};
 
+use attitude_service::{BoxCommand, BoxError, Request, replies};
+
+use super::command::CommandLayer;
 use crate::config::Config;
 
 /// The milter layer, when the listener has milters; `budget` is shared with `[content]` and
@@ -17,6 +21,7 @@ pub(super) fn milters(
     config: &Config,
     listener: &str,
     budget: &Arc<ByteBudget>,
+    recheck: Vec<CommandLayer>,
 ) -> Option<MilterLayer> {
     if config.milters.is_empty() {
         return None;
@@ -48,5 +53,15 @@ pub(super) fn milters(
         daemon_name: listener.to_owned(),
         budget: budget.clone(),
         decisions: Decisions::register("milter"),
+        recheck: Arc::new(move || {
+            // The layers over a service that takes everything: only their refusals count.
+            let mut inner = BoxCommand::new(tower::service_fn(|_req: Request| {
+                std::future::ready(Ok::<_, BoxError>(replies::ok()))
+            }));
+            for layer in recheck.iter().rev() {
+                inner = layer(inner);
+            }
+            inner
+        }),
     }))
 }

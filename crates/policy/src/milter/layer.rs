@@ -93,7 +93,6 @@ pub struct MilterPolicy {
 }
 
 /// The milters of one listener, in order, and what their answers mean.
-#[derive(Debug)]
 pub struct MiltersConfig {
     /// Asked in this order; each sees the message as the previous ones changed it.
     pub milters: Vec<MilterPolicy>,
@@ -101,9 +100,8 @@ pub struct MiltersConfig {
     pub mode: Mode,
     /// What DISCARD means.
     pub discard: Discard,
-    /// The reply code (451 or 554) of a message whose envelope a milter changed (attitude does
-    /// not apply envelope changes: the changed envelope would have to pass relay control, the
-    /// rates and the routes again).
+    /// The reply code (451 or 554) of a message whose changed envelope did not pass relay
+    /// control or the rates.
     pub envelope_code: u16,
     /// The `j` macro (attitude's host name).
     pub hostname: String,
@@ -113,6 +111,21 @@ pub struct MiltersConfig {
     pub budget: Arc<ByteBudget>,
     /// `policy="milter"` decisions.
     pub decisions: Decisions,
+    /// A check stack that a changed envelope passes again (its MAIL and its added recipients):
+    /// relay control and the rates, over a service that takes everything.
+    pub recheck: Recheck,
+}
+
+/// Makes the stack a changed envelope passes again; see [`MiltersConfig::recheck`].
+pub type Recheck = Arc<dyn Fn() -> attitude_service::BoxCommand + Send + Sync>;
+
+impl std::fmt::Debug for MiltersConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiltersConfig")
+            .field("milters", &self.milters)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Adds [`MilterService`].

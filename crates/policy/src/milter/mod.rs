@@ -13,8 +13,10 @@
 //! - a milter that is down, too slow or not speaking the protocol gets its `default_action`:
 //!   accept (go on without it), tempfail or reject (every further command of the session);
 //!   what it sent before failing is not applied;
-//! - envelope changes (recipients, sender) are not applied: the message fails with
-//!   `envelope_code`, counted;
+//! - envelope changes (recipients added or deleted, a new sender): the new sender and each
+//!   added recipient pass relay control and the rates again (`recheck`), then the backend's
+//!   transaction is redone (RSET, MAIL, every recipient: the relay applies the routes); a
+//!   change that does not pass fails the message with `envelope_code`, counted;
 //! - dry-run: every milter is asked and counted, nothing it says is applied.
 //!
 //! `layer`: the settings and the layer; `state`: a session's milters; `service`: the events;
@@ -25,5 +27,7 @@ mod message;
 mod service;
 mod state;
 
-pub use layer::{DefaultAction, Discard, MilterLayer, MilterMetrics, MilterPolicy, MiltersConfig};
+pub use layer::{
+    DefaultAction, Discard, MilterLayer, MilterMetrics, MilterPolicy, MiltersConfig, Recheck,
+};
 pub use service::MilterService;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use attitude_codec::{Command, EnhancedStatus, Reply};
+use attitude_codec::{Command, EnhancedStatus, MailFrom, RcptTo, Reply};
 use attitude_engines::milter::{Command as MilterCommand, Modification, Stage, Verdict};
 use attitude_layers::Mode;
 use attitude_layers::slot::call_later;
@@ -49,6 +49,7 @@ impl<S> MilterService<S> {
                 in_txn: false,
                 discard: false,
                 held: None,
+                envelope: None,
             })),
         }
     }
@@ -103,6 +104,12 @@ where
                     if let Some(reply) = st.ask(&config, Stage::Mail, macros, command).await {
                         return Ok(reply);
                     }
+                    let mail = mail.clone();
+                    let reply = ready_call(&inner, req).await?;
+                    if reply.is_positive() {
+                        st.envelope = Some((mail, Vec::new()));
+                    }
+                    return Ok(reply);
                 }
                 Event::Command(Command::Rcpt(rcpt)) => {
                     if let Some(reply) = &st.failed {
@@ -113,6 +120,14 @@ where
                     if let Some(reply) = st.ask(&config, Stage::Rcpt, macros, command).await {
                         return Ok(reply);
                     }
+                    let rcpt = rcpt.clone();
+                    let reply = ready_call(&inner, req).await?;
+                    if reply.is_positive()
+                        && let Some((_, rcpts)) = st.envelope.as_mut()
+                    {
+                        rcpts.push(rcpt);
+                    }
+                    return Ok(reply);
                 }
                 Event::Command(cmd @ (Command::Data | Command::Bdat { .. })) => {
                     if let Some(reply) = &st.failed {
@@ -168,6 +183,7 @@ where
                         let reply = end_of_message(&inner, &config, &mut st, req).await;
                         st.in_txn = false;
                         st.discard = false;
+                        st.envelope = None;
                         for link in &mut st.links {
                             if let Link::Open { done, .. } = link {
                                 *done = false;
@@ -210,6 +226,8 @@ where
     };
     let enforce = config.mode == Mode::Enforce;
     let mut message = Message::parse(&held.bytes);
+    // Envelope changes of every milter, in order, applied once all have answered.
+    let mut envelope: Vec<Modification> = Vec::new();
     let macros = vec![pair("i", queue_id(&req.session))];
     for (i, policy) in config.milters.iter().enumerate() {
         let Link::Open { conn, done: false } = &mut st.links[i] else {
@@ -246,29 +264,14 @@ where
         if eom.verdict == Verdict::Discard {
             st.discard = true;
         }
-        let envelope = eom.modifications.iter().any(|m| {
-            matches!(
-                m,
-                Modification::AddRcpt(..)
-                    | Modification::DeleteRcpt(_)
-                    | Modification::ChangeFrom(..)
-            )
-        });
-        if envelope {
-            policy.metrics.modification("envelope_refused");
-            tracing::warn!(milter = %policy.name, "milter changed the envelope; attitude does not apply envelope changes: the message fails");
-            if enforce {
-                let code = config.envelope_code;
-                let reply = Reply::new(
-                    code,
-                    EnhancedStatus::new(if code >= 500 { 5 } else { 4 }, 7, 1),
-                    "A mail filter changed the envelope; not accepted",
-                );
-                return ready_call(inner, fail(reply)).await;
-            }
+        if enforce {
+            envelope.extend(eom.modifications.iter().filter(|m| is_envelope(m)).cloned());
         }
         let mut changes: Vec<Modification> = Vec::with_capacity(eom.modifications.len());
         for m in eom.modifications {
+            if is_envelope(&m) {
+                continue;
+            }
             if let Modification::Quarantine(reason) = &m {
                 // No quarantine store: a header says it, and it is counted.
                 tracing::warn!(milter = %policy.name, reason, "milter quarantined the message (marked with X-Quarantined)");
@@ -304,6 +307,42 @@ where
                 let dropped = Reply::new(250, EnhancedStatus::new(2, 0, 0), "Ok: discarded");
                 ready_call(inner, fail(dropped.clone())).await?;
                 return Ok(dropped);
+            }
+        }
+    }
+    if !envelope.is_empty() {
+        let counted = |kind| {
+            for policy in &config.milters {
+                policy.metrics.modification(kind);
+            }
+        };
+        let Some((mail, rcpts)) = st.envelope.clone() else {
+            return ready_call(inner, fail(replies::bad_sequence())).await;
+        };
+        match new_envelope(config, &req, mail, rcpts, &envelope).await {
+            Ok(commands) => {
+                // The backend's transaction again, with the changed envelope (the relay
+                // routes each recipient: one of another pool fails the message).
+                for command in commands {
+                    let reply = ready_call(
+                        inner,
+                        Request {
+                            session: session.clone(),
+                            event: Event::Command(command),
+                        },
+                    )
+                    .await?;
+                    if !reply.is_positive() {
+                        counted("envelope_refused");
+                        return ready_call(inner, fail(reply)).await;
+                    }
+                }
+                counted("envelope_applied");
+            }
+            Err(reply) => {
+                counted("envelope_refused");
+                tracing::warn!(session = req.session.id, %reply, "a milter's envelope change did not pass relay control or the rates: the message fails");
+                return ready_call(inner, fail(reply)).await;
             }
         }
     }
@@ -350,4 +389,101 @@ where
         }
     }
     Ok(None)
+}
+
+fn is_envelope(m: &Modification) -> bool {
+    matches!(
+        m,
+        Modification::AddRcpt(..) | Modification::DeleteRcpt(_) | Modification::ChangeFrom(..)
+    )
+}
+
+/// An address as a milter writes it (`<a@b>` or `a@b`), as a command line's path.
+fn path(address: &str) -> String {
+    let bare = address.trim();
+    let bare = bare.strip_prefix('<').unwrap_or(bare);
+    format!("<{}>", bare.strip_suffix('>').unwrap_or(bare))
+}
+
+/// The envelope the milters' `changes` make of the transaction, as the commands that open it
+/// again at the backend (RSET, MAIL, every recipient), once the new sender and each added
+/// recipient passed relay control and the rates again; `Err`: the reply that fails the message.
+async fn new_envelope(
+    config: &MiltersConfig,
+    req: &Request,
+    mut mail: MailFrom,
+    mut rcpts: Vec<RcptTo>,
+    changes: &[Modification],
+) -> Result<Vec<Command>, Reply> {
+    let refused = |why: &str| {
+        let code = config.envelope_code;
+        Reply::new(
+            code,
+            EnhancedStatus::new(if code >= 500 { 5 } else { 4 }, 7, 1),
+            format!("A mail filter changed the envelope: {why}"),
+        )
+    };
+    let parse = |line: String| match Command::parse(line.as_bytes()) {
+        Ok(command) => Ok(command),
+        Err(_) => Err(refused("not a valid address")),
+    };
+    let mut checks: Vec<Command> = Vec::new();
+    for change in changes {
+        match change {
+            Modification::ChangeFrom(from, params) => {
+                let line = format!(
+                    "MAIL FROM:{} {}",
+                    path(from),
+                    params.as_deref().unwrap_or("")
+                );
+                let Command::Mail(new) = parse(line.trim_end().to_owned())? else {
+                    return Err(refused("not a valid sender"));
+                };
+                mail = new.clone();
+                checks.push(Command::Mail(new));
+            }
+            Modification::AddRcpt(to, params) => {
+                let line = format!("RCPT TO:{} {}", path(to), params.as_deref().unwrap_or(""));
+                let Command::Rcpt(new) = parse(line.trim_end().to_owned())? else {
+                    return Err(refused("not a valid recipient"));
+                };
+                rcpts.push(new.clone());
+                checks.push(Command::Rcpt(new));
+            }
+            Modification::DeleteRcpt(to) => {
+                let gone = path(to);
+                rcpts.retain(|r| !format!("<{}>", r.address).eq_ignore_ascii_case(&gone));
+            }
+            _ => {}
+        }
+    }
+    if rcpts.is_empty() {
+        return Err(refused("no recipient left"));
+    }
+    let mut check = (config.recheck)();
+    // The change is the milter's, not the client's: what the checks conclude about the client
+    // (relay control marks a relay attempt suspicious, and the tarpit would slow it) stays
+    // with this copy.
+    let mut probe = (*req.session).clone();
+    probe.marks = Default::default();
+    let probe = std::sync::Arc::new(probe);
+    for command in checks {
+        let request = Request {
+            session: probe.clone(),
+            event: Event::Command(command),
+        };
+        let reply = match std::future::poll_fn(|cx| check.poll_ready(cx)).await {
+            Ok(()) => check.call(request).await,
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(reply) if reply.is_positive() => {}
+            Ok(reply) => return Err(refused(&reply.lines().join(" "))),
+            Err(_) => return Err(refused("it could not be checked")),
+        }
+    }
+    Ok(std::iter::once(Command::Rset)
+        .chain(std::iter::once(Command::Mail(mail)))
+        .chain(rcpts.into_iter().map(Command::Rcpt))
+        .collect())
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use attitude_codec::{EnhancedStatus, Reply};
+use attitude_codec::{EnhancedStatus, MailFrom, RcptTo, Reply};
 use attitude_engines::milter::proto::action;
 use attitude_engines::milter::{Command as MilterCommand, Conn, MilterError, Stage, Verdict};
 use attitude_layers::Mode;
@@ -53,6 +53,9 @@ pub(super) struct State {
     /// A milter asked for the message to be dropped.
     pub(super) discard: bool,
     pub(super) held: Option<Held>,
+    /// The transaction's sender and the recipients the backend accepted, with their
+    /// parameters (to open it again with a milter's envelope changes).
+    pub(super) envelope: Option<(MailFrom, Vec<RcptTo>)>,
 }
 
 /// `{name}` for a macro of more than one letter.
@@ -307,6 +310,7 @@ impl State {
     /// milters forget it.
     pub(super) async fn abort(&mut self, config: &MiltersConfig) {
         self.held = None;
+        self.envelope = None;
         self.discard = false;
         if !std::mem::take(&mut self.in_txn) {
             return;
