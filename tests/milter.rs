@@ -358,3 +358,42 @@ fn envelope_changes_pass_relay_control_again_then_the_backend_gets_the_new_envel
         Some(1.0)
     );
 }
+
+#[test]
+fn in_dry_run_a_milter_is_asked_and_counted_and_nothing_it_says_applies() {
+    let recorder = Recorder::start();
+    let rejects = BadMilter::start(Misbehaviour::RejectsMail);
+    let milter = |name: &str| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\n\
+             policy.milters = [{{ name = \"{name}\", address = \"inet:{}\" }}]\n",
+            rejects.addr
+        )
+    };
+    let attitude = Attitude::start(
+        &[
+            milter("enforce"),
+            milter("dry"),
+            "policy.milter = { mode = \"dry-run\" }\n".to_string(),
+        ]
+        .concat(),
+        &[recorder.addr],
+    );
+    assert!(wait_for(Duration::from_secs(10), || attitude
+        .http_get("/readyz")
+        .0
+        == 200));
+    let reply = send(attitude.listener("enforce"), "refused");
+    assert_eq!(reply, "550 5.7.1 Command rejected");
+    assert!(send(attitude.listener("dry"), "delivered").starts_with("250"));
+    assert_eq!(recorder.messages().len(), 1);
+    assert_eq!(
+        attitude
+            .metric("attitude_policy_decisions_total{policy=\"milter\",action=\"would_reject\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        attitude.metric("attitude_policy_decisions_total{policy=\"milter\",action=\"reject\"}"),
+        Some(1.0)
+    );
+}

@@ -125,6 +125,8 @@ pub enum Misbehaviour {
     /// `x@elsewhere.example` when told so (`true`), else only carol, deletes
     /// `bob@example.com`, then CONTINUE.
     Readdresses(bool),
+    /// Answers the negotiation and the connection, then REJECT to MAIL.
+    RejectsMail,
 }
 
 /// A milter that misbehaves ([`Misbehaviour`]), on a loopback port; stops when dropped.
@@ -215,6 +217,9 @@ fn serve(mut conn: std::net::TcpStream, how: Misbehaviour, stop: &AtomicBool) {
                 reply(&mut conn, b"-<bob@example.com>\0");
                 reply(&mut conn, b"c");
             }
+            (Misbehaviour::RejectsMail, b'M', _) => reply(&mut conn, b"r"),
+            (Misbehaviour::RejectsMail, b'A' | b'Q', _) => {}
+            (Misbehaviour::RejectsMail, _, _) => reply(&mut conn, b"c"),
             (Misbehaviour::DiesAtEnd | Misbehaviour::Readdresses(_), b'A' | b'Q', _) => {}
             (Misbehaviour::DiesAtEnd | Misbehaviour::Readdresses(_), _, _) => {
                 reply(&mut conn, b"c")
