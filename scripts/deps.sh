@@ -58,7 +58,7 @@ cargo_deb() {
 }
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd, promtool, redis-server, clamd, rspamd, lintian)"
+    echo "deps: all present (smtp-sink, smtp-source, swaks with TLS, aiosmtpd, promtool, redis-server, clamd, rspamd, opendkim, lintian)"
     tools
     cargo_deb
     exit 0

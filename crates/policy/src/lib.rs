@@ -23,6 +23,7 @@ pub mod dns;
 pub mod dnsbl;
 pub mod fleet;
 pub mod greylist;
+mod held;
 pub mod milter;
 pub mod pregreet;
 pub mod relay_control;

@@ -12,8 +12,11 @@ use attitude_policy::milter::{MilterLayer, MilterMetrics, MilterPolicy, MiltersC
 
 use attitude_service::{BoxCommand, BoxError, Request, replies};
 
-use super::command::CommandLayer;
 use crate::config::Config;
+
+/// A session's policy layer (`stack::command`'s `CommandLayer`, named here so the two modules
+/// do not import each other).
+type Layer = Arc<dyn Fn(BoxCommand) -> BoxCommand + Send + Sync>;
 
 /// The milter layer, when the listener has milters; `budget` is shared with `[content]` and
 /// the scanners.
@@ -21,7 +24,7 @@ pub(super) fn milters(
     config: &Config,
     listener: &str,
     budget: &Arc<ByteBudget>,
-    recheck: Vec<CommandLayer>,
+    recheck: Vec<Layer>,
 ) -> Option<MilterLayer> {
     if config.milters.is_empty() {
         return None;

@@ -9,18 +9,16 @@ use std::time::Instant;
 use attitude_codec::{Command, EnhancedStatus, MailFrom, RcptTo, Reply};
 use attitude_engines::milter::{Command as MilterCommand, Modification, Stage, Verdict};
 use attitude_layers::Mode;
-use attitude_layers::slot::call_later;
 use attitude_service::{BoxError, BoxFuture, DataOutcome, Event, Request, replies};
 use bytes::Bytes;
 use tokio::sync::Mutex;
 use tower_service::Service;
 
+use crate::held::{ready_call, replay};
+
 use super::layer::{Discard, MiltersConfig};
 use super::message::Message;
 use super::state::{Held, Link, State, args, label, pair, queue_id, refusal};
-
-/// Largest piece a held message is passed on in.
-const PIECE: usize = 64 * 1024;
 
 /// Asks the listener's milters at each stage, holds each message until they have seen it and
 /// applies their changes before it goes on; see the module docs.
@@ -53,15 +51,6 @@ impl<S> MilterService<S> {
             })),
         }
     }
-}
-
-/// Calls `inner` from a response future, once it is ready.
-async fn ready_call<S>(inner: &Arc<SyncMutex<S>>, req: Request) -> Result<Reply, BoxError>
-where
-    S: Service<Request, Response = Reply, Error = BoxError>,
-{
-    std::future::poll_fn(|cx| inner.lock().expect("inner service lock").poll_ready(cx)).await?;
-    call_later(inner, req).await
 }
 
 impl<S> Service<Request> for MilterService<S>
@@ -354,41 +343,6 @@ where
         return ready_call(inner, fail(failed)).await;
     }
     ready_call(inner, req).await
-}
-
-/// Passes a held message on: its DATA (or BDAT), then `content` in pieces. The first reply
-/// that is an error is returned: the message fails with it.
-async fn replay<S>(
-    inner: &Arc<SyncMutex<S>>,
-    opening: Request,
-    content: Bytes,
-) -> Result<Option<Reply>, BoxError>
-where
-    S: Service<Request, Response = Reply, Error = BoxError>,
-{
-    let session = opening.session.clone();
-    let reply = ready_call(inner, opening).await?;
-    if reply.code() >= 400 {
-        return Ok(Some(reply));
-    }
-    let mut at = 0;
-    while at < content.len() {
-        let end = (at + PIECE).min(content.len());
-        let piece = content.slice(at..end);
-        at = end;
-        let reply = ready_call(
-            inner,
-            Request {
-                session: session.clone(),
-                event: Event::DataChunk(piece),
-            },
-        )
-        .await?;
-        if reply.code() >= 400 {
-            return Ok(Some(reply));
-        }
-    }
-    Ok(None)
 }
 
 fn is_envelope(m: &Modification) -> bool {

@@ -5,19 +5,18 @@ use std::time::Instant;
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_engines::clamav::ClamScan;
 use attitude_engines::rspamd::Envelope;
-use attitude_layers::slot::{Slot, call_later};
+use attitude_layers::slot::Slot;
 use attitude_layers::{Either, Mode};
 use attitude_service::{BoxError, BoxFuture, DataOutcome, Event, Request, Session, replies};
 use bytes::Bytes;
 use tower_service::Service;
 
+use crate::held::{ready_call, replay};
+
 use super::headers;
 use super::layer::{Fallback, ScanConfig};
 use super::verdict::{ClamOutcome, RspamdOutcome, decide};
 use crate::content::ByteBudget;
-
-/// Largest piece a held message is passed on in.
-const PIECE: usize = 64 * 1024;
 
 /// The response future of [`Scan`].
 pub type ResponseFuture<F> = Either<F, BoxFuture<Result<Reply, BoxError>>>;
@@ -69,50 +68,6 @@ impl<S> std::fmt::Debug for Scan<S> {
 /// This layer's own answer (the inner service is not called).
 fn local<F>(reply: Reply) -> ResponseFuture<F> {
     Either::rejected(Box::pin(std::future::ready(Ok(reply))))
-}
-
-/// Calls `inner` from a response future, once it is ready.
-async fn ready_call<S>(inner: &Arc<Mutex<S>>, req: Request) -> Result<Reply, BoxError>
-where
-    S: Service<Request, Response = Reply, Error = BoxError>,
-{
-    std::future::poll_fn(|cx| inner.lock().expect("inner service lock").poll_ready(cx)).await?;
-    call_later(inner, req).await
-}
-
-/// Passes a held message on: its DATA (or BDAT), then `content` in pieces. The first reply
-/// that is an error is returned: the message fails with it.
-async fn replay<S>(
-    inner: &Arc<Mutex<S>>,
-    opening: Request,
-    content: Bytes,
-) -> Result<Option<Reply>, BoxError>
-where
-    S: Service<Request, Response = Reply, Error = BoxError>,
-{
-    let session = opening.session.clone();
-    let reply = ready_call(inner, opening).await?;
-    if reply.code() >= 400 {
-        return Ok(Some(reply));
-    }
-    let mut at = 0;
-    while at < content.len() {
-        let end = (at + PIECE).min(content.len());
-        let piece = content.slice(at..end);
-        at = end;
-        let reply = ready_call(
-            inner,
-            Request {
-                session: session.clone(),
-                event: Event::DataChunk(piece),
-            },
-        )
-        .await?;
-        if reply.code() >= 400 {
-            return Ok(Some(reply));
-        }
-    }
-    Ok(None)
 }
 
 /// What rspamd is told about the message of `session`.
