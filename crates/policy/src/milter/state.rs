@@ -155,6 +155,8 @@ fn connection(config: &MiltersConfig, session: &Session) -> Vec<(Stage, Macros, 
     let macros = vec![
         pair("j", config.hostname.clone()),
         pair("daemon_name", config.daemon_name.clone()),
+        pair("daemon_addr", session.local.ip().to_canonical().to_string()),
+        pair("v", concat!("attitude ", env!("CARGO_PKG_VERSION"))),
         pair("_", format!("[{ip}] [{ip}]")),
         pair("client_addr", ip.clone()),
         pair("client_port", client.port().to_string()),
