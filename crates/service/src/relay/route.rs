@@ -121,23 +121,13 @@ impl RelayState {
         if let Some(txn) = self.txn.as_mut() {
             txn.tried.clear();
         }
-        let Some(mut lease) = self.lease.take() else {
+        let Some(lease) = self.lease.take() else {
             return;
         };
-        let result = lease
-            .conn()
-            .command(
-                &attitude_codec::Command::Rset,
-                shared.config.command_timeout,
-                "RSET",
-            )
-            .await;
-        if matches!(result, Ok(ref r) if r.is_positive()) {
-            self.put_back(lease);
-            if let Some(lease) = self.lease.take() {
-                // A pinned connection of the other pool: this session leaves it.
-                lease.quit();
-            }
+        self.rset(shared, lease).await;
+        if let Some(lease) = self.lease.take() {
+            // A pinned connection of the other pool: this session leaves it.
+            lease.quit();
         }
     }
 

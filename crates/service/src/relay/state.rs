@@ -119,7 +119,7 @@ impl RelayState {
         let phase = std::mem::replace(&mut self.phase, Phase::Idle);
         self.txn = None;
         self.refusal = None;
-        let Some(mut lease) = self.lease.take() else {
+        let Some(lease) = self.lease.take() else {
             return;
         };
         match phase {
@@ -128,15 +128,19 @@ impl RelayState {
             // Mid-DATA or mid-AUTH the backend would read "RSET" as content or an answer:
             // closing before the final dot is the only way to abort.
             Phase::Data { .. } | Phase::DataPending | Phase::Chunks | Phase::Auth => {}
-            Phase::Mail | Phase::Refused | Phase::Broken => {
-                let result = lease
-                    .conn()
-                    .command(&Command::Rset, shared.config.command_timeout, "RSET")
-                    .await;
-                if matches!(result, Ok(ref r) if r.is_positive()) {
-                    self.put_back(lease);
-                }
-            }
+            Phase::Mail | Phase::Refused | Phase::Broken => self.rset(shared, lease).await,
+        }
+    }
+
+    /// Ends the backend's transaction on `lease` with RSET: a connection that takes it is put
+    /// back ([`RelayState::put_back`]), one that does not is closed.
+    pub(super) async fn rset(&mut self, shared: &RelayShared, mut lease: Lease) {
+        let result = lease
+            .conn()
+            .command(&Command::Rset, shared.config.command_timeout, "RSET")
+            .await;
+        if matches!(result, Ok(ref r) if r.is_positive()) {
+            self.put_back(lease);
         }
     }
 }
