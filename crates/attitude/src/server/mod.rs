@@ -99,14 +99,7 @@ pub(crate) fn serve(
         let shared = Shared::new(&config, &listeners, fleet)?;
         // The first clients should be offered what the backends offer: their first health
         // checks (or EHLOs) come first, within the health check timeout.
-        if config.pool_sections().any(|(_, _, b)| b.health.enabled) {
-            let limit = config
-                .pool_sections()
-                .map(|(_, _, b)| b.health.timeout)
-                .max()
-                .unwrap_or_default();
-            shared.pools.settle(limit).await;
-        }
+        shared.pools.settle().await;
         let mut announced = listen::announced(&bound);
         if let Some(addr) = config.admin {
             let admin_listener = bind(addr, "admin HTTP").await?;

@@ -93,7 +93,7 @@ impl Shared {
         };
         shared.stress.watch(shared.state.sessions.clone());
         shared.provide(config, listeners)?;
-        shared.pools.start(config, shared.resolver.as_ref());
+        shared.pools.start(shared.resolver.as_ref());
         Ok(shared)
     }
 

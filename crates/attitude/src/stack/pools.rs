@@ -5,10 +5,9 @@
 //! stacks built over them), then committed, or aborted when the new stacks cannot be built.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use attitude_balance::{Backend, BackendCaps, BackendSpec, CapsHook, Pool};
+use attitude_balance::{Backend, BackendCaps, BackendSpec, CapsHook, DnsSource, Pool};
 use attitude_service::auth::AuthOffer;
 use hickory_resolver::TokioResolver;
 
@@ -24,6 +23,8 @@ pub(crate) struct Named {
     settings: String,
     /// Its static servers (set when a reload is committed).
     servers: Vec<BackendSpec>,
+    /// Its DNS sources (looked up from when it starts).
+    dns: Vec<DnsSource>,
     /// The pool.
     pub pool: Pool,
 }
@@ -77,15 +78,16 @@ impl Pools {
             required,
             settings: settings(config, backend),
             servers,
+            dns: backend.dns_backends(),
             pool,
         })
     }
 
     /// Starts every pool not started yet: DNS discovery (with `resolver`), the controller,
     /// health checks.
-    pub(crate) fn start(&self, config: &Config, resolver: Option<&TokioResolver>) {
+    pub(crate) fn start(&self, resolver: Option<&TokioResolver>) {
         for named in self.current.load().iter() {
-            start(config, named, resolver);
+            start(named, resolver);
         }
     }
 
@@ -101,20 +103,20 @@ impl Pools {
         let old = self.current.load_full();
         let mut next = Vec::new();
         for (name, required, backend) in config.pool_sections() {
-            let kept = old
-                .iter()
-                .find(|n| n.name == name && n.settings == settings(config, backend));
+            let wanted = settings(config, backend);
+            let kept = old.iter().find(|n| n.name == name && n.settings == wanted);
             let named = match kept {
                 Some(kept) => Named {
                     name: kept.name.clone(),
                     required,
-                    settings: kept.settings.clone(),
+                    settings: wanted,
                     servers: backend.static_backends(),
+                    dns: kept.dns.clone(),
                     pool: kept.pool.clone(),
                 },
                 None => match self.build(config, name, required, backend) {
                     Ok(built) => {
-                        start(config, &built, resolver);
+                        start(&built, resolver);
                         built
                     }
                     Err(error) => {
@@ -196,10 +198,17 @@ impl Pools {
             .collect()
     }
 
-    /// Waits, at most `limit`, until every pool's first health checks are in.
-    pub(crate) async fn settle(&self, limit: Duration) {
-        let pools: Vec<Pool> = self.current.load().iter().map(|n| n.pool.clone()).collect();
-        futures::future::join_all(pools.iter().map(|p| p.settle(limit))).await;
+    /// Waits until the first health checks of every pool that has them are in, each pool at
+    /// most its health check timeout.
+    pub(crate) async fn settle(&self) {
+        let pools: Vec<Pool> = self
+            .current
+            .load()
+            .iter()
+            .map(|n| n.pool.clone())
+            .filter(|p| p.config().health.enabled)
+            .collect();
+        futures::future::join_all(pools.iter().map(|p| p.settle(p.config().health.timeout))).await;
     }
 }
 
@@ -210,14 +219,10 @@ fn stop_new(old: &[Named], next: &[Named]) {
         .for_each(|n| n.pool.stop());
 }
 
-fn start(config: &Config, named: &Named, resolver: Option<&TokioResolver>) {
-    let backend = config
-        .pool_sections()
-        .find(|(name, _, _)| *name == named.name)
-        .map(|(_, _, b)| b);
-    if let (Some(resolver), Some(backend)) = (resolver, backend) {
-        for source in backend.dns_backends() {
-            named.pool.discover_dns(resolver.clone(), source);
+fn start(named: &Named, resolver: Option<&TokioResolver>) {
+    if let Some(resolver) = resolver {
+        for source in &named.dns {
+            named.pool.discover_dns(resolver.clone(), source.clone());
         }
     }
     named.pool.start();
