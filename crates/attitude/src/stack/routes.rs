@@ -5,6 +5,7 @@
 
 use attitude_codec::RcptTo;
 use attitude_policy::access::Matcher;
+use attitude_service::address::normalize_domain;
 use attitude_service::relay::{Route, Router};
 
 use crate::config::{CompiledRoute, Unrouted};
@@ -49,7 +50,9 @@ impl RouteTable {
     /// The first route matching `rcpt`'s domain (`None`: no route, or no domain).
     fn matching(&self, rcpt: &RcptTo) -> Option<&Entry> {
         let (_, domain) = rcpt.address.rsplit_once('@')?;
-        self.entries.iter().find(|e| e.matcher.value(domain))
+        // Normalised once for every route, as the access lists do.
+        let domain = normalize_domain(domain);
+        self.entries.iter().find(|e| e.matcher.normalized(&domain))
     }
 
     /// Whether `rcpt`'s route skips greylisting.
