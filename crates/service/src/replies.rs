@@ -171,6 +171,16 @@ pub fn no_backend_offers(needs: attitude_codec::Extensions) -> Reply {
     )
 }
 
+/// `451 4.3.1`: the messages held for checking (content policies, scanners, milters) have used
+/// the byte budget.
+pub fn over_budget() -> Reply {
+    Reply::new(
+        451,
+        status(4, 3, 1),
+        "Too many messages being checked; try again later",
+    )
+}
+
 /// `552 5.3.4`: the message is larger than the limit (the session's or its route's).
 pub fn too_big(limit: u64) -> Reply {
     Reply::new(

@@ -3,7 +3,7 @@ use std::task::{Context, Poll};
 
 use attitude_codec::{Command, EnhancedStatus, Reply};
 use attitude_layers::{Either, Mode};
-use attitude_service::{BoxError, DataOutcome, Event, Request, answer};
+use attitude_service::{BoxError, DataOutcome, Event, Request, answer, replies};
 use tower_service::Service;
 
 use super::attachments::{Blocked, header_may_name_a_part};
@@ -116,11 +116,7 @@ impl<S> Content<S> {
             )
         } else if !config.budget.try_reserve(take.len()) {
             config.over_budget.increment(1);
-            Reply::new(
-                451,
-                EnhancedStatus::new(4, 3, 1),
-                "Too many messages being checked; try again later",
-            )
+            replies::over_budget()
         } else {
             copy.bytes.extend_from_slice(take);
             return None;

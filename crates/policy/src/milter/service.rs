@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use crate::held::{ready_call, replay};
 
-use super::layer::{Discard, MiltersConfig};
+use super::layer::{Discard, MilterPolicy, MiltersConfig};
 use super::message::Message;
 use super::state::{Held, Link, State, args, label, pair, queue_id, refusal};
 
@@ -156,11 +156,7 @@ where
                     if let Some(held) = st.held.as_mut() {
                         if !config.budget.try_reserve(chunk.len()) {
                             st.held = None;
-                            return Ok(Reply::new(
-                                451,
-                                EnhancedStatus::new(4, 3, 1),
-                                "Too many messages being checked; try again later",
-                            ));
+                            return Ok(replies::over_budget());
                         }
                         held.reserved += chunk.len();
                         held.bytes.extend_from_slice(chunk);
@@ -217,6 +213,8 @@ where
     let mut message = Message::parse(&held.bytes);
     // Envelope changes of every milter, in order, applied once all have answered.
     let mut envelope: Vec<Modification> = Vec::new();
+    // The milters that made them (their changes are counted as applied or refused).
+    let mut changers: Vec<&MilterPolicy> = Vec::new();
     let macros = vec![pair("i", queue_id(&req.session))];
     for (i, policy) in config.milters.iter().enumerate() {
         let Link::Open { conn, done: false } = &mut st.links[i] else {
@@ -253,12 +251,15 @@ where
         if eom.verdict == Verdict::Discard {
             st.discard = true;
         }
-        if enforce {
-            envelope.extend(eom.modifications.iter().filter(|m| is_envelope(m)).cloned());
-        }
         let mut changes: Vec<Modification> = Vec::with_capacity(eom.modifications.len());
         for m in eom.modifications {
             if is_envelope(&m) {
+                if enforce {
+                    if !changers.iter().any(|c| std::ptr::eq(*c, policy)) {
+                        changers.push(policy);
+                    }
+                    envelope.push(m);
+                }
                 continue;
             }
             if let Modification::Quarantine(reason) = &m {
@@ -301,7 +302,7 @@ where
     }
     if !envelope.is_empty() {
         let counted = |kind| {
-            for policy in &config.milters {
+            for policy in &changers {
                 policy.metrics.modification(kind);
             }
         };

@@ -82,11 +82,7 @@ pub(super) fn refusal(verdict: &Verdict) -> Option<Reply> {
             EnhancedStatus::new(5, 7, 1),
             "Command rejected",
         )),
-        Verdict::Tempfail => Some(Reply::new(
-            451,
-            EnhancedStatus::new(4, 7, 1),
-            "Service unavailable - try again later",
-        )),
+        Verdict::Tempfail => Some(tempfail()),
         Verdict::Reply(text) => Some(milter_reply(text)),
     }
 }
@@ -119,6 +115,15 @@ fn milter_reply(text: &str) -> Reply {
     )
 }
 
+/// `451 4.7.1`: a milter's TEMPFAIL, or the default action `tempfail` (Postfix's text).
+fn tempfail() -> Reply {
+    Reply::new(
+        451,
+        EnhancedStatus::new(4, 7, 1),
+        "Service unavailable - try again later",
+    )
+}
+
 /// The result label of a verdict.
 pub(super) fn label(verdict: &Verdict) -> &'static str {
     match verdict {
@@ -135,11 +140,7 @@ pub(super) fn label(verdict: &Verdict) -> &'static str {
 pub(super) fn fallback(action: DefaultAction) -> Option<Reply> {
     match action {
         DefaultAction::Accept => None,
-        DefaultAction::Tempfail => Some(Reply::new(
-            451,
-            EnhancedStatus::new(4, 7, 1),
-            "Service unavailable - try again later",
-        )),
+        DefaultAction::Tempfail => Some(tempfail()),
         DefaultAction::Reject => Some(Reply::new(
             554,
             EnhancedStatus::new(5, 7, 1),

@@ -2,7 +2,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use attitude_codec::{Command, EnhancedStatus, Reply};
+use attitude_codec::{Command, Reply};
 use attitude_engines::clamav::ClamScan;
 use attitude_engines::rspamd::Envelope;
 use attitude_layers::slot::Slot;
@@ -234,11 +234,7 @@ where
                 config.metrics.over_budget.increment(1);
                 if config.on_over_budget == Fallback::Tempfail {
                     self.txn = None;
-                    return local(Reply::new(
-                        451,
-                        EnhancedStatus::new(4, 3, 1),
-                        "Too many messages being checked; try again later",
-                    ));
+                    return local(replies::over_budget());
                 }
                 flush = Self::stop_copy(txn, "skipped_budget");
             }
